@@ -1,0 +1,163 @@
+"""`flespi-bridge run | check-config | simulate | demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge import __version__, config
+from bridge.exceptions import BrokerUnavailableError, ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _event_loop_policy() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _load(args: argparse.Namespace) -> config.Settings:
+    return config.load(args.config, secrets_dir=args.secrets_dir)
+
+
+def _print_problems(exc: ConfigError) -> int:
+    print(f"error: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
+    for key, reason in exc.problems:
+        print(f"  {key}: {reason}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    print("ok")
+    for line in config.summary(settings):
+        print(f"  {line}")
+    return 0
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _secrets(settings: config.Settings) -> list[str]:
+    values = [settings.flespi.token.get_secret_value()]
+    if settings.local.password is not None:
+        values.append(settings.local.password.get_secret_value())
+    return values
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge import logs
+    from bridge.service import Bridge
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    logs.setup(settings.log.level, settings.log.format, _secrets(settings))
+
+    async def main() -> None:
+        bridge = Bridge(settings)
+        stop = asyncio.Event()
+        _install_signals(stop)
+        await bridge.start()
+        await stop.wait()
+        await bridge.stop()
+
+    _event_loop_policy()
+    asyncio.run(main())
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bridge import logs
+    from bridge.sim import Simulator
+
+    host, _, port = args.broker.rpartition(":")
+    logs.setup("INFO", "text")
+
+    async def main() -> None:
+        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed)
+        await sim.start()
+        print(f"simulating {args.devices} devices on {args.broker} at {args.rate} messages/s",
+              flush=True)
+        stop = asyncio.Event()
+        _install_signals(stop)
+        runner = asyncio.create_task(sim.run(args.rate, args.duration))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        runner.cancel()
+        waiter.cancel()
+        await sim.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge import demo
+
+    try:
+        return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
+                                    duration=args.duration))
+    except BrokerUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flespi-bridge",
+        description="Bridge a flespi fleet to a local MQTT broker (Home Assistant, Grafana).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", type=Path, help="TOML configuration file")
+        sp.add_argument("--secrets-dir", type=Path,
+                        help="directory of secret files named <section>__<key>")
+
+    run = sub.add_parser("run", help="run the bridge")
+    with_config(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the configuration and summarize it")
+    with_config(check)
+    check.set_defaults(func=cmd_check_config)
+
+    sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
+    sim.add_argument("--broker", required=True, help="HOST:PORT of the broker to publish to")
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument("--rate", type=float, default=5.0, help="device messages per second")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on this machine, no flespi account")
+    demo.add_argument("--devices", type=int, default=5)
+    demo.add_argument("--rate", type=float, default=2.0, help="device messages per second")
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,291 @@
+"""Settings: a TOML file, overridden by `FLESPI_BRIDGE_<SECTION>__<KEY>` environment variables
+and by files in a secrets directory (`<section>__<key>`, e.g. `flespi__token`).
+
+Precedence, highest first: explicit arguments, environment, secrets directory, TOML file,
+defaults. Every option is documented in `config.example.toml`.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.exceptions import ConfigError
+
+ENV_PREFIX = "FLESPI_BRIDGE_"
+DEFAULT_SECRETS_DIR = Path("/run/secrets/flespi-bridge")
+SECRET_FILE_MAX_BYTES = 64 * 1024
+
+TopicLevel = Annotated[str, Field(min_length=1, pattern=r"^[^#+\x00]+$")]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FlespiSettings(Section):
+    """The upstream connection to the flespi MQTT broker."""
+
+    token: SecretStr = Field(description="flespi token, sent as the MQTT username")
+    token_file: Path | None = Field(None, description="read the token from this file instead")
+    host: str = "mqtt.flespi.io"
+    port: int = Field(8883, ge=1, le=65535)
+    tls: bool = True
+    ca_file: Path | None = Field(None, description="CA bundle; default: the system store")
+    client_id: str = Field("flespi-bridge", min_length=1, max_length=128)
+    session_expiry: int = Field(
+        7 * 24 * 3600, ge=0, le=0xFFFFFFFF, description="seconds flespi keeps the session"
+    )
+    keepalive: int = Field(60, ge=5, le=65535)
+    devices: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
+    comma_lists: bool | None = Field(
+        None,
+        description="use flespi's comma-list topic levels (default: on for *.flespi.io hosts)",
+    )
+    extra_parameters: list[str] = Field(
+        default_factory=list, description="flespi parameters outside the catalogue to publish"
+    )
+    messages: bool = Field(False, description="republish every full message on <base>/<id>/message")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_from_file(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("token") and data.get("token_file"):
+            path = Path(data["token_file"])
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"cannot read token_file {path}: {exc.strerror}") from None
+            if not token:
+                raise ValueError(f"token_file {path} is empty")
+            data = {**data, "token": token}
+        return data
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("the token is empty")
+        return value
+
+    @field_validator("extra_parameters")
+    @classmethod
+    def _valid_parameter_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or any(c in name for c in "/+#,") or name != name.strip():
+                raise ValueError(f"{name!r} is not a flespi parameter name")
+        return value
+
+    @property
+    def use_comma_lists(self) -> bool:
+        if self.comma_lists is not None:
+            return self.comma_lists
+        return self.host == "flespi.io" or self.host.endswith(".flespi.io")
+
+
+class LocalSettings(Section):
+    """The local MQTT broker (Mosquitto) that receives the normalized fleet."""
+
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = Field(False, description="skip the broker's hostname check")
+    client_id: str = Field("flespi-bridge", min_length=1, max_length=128)
+    keepalive: int = Field(60, ge=5, le=65535)
+    base_topic: TopicLevel = "flespi"
+    discovery_prefix: TopicLevel = "homeassistant"
+    qos: Literal[0, 1] = 1
+    coalesce_window: float = Field(
+        0.1, ge=0, le=60, description="seconds to merge a device's updates into one publish"
+    )
+    output: Literal["json", "attribute", "both"] = "json"
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> LocalSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        return self
+
+
+class ReconnectSettings(Section):
+    """Exponential backoff with full jitter, used by both broker connections."""
+
+    min_delay: float = Field(0.5, gt=0, le=60)
+    max_delay: float = Field(30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectSettings:
+        if self.max_delay < self.min_delay:
+            raise ValueError("max_delay must be >= min_delay")
+        return self
+
+
+class MetricsSettings(Section):
+    """The HTTP port serving /metrics, /healthz and /readyz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9871, ge=0, le=65535)
+    fleet_parameters: list[str] = Field(
+        default_factory=lambda: ["voltage", "signal", "speed"],
+        description="numeric state attributes exported per device",
+    )
+    max_devices: int = Field(10_000, ge=0, description="cap on devices with per-device series")
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    flespi: FlespiSettings
+    local: LocalSettings = LocalSettings()
+    reconnect: ReconnectSettings = ReconnectSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file and the secrets directory are merged into the init arguments by `load`;
+        # the environment is layered over them here, section by section.
+        return (env_settings, init_settings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([("--config", f"file not found: {path}")]) from None
+    except OSError as exc:
+        raise ConfigError([("--config", f"cannot read {path}: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("--config", f"invalid TOML in {path}: {exc}")]) from None
+
+
+def _read_secrets_dir(directory: Path) -> dict[str, Any]:
+    """Files named `<section>__<key>` become `{section: {key: content}}`."""
+    values: dict[str, Any] = {}
+    for entry in sorted(directory.iterdir()):
+        if not entry.is_file() or "__" not in entry.name or entry.name.startswith("."):
+            continue  # Kubernetes adds `..data` symlinks beside the keys
+        section, key = entry.name.lower().split("__", 1)
+        if entry.stat().st_size > SECRET_FILE_MAX_BYTES:
+            raise ConfigError([(f"{section}.{key}", f"secret file {entry} is too large")])
+        values.setdefault(section, {})[key] = entry.read_text(encoding="utf-8").strip()
+    return values
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        key = ".".join(str(part) for part in err["loc"]) or "(root)"
+        reason = err["msg"]
+        if err["type"] == "missing" and key == "flespi.token":
+            reason = (
+                "missing: set flespi.token, flespi.token_file, "
+                f"{ENV_PREFIX}FLESPI__TOKEN or a secrets-dir file flespi__token"
+            )
+        elif err["type"] == "extra_forbidden":
+            reason = "unknown option" if "." in key else "unknown section"
+        problems.append((key, reason))
+    return problems
+
+
+def load(
+    path: Path | None = None,
+    *,
+    secrets_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Settings:
+    """Load and validate the settings; raises ConfigError listing every problem."""
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    if secrets_dir is None and os.environ.get(f"{ENV_PREFIX}SECRETS_DIR"):
+        secrets_dir = Path(os.environ[f"{ENV_PREFIX}SECRETS_DIR"])
+    if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
+        secrets_dir = DEFAULT_SECRETS_DIR
+    if secrets_dir is not None:
+        if not secrets_dir.is_dir():
+            raise ConfigError([("--secrets-dir", f"not a directory: {secrets_dir}")])
+        data = _merge(data, _read_secrets_dir(secrets_dir))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from None
+
+
+def mask(secret: SecretStr | None) -> str:
+    if secret is None:
+        return "<not set>"
+    return f"<set, {len(secret.get_secret_value())} characters>"
+
+
+def summary(settings: Settings) -> list[str]:
+    """A human summary for `check-config`; secrets appear only masked."""
+    f, loc = settings.flespi, settings.local
+    devices = "all" if f.devices == "all" else ", ".join(map(str, f.devices))
+    lines = [
+        f"flespi:  {'mqtts' if f.tls else 'mqtt'}://{f.host}:{f.port} "
+        f"client_id={f.client_id} session_expiry={f.session_expiry}s token={mask(f.token)}",
+        f"         devices={devices}",
+        f"local:   {'mqtts' if loc.tls else 'mqtt'}://{loc.host}:{loc.port} "
+        f"client_id={loc.client_id} user={loc.username or '-'} password={mask(loc.password)}",
+        f"         base_topic={loc.base_topic} discovery_prefix={loc.discovery_prefix} "
+        f"output={loc.output} coalesce_window={loc.coalesce_window}s",
+    ]
+    m = settings.metrics
+    lines.append(
+        f"metrics: http://{m.host}:{m.port}/metrics" if m.enabled else "metrics: disabled"
+    )
+    lines.append(f"log:     level={settings.log.level} format={settings.log.format}")
+    return lines

@@ -1,0 +1,26 @@
+"""Every error the bridge raises on purpose; third-party errors are converted at the boundary."""
+
+
+class BridgeError(Exception):
+    """Base class of the bridge's own errors."""
+
+
+class ConfigError(BridgeError):
+    """The configuration cannot be loaded; `problems` lists (key, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{key}: {reason}" for key, reason in problems))
+
+
+class BrokerUnavailableError(BridgeError):
+    """No Mosquitto broker could be started (neither the binary nor Docker is available)."""
+
+
+class InvalidInputError(BridgeError):
+    """An upstream message or local command was malformed; `reason` is a short metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")

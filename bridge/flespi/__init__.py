@@ -1,0 +1,1 @@
+"""The flespi side: topic grammar, the upstream MQTT connection, REST calls."""

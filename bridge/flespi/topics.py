@@ -1,0 +1,94 @@
+"""flespi topic grammar: parsing what arrives, building what to subscribe to.
+
+Pure functions only. Parsing is `str.split`-based (no regular expressions) because it runs
+once per upstream message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import Literal, NamedTuple
+
+STATE_PREFIX = "flespi/state/gw/devices/"
+MESSAGE_PREFIX = "flespi/message/gw/devices/"
+# Device ids are positive integers; anything longer is not an id flespi would issue.
+MAX_ID_DIGITS = 15
+# Device object properties the bridge follows (besides the device object itself).
+PROPERTIES = ("connected", "name")
+
+
+class Kind(Enum):
+    TELEMETRY = "telemetry"
+    DEVICE = "device"
+    PROPERTY = "property"
+    MESSAGE = "message"
+
+
+class Topic(NamedTuple):
+    kind: Kind
+    device_id: int
+    name: str  # parameter or property name; "" for the device object and messages
+
+
+def _device_id(text: str) -> int | None:
+    if 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit():
+        value = int(text)
+        return value or None
+    return None
+
+
+def parse(topic: str) -> Topic | None:
+    """Classify an upstream topic; None for anything the bridge does not consume."""
+    if topic.startswith(STATE_PREFIX):
+        parts = topic[len(STATE_PREFIX):].split("/")
+        device_id = _device_id(parts[0])
+        if device_id is None:
+            return None
+        n = len(parts)
+        if n == 1:
+            return Topic(Kind.DEVICE, device_id, "")
+        if n == 3 and parts[1] == "telemetry" and parts[2]:
+            return Topic(Kind.TELEMETRY, device_id, parts[2])
+        if n == 2 and parts[1] in PROPERTIES:
+            return Topic(Kind.PROPERTY, device_id, parts[1])
+        return None
+    if topic.startswith(MESSAGE_PREFIX):
+        rest = topic[len(MESSAGE_PREFIX):]
+        device_id = _device_id(rest)
+        return None if device_id is None else Topic(Kind.MESSAGE, device_id, "")
+    return None
+
+
+def _levels(items: Sequence[str], comma_lists: bool) -> list[str]:
+    return [",".join(items)] if comma_lists else list(items)
+
+
+def subscriptions(
+    devices: Literal["all"] | Sequence[int],
+    parameters: Iterable[str] | None,
+    *,
+    comma_lists: bool,
+    messages: bool = False,
+) -> list[str]:
+    """Topic filters for the selection.
+
+    `parameters` None subscribes to every telemetry parameter (`+`). With `comma_lists`
+    (flespi only) a list of ids or parameters is one topic level `1,2,3`; a standard broker
+    gets one filter per item instead.
+    """
+    ids = ["+"] if devices == "all" else _levels([str(d) for d in devices], comma_lists)
+    params = ["+"] if parameters is None else _levels(sorted(set(parameters)), comma_lists)
+    filters: list[str] = []
+    for dev in ids:
+        filters.append(f"{STATE_PREFIX}{dev}")
+        filters.extend(f"{STATE_PREFIX}{dev}/{prop}" for prop in PROPERTIES)
+        filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
+        if messages:
+            filters.append(f"{MESSAGE_PREFIX}{dev}")
+    return filters
+
+
+def rest_topic(method: str, uri: str) -> str:
+    """`flespi/rest/<method>/<uri>`, the only topics the bridge ever publishes upstream."""
+    return f"flespi/rest/{method.lower()}/{uri.lstrip('/')}"

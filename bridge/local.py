@@ -1,0 +1,167 @@
+"""The local broker connection (aiomqtt): publishes the fleet, receives commands.
+
+Keeps one connection alive with backoff; `<base>/bridge/state` is `online` while connected
+and the retained will says `offline` when the bridge dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import NamedTuple
+
+import aiomqtt
+
+from bridge.backoff import Backoff
+from bridge.config import LocalSettings, ReconnectSettings
+from bridge.exceptions import BridgeError
+
+log = logging.getLogger(__name__)
+
+# Publications awaited concurrently; bounds memory and aiomqtt's per-call bookkeeping.
+PUBLISH_WINDOW = 256
+
+
+class LocalUnavailableError(BridgeError):
+    """The local broker is not connected (or the connection dropped mid-publish)."""
+
+
+class Publication(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+def tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
+    if not settings.tls:
+        return None
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None
+    )
+    if settings.cert_file and settings.key_file:
+        ctx.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+    if settings.tls_insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+class LocalBroker:
+    def __init__(
+        self,
+        settings: LocalSettings,
+        reconnect: ReconnectSettings,
+        *,
+        state_topic: str,
+        subscriptions: Sequence[str],
+        on_message: Callable[[str, bytes], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[None]],
+        on_disconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self._backoff = Backoff(reconnect.min_delay, reconnect.max_delay)
+        self._state_topic = state_topic
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+    def _make_client(self) -> aiomqtt.Client:
+        s = self.settings
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            identifier=s.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=True,
+            keepalive=s.keepalive,
+            will=aiomqtt.Will(self._state_topic, b"offline", qos=1, retain=True),
+            tls_context=tls_context(s),
+            tls_insecure=s.tls_insecure if s.tls else None,
+            timeout=10,
+            max_inflight_messages=PUBLISH_WINDOW,
+            max_queued_incoming_messages=10_000,
+            logger=logging.getLogger("bridge.local.mqtt"),
+        )
+        client.pending_calls_threshold = PUBLISH_WINDOW * 2
+        return client
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        s = self.settings
+        while True:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    await client.publish(self._state_topic, b"online", qos=1, retain=True)
+                    for topic in self._subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    self._backoff.reset()
+                    self.connects += 1
+                    self.connected.set()
+                    log.info("connected to local broker %s:%s", s.host, s.port)
+                    await self._on_connect()
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, bytes):
+                            payload = str(payload).encode()
+                        await self._on_message(message.topic.value, payload)
+            except aiomqtt.MqttError as exc:
+                was_connected = self.connected.is_set()
+                self._lost()
+                delay = self._backoff.next()
+                (log.warning if was_connected else log.info)(
+                    "local broker %s:%s: %s; reconnecting in %.1fs", s.host, s.port, exc, delay
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._lost()
+
+    def _lost(self) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self._on_disconnect()
+        self._client = None
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = True,
+                      qos: int | None = None) -> None:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise LocalUnavailableError("local broker not connected")
+        async with self._window:
+            try:
+                await client.publish(
+                    topic, payload, qos=self.settings.qos if qos is None else qos, retain=retain
+                )
+            except aiomqtt.MqttError as exc:
+                raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None
+
+    async def publish_many(self, publications: Sequence[Publication]) -> None:
+        """Publish all, concurrently within the window; raises if any failed."""
+        if not publications:
+            return
+        results = await asyncio.gather(
+            *(self.publish(p.topic, p.payload, retain=p.retain) for p in publications),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def publish_offline(self) -> None:
+        """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).
+
+        Also while still connecting: `online` may already be out."""
+        if self._client is not None:
+            try:
+                await self._client.publish(self._state_topic, b"offline", qos=1, retain=True,
+                                           timeout=5)
+            except aiomqtt.MqttError as exc:
+                log.warning("could not publish offline state: %s", exc)

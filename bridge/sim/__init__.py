@@ -1,0 +1,6 @@
+"""A stand-in for flespi on a real MQTT broker: a simulated fleet and a REST responder."""
+
+from bridge.sim.fleet import Fleet, SimDevice
+from bridge.sim.simulator import Simulator
+
+__all__ = ["Fleet", "SimDevice", "Simulator"]

@@ -1,0 +1,151 @@
+"""The simulated fleet as plain data: e-scooters like the one in the reference documents.
+
+Pure and deterministic for a given seed, so tests can compare what the bridge publishes
+with what the fleet says.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+DEVICE_TYPE_ID = 1272  # the "Omni" e-scooter of the reference documents
+PROTOCOL_ID = 200
+FIRST_ID = 5537000
+HOME = (-17.72436, -63.171508)  # Santa Cruz de la Sierra, where the seed scooters ride
+
+
+@dataclass
+class SimDevice:
+    id: int
+    name: str
+    ident: str
+    device_type_id: int = DEVICE_TYPE_ID
+    protocol_id: int = PROTOCOL_ID
+    connected: bool = True
+    # flespi parameter name -> (value, timestamp), as flespi keeps telemetry
+    telemetry: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def device_object(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "cid": 1000001,
+            "device_type_id": self.device_type_id,
+            "protocol_id": self.protocol_id,
+            "configuration": {"ident": self.ident, "settings_polling": "once"},
+            "messages_ttl": 31536000,
+            "media_ttl": 31536000,
+        }
+
+    def value(self, param: str) -> Any:
+        return self.telemetry[param][0]
+
+
+class Fleet:
+    def __init__(self, size: int, *, seed: int = 0, first_id: int = FIRST_ID) -> None:
+        self.rng = random.Random(seed)
+        self.devices: dict[int, SimDevice] = {}
+        for i in range(size):
+            dev_id = first_id + i
+            dev = SimDevice(dev_id, f"scooter-{i + 1:03d}", f"01513600{dev_id:07d}")
+            self.devices[dev_id] = dev
+            self._initial(dev)
+
+    def _initial(self, dev: SimDevice) -> None:
+        rng = self.rng
+        lat = HOME[0] + rng.uniform(-0.02, 0.02)
+        lon = HOME[1] + rng.uniform(-0.02, 0.02)
+        level = rng.randint(40, 100)
+        self.apply(dev, {
+            "battery.level": level,
+            "battery.voltage": _voltage(level),
+            "battery.charging.status": False,
+            "gsm.signal.level": rng.choice(range(50, 101, 5)),
+            "lock.status": True,
+            "position": _position(lat, lon, rng.uniform(395, 420), rng.randint(6, 14),
+                                  rng.uniform(0.6, 1.4), 0.0, 0),
+            "message.type": "H0",
+        }, time.time())
+
+    def apply(self, dev: SimDevice, values: dict[str, Any], ts: float) -> dict[str, Any]:
+        """Record a device message; returns every telemetry parameter it updates.
+
+        Like flespi, a `position` object also updates the dotted `position.*` parameters.
+        """
+        updates = dict(values)
+        pos = values.get("position")
+        if isinstance(pos, dict):
+            for key, val in pos.items():
+                updates[f"position.{key}"] = val
+        for param, val in updates.items():
+            dev.telemetry[param] = (val, ts)
+        return updates
+
+    def step(self, dev: SimDevice, ts: float | None = None) -> dict[str, Any]:
+        """One new device message: the scooter rides (if unlocked) and its battery moves."""
+        rng = self.rng
+        ts = time.time() if ts is None else ts
+        level = dev.value("battery.level")
+        charging = dev.value("battery.charging.status")
+        if charging:
+            level = min(100, level + rng.randint(1, 3))
+            charging = level < 100
+        else:
+            level = max(0, level - rng.choice((0, 1, 1, 2)))
+            charging = level <= 10
+        pos = dict(dev.value("position"))
+        moving = not dev.value("lock.status")
+        speed = round(rng.uniform(8, 25), 1) if moving else 0.0
+        if moving:
+            pos["latitude"] = round(pos["latitude"] + rng.uniform(-4e-4, 4e-4), 6)
+            pos["longitude"] = round(pos["longitude"] + rng.uniform(-4e-4, 4e-4), 6)
+        pos["satellites"] = max(3, min(16, pos["satellites"] + rng.choice((-1, 0, 1))))
+        pos["speed"] = speed
+        pos["direction"] = rng.randint(0, 359) if moving else pos.get("direction", 0)
+        values = {
+            "battery.level": level,
+            "battery.voltage": _voltage(level),
+            "battery.charging.status": charging,
+            "gsm.signal.level": rng.choice(range(50, 101, 5)),
+            "position": pos,
+            "message.type": "H0",
+        }
+        return self.apply(dev, values, ts)
+
+    def message(self, dev: SimDevice, values: dict[str, Any], ts: float) -> dict[str, Any]:
+        """The full flespi message for `flespi/message/gw/devices/{id}` (flat, dotted keys)."""
+        msg: dict[str, Any] = {k: v for k, v in values.items() if not isinstance(v, dict)}
+        msg.update({
+            "device.id": dev.id,
+            "device.name": dev.name,
+            "device.type.id": dev.device_type_id,
+            "ident": dev.ident,
+            "protocol.id": dev.protocol_id,
+            "channel.id": 1190401,
+            "server.timestamp": ts,
+            "timestamp": ts,
+            "vendor.code": "OM",
+        })
+        return dict(sorted(msg.items()))
+
+
+def _voltage(level: int) -> float:
+    return round(3.3 + 0.009 * level, 2)
+
+
+def _position(lat: float, lon: float, alt: float, sats: int, hdop: float, speed: float,
+              direction: int) -> dict[str, Any]:
+    return {
+        "altitude": round(alt, 1),
+        "direction": direction,
+        "hdop": round(hdop, 2),
+        "latitude": round(lat, 6),
+        "longitude": round(lon, 6),
+        "satellites": sats,
+        "speed": speed,
+        "valid": True,
+    }

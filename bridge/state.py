@@ -1,0 +1,162 @@
+"""The per-device state cache: the merge of everything flespi said about each device.
+
+Updates mark a device dirty; the publisher takes dirty devices in batches, which is what
+coalesces bursts (a flespi message fans out into one publication per parameter) into one
+local state publish per device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+STATE = 1
+INFO = 2
+AVAILABILITY = 4
+
+
+@dataclass(slots=True)
+class Info:
+    name: str | None = None
+    ident: str | None = None
+    device_type_id: int | None = None
+    protocol_id: int | None = None
+
+    def as_dict(self, device_id: int) -> dict[str, Any]:
+        return {
+            "id": device_id,
+            "name": self.name,
+            "ident": self.ident,
+            "device_type_id": self.device_type_id,
+            "protocol_id": self.protocol_id,
+        }
+
+
+@dataclass(slots=True)
+class Device:
+    id: int
+    values: dict[str, Any] = field(default_factory=dict)
+    # attribute -> timestamp of its value, so late (replayed, reordered) values lose
+    stamps: dict[str, float] = field(default_factory=dict)
+    last_seen: float | None = None
+    info: Info = field(default_factory=Info)
+    online: bool | None = None
+    dirty: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name or f"flespi {self.id}"
+
+    def state(self) -> dict[str, Any]:
+        """The public state document: attributes plus `last_seen` (ISO 8601, UTC)."""
+        doc = dict(self.values)
+        if self.last_seen is not None:
+            doc["last_seen"] = iso(self.last_seen)
+        return doc
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _info_from_object(obj: dict[str, Any]) -> Info:
+    conf = obj.get("configuration")
+    ident = conf.get("ident") if isinstance(conf, dict) else None
+    name = obj.get("name")
+    dtype = obj.get("device_type_id")
+    proto = obj.get("protocol_id")
+    return Info(
+        name=name if isinstance(name, str) else None,
+        ident=ident if isinstance(ident, str) else None,
+        device_type_id=dtype if isinstance(dtype, int) and not isinstance(dtype, bool) else None,
+        protocol_id=proto if isinstance(proto, int) and not isinstance(proto, bool) else None,
+    )
+
+
+class Store:
+    def __init__(self) -> None:
+        self.devices: dict[int, Device] = {}
+        self._dirty: dict[int, None] = {}  # insertion-ordered set
+
+    def device(self, device_id: int) -> Device:
+        dev = self.devices.get(device_id)
+        if dev is None:
+            dev = self.devices[device_id] = Device(device_id)
+        return dev
+
+    def _mark(self, dev: Device, flag: int) -> None:
+        dev.dirty |= flag
+        self._dirty[dev.id] = None
+
+    @property
+    def has_dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def take_dirty(self) -> list[Device]:
+        """Dirty devices in the order they changed; the caller clears `dirty` once
+        published (or calls `mark_again` if publishing failed)."""
+        ids = list(self._dirty)
+        self._dirty.clear()
+        return [self.devices[i] for i in ids]
+
+    def mark_again(self, dev: Device) -> None:
+        self._dirty[dev.id] = None
+
+    def mark_all(self) -> None:
+        """Everything is republished (after a reconnect to the local broker)."""
+        for dev in self.devices.values():
+            self._mark(dev, STATE | INFO | AVAILABILITY)
+
+    def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
+        """Merge normalized attributes; True if the published state changes."""
+        dev = self.device(device_id)
+        if ts is None:
+            ts = time.time()
+        changed = False
+        stamps, current = dev.stamps, dev.values
+        for name, value in values.items():
+            if stamps.get(name, 0.0) > ts:
+                continue  # an older value arriving late
+            stamps[name] = ts
+            if name not in current or current[name] != value or type(current[name]) is not type(value):
+                current[name] = value
+                changed = True
+        if dev.last_seen is None or ts > dev.last_seen:
+            dev.last_seen = ts
+            changed = True
+        if changed:
+            self._mark(dev, STATE)
+        return changed
+
+    def apply_object(self, device_id: int, obj: dict[str, Any]) -> bool:
+        dev = self.device(device_id)
+        info = _info_from_object(obj)
+        if info.name is None:
+            info.name = dev.info.name
+        if info == dev.info:
+            return False
+        dev.info = info
+        self._mark(dev, INFO)
+        return True
+
+    def apply_name(self, device_id: int, name: str) -> bool:
+        dev = self.device(device_id)
+        if dev.info.name == name:
+            return False
+        dev.info.name = name
+        self._mark(dev, INFO)
+        return True
+
+    def apply_connected(self, device_id: int, online: bool) -> bool:
+        dev = self.device(device_id)
+        if dev.online is online:
+            return False
+        dev.online = online
+        self._mark(dev, AVAILABILITY)
+        return True
+
+    def remove(self, device_id: int) -> Device | None:
+        self._dirty.pop(device_id, None)
+        return self.devices.pop(device_id, None)

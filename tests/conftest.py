@@ -1,0 +1,64 @@
+"""Fixtures: real Mosquitto brokers on free loopback ports, the simulator, the bridge, and a
+recording subscriber on the local broker that tests wait on (conditions, never sleeps)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bridge import config, mosquitto
+from bridge.service import Bridge
+from bridge.sim import Simulator
+
+
+@pytest.fixture
+def brokers() -> Iterator[Callable[..., mosquitto.Broker]]:
+    """A factory of brokers, all stopped (by PID) at the end of the test."""
+    started: list[mosquitto.Broker] = []
+
+    def start(**kwargs: Any) -> mosquitto.Broker:
+        broker = mosquitto.start(**kwargs)
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.__exit__()
+
+
+@pytest.fixture
+def upstream(brokers: Callable[..., mosquitto.Broker]) -> mosquitto.Broker:
+    """The simulated flespi broker."""
+    return brokers(extra_config=mosquitto.FLESPI_LIKE)
+
+
+@pytest.fixture
+def local(brokers: Callable[..., mosquitto.Broker]) -> mosquitto.Broker:
+    return brokers()
+
+
+@pytest.fixture
+async def sim(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
+    simulator = Simulator(upstream.host, upstream.port, devices=3, seed=7)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def bridge_factory() -> AsyncIterator[Callable[[config.Settings], Any]]:
+    started: list[Bridge] = []
+
+    async def start(settings: config.Settings) -> Bridge:
+        bridge = Bridge(settings)
+        await bridge.start()
+        started.append(bridge)
+        return bridge
+
+    yield start
+    for bridge in started:
+        await bridge.stop()
+
+

@@ -1,0 +1,129 @@
+"""Test helpers: settings for brokers under test, and a recording subscriber that tests
+wait on (conditions with timeouts, never sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiomqtt
+import orjson
+
+from bridge import config, mosquitto
+
+T = TypeVar("T")
+TOKEN = "FlespiTestToken0123456789abcdefSECRET"
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def make_settings(upstream_broker: mosquitto.Broker, local_broker: mosquitto.Broker,
+                  **sections: dict[str, Any]) -> config.Settings:
+    base: dict[str, Any] = {
+        "flespi": {"token": TOKEN, "host": upstream_broker.host, "port": upstream_broker.port,
+                   "tls": False},
+        "local": {"host": local_broker.host, "port": local_broker.port, "coalesce_window": 0.05},
+        "reconnect": {"min_delay": 0.05, "max_delay": 0.5},
+        "metrics": {"port": 0},
+    }
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return config.load(overrides=base)
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return orjson.loads(self.payload)
+
+
+class Recorder:
+    """Subscribes on a broker and keeps every message; `wait_for` blocks on a condition."""
+
+    def __init__(self, broker: mosquitto.Broker, topics: list[str]) -> None:
+        self.broker = broker
+        self.topics = topics
+        self.messages: list[Received] = []
+        self.latest: dict[str, Received] = {}
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.client: aiomqtt.Client | None = None
+
+    async def __aenter__(self) -> Recorder:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await self._task
+
+    async def _run(self) -> None:
+        async with aiomqtt.Client(self.broker.host, self.broker.port) as client:
+            self.client = client
+            for topic in self.topics:
+                await client.subscribe(topic, qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                payload = message.payload if isinstance(message.payload, bytes) else b""
+                item = Received(message.topic.value, payload, bool(message.retain))
+                async with self._changed:
+                    self.messages.append(item)
+                    if payload or item.topic not in self.latest:
+                        self.latest[item.topic] = item
+                    else:
+                        self.latest.pop(item.topic, None)  # an empty retained payload clears
+                    self._changed.notify_all()
+
+    async def publish(self, topic: str, payload: bytes | str, **kwargs: Any) -> None:
+        assert self.client is not None
+        await self.client.publish(topic, payload, **kwargs)
+
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0,
+                       what: str = "condition") -> T:
+        async def check() -> T:
+            async with self._changed:
+                while True:
+                    result = predicate()
+                    if result:
+                        return result
+                    await self._changed.wait()
+        try:
+            return await asyncio.wait_for(check(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+    def state(self, base: str, device_id: int) -> dict[str, Any] | None:
+        item = self.latest.get(f"{base}/{device_id}/state")
+        return item.json() if item else None
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """For conditions with no event to wait on (process state); polls every 20 ms."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def bridge_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLESPI_BRIDGE_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+

@@ -1,0 +1,194 @@
+"""End to end on real brokers: simulator -> upstream Mosquitto -> bridge -> local Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from helpers import PYTHON, TOKEN, Recorder, bridge_env, make_settings, wait_until
+
+from bridge import mosquitto
+from bridge.sim import Simulator
+from bridge.state import iso
+
+BASE = "flespi"
+
+
+def expected_state(sim: Simulator, device_id: int) -> dict[str, Any]:
+    """What the local state must say, computed from the simulator's own telemetry."""
+    dev = sim.devices[device_id]
+    pos = dev.value("position")
+    newest = max(ts for _, ts in dev.telemetry.values())
+    return {
+        "battery": dev.value("battery.level"),
+        "voltage": dev.value("battery.voltage"),
+        "charging": dev.value("battery.charging.status"),
+        "signal": dev.value("gsm.signal.level"),
+        "locked": dev.value("lock.status"),
+        "latitude": pos["latitude"],
+        "longitude": pos["longitude"],
+        "altitude": pos["altitude"],
+        "satellites": pos["satellites"],
+        "hdop": pos["hdop"],
+        "speed": pos["speed"],
+        "direction": pos["direction"],
+        "position_valid": pos["valid"],
+        "last_seen": iso(newest),
+    }
+
+
+async def test_local_state_matches_simulator(upstream, local, sim, bridge_factory) -> None:
+    async with Recorder(local, [f"{BASE}/#"]) as rec:
+        await bridge_factory(make_settings(upstream, local))
+        for device_id in sim.devices:
+            await rec.wait_for(lambda d=device_id: rec.state(BASE, d) == expected_state(sim, d),
+                               what=f"initial state of {device_id}")
+        # New messages move the state on, and every retained state follows.
+        for dev in sim.devices.values():
+            await sim.step(dev)
+            await sim.step(dev)
+        await sim.flush()
+        for device_id in sim.devices:
+            await rec.wait_for(lambda d=device_id: rec.state(BASE, d) == expected_state(sim, d),
+                               what=f"updated state of {device_id}")
+        first = next(iter(sim.devices.values()))
+        info = rec.latest[f"{BASE}/{first.id}/info"].json()
+        assert info == {"id": first.id, "name": first.name, "ident": first.ident,
+                        "device_type_id": 1272, "protocol_id": 200}
+        assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
+
+
+async def test_states_are_retained(upstream, local, sim, bridge_factory) -> None:
+    bridge = await bridge_factory(make_settings(upstream, local))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    device_id = next(iter(sim.devices))
+    async with Recorder(local, [f"{BASE}/{device_id}/state"]) as first:
+        await first.wait_for(lambda: first.state(BASE, device_id), what="state")
+    # A subscriber arriving later gets the retained state at once.
+    async with Recorder(local, [f"{BASE}/{device_id}/state"]) as late:
+        item = await late.wait_for(lambda: late.latest.get(f"{BASE}/{device_id}/state"))
+        assert item.retain
+        assert item.json() == expected_state(sim, device_id)
+
+
+async def test_availability_follows_connected(upstream, local, sim, bridge_factory) -> None:
+    device_id = list(sim.devices)[1]
+    topic = f"{BASE}/{device_id}/availability"
+    async with Recorder(local, [f"{BASE}/+/availability"]) as rec:
+        await bridge_factory(make_settings(upstream, local))
+        await rec.wait_for(lambda: rec.latest.get(topic), what="availability")
+        assert rec.latest[topic].payload == b"online"
+        await sim.set_connected(device_id, False)
+        await rec.wait_for(lambda: rec.latest[topic].payload == b"offline", what="offline")
+        await sim.set_connected(device_id, True)
+        await rec.wait_for(lambda: rec.latest[topic].payload == b"online", what="online again")
+
+
+async def test_coalescing_merges_a_burst(upstream, local, sim, bridge_factory) -> None:
+    """A flespi message fans out into one publication per parameter; with a window, the
+    local broker sees one state publish per message, not one per parameter."""
+    bridge = await bridge_factory(make_settings(upstream, local, local={"coalesce_window": 0.3}))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    device_id = next(iter(sim.devices))
+    topic = f"{BASE}/{device_id}/state"
+    async with Recorder(local, [topic]) as rec:
+        await rec.wait_for(lambda: rec.latest.get(topic), what="retained state")
+        before = len(rec.messages)
+        values = await sim.step(sim.devices[device_id])
+        assert len(values) > 5  # the burst really is many publications
+        await rec.wait_for(lambda: rec.state(BASE, device_id) == expected_state(sim, device_id),
+                           what="the new state")
+        assert len(rec.messages) - before == 1
+
+
+async def test_unknown_parameters_ignored_unless_configured(upstream, local, sim,
+                                                            bridge_factory) -> None:
+    device_id = next(iter(sim.devices))
+    await sim.set_values(device_id, {"can.fuel.level": 42.5, "din.1": True})
+    await sim.flush()
+    async with Recorder(local, [f"{BASE}/+/state"]) as rec:
+        await bridge_factory(make_settings(upstream, local,
+                                           flespi={"extra_parameters": ["can.fuel.level"]}))
+        state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="state")
+        assert state["can_fuel_level"] == 42.5
+        assert "din_1" not in state and "din.1" not in state
+
+
+def write_config(path: Path, upstream: mosquitto.Broker, local: mosquitto.Broker,
+                 level: str = "DEBUG") -> Path:
+    path.write_text(f"""
+[flespi]
+token = "{TOKEN}"
+host = "{upstream.host}"
+port = {upstream.port}
+tls = false
+client_id = "bridge-under-test"
+
+[local]
+host = "{local.host}"
+port = {local.port}
+coalesce_window = 0.05
+
+[metrics]
+enabled = false
+
+[log]
+level = "{level}"
+""")
+    return path
+
+
+async def test_killed_bridge_leaves_offline_will(upstream, local, sim, tmp_path) -> None:
+    cfg = write_config(tmp_path / "bridge.toml", upstream, local)
+    log_path = tmp_path / "bridge.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([PYTHON, "-m", "bridge", "run", "--config", str(cfg)],
+                                stdout=log_file, stderr=subprocess.STDOUT, env=bridge_env())
+    try:
+        async with Recorder(local, [f"{BASE}/bridge/state", f"{BASE}/+/state"]) as rec:
+            await rec.wait_for(
+                lambda: all(rec.state(BASE, d) for d in sim.devices), timeout=20,
+                what="states from the bridge process")
+            assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+            await rec.wait_for(
+                lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+                timeout=20, what="the will")
+        async with Recorder(local, [f"{BASE}/bridge/state"]) as late:
+            item = await late.wait_for(lambda: late.latest.get(f"{BASE}/bridge/state"))
+            assert (item.payload, item.retain) == (b"offline", True)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Debug logging of the whole run, connect included, never shows the token.
+    text = log_path.read_text(errors="replace")
+    assert "connected to flespi" in text
+    assert TOKEN not in text
+
+
+async def test_sigterm_publishes_offline_and_exits_zero(upstream, local, sim, tmp_path) -> None:
+    cfg = write_config(tmp_path / "bridge.toml", upstream, local, level="INFO")
+    proc = subprocess.Popen([PYTHON, "-m", "bridge", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=bridge_env())
+    try:
+        async with Recorder(local, [f"{BASE}/bridge/state"]) as rec:
+            await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
+                               and rec.latest[f"{BASE}/bridge/state"].payload == b"online",
+                               timeout=20, what="online")
+            proc.send_signal(signal.SIGTERM)
+            await rec.wait_for(
+                lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+                what="offline on shutdown")
+        await wait_until(lambda: proc.poll() is not None, timeout=15, what="exit")
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stdout is not None
+    assert TOKEN not in proc.stdout.read().decode(errors="replace")
