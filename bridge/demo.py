@@ -81,10 +81,8 @@ async def run(*, devices: int, rate: float, duration: float | None) -> int:
             asyncio.create_task(_watch(local.host, local.port, base)),
             asyncio.create_task(sim.run(rate)),
         ]
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), duration)
-        except TimeoutError:
-            pass
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -125,7 +125,8 @@ class Broker:
         conf.write_text(self.config_text("0.0.0.0").replace(str(self.workdir), "/mosquitto/data"))
         container = (
             DockerContainer(IMAGE)
-            .with_bind_ports(self.port, (self.host, self.port))
+            # docker-py takes (host ip, port) to publish on loopback only
+            .with_bind_ports(self.port, (self.host, self.port))  # type: ignore[arg-type]
             .with_volume_mapping(str(conf), "/mosquitto/config/mosquitto.conf", "ro")
         )
         self._container = container.start()

@@ -182,10 +182,9 @@ class Bridge:
             return
         kind, device_id, name = parsed
         self.stats.upstream_messages[kind.value] += 1
-        if kind is Kind.TELEMETRY:
-            param = self.catalog.get(name)
-            if param is None:
-                return
+        param = self.catalog.get(name) if kind is Kind.TELEMETRY else None
+        if kind is Kind.TELEMETRY and param is None:
+            return  # not in the catalogue: ignored, but still acknowledged
         if len(payload) > MAX_UPSTREAM_PAYLOAD:
             self._invalid("oversized", topic, f"{len(payload)} bytes")
             return
@@ -194,7 +193,7 @@ class Bridge:
         except orjson.JSONDecodeError as exc:
             self._invalid("bad_json", topic, str(exc))
             return
-        if kind is Kind.TELEMETRY:
+        if param is not None:
             try:
                 values = catalog.normalize(param, value)
             except catalog.ValueRejected as exc:

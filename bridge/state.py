@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+_MISSING = object()
 STATE = 1
 INFO = 2
 AVAILABILITY = 4
@@ -120,7 +121,9 @@ class Store:
             if stamps.get(name, 0.0) > ts:
                 continue  # an older value arriving late
             stamps[name] = ts
-            if name not in current or current[name] != value or type(current[name]) is not type(value):
+            old = current.get(name, _MISSING)
+            # type matters too: 1 == True, but the state must say `true`
+            if old != value or type(old) is not type(value):
                 current[name] = value
                 changed = True
         if dev.last_seen is None or ts > dev.last_seen:
