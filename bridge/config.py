@@ -45,7 +45,8 @@ class FlespiSettings(Section):
     port: int = Field(8883, ge=1, le=65535)
     tls: bool = True
     ca_file: Path | None = Field(None, description="CA bundle; default: the system store")
-    client_id: str = Field("flespi-bridge", min_length=1, max_length=128)
+    # also names the bridge's reply topics (flespi-bridge/<client_id>/...), so topic-safe
+    client_id: str = Field("flespi-bridge", pattern=r"^[A-Za-z0-9._-]{1,128}$")
     session_expiry: int = Field(
         7 * 24 * 3600, ge=0, le=0xFFFFFFFF, description="seconds flespi keeps the session"
     )

@@ -1,0 +1,144 @@
+"""Configuration: TOML file, environment overrides, secrets directory, check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+from helpers import PYTHON, REPO, TOKEN, bridge_env
+
+from bridge import config
+from bridge.exceptions import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def check_config(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = bridge_env()
+    full_env.update(env or {})
+    return subprocess.run([PYTHON, "-m", "bridge", "check-config", *args], capture_output=True,
+                          text=True, env=full_env, timeout=60)
+
+
+def test_defaults_from_a_minimal_file(tmp_path: Path) -> None:
+    s = config.load(write(tmp_path, f'[flespi]\ntoken = "{TOKEN}"\n'))
+    assert (s.flespi.host, s.flespi.port, s.flespi.tls) == ("mqtt.flespi.io", 8883, True)
+    assert s.flespi.client_id == "flespi-bridge"
+    assert s.flespi.devices == "all"
+    assert s.flespi.use_comma_lists
+    assert (s.local.base_topic, s.local.discovery_prefix) == ("flespi", "homeassistant")
+    assert s.flespi.token.get_secret_value() == TOKEN
+    assert TOKEN not in repr(s)
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, f'[flespi]\ntoken = "{TOKEN}"\ndevices = [1, 2]\n[local]\nport = 1883\n')
+    monkeypatch.setenv("FLESPI_BRIDGE_LOCAL__PORT", "11883")
+    monkeypatch.setenv("FLESPI_BRIDGE_FLESPI__DEVICES", "[7]")
+    monkeypatch.setenv("FLESPI_BRIDGE_LOG__LEVEL", "debug")
+    s = config.load(path)
+    assert s.local.port == 11883
+    assert s.flespi.devices == [7]
+    assert s.log.level == "DEBUG"
+
+
+def test_secrets_dir_supplies_the_token(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "flespi__token").write_text(TOKEN + "\n")
+    (secrets / "local__password").write_text("broker-pass")
+    (secrets / "..data").mkdir()  # Kubernetes' own entries are ignored
+    s = config.load(write(tmp_path, "[local]\nusername = \"bridge\"\n"), secrets_dir=secrets)
+    assert s.flespi.token.get_secret_value() == TOKEN
+    assert s.local.password is not None
+    assert s.local.password.get_secret_value() == "broker-pass"
+
+
+def test_token_file(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(f"  {TOKEN}\n")
+    s = config.load(write(tmp_path, f'[flespi]\ntoken_file = "{tmp_path / "token"}"\n'))
+    assert s.flespi.token.get_secret_value() == TOKEN
+
+
+def test_every_problem_is_listed_with_its_key(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[flespi]
+port = "eighty"
+devices = "some"
+
+[local]
+qos = 2
+colour = "blue"
+
+[mqtt]
+host = "x"
+""")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    keys = dict(err.value.problems)
+    assert set(keys) >= {"flespi.token", "flespi.port", "local.qos", "local.colour", "mqtt"}
+    assert "missing" in keys["flespi.token"]
+    assert keys["mqtt"] == "unknown section"
+    assert keys["local.colour"] == "unknown option"
+
+
+def test_check_config_ok_masks_the_token(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[flespi]\ntoken = "{TOKEN}"\n')
+    result = check_config("--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok\n")
+    assert f"token=<set, {len(TOKEN)} characters>" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_check_config_broken_file_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, '[flespi]\nport = "x"\n[nonsense]\na = 1\n')
+    result = check_config("--config", str(path))
+    assert result.returncode == 2
+    assert "3 problem(s)" in result.stderr
+    for key in ("flespi.token:", "flespi.port:", "nonsense: unknown section"):
+        assert key in result.stderr
+
+
+def test_check_config_errors_never_echo_the_token(tmp_path: Path) -> None:
+    # a bad token_file path next to a token set by environment: no error shows the token
+    path = write(tmp_path, "[flespi]\nport = 0\n")
+    result = check_config("--config", str(path), env={"FLESPI_BRIDGE_FLESPI__TOKEN": TOKEN})
+    assert result.returncode == 2
+    assert "flespi.port" in result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_check_config_missing_and_invalid_files(tmp_path: Path) -> None:
+    result = check_config("--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert "file not found" in result.stderr
+    bad = write(tmp_path, "[flespi\n")
+    result = check_config("--config", str(bad))
+    assert result.returncode == 2
+    assert "invalid TOML" in result.stderr
+
+
+def _fields(model: type) -> dict[str, list[str]]:
+    return {name: list(field.annotation.model_fields)  # type: ignore[union-attr]
+            for name, field in config.Settings.model_fields.items()}
+
+
+def test_example_config_documents_every_option_and_loads() -> None:
+    example = REPO / "config.example.toml"
+    text = example.read_text()
+    data = tomllib.loads(text)
+    # Every option appears in the example (commented out when it has no default).
+    for section, keys in _fields(config.Settings).items():
+        assert f"[{section}]" in text, section
+        for key in keys:
+            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{section}.{key}"
+    settings = config.load(overrides={**data, "flespi": {**data["flespi"], "token": TOKEN}})
+    defaults = config.load(overrides={"flespi": {"token": TOKEN}})
+    assert settings == defaults  # the example shows the defaults

@@ -1,0 +1,79 @@
+"""The per-device state cache."""
+
+from __future__ import annotations
+
+from bridge.state import AVAILABILITY, INFO, STATE, Store, iso
+
+
+def test_merge_and_last_seen() -> None:
+    store = Store()
+    assert store.apply_values(1, {"battery": 70}, 100.0)
+    assert store.apply_values(1, {"locked": True}, 101.0)
+    dev = store.devices[1]
+    assert dev.state() == {"battery": 70, "locked": True, "last_seen": iso(101.0)}
+    assert iso(1706905170.17258) == "2024-02-02T20:19:30Z"
+
+
+def test_older_values_lose() -> None:
+    store = Store()
+    store.apply_values(1, {"battery": 60}, 200.0)
+    store.take_dirty()
+    assert not store.apply_values(1, {"battery": 70}, 150.0)  # replayed from earlier
+    assert store.devices[1].values["battery"] == 60
+    assert store.devices[1].last_seen == 200.0
+    assert not store.has_dirty
+
+
+def test_replayed_identical_value_changes_nothing() -> None:
+    store = Store()
+    store.apply_values(1, {"battery": 60}, 200.0)
+    store.take_dirty()
+    assert not store.apply_values(1, {"battery": 60}, 200.0)
+    assert not store.has_dirty
+
+
+def test_type_change_is_a_change() -> None:
+    store = Store()
+    store.apply_values(1, {"x": 1}, 1.0)
+    assert store.apply_values(1, {"x": True}, 1.0)
+    assert store.devices[1].values["x"] is True
+
+
+def test_dirty_flags_coalesce_per_device() -> None:
+    store = Store()
+    store.apply_values(2, {"battery": 1}, 1.0)
+    store.apply_values(1, {"battery": 1}, 1.0)
+    store.apply_values(2, {"signal": 5}, 2.0)
+    store.apply_connected(1, True)
+    store.apply_object(1, {"name": "a", "configuration": {"ident": "x"}, "device_type_id": 7})
+    devs = store.take_dirty()
+    assert [d.id for d in devs] == [2, 1]
+    assert devs[0].dirty == STATE
+    assert devs[1].dirty == STATE | AVAILABILITY | INFO
+    assert store.take_dirty() == []
+
+
+def test_device_object_and_name() -> None:
+    store = Store()
+    assert store.apply_object(5, {"id": 5, "name": "scooter", "device_type_id": 1272,
+                                  "protocol_id": 200, "configuration": {"ident": "015"}})
+    assert store.devices[5].info.as_dict(5) == {
+        "id": 5, "name": "scooter", "ident": "015", "device_type_id": 1272, "protocol_id": 200}
+    assert store.apply_name(5, "renamed")
+    assert not store.apply_name(5, "renamed")
+    # a device object without a name keeps the name already known
+    store.apply_object(5, {"device_type_id": 1272, "protocol_id": 200,
+                           "configuration": {"ident": "015"}})
+    assert store.devices[5].name == "renamed"
+    # wrong types are dropped, not stored
+    store.apply_object(6, {"name": 7, "device_type_id": "x", "configuration": []})
+    assert store.devices[6].info.as_dict(6)["name"] is None
+    assert store.devices[6].name == "flespi 6"
+
+
+def test_mark_all_after_reconnect() -> None:
+    store = Store()
+    store.apply_values(1, {"battery": 1}, 1.0)
+    store.take_dirty()[0].dirty = 0
+    store.mark_all()
+    assert [d.dirty for d in store.take_dirty()] == [STATE | INFO | AVAILABILITY]
