@@ -35,6 +35,8 @@ class Attribute:
     icon: str | None = None
     minimum: float | None = None
     maximum: float | None = None
+    # Home Assistant binary_sensor is "on" when the value is false (the lock class: on=unlocked)
+    invert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ CATALOG: tuple[Parameter, ...] = (
     Parameter("gsm.signal.level", _sensor("signal", "Signal", "int", unit="%",
               state_class="measurement", entity_category="diagnostic",
               icon="mdi:signal", minimum=0, maximum=100)),
-    Parameter("lock.status", _binary("locked", "Locked", device_class="lock")),
+    Parameter("lock.status", _binary("locked", "Locked", device_class="lock", invert=True)),
     Parameter("position", fields=_POSITION_FIELDS),
     Parameter("position.speed", _POSITION_FIELDS["speed"]),
     Parameter("engine.ignition.status", _binary("ignition", "Ignition", icon="mdi:engine")),

@@ -126,6 +126,27 @@ class LocalSettings(Section):
         return self
 
 
+class HomeAssistantSettings(Section):
+    """Home Assistant MQTT discovery (the prefix is `local.discovery_prefix`)."""
+
+    discovery: bool = True
+    include: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="device ids to announce; empty = every device"
+    )
+    exclude: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=list, description="device ids never announced"
+    )
+    expire_after: int = Field(0, ge=0, description="seconds until sensors expire; 0 = never")
+    status_delay: float = Field(
+        2.0, ge=0, le=60, description="max random delay before republishing after HA restarts"
+    )
+
+    def announces(self, device_id: int) -> bool:
+        if not self.discovery or device_id in self.exclude:
+            return False
+        return not self.include or device_id in self.include
+
+
 class ReconnectSettings(Section):
     """Exponential backoff with full jitter, used by both broker connections."""
 
@@ -171,10 +192,11 @@ class Settings(BaseSettings):
     )
 
     flespi: FlespiSettings
-    local: LocalSettings = LocalSettings()
-    reconnect: ReconnectSettings = ReconnectSettings()
-    metrics: MetricsSettings = MetricsSettings()
-    log: LogSettings = LogSettings()
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    reconnect: ReconnectSettings = Field(default_factory=ReconnectSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -284,6 +306,11 @@ def summary(settings: Settings) -> list[str]:
         f"         base_topic={loc.base_topic} discovery_prefix={loc.discovery_prefix} "
         f"output={loc.output} coalesce_window={loc.coalesce_window}s",
     ]
+    ha = settings.homeassistant
+    lines.append(
+        f"homeassistant: discovery={'on' if ha.discovery else 'off'} "
+        f"include={ha.include or 'all'} exclude={ha.exclude or '-'}"
+    )
     m = settings.metrics
     lines.append(
         f"metrics: http://{m.host}:{m.port}/metrics" if m.enabled else "metrics: disabled"

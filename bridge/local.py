@@ -55,7 +55,7 @@ class LocalBroker:
         *,
         state_topic: str,
         subscriptions: Sequence[str],
-        on_message: Callable[[str, bytes], Awaitable[None]],
+        on_message: Callable[[str, bytes, bool], Awaitable[None]],
         on_connect: Callable[[], Awaitable[None]],
         on_disconnect: Callable[[], None] = lambda: None,
     ) -> None:
@@ -112,7 +112,8 @@ class LocalBroker:
                         payload = message.payload
                         if not isinstance(payload, bytes):
                             payload = str(payload).encode()
-                        await self._on_message(message.topic.value, payload)
+                        await self._on_message(message.topic.value, payload,
+                                               bool(message.retain))
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self._lost()
@@ -129,6 +130,14 @@ class LocalBroker:
             self.connected.clear()
             self._on_disconnect()
         self._client = None
+
+    async def subscribe(self, topic: str) -> None:
+        if self._client is not None:
+            await self._client.subscribe(topic, qos=1)
+
+    async def unsubscribe(self, topic: str) -> None:
+        if self._client is not None:
+            await self._client.unsubscribe(topic)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = True,
                       qos: int | None = None) -> None:

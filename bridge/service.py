@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections import deque
@@ -32,15 +33,18 @@ from bridge.flespi.upstream import (
     UpstreamError,
     tls_context,
 )
+from bridge.homeassistant import Context, Discovery, bridge_configs, device_configs
+from bridge.homeassistant import tracker_position as ha_tracker_position
 from bridge.local import LocalBroker, LocalUnavailableError, Publication
 from bridge.logs import RateLimitedLog
 from bridge.metrics import HealthServer, Metrics
-from bridge.state import AVAILABILITY, INFO, STATE, Device, Store
+from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device, Store
 from bridge.topics import LocalTopics
 
 log = logging.getLogger(__name__)
 
 UpstreamFactory = Callable[[ConnectOptions, MessageHandler], Upstream]
+_UNSENT = object()
 # Upstream payloads larger than this are rejected unparsed (flespi values are small).
 MAX_UPSTREAM_PAYLOAD = 256 * 1024
 
@@ -54,7 +58,7 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.catalog = catalog.build(settings.flespi.extra_parameters)
-        attrs = catalog.attributes(self.catalog)
+        attrs = self.attributes = catalog.attributes(self.catalog)
         self.store = Store()
         self.topics = LocalTopics(settings.local.base_topic)
         self.metrics = Metrics(
@@ -71,11 +75,26 @@ class Bridge:
         self._wake = asyncio.Event()
         self._pending_since: dict[int, float] = {}
         self.loaded = asyncio.Event()  # the initial retained state has arrived
+        loc = settings.local
+        self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output,
+                          settings.homeassistant.expire_after)
+        self.discovery = Discovery(self.ha)
+        self._messages: list[Publication] = []  # full flespi messages to republish
+        self._removed: list[Device] = []  # devices deleted upstream, to clear locally
+        # Retained topics found on the local broker at connect, to clear what is stale.
+        self._inventory: set[str] = set()
+        self._inventory_marker = f"{loc.base_topic}/bridge/sync-{uuid.uuid4().hex[:8]}"
+        self._inventory_done = asyncio.Event()
+        self._status_task: asyncio.Task[None] | None = None
+        self._bridge_configs_due = False
+        local_subscriptions = []
+        if settings.homeassistant.discovery:
+            local_subscriptions.append(self.ha.status_topic)
         self.local = LocalBroker(
             settings.local,
             settings.reconnect,
             state_topic=self.topics.bridge_state,
-            subscriptions=[],
+            subscriptions=local_subscriptions,
             on_message=self._on_local,
             on_connect=self._on_local_connect,
             on_disconnect=lambda: self._set_up("local", False),
@@ -185,6 +204,10 @@ class Bridge:
         param = self.catalog.get(name) if kind is Kind.TELEMETRY else None
         if kind is Kind.TELEMETRY and param is None:
             return  # not in the catalogue: ignored, but still acknowledged
+        if not payload:
+            if kind is Kind.DEVICE:  # flespi clears a deleted device's retained object
+                self._remove_device(device_id)
+            return
         if len(payload) > MAX_UPSTREAM_PAYLOAD:
             self._invalid("oversized", topic, f"{len(payload)} bytes")
             return
@@ -208,6 +231,19 @@ class Bridge:
                 self.store.apply_object(device_id, value)
         elif kind is Kind.PROPERTY:
             self._on_property(topic, device_id, name, value)
+        elif kind is Kind.MESSAGE:
+            if isinstance(value, dict):
+                self._messages.append(
+                    Publication(self.topics.device(device_id, "message"), payload, False))
+            else:
+                self._invalid("bad_value", topic, "message is not a JSON object")
+
+    def _remove_device(self, device_id: int) -> None:
+        dev = self.store.remove(device_id)
+        self._pending_since.pop(device_id, None)
+        if dev is not None:
+            log.info("device %s (%s) was deleted in flespi", device_id, dev.name)
+            self._removed.append(dev)
 
     def _on_property(self, topic: str, device_id: int, name: str, value: Any) -> None:
         if name == "connected":
@@ -238,23 +274,121 @@ class Bridge:
             self.stats.reconnects["local"] += 1
         self._set_up("local", True)
         # A restarted broker may have lost every retained message: republish all.
-        self.store.mark_all()
+        self._republish_all()
+        # Take stock of retained topics left by earlier runs; stale ones are cleared once
+        # the upstream state is loaded (`_cleanup`).
+        self._inventory.clear()
+        self._inventory_done.clear()
+        for topic in self._inventory_filters():
+            await self.local.subscribe(topic)
+        await self.local.publish(self._inventory_marker, b"", retain=False)
         self._wake.set()
 
-    async def _on_local(self, topic: str, payload: bytes) -> None:
-        """Local inputs (commands, Home Assistant status) are handled by later modules."""
+    def _inventory_filters(self) -> list[str]:
+        filters = [f"{self.topics.base}/+/+"]
+        if self.settings.homeassistant.discovery:
+            filters.append(self.ha.config_filter)
+        return filters
+
+    async def _on_local(self, topic: str, payload: bytes, retain: bool) -> None:
+        if not self._inventory_done.is_set():
+            if topic == self._inventory_marker:
+                self._inventory_done.set()
+                for flt in self._inventory_filters():
+                    await self.local.unsubscribe(flt)
+                self._wake.set()
+                return
+            if retain and payload:
+                self._inventory.add(topic)
+        if topic == self.ha.status_topic:
+            if payload.strip().lower() == b"online":
+                self._schedule_republish()
+            return
+        await self._on_command(topic, payload)
+
+    async def _on_command(self, topic: str, payload: bytes) -> None:
+        """Local command topics; see bridge.commands."""
+
+    def _republish_all(self) -> None:
+        self.discovery.reset()
+        self.store.mark_all()
+        self._bridge_configs_due = self.settings.homeassistant.discovery
+        self._wake.set()
+
+    def _schedule_republish(self) -> None:
+        """Home Assistant restarted: republish discovery and states after a random delay
+        (many bridges answering at once would flood it)."""
+        if self._status_task is not None and not self._status_task.done():
+            return
+        max_delay = self.settings.homeassistant.status_delay
+
+        async def later() -> None:
+            await asyncio.sleep(random.uniform(max_delay / 2, max_delay))
+            log.info("Home Assistant is online: republishing discovery and states")
+            self._republish_all()
+
+        self._status_task = asyncio.create_task(later())
 
     def _publications(self, dev: Device, flags: int) -> list[Publication]:
         pubs: list[Publication] = []
         t = self.topics
+        if flags & DISCOVERY and self.settings.homeassistant.announces(dev.id) and (
+                dev.values or dev.online is not None):
+            pubs.extend(self.discovery.update(dev, self._device_configs(dev)))
         if flags & INFO:
             pubs.append(Publication(t.info(dev.id), orjson.dumps(dev.info.as_dict(dev.id))))
         if flags & AVAILABILITY and dev.online is not None:
             pubs.append(Publication(t.availability(dev.id),
                                     b"online" if dev.online else b"offline"))
         if flags & STATE and (dev.values or dev.last_seen is not None):
-            pubs.append(Publication(t.state(dev.id), orjson.dumps(dev.state())))
+            output = self.settings.local.output
+            if output != "attribute":
+                pubs.append(Publication(t.state(dev.id), orjson.dumps(dev.state())))
+            if output != "json":
+                pubs.extend(self._attribute_publications(dev))
         return pubs
+
+    def _device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
+        return device_configs(self.ha, dev, self.attributes)
+
+    def _attribute_publications(self, dev: Device) -> list[Publication]:
+        """Per-attribute topics, only for values that changed since last published."""
+        pubs = []
+        for name, value in dev.state().items():
+            if dev.sent.get(name, _UNSENT) != value:
+                dev.sent[name] = value
+                data = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                pubs.append(Publication(self.topics.device(dev.id, name), data))
+        if "latitude" in dev.values and "position" not in dev.values:
+            pos = orjson.dumps(ha_tracker_position(dev))
+            if dev.sent.get("position") != pos:
+                dev.sent["position"] = pos
+                pubs.append(Publication(self.topics.device(dev.id, "position"), pos))
+        return pubs
+
+    def _clear_device(self, dev: Device) -> list[Publication]:
+        leaves = ["state", "availability", "info", *dev.values, "last_seen", "position"]
+        pubs = [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
+        return pubs + self.discovery.forget(dev.id)
+
+    def _cleanup(self) -> list[Publication]:
+        """Retained topics from earlier runs that nothing live stands behind."""
+        live = set(bridge_configs(self.ha)) if self.settings.homeassistant.discovery else set()
+        for dev in self.store.devices.values():
+            if self.settings.homeassistant.announces(dev.id):
+                live.update(self._device_configs(dev))
+        stale = []
+        for topic in self._inventory:
+            parsed = self.topics.parse_device(topic)
+            if parsed is not None:
+                if parsed[0] not in self.store.devices:
+                    stale.append(topic)  # a device that is gone or no longer selected
+            elif topic.startswith(self.ha.prefix + "/") and topic not in live:
+                stale.append(topic)  # an entity no longer generated
+        self._inventory.clear()
+        if stale:
+            log.info("clearing %d stale retained topics from an earlier run", len(stale))
+        return [Publication(topic, b"") for topic in sorted(stale)]
 
     async def _publisher(self) -> None:
         window = self.settings.local.coalesce_window
@@ -267,6 +401,13 @@ class Bridge:
             n_acks = len(self._acks)
             batch = [(dev, dev.dirty) for dev in self.store.take_dirty()]
             pubs: list[Publication] = []
+            bridge_due, self._bridge_configs_due = self._bridge_configs_due, False
+            if bridge_due:
+                pubs.extend(Publication(t, orjson.dumps(c))
+                            for t, c in bridge_configs(self.ha).items())
+            removed, self._removed = self._removed, []
+            for dev in removed:
+                pubs.extend(self._clear_device(dev))
             since: list[float] = []
             for dev, flags in batch:
                 dev.dirty = 0
@@ -274,6 +415,10 @@ class Bridge:
                 started = self._pending_since.pop(dev.id, None)
                 if started is not None:
                     since.append(started)
+            messages, self._messages = self._messages, []
+            pubs.extend(messages)
+            if self._inventory and self._inventory_done.is_set() and self.loaded.is_set():
+                pubs.extend(self._cleanup())
             try:
                 await self.local.publish_many(pubs)
             except LocalUnavailableError as exc:
@@ -281,13 +426,16 @@ class Bridge:
                 for dev, flags in batch:
                     dev.dirty |= flags
                     self.store.mark_again(dev)
+                self._removed[:0] = removed
+                self._messages[:0] = messages
+                self._bridge_configs_due |= bridge_due
                 self._wake.set()
                 continue
             done = time.monotonic()
             for started in since:
                 self.metrics.latency.observe(done - started)
             for pub in pubs:
-                self.stats.publications[pub.topic.rsplit("/", 1)[1]] += 1
+                self.stats.publications[_kind(pub.topic)] += 1
             self._ack(n_acks)
 
     def _ack(self, count: int) -> None:
@@ -324,9 +472,7 @@ class Bridge:
         up = self.upstream
         if up is not None:
             await up.disconnect()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait([*self._tasks, *([self._status_task] if self._status_task else [])])
         if self.health is not None:
             await self.health.stop()
 
@@ -339,3 +485,24 @@ class Bridge:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+
+def _kind(topic: str) -> str:
+    """Metric label of a local publication: the last topic level, `config` for discovery."""
+    leaf = topic.rsplit("/", 1)[-1]
+    known = ("state", "availability", "info", "message", "config", "result")
+    return leaf if leaf in known else "attribute"
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 10.0) -> None:
+    """Cancel tasks and wait for them, cancelling again when a cancellation was swallowed
+    (Python 3.11's `asyncio.wait_for`, used inside aiomqtt, can lose one)."""
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    if pending:
+        log.warning("tasks still running at shutdown: %s", [t.get_name() for t in pending])

@@ -16,6 +16,8 @@ _MISSING = object()
 STATE = 1
 INFO = 2
 AVAILABILITY = 4
+DISCOVERY = 8  # the set of entities or the device block changed
+ALL = STATE | INFO | AVAILABILITY | DISCOVERY
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class Device:
     info: Info = field(default_factory=Info)
     online: bool | None = None
     dirty: int = 0
+    # attribute values last published on per-attribute topics (output "attribute"/"both")
+    sent: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -108,7 +112,8 @@ class Store:
     def mark_all(self) -> None:
         """Everything is republished (after a reconnect to the local broker)."""
         for dev in self.devices.values():
-            self._mark(dev, STATE | INFO | AVAILABILITY)
+            dev.sent.clear()
+            self._mark(dev, ALL)
 
     def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
         """Merge normalized attributes; True if the published state changes."""
@@ -116,6 +121,7 @@ class Store:
         if ts is None:
             ts = time.time()
         changed = False
+        flags = STATE
         stamps, current = dev.stamps, dev.values
         for name, value in values.items():
             if stamps.get(name, 0.0) > ts:
@@ -124,13 +130,15 @@ class Store:
             old = current.get(name, _MISSING)
             # type matters too: 1 == True, but the state must say `true`
             if old != value or type(old) is not type(value):
+                if old is _MISSING:
+                    flags |= DISCOVERY  # a new entity
                 current[name] = value
                 changed = True
         if dev.last_seen is None or ts > dev.last_seen:
             dev.last_seen = ts
             changed = True
         if changed:
-            self._mark(dev, STATE)
+            self._mark(dev, flags)
         return changed
 
     def apply_object(self, device_id: int, obj: dict[str, Any]) -> bool:
@@ -141,7 +149,7 @@ class Store:
         if info == dev.info:
             return False
         dev.info = info
-        self._mark(dev, INFO)
+        self._mark(dev, INFO | DISCOVERY)
         return True
 
     def apply_name(self, device_id: int, name: str) -> bool:
@@ -149,15 +157,15 @@ class Store:
         if dev.info.name == name:
             return False
         dev.info.name = name
-        self._mark(dev, INFO)
+        self._mark(dev, INFO | DISCOVERY)
         return True
 
     def apply_connected(self, device_id: int, online: bool) -> bool:
         dev = self.device(device_id)
         if dev.online is online:
             return False
+        self._mark(dev, AVAILABILITY if dev.online is not None else AVAILABILITY | DISCOVERY)
         dev.online = online
-        self._mark(dev, AVAILABILITY)
         return True
 
     def remove(self, device_id: int) -> Device | None:

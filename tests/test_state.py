@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.state import AVAILABILITY, INFO, STATE, Store, iso
+from bridge.state import ALL, AVAILABILITY, DISCOVERY, INFO, STATE, Store, iso
 
 
 def test_merge_and_last_seen() -> None:
@@ -48,8 +48,14 @@ def test_dirty_flags_coalesce_per_device() -> None:
     store.apply_object(1, {"name": "a", "configuration": {"ident": "x"}, "device_type_id": 7})
     devs = store.take_dirty()
     assert [d.id for d in devs] == [2, 1]
-    assert devs[0].dirty == STATE
-    assert devs[1].dirty == STATE | AVAILABILITY | INFO
+    # new attributes, a first availability and a new name change the entities too
+    assert devs[0].dirty == STATE | DISCOVERY
+    assert devs[1].dirty == STATE | AVAILABILITY | INFO | DISCOVERY
+    for dev in devs:
+        dev.dirty = 0
+    store.apply_values(2, {"signal": 6}, 3.0)
+    store.apply_connected(1, False)
+    assert [d.dirty for d in store.take_dirty()] == [STATE, AVAILABILITY]
     assert store.take_dirty() == []
 
 
@@ -76,4 +82,4 @@ def test_mark_all_after_reconnect() -> None:
     store.apply_values(1, {"battery": 1}, 1.0)
     store.take_dirty()[0].dirty = 0
     store.mark_all()
-    assert [d.dirty for d in store.take_dirty()] == [STATE | INFO | AVAILABILITY]
+    assert [d.dirty for d in store.take_dirty()] == [ALL]

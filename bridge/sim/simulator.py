@@ -129,6 +129,15 @@ class Simulator:
         await self._publish(f"{STATE_PREFIX}{device_id}", dev.device_object())
         await self._publish(f"{STATE_PREFIX}{device_id}/name", name)
 
+    async def delete(self, device_id: int) -> None:
+        """Delete the device as flespi does: its retained topics are cleared."""
+        dev = self.devices.pop(device_id)
+        base = f"{STATE_PREFIX}{device_id}"
+        for param in dev.telemetry:
+            await self._publish(f"{base}/telemetry/{param}", b"")
+        for leaf in ("/name", "/connected", ""):
+            await self._publish(base + leaf, b"")
+
     async def run(self, rate: float, duration: float | None = None) -> int:
         """Send device messages round-robin at `rate` messages per second; returns the count."""
         devices = list(self.devices.values())
