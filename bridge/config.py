@@ -147,6 +147,69 @@ class HomeAssistantSettings(Section):
         return not self.include or device_id in self.include
 
 
+Scalar = str | int | float | bool
+Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class CommandSpec(Section):
+    """One entity command: how a local command becomes a flespi device command."""
+
+    component: Literal["lock", "button", "number"]
+    command: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="flespi command name")
+    properties: dict[str, Scalar] = Field(default_factory=dict)
+    value_property: str | None = Field(
+        None, description="the properties key that receives the value (lock, number)"
+    )
+    payload_lock: Scalar = 1
+    payload_unlock: Scalar = 0
+    min: float = 0
+    max: float = 100
+    step: float = 1
+    unit: str | None = None
+    label: str | None = Field(None, description="Home Assistant entity name")
+    state_attribute: str | None = Field(
+        None, description="state attribute that confirms the command (e.g. locked)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CommandSpec:
+        if self.component in ("lock", "number") and not self.value_property:
+            raise ValueError(f"a {self.component} command needs value_property")
+        if self.component == "number" and not (self.min < self.max and self.step > 0):
+            raise ValueError("a number needs min < max and step > 0")
+        return self
+
+
+class CommandSettings(Section):
+    """Local command topics -> flespi device commands."""
+
+    read_only: bool = Field(False, description="refuse every command")
+    transport: Literal["mqtt", "http"] = "mqtt"
+    http_url: str = Field("https://flespi.io", pattern=r"^https?://")
+    timeout: float = Field(10, gt=0, le=300, description="seconds flespi may take to answer")
+    max_payload: int = Field(1024, ge=16, le=65536, description="bytes")
+    device_rate: float = Field(1.0, gt=0, description="commands per second per device")
+    device_burst: int = Field(3, ge=1)
+    global_rate: float = Field(10.0, gt=0, description="commands per second in all")
+    global_burst: int = Field(20, ge=1)
+    dedup_window: float = Field(300, ge=0, description="seconds a transaction id is remembered")
+    # device type id (as a string) or "default" -> entity -> command
+    profiles: dict[str, dict[Identifier, CommandSpec]] = Field(default_factory=dict)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key != "default" and not (key.isascii() and key.isdigit()):
+                raise ValueError(f"profile {key!r}: use a device type id or \"default\"")
+        return value
+
+    def profile(self, device_type_id: int | None) -> dict[str, CommandSpec]:
+        if device_type_id is not None and str(device_type_id) in self.profiles:
+            return self.profiles[str(device_type_id)]
+        return self.profiles.get("default", {})
+
+
 class ReconnectSettings(Section):
     """Exponential backoff with full jitter, used by both broker connections."""
 
@@ -194,6 +257,7 @@ class Settings(BaseSettings):
     flespi: FlespiSettings
     local: LocalSettings = Field(default_factory=LocalSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    commands: CommandSettings = Field(default_factory=CommandSettings)
     reconnect: ReconnectSettings = Field(default_factory=ReconnectSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
@@ -310,6 +374,12 @@ def summary(settings: Settings) -> list[str]:
     lines.append(
         f"homeassistant: discovery={'on' if ha.discovery else 'off'} "
         f"include={ha.include or 'all'} exclude={ha.exclude or '-'}"
+    )
+    c = settings.commands
+    profiles = ", ".join(f"{k}: {'/'.join(v)}" for k, v in c.profiles.items()) or "none"
+    lines.append(
+        f"commands: {'read-only' if c.read_only else 'enabled'} transport={c.transport} "
+        f"profiles={profiles}"
     )
     m = settings.metrics
     lines.append(

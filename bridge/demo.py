@@ -12,7 +12,8 @@ import orjson
 
 from bridge import config, logs, mosquitto
 from bridge.service import Bridge
-from bridge.sim import Simulator
+from bridge.sim import Responder, Simulator
+from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 
@@ -57,9 +58,12 @@ async def run(*, devices: int, rate: float, duration: float | None) -> int:
                        "tls": False, "client_id": "flespi-bridge-demo"},
             "local": {"host": local.host, "port": local.port},
             "metrics": {"port": 0},
+            "commands": {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}},
         })
         sim = Simulator(upstream.host, upstream.port, devices=devices)
         await sim.start()
+        responder = Responder(sim)
+        await responder.attach()
         bridge = Bridge(settings)
         await bridge.start()
         base = settings.local.base_topic
@@ -70,6 +74,10 @@ async def run(*, devices: int, rate: float, duration: float | None) -> int:
             print(f"metrics:                 http://127.0.0.1:{bridge.health.port}/metrics")
         print("watch the local side with:")
         print(f"  mosquitto_sub -h {local.host} -p {local.port} -t '{base}/#' -v")
+        first = next(iter(sim.devices))
+        print("unlock a scooter with:")
+        print(f"  mosquitto_pub -h {local.host} -p {local.port} -t '{base}/{first}/set' "
+              """-m '{"lock": false, "transaction": "demo-1"}'""")
         print("Ctrl-C stops everything. Local broker receives:", flush=True)
 
         stop = asyncio.Event()
@@ -87,6 +95,7 @@ async def run(*, devices: int, rate: float, duration: float | None) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await bridge.stop()
+        await responder.close()
         await sim.stop()
         print("demo stopped", flush=True)
     return 0

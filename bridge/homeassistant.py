@@ -10,7 +10,7 @@ stale ones cleared) with `<prefix>/+/<node_id>/+/config`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ import orjson
 
 from bridge import __version__
 from bridge.catalog import LAST_SEEN, Attribute
+from bridge.config import CommandSpec
 from bridge.local import Publication
 from bridge.state import Device
 
@@ -153,23 +154,26 @@ def tracker_attributes_template() -> str:
 
 
 def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
-                   extra: Iterable[tuple[str, str, dict[str, Any]]] = ()
+                   profile: Mapping[str, CommandSpec] | None = None
                    ) -> dict[str, dict[str, Any]]:
     """Config topic -> payload for every entity this device has now.
 
     Entities exist for the attributes the device has reported (not for every catalogue
-    row), plus connectivity, last seen and, with a position, a GPS device_tracker.
-    `extra` adds (component, key, config-without-common-keys) entities such as commands.
+    row), plus connectivity, last seen, a GPS device_tracker with a position, and the
+    lock/button/number entities of the device type's command `profile`.
     """
+    profile = profile or {}
     device = device_block(ctx, dev)
     out: dict[str, dict[str, Any]] = {}
+    # an attribute a lock entity shows gets no binary_sensor of its own
+    shown = {spec.state_attribute for spec in profile.values() if spec.component == "lock"}
 
     def add(component: str, key: str, cfg: dict[str, Any]) -> None:
         out[ctx.config_topic(component, f"flespi_{dev.id}_{key}")] = cfg
 
     for name in dev.values:
         attr = attrs.get(name)
-        if attr is None or attr.component is None:
+        if attr is None or attr.component is None or name in shown:
             continue
         component, cfg = _value_entity(ctx, dev, attr, device)
         add(component, attr.name, cfg)
@@ -192,11 +196,44 @@ def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
                    payload_off="offline", device_class="connectivity",
                    entity_category="diagnostic")
         add("binary_sensor", "connectivity", cfg)
-    for component, key, specific in extra:
-        cfg = _common(ctx, dev, key, specific.pop("name", key.replace("_", " ").capitalize()),
-                      device)
+    for component, key, specific in command_entities(ctx, dev, profile):
+        cfg = _common(ctx, dev, key, specific.pop("name"), device)
         cfg.update(specific)
         add(component, key, cfg)
+    return out
+
+
+def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpec]
+                     ) -> list[tuple[str, str, dict[str, Any]]]:
+    """lock/button/number entities for the device type's command profile. A lock's state
+    comes from telemetry (`state_attribute`), never from assuming the command worked."""
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for key, spec in profile.items():
+        cfg: dict[str, Any] = {
+            "name": spec.label or key.replace("_", " ").capitalize(),
+            "command_topic": f"{ctx.base}/{dev.id}/{key}/set",
+        }
+        state = spec.state_attribute
+        if state is not None:
+            cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + ("state" if _uses_json(ctx) else state)
+        if spec.component == "lock":
+            cfg.update(payload_lock="LOCK", payload_unlock="UNLOCK", optimistic=state is None)
+            if state is not None and _uses_json(ctx):
+                cfg.update(value_template=(
+                    f"{{{{ 'LOCKED' if value_json.{state} else 'UNLOCKED' }}}}"),
+                    state_locked="LOCKED", state_unlocked="UNLOCKED")
+            elif state is not None:
+                cfg.update(state_locked="true", state_unlocked="false")
+        elif spec.component == "button":
+            cfg["payload_press"] = "PRESS"
+        else:
+            cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
+                       optimistic=state is None)
+            if spec.unit:
+                cfg["unit_of_measurement"] = spec.unit
+            if state is not None and _uses_json(ctx):
+                cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
+        out.append((spec.component, key, cfg))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple
 
@@ -71,18 +72,18 @@ class LocalBroker:
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, *, suffix: str = "", will: bool = True) -> aiomqtt.Client:
         s = self.settings
         client = aiomqtt.Client(
             s.host,
             s.port,
             username=s.username,
             password=s.password.get_secret_value() if s.password else None,
-            identifier=s.client_id,
+            identifier=s.client_id + suffix,
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=True,
             keepalive=s.keepalive,
-            will=aiomqtt.Will(self._state_topic, b"offline", qos=1, retain=True),
+            will=aiomqtt.Will(self._state_topic, b"offline", qos=1, retain=True) if will else None,
             tls_context=tls_context(s),
             tls_insecure=s.tls_insecure if s.tls else None,
             timeout=10,
@@ -131,13 +132,27 @@ class LocalBroker:
             self._on_disconnect()
         self._client = None
 
-    async def subscribe(self, topic: str) -> None:
-        if self._client is not None:
-            await self._client.subscribe(topic, qos=1)
+    async def retained(self, filters: Sequence[str], timeout: float = 60) -> set[str]:
+        """Topics holding a retained message under `filters`.
 
-    async def unsubscribe(self, topic: str) -> None:
-        if self._client is not None:
-            await self._client.unsubscribe(topic)
+        Uses a second, short-lived connection, so the main one never sees (and never acts
+        twice on) messages matched by these wide filters. A marker published after the
+        subscriptions arrives after every retained message they deliver.
+        """
+        marker = f"{self._state_topic}/inventory-{uuid.uuid4().hex[:8]}"
+        found: set[str] = set()
+        async with asyncio.timeout(timeout), self._make_client(
+                suffix=f"-inventory-{uuid.uuid4().hex[:6]}", will=False) as client:
+            for topic in (*filters, marker):
+                await client.subscribe(topic, qos=1)
+            await client.publish(marker, b"1", qos=1)
+            async for message in client.messages:
+                topic = message.topic.value
+                if topic == marker:
+                    break
+                if message.retain and message.payload:
+                    found.add(topic)
+        return found
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = True,
                       qos: int | None = None) -> None:

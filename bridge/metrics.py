@@ -1,8 +1,12 @@
 """Prometheus metrics and the health endpoints, on one HTTP port.
 
-The hot path only bumps plain integers in `Stats`; a collector turns them, and the fleet in
-the state store, into Prometheus samples at scrape time. Fleet series therefore disappear
-by themselves when a device leaves the store.
+The hot path only bumps plain integers in `Stats` (and a bucket count in `LatencyHistogram`);
+a collector turns them, and the fleet in the state store, into Prometheus samples at scrape
+time. Fleet series therefore disappear by themselves when a device leaves the store, and a
+renamed device changes its `device_name` label without leaving the old series behind.
+
+Everything lives on a registry of its own per `Metrics`, so tests (and several bridges in one
+process) stay apart. The metric names are a contract: see `monitoring/README.md`.
 """
 
 from __future__ import annotations
@@ -10,25 +14,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, Info
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from bridge import __version__
 from bridge.catalog import Attribute
+from bridge.flespi.topics import Kind
 from bridge.state import Store
 
 log = logging.getLogger(__name__)
 
 PREFIX = "flespi_bridge_"
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Upstream receive -> local publish: about a millisecond without coalescing, the coalescing
+# window (0.1 s by default) plus that with it, seconds when the local broker is slow.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                   0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIDES = ("upstream", "local")
+# Label values known in advance are exported as 0 from the start, so that `rate()` and
+# alerts see a series before the first event (https://prometheus.io/docs/practices/instrumentation/#avoid-missing-metrics).
+UPSTREAM_KINDS = (*(k.value for k in Kind), "ignored")
+PUBLICATION_KINDS = ("state", "info", "availability")
+INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstream", "bad_value"))
 
 # catalogue unit -> (metric name suffix, factor to the Prometheus base unit)
 UNITS: dict[str | None, tuple[str, float]] = {
@@ -39,33 +61,87 @@ UNITS: dict[str | None, tuple[str, float]] = {
     "°": ("degrees", 1.0),
     None: ("", 1.0),
 }
+FLEET_LABELS = ["device_id", "device_name"]
+BATTERY = PREFIX + "device_battery_percent"
+ONLINE = PREFIX + "device_online"
+LAST_SEEN = PREFIX + "device_last_seen_timestamp_seconds"
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 
 @dataclass
 class Stats:
     """Counters bumped on the hot path (plain ints: no locks, no label lookups)."""
 
-    upstream_messages: Counter[str] = field(default_factory=Counter)
-    publications: Counter[str] = field(default_factory=Counter)
-    invalid: Counter[tuple[str, str]] = field(default_factory=Counter)
+    upstream_messages: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(UPSTREAM_KINDS, 0)))
+    publications: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(PUBLICATION_KINDS, 0)))
+    invalid: Counter[tuple[str, str]] = field(
+        default_factory=lambda: Counter(dict.fromkeys(INVALID_REASONS, 0)))
     commands: Counter[str] = field(default_factory=Counter)
-    reconnects: Counter[str] = field(default_factory=Counter)
+    reconnects: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(SIDES, 0)))
     dropped: Counter[str] = field(default_factory=Counter)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
 
+class LatencyHistogram:
+    """A cumulative histogram for the hot path: `observe` is a bisect and two additions
+    (no lock, no `_created` series)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(sorted(float(b) for b in bounds))
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1  # `le` is inclusive
+        self.total += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative = list(accumulate(self.counts))
+        # repr: the shortest text that reads back as the same float ("0.0005", "1.0")
+        buckets = [(repr(b), float(n)) for b, n in zip(self.bounds, cumulative, strict=False)]
+        buckets.append(("+Inf", float(cumulative[-1])))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
 def fleet_metric_name(attr: Attribute) -> str:
     suffix, _ = UNITS.get(attr.unit, ("", 1.0))
-    return f"{PREFIX}device_{attr.name}" + (f"_{suffix}" if suffix else "")
+    base = _NOT_NAME.sub("_", attr.name)
+    return f"{PREFIX}device_{base}" + (f"_{suffix}" if suffix else "")
+
+
+def fleet_attributes(fleet: Iterable[Attribute]) -> list[tuple[str, Attribute]]:
+    """(metric name, attribute) of the extra per-device gauges: numeric and boolean
+    attributes only, each name once, never one of the fixed fleet gauges."""
+    taken = {BATTERY, ONLINE, LAST_SEEN}
+    out: list[tuple[str, Attribute]] = []
+    for attr in fleet:
+        if attr.name == "battery":
+            continue  # always exported, as flespi_bridge_device_battery_percent
+        name = fleet_metric_name(attr)
+        if name in taken:
+            log.warning("metrics.fleet_parameters: %s would export %s, which is exported "
+                        "already; left out", attr.name, name)
+            continue
+        if attr.type == "str":
+            log.warning("metrics.fleet_parameters: %s is not numeric; left out", attr.name)
+            continue
+        taken.add(name)
+        out.append((name, attr))
+    return out
 
 
 class BridgeCollector(Collector):
-    def __init__(self, stats: Stats, store: Store, fleet: Iterable[Attribute],
-                 max_devices: int) -> None:
+    def __init__(self, stats: Stats, latency: LatencyHistogram, store: Store,
+                 fleet: Iterable[Attribute], max_devices: int) -> None:
         self.stats = stats
+        self.latency = latency
         self.store = store
-        self.fleet = [a for a in fleet if a.name != "battery"]
+        self.fleet = fleet_attributes(fleet)
         self.max_devices = max_devices
 
     def collect(self) -> Iterator[Metric]:
@@ -81,6 +157,8 @@ class BridgeCollector(Collector):
 
     def _bridge(self) -> Iterator[Metric]:
         s = self.stats
+        yield InfoMetricFamily(PREFIX + "build", "Build information.",
+                               value={"version": __version__})
         yield self._counter("upstream_messages", "Messages received from flespi, by kind.",
                             ["kind"], s.upstream_messages)
         yield self._counter("local_publications", "Publications to the local broker, by kind.",
@@ -88,8 +166,8 @@ class BridgeCollector(Collector):
         yield self._counter("invalid_inputs", "Rejected inputs, by source and reason.",
                             ["source", "reason"], s.invalid)
         yield self._counter("commands", "Commands handled, by outcome.", ["outcome"], s.commands)
-        yield self._counter("reconnects", "Reconnections, by side.", ["side"],
-                            {side: s.reconnects[side] for side in SIDES})
+        yield self._counter("reconnects", "Reconnections after a lost connection, by side.",
+                            ["side"], {side: s.reconnects[side] for side in SIDES})
         yield self._counter("dropped", "Updates dropped (never silently), by reason.",
                             ["reason"], s.dropped)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
@@ -102,45 +180,54 @@ class BridgeCollector(Collector):
         for name, depth in sorted(s.queues.items()):
             queue.add_metric([name], depth())
         yield queue
-        yield GaugeMetricFamily(PREFIX + "devices", "Devices tracked.",
-                                value=len(self.store.devices))
+        yield self.latency.family(
+            PREFIX + "processing_latency_seconds",
+            "Time from receiving a flespi update to its local publication.")
+        devices = self.store.devices
+        yield GaugeMetricFamily(PREFIX + "devices", "Devices tracked.", value=len(devices))
+        yield GaugeMetricFamily(
+            PREFIX + "devices_online",
+            "Tracked devices that flespi reports connected (all of them, whatever the cap).",
+            value=sum(1 for dev in devices.values() if dev.online))
 
     def _fleet(self) -> Iterator[Metric]:
-        labels = ["device_id", "device_name"]
-        battery = GaugeMetricFamily(PREFIX + "device_battery_percent",
-                                    "Battery level of the device.", labels=labels)
-        online = GaugeMetricFamily(PREFIX + "device_online",
-                                   "1 while flespi says the device is connected.", labels=labels)
-        seen = GaugeMetricFamily(PREFIX + "device_last_seen_timestamp_seconds",
-                                 "Time of the device's newest value.", labels=labels)
-        extra = [(a, GaugeMetricFamily(fleet_metric_name(a), f"{a.label} of the device.",
-                                       labels=labels)) for a in self.fleet]
-        devices = sorted(self.store.devices)
-        for device_id in devices[: self.max_devices]:
-            dev = self.store.devices[device_id]
+        battery = GaugeMetricFamily(BATTERY, "Battery level of the device.",
+                                    labels=FLEET_LABELS)
+        online = GaugeMetricFamily(ONLINE, "1 while flespi says the device is connected.",
+                                   labels=FLEET_LABELS)
+        seen = GaugeMetricFamily(LAST_SEEN, "Time of the device's newest value.",
+                                 labels=FLEET_LABELS)
+        extra = [(attr, UNITS.get(attr.unit, ("", 1.0))[1],
+                  GaugeMetricFamily(name, f"{attr.label} of the device.", labels=FLEET_LABELS))
+                 for name, attr in self.fleet]
+        devices = self.store.devices
+        ids = sorted(devices)
+        for device_id in ids[: self.max_devices]:
+            dev = devices[device_id]
             key = [str(device_id), dev.name]
             values = dev.values
-            if isinstance(values.get("battery"), int | float):
-                battery.add_metric(key, float(values["battery"]))
+            level = values.get("battery")
+            if isinstance(level, int | float) and not isinstance(level, bool):
+                battery.add_metric(key, float(level))
             if dev.online is not None:
                 online.add_metric(key, 1.0 if dev.online else 0.0)
             if dev.last_seen is not None:
                 seen.add_metric(key, dev.last_seen)
-            for attr, family in extra:
+            for attr, factor, family in extra:
                 value = values.get(attr.name)
                 if isinstance(value, bool):
                     family.add_metric(key, 1.0 if value else 0.0)
                 elif isinstance(value, int | float):
-                    family.add_metric(key, value * UNITS.get(attr.unit, ("", 1.0))[1])
+                    family.add_metric(key, value * factor)
         yield battery
         yield online
         yield seen
-        for _, family in extra:
+        for _, _, family in extra:
             yield family
         yield GaugeMetricFamily(
             PREFIX + "fleet_devices_not_exported",
             "Devices beyond metrics.max_devices, left out of the per-device series.",
-            value=max(0, len(devices) - self.max_devices),
+            value=max(0, len(ids) - self.max_devices),
         )
 
 
@@ -150,21 +237,18 @@ class Metrics:
     def __init__(self, store: Store, fleet: Iterable[Attribute], max_devices: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.stats = Stats()
-        self.registry.register(BridgeCollector(self.stats, store, fleet, max_devices))
-        Info(PREFIX.rstrip("_") + "_build", "Build information.",
-             registry=self.registry).info({"version": __version__})
-        self.latency = Histogram(
-            PREFIX + "processing_latency_seconds",
-            "Time from receiving a flespi update to its local publication.",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
+        self.latency = LatencyHistogram()
+        self.registry.register(
+            BridgeCollector(self.stats, self.latency, store, fleet, max_devices))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition the scraper asked for (`Accept`): OpenMetrics or Prometheus text."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
 
 
 class HealthServer:
-    """GET /metrics, /healthz (process alive) and /readyz (ready() is true)."""
+    """GET (or HEAD) /metrics, /healthz (process alive) and /readyz (ready() is true)."""
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int):
         self.metrics = metrics
@@ -188,12 +272,27 @@ class HealthServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
-            method, _, rest = request.decode("latin-1").partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
-            status, ctype, body = self._respond(method, path)
-            head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-            writer.write(head.encode() + (body if method != "HEAD" else b""))
+            lines = request.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            headers: dict[str, str] = {}
+            extra: dict[str, str]
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+                method = ""
+                status, extra, body = "400 Bad Request", {}, b"bad request\n"
+            else:
+                method = parts[0]
+                status, extra, body = self._respond(method, parts[1].split("?", 1)[0],
+                                                    headers.get("accept", ""))
+            head = [f"HTTP/1.1 {status}"]
+            extra.setdefault("Content-Type", "text/plain; charset=utf-8")
+            head += [f"{k}: {v}" for k, v in extra.items()]
+            head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+            writer.write("\r\n".join(head).encode("latin-1")
+                         + (body if method != "HEAD" else b""))
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
@@ -203,17 +302,21 @@ class HealthServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _respond(self, method: str, path: str) -> tuple[str, str, bytes]:
-        text = "text/plain; charset=utf-8"
+    def _respond(self, method: str, path: str,
+                 accept: str) -> tuple[str, dict[str, str], bytes]:
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", text, b"method not allowed\n"
+            return "405 Method Not Allowed", {"Allow": "GET, HEAD"}, b"method not allowed\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+            try:
+                body, content_type = self.metrics.render(accept)
+            except Exception:
+                log.exception("rendering the metrics failed")
+                return "500 Internal Server Error", {}, b"metrics unavailable\n"
+            return "200 OK", {"Content-Type": content_type}, body
         if path == "/healthz":
-            return "200 OK", text, b"ok\n"
+            return "200 OK", {}, b"ok\n"
         if path == "/readyz":
             if self.ready():
-                return "200 OK", text, b"ready\n"
-            return "503 Service Unavailable", text, b"not ready\n"
-        return "404 Not Found", text, b"not found\n"
-
+                return "200 OK", {}, b"ready\n"
+            return "503 Service Unavailable", {}, b"not ready\n"
+        return "404 Not Found", {}, b"not found\n"

@@ -17,12 +17,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import aiomqtt
 import orjson
 
 from bridge import catalog
 from bridge.backoff import Backoff
+from bridge.commands import CommandGateway
 from bridge.config import Settings
 from bridge.flespi import topics as flespi_topics
+from bridge.flespi.rest import HttpRest, MqttRest, Rest
 from bridge.flespi.topics import Kind
 from bridge.flespi.upstream import (
     Ack,
@@ -31,9 +34,16 @@ from bridge.flespi.upstream import (
     MessageHandler,
     Upstream,
     UpstreamError,
+    UserProperties,
+    timestamp,
     tls_context,
 )
-from bridge.homeassistant import Context, Discovery, bridge_configs, device_configs
+from bridge.homeassistant import (
+    Context,
+    Discovery,
+    bridge_configs,
+    device_configs,
+)
 from bridge.homeassistant import tracker_position as ha_tracker_position
 from bridge.local import LocalBroker, LocalUnavailableError, Publication
 from bridge.logs import RateLimitedLog
@@ -83,11 +93,24 @@ class Bridge:
         self._removed: list[Device] = []  # devices deleted upstream, to clear locally
         # Retained topics found on the local broker at connect, to clear what is stale.
         self._inventory: set[str] = set()
-        self._inventory_marker = f"{loc.base_topic}/bridge/sync-{uuid.uuid4().hex[:8]}"
         self._inventory_done = asyncio.Event()
         self._status_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
         self._bridge_configs_due = False
-        local_subscriptions = []
+        self._mqtt_rest = MqttRest(lambda: self.upstream, self._reply_prefix)
+        self._http_rest: HttpRest | None = None
+        rest: Rest = self._mqtt_rest
+        if settings.commands.transport == "http":
+            rest = self._http_rest = HttpRest(settings.commands.http_url,
+                                              settings.flespi.token.get_secret_value())
+        self.commands = CommandGateway(
+            settings.commands, rest,
+            device=self._commandable,
+            publish_result=self._publish_result,
+            count=self._count_command,
+        )
+        self._commands: set[asyncio.Task[Any]] = set()
+        local_subscriptions = [self.topics.device_filter("set"), self.topics.device_filter("+/set")]
         if settings.homeassistant.discovery:
             local_subscriptions.append(self.ha.status_topic)
         self.local = LocalBroker(
@@ -103,6 +126,7 @@ class Bridge:
         self.stats.queues.update({
             "upstream_acks": lambda: len(self._acks),
             "dirty_devices": lambda: len(self.store._dirty),
+            "commands_in_flight": lambda: len(self._commands),
         })
         self.health: HealthServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -177,6 +201,7 @@ class Bridge:
             finally:
                 self.upstream = None
                 self._set_up("upstream", False)
+                self._mqtt_rest.connection_lost()
                 self._acks.clear()  # the broker redelivers whatever was not acked
                 await up.disconnect()
             if self._stopping.is_set():
@@ -186,7 +211,7 @@ class Bridge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
-    def _on_upstream(self, topic: str, payload: bytes, ts: float | None,
+    def _on_upstream(self, topic: str, payload: bytes, props: UserProperties,
                      ack: Ack | None) -> None:
         """Hot path: runs once per upstream message, synchronously."""
         if ack is not None:
@@ -195,7 +220,7 @@ class Bridge:
         parsed = flespi_topics.parse(topic)
         if parsed is None:
             if topic.startswith(self._reply_prefix):
-                self._on_reply(topic, payload)
+                self._on_reply(topic, payload, props)
             else:
                 self.stats.upstream_messages["ignored"] += 1
             return
@@ -222,7 +247,7 @@ class Bridge:
             except catalog.ValueRejected as exc:
                 self._invalid("bad_value", topic, str(exc))
                 return
-            if self.store.apply_values(device_id, values, ts):
+            if self.store.apply_values(device_id, values, timestamp(props)):
                 self._pending_since.setdefault(device_id, time.monotonic())
         elif kind is Kind.DEVICE:
             if not isinstance(value, dict):
@@ -257,10 +282,14 @@ class Bridge:
             else:
                 self._invalid("bad_value", topic, "name is not a string")
 
-    def _on_reply(self, topic: str, payload: bytes) -> None:
-        if topic == self._sync_topic and not self.loaded.is_set():
-            log.info("initial state loaded: %d devices", len(self.store.devices))
-            self.loaded.set()
+    def _on_reply(self, topic: str, payload: bytes, props: UserProperties) -> None:
+        if topic == self._sync_topic:
+            if not self.loaded.is_set():
+                log.info("initial state loaded: %d devices", len(self.store.devices))
+                self.loaded.set()
+                self._wake.set()
+        else:
+            self._mqtt_rest.on_reply(topic, payload, props)
 
     def _invalid(self, reason: str, topic: str, detail: str) -> None:
         self.stats.invalid["upstream", reason] += 1
@@ -279,9 +308,21 @@ class Bridge:
         # the upstream state is loaded (`_cleanup`).
         self._inventory.clear()
         self._inventory_done.clear()
-        for topic in self._inventory_filters():
-            await self.local.subscribe(topic)
-        await self.local.publish(self._inventory_marker, b"", retain=False)
+        self._spawn(self._take_inventory())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._task_done)
+
+    async def _take_inventory(self) -> None:
+        try:
+            self._inventory = await self.local.retained(self._inventory_filters())
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not list retained topics on the local broker: %s", exc)
+            return
+        self._inventory_done.set()
         self._wake.set()
 
     def _inventory_filters(self) -> list[str]:
@@ -291,23 +332,46 @@ class Bridge:
         return filters
 
     async def _on_local(self, topic: str, payload: bytes, retain: bool) -> None:
-        if not self._inventory_done.is_set():
-            if topic == self._inventory_marker:
-                self._inventory_done.set()
-                for flt in self._inventory_filters():
-                    await self.local.unsubscribe(flt)
-                self._wake.set()
-                return
-            if retain and payload:
-                self._inventory.add(topic)
         if topic == self.ha.status_topic:
             if payload.strip().lower() == b"online":
                 self._schedule_republish()
             return
-        await self._on_command(topic, payload)
+        parsed = self.topics.parse_device(topic)
+        if parsed is None:
+            return
+        device_id, rest = parsed
+        entity: str | None = None
+        if rest != "set":
+            entity = rest.removesuffix("/set")
+        if self._stopping.is_set():
+            return  # a stopping bridge takes no new commands; the broker keeps nothing
+        task = asyncio.create_task(self.commands.handle(device_id, entity, payload))
+        self._commands.add(task)
+        task.add_done_callback(self._commands.discard)
+        task.add_done_callback(self._task_done)
 
-    async def _on_command(self, topic: str, payload: bytes) -> None:
-        """Local command topics; see bridge.commands."""
+    def _commandable(self, device_id: int) -> Device | None:
+        """Commands go only to selected devices the bridge has heard of from flespi."""
+        devices = self.settings.flespi.devices
+        if devices != "all" and device_id not in devices:
+            return None
+        return self.store.devices.get(device_id)
+
+    def _count_command(self, outcome: str) -> None:
+        self.stats.commands[outcome] += 1
+        if outcome not in ("ok", "timeout", "flespi_error", "upstream_disconnected",
+                           "rate_limited", "duplicate", "read_only", "device_not_allowed"):
+            self.stats.invalid["command", outcome] += 1
+
+    async def _publish_result(self, device_id: int, outcome: dict[str, Any]) -> None:
+        pub = Publication(self.topics.device(device_id, "result"), orjson.dumps(outcome),
+                          False)
+        try:
+            await self.local.publish(pub.topic, pub.payload, retain=False)
+            self.stats.publications["result"] += 1
+        except LocalUnavailableError:
+            self._messages.append(pub)  # published once the local broker is back
+            self._wake.set()
 
     def _republish_all(self) -> None:
         self.discovery.reset()
@@ -349,7 +413,8 @@ class Bridge:
         return pubs
 
     def _device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
-        return device_configs(self.ha, dev, self.attributes)
+        profile = self.settings.commands.profile(dev.info.device_type_id)
+        return device_configs(self.ha, dev, self.attributes, profile)
 
     def _attribute_publications(self, dev: Device) -> list[Publication]:
         """Per-attribute topics, only for values that changed since last published."""
@@ -472,7 +537,10 @@ class Bridge:
         up = self.upstream
         if up is not None:
             await up.disconnect()
-        await cancel_and_wait([*self._tasks, *([self._status_task] if self._status_task else [])])
+        await cancel_and_wait([*self._tasks, *self._background,
+                               *([self._status_task] if self._status_task else [])])
+        if self._http_rest is not None:
+            await self._http_rest.close()
         if self.health is not None:
             await self.health.stop()
 

@@ -26,6 +26,10 @@ class LocalTopics:
     def info(self, device_id: int) -> str:
         return f"{self.base}/{device_id}/info"
 
+    def device_filter(self, leaf: str) -> str:
+        """`<base>/+/<leaf>`: a subscription for one leaf of every device."""
+        return f"{self.base}/+/{leaf}"
+
     def parse_device(self, topic: str) -> tuple[int, str] | None:
         """`<base>/<id>/<rest>` -> (id, rest); None for anything else."""
         prefix = self.base + "/"

@@ -138,7 +138,13 @@ def test_example_config_documents_every_option_and_loads() -> None:
     for section, keys in _fields(config.Settings).items():
         assert f"[{section}]" in text, section
         for key in keys:
-            assert f"\n{key} =" in text or f"\n# {key} =" in text, f"{section}.{key}"
+            assert (f"\n{key} =" in text or f"\n# {key} =" in text
+                    or f"[{section}.{key}." in text), f"{section}.{key}"
     settings = config.load(overrides={**data, "flespi": {**data["flespi"], "token": TOKEN}})
     defaults = config.load(overrides={"flespi": {"token": TOKEN}})
-    assert settings == defaults  # the example shows the defaults
+    # the example shows the defaults, plus the command profile of the reference scooter
+    assert settings.model_copy(update={"commands": defaults.commands}) == defaults
+    assert sorted(settings.commands.profiles["1272"]) == ["lock", "restart", "upload_interval"]
+    lock = settings.commands.profiles["1272"]["lock"]
+    assert (lock.command, lock.value_property, lock.state_attribute) == (
+        "setting.r0.set", "lock", "locked")

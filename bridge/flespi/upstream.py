@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # (connection generation, packet id): acks for an earlier connection are void, because the
 # broker redelivers those messages and packet ids are reused on the new connection.
 Ack = tuple[int, int]
-# topic, payload, `timestamp` user property (None when absent), ack token (None for QoS 0)
-MessageHandler = Callable[[str, bytes, float | None, Ack | None], None]
+UserProperties = Sequence[tuple[str, str]]
+# topic, payload, MQTT 5 user properties, ack token (None for QoS 0)
+MessageHandler = Callable[[str, bytes, UserProperties, Ack | None], None]
 
 
 class UpstreamError(BridgeError):
@@ -84,13 +85,15 @@ class Upstream(Protocol):
     async def disconnect(self) -> None: ...
 
 
-def _timestamp(properties: dict[str, Any]) -> float | None:
-    for key, value in properties.get("user_property", ()):
+def timestamp(user_properties: UserProperties) -> float | None:
+    """flespi's `timestamp` user property: the value's time, float Unix seconds."""
+    for key, value in user_properties:
         if key == "timestamp":
             try:
-                return float(value)
+                ts = float(value)
             except ValueError:
                 return None
+            return ts if 0 < ts < 1e11 else None  # NaN, inf and nonsense are no time
     return None
 
 
@@ -138,7 +141,7 @@ class GmqttUpstream:
                   ack: Ack | None) -> None:
         if isinstance(topic, bytes):  # gmqtt passes undecodable topics through as bytes
             topic = topic.decode("utf-8", "replace")
-        self._on_message(topic, payload, _timestamp(properties), ack)
+        self._on_message(topic, payload, properties.get("user_property", ()), ack)
 
     def _on_connect(self, _client: Any, flags: int, rc: int, _props: Any) -> None:
         self._session_present = bool(flags)

@@ -15,6 +15,17 @@ DEVICE_TYPE_ID = 1272  # the "Omni" e-scooter of the reference documents
 PROTOCOL_ID = 200
 FIRST_ID = 5537000
 HOME = (-17.72436, -63.171508)  # Santa Cruz de la Sierra, where the seed scooters ride
+# The command profile of this device type, as config.example.toml ships it (the demo uses it).
+SCOOTER_PROFILE = {
+    "lock": {"component": "lock", "command": "setting.r0.set",
+             "properties": {"key_time": 1, "user_id": ""}, "value_property": "lock",
+             "payload_lock": 1, "payload_unlock": 0, "state_attribute": "locked"},
+    "restart": {"component": "button", "command": "setting.s1.set",
+                "properties": {"event_code": 2}, "label": "Restart"},
+    "upload_interval": {"component": "number", "command": "setting.d1.set",
+                        "value_property": "upload_interval", "min": 5, "max": 3600,
+                        "step": 1, "unit": "s", "label": "Report interval"},
+}
 
 
 @dataclass

@@ -1,0 +1,185 @@
+"""flespi REST calls over two transports sharing one interface.
+
+- `MqttRest`: REST over MQTT on the upstream connection. The request is published to
+  `flespi/rest/<method>/<uri>` with a response topic unique to the request (outside
+  `flespi/`, under the bridge's reply prefix), correlation data, and
+  `response_chunked=true`; chunks are joined until the one carrying `http_code`.
+- `HttpRest`: REST over HTTPS with httpx and `Authorization: FlespiToken <token>`.
+
+Both return a `RestResponse` or raise `RestError` with a short code; callers never see
+transport exceptions, and no error message contains the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from bridge.exceptions import BridgeError
+from bridge.flespi.topics import rest_topic
+from bridge.flespi.upstream import Upstream, UpstreamError
+
+MAX_RESPONSE = 4 * 1024 * 1024  # bytes; a command answer is a few hundred
+
+
+class RestError(BridgeError):
+    """A REST call failed; `code` is one of timeout, upstream_disconnected, flespi_error,
+    rate_limited, bad_response."""
+
+    def __init__(self, code: str, message: str, http_code: int | None = None,
+                 body: Any = None) -> None:
+        self.code = code
+        self.message = message
+        self.http_code = http_code
+        self.body = body
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class RestResponse:
+    http_code: int
+    body: Any
+
+    def result(self) -> Any:
+        """The `result` of a successful answer; RestError for errors and non-2xx codes."""
+        body = self.body
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if 200 <= self.http_code < 300 and not errors:
+            return body.get("result") if isinstance(body, dict) else body
+        reasons = "; ".join(
+            str(e.get("reason", e)) if isinstance(e, dict) else str(e) for e in errors or []
+        ) or "no reason given"
+        code = "rate_limited" if self.http_code == 429 else "flespi_error"
+        raise RestError(code, f"flespi answered {self.http_code}: {reasons}", self.http_code,
+                        body)
+
+
+class Rest(Protocol):
+    async def call(self, method: str, uri: str, body: Any, timeout: float) -> RestResponse: ...
+
+
+def _parse_body(data: bytes, http_code: int) -> Any:
+    if not data:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise RestError("bad_response", f"flespi answered {http_code} with a body that is "
+                        "not JSON", http_code) from None
+
+
+@dataclass
+class _Pending:
+    future: asyncio.Future[RestResponse]
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class MqttRest:
+    """REST over MQTT. `on_reply` must see every message under `reply_prefix`."""
+
+    def __init__(self, upstream: Callable[[], Upstream | None], reply_prefix: str) -> None:
+        self._upstream = upstream
+        self._prefix = reply_prefix + "rest/"
+        self._pending: dict[str, _Pending] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def call(self, method: str, uri: str, body: Any, timeout: float) -> RestResponse:
+        up = self._upstream()
+        if up is None or not up.connected:
+            raise RestError("upstream_disconnected", "not connected to flespi")
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[RestResponse] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future)
+        try:
+            try:
+                up.publish(
+                    rest_topic(method, uri),
+                    b"" if body is None else orjson.dumps(body),
+                    qos=1,
+                    response_topic=self._prefix + request_id,
+                    correlation_data=request_id.encode(),
+                    user_properties=[("response_chunked", "true")],
+                )
+            except UpstreamError as exc:
+                raise RestError("upstream_disconnected", str(exc)) from None
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            except TimeoutError:
+                raise RestError("timeout", f"flespi did not answer within {timeout:g}s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def on_reply(self, topic: str, payload: bytes, user_properties: Sequence[tuple[str, str]]
+                 ) -> bool:
+        """Feed a message from the reply prefix; True if it belonged to a request."""
+        if not topic.startswith(self._prefix):
+            return False
+        pending = self._pending.get(topic[len(self._prefix):])
+        if pending is None or pending.future.done():
+            return True  # an answer that arrived after its timeout, or a stale one
+        pending.size += len(payload)
+        if pending.size > MAX_RESPONSE:
+            pending.future.set_exception(RestError("bad_response", "flespi answer too large"))
+            return True
+        pending.chunks.append(payload)
+        http_code = next((v for k, v in user_properties if k == "http_code"), None)
+        if http_code is None:
+            return True  # a chunk; the last one carries http_code
+        try:
+            code = int(http_code)
+            pending.future.set_result(RestResponse(code, _parse_body(b"".join(pending.chunks),
+                                                                     code)))
+        except ValueError:
+            pending.future.set_exception(RestError("bad_response", f"bad http_code {http_code!r}"))
+        except RestError as exc:
+            pending.future.set_exception(exc)
+        return True
+
+    def connection_lost(self) -> None:
+        """Requests in flight can no longer be answered on this connection."""
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(RestError(
+                    "upstream_disconnected",
+                    "connection to flespi lost before the answer; the command may or may not "
+                    "have been executed",
+                ))
+
+
+class HttpRest:
+    def __init__(self, base_url: str, token: str, *, verify: bool | str = True) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"FlespiToken {token}"},
+            verify=verify,
+        )
+
+    async def call(self, method: str, uri: str, body: Any, timeout: float) -> RestResponse:
+        try:
+            response = await self._client.request(
+                method.upper(), "/" + uri.lstrip("/"),
+                content=None if body is None else orjson.dumps(body),
+                headers={"Content-Type": "application/json"},
+                timeout=timeout,
+            )
+        except httpx.TimeoutException:
+            raise RestError("timeout", f"flespi did not answer within {timeout:g}s") from None
+        except httpx.HTTPError as exc:
+            # httpx messages name the URL, never the headers: the token stays out.
+            raise RestError("upstream_disconnected",
+                            f"cannot reach flespi REST: {type(exc).__name__}") from None
+        return RestResponse(response.status_code,
+                            _parse_body(response.content, response.status_code))
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,159 @@
+"""The simulator's REST side: answers `flespi/rest/...` requests over MQTT exactly as the
+flespi reference describes, and the same API over HTTP for the httpx transport.
+
+Over MQTT: the answer goes to the request's response topic (or the request topic when it
+has none), echoes the correlation data, and carries the `http_code` user property; with
+`response_chunked=true` it comes as several messages of which only the last has
+`http_code`. Successful commands change the simulated device (locking sets `lock.status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bridge.httpserver import HttpServer
+from bridge.sim.simulator import Simulator
+
+# flespi command name -> whether the device confirms it (executed false until it answers)
+COMMANDS = {"setting.r0.set": False, "setting.s1.set": True, "setting.d1.set": True}
+EXECUTED = "command sent and marked as executed without waiting for the answer"
+
+
+@dataclass
+class RestRequest:
+    method: str
+    uri: str
+    body: Any
+    properties: dict[str, Any]
+
+
+def _errors(reason: str, code: int = 0) -> dict[str, Any]:
+    return {"errors": [{"code": code, "reason": reason}]}
+
+
+class Responder:
+    def __init__(self, sim: Simulator, *, chunk_size: int = 96, token: str | None = None):
+        self.sim = sim
+        self.chunk_size = chunk_size
+        self.token = token
+        self.requests: list[RestRequest] = []
+        self.delay = 0.0  # seconds before answering (tests of timeouts)
+        self.silent = False  # never answer
+        self.fail_next: tuple[int, str] | None = None  # (http_code, reason) for one request
+        self._next_id = 1707247199664458
+        self._http: HttpServer | None = None
+        self._closed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def attach(self) -> None:
+        """Answer REST over MQTT on the simulator's broker connection."""
+        client = self.sim._client
+        client.on_message = self._on_message
+        client.subscribe("flespi/rest/#", qos=1)
+
+    async def serve_http(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the REST API over HTTP too; returns the base URL."""
+        self._http = HttpServer(self._on_http, host, port)
+        await self._http.start()
+        return f"http://{host}:{self._http.port}"
+
+    async def close(self) -> None:
+        self._closed.set()
+        if self._http is not None:
+            await self._http.stop()
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- transports ---------------------------------------------------------------------
+
+    def _on_message(self, _client: Any, topic: str, payload: bytes, _qos: int,
+                    properties: dict[str, Any]) -> int:
+        if topic.startswith("flespi/rest/"):
+            task = asyncio.ensure_future(self._answer_mqtt(topic, payload, properties))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return 0
+
+    async def _answer_mqtt(self, topic: str, payload: bytes, properties: dict[str, Any]) -> None:
+        method, _, uri = topic[len("flespi/rest/"):].partition("/")
+        code, body = await self._dispatch(method, uri, payload, properties)
+        if self.silent:
+            return
+        response_topic = (properties.get("response_topic") or [topic])[0]
+        correlation = (properties.get("correlation_data") or [None])[0]
+        user = dict(properties.get("user_property") or [])
+        data = orjson.dumps(body)
+        size = self.chunk_size if user.get("response_chunked") == "true" else len(data) or 1
+        chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
+        extra = {"correlation_data": correlation} if correlation is not None else {}
+        for i, chunk in enumerate(chunks):
+            props = dict(extra)
+            if i == len(chunks) - 1:
+                props["user_property"] = [("http_code", str(code))]
+            self.sim._client.publish(response_topic, chunk, qos=1, **props)
+
+    async def _on_http(self, method: str, path: str, headers: dict[str, str],
+                       body: bytes) -> tuple[int, str, bytes]:
+        auth = headers.get("authorization", "")
+        if self.token is not None and auth != f"FlespiToken {self.token}":
+            return 401, "application/json", orjson.dumps(_errors("invalid token", 401))
+        code, answer = await self._dispatch(method.lower(), path.lstrip("/"), body, {})
+        if self.silent:
+            await self._closed.wait()  # never answer: the client times out
+        return code, "application/json", orjson.dumps(answer)
+
+    # -- the API ------------------------------------------------------------------------
+
+    async def _dispatch(self, method: str, uri: str, payload: bytes,
+                        properties: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            body = orjson.loads(payload) if payload else None
+        except orjson.JSONDecodeError:
+            body = payload
+        self.requests.append(RestRequest(method, uri, body, properties))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next is not None:
+            (code, reason), self.fail_next = self.fail_next, None
+            return code, _errors(reason, code)
+        parts = uri.split("/")
+        if len(parts) == 4 and parts[:2] == ["gw", "devices"] and parts[3] == "commands":
+            if method != "post":
+                return 405, _errors(f"method {method} not allowed")
+            return await self._commands(parts[2], body)
+        return 404, _errors(f"unknown API {uri}")
+
+    async def _commands(self, selector: str, body: Any) -> tuple[int, Any]:
+        if not selector.isdigit() or int(selector) not in self.sim.devices:
+            return 404, _errors(f"device {selector} not found", 404)
+        dev = self.sim.devices[int(selector)]
+        if not isinstance(body, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("name"), str)
+                and isinstance(c.get("properties", {}), dict) for c in body):
+            return 400, _errors("invalid request: expected a list of commands", 400)
+        if not dev.connected:
+            return 400, _errors("device is not connected", 400)
+        results = []
+        for cmd in body:
+            name, props = cmd["name"], cmd.get("properties", {})
+            if name not in COMMANDS:
+                return 400, _errors(f"unknown command {name}", 400)
+            if name == "setting.r0.set":
+                if props.get("lock") not in (0, 1):
+                    return 400, _errors("lock must be 0 or 1", 400)
+                await self.sim.set_values(dev.id, {"lock.status": props["lock"] == 1})
+            elif name == "setting.d1.set":
+                dev.settings["upload_interval"] = props.get("upload_interval")
+            self._next_id += 1
+            results.append({
+                "id": self._next_id, "name": name, "device_id": dev.id, "position": 1,
+                "properties": props, "executed": COMMANDS[name],
+                "response": EXECUTED if COMMANDS[name] else None,
+                "timestamp": int(time.time()), "expires": 0,
+            })
+        return 200, {"result": results}

@@ -1,0 +1,341 @@
+"""Commands: local topics -> flespi REST (over MQTT or HTTPS) -> one result per request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jinja2
+import orjson
+import pytest
+from helpers import TOKEN, Recorder, make_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.commands import (
+    CommandError,
+    CommandGateway,
+    TokenBucket,
+    flespi_command,
+    parse_entity_command,
+    parse_set,
+)
+from bridge.config import CommandSettings
+from bridge.flespi.rest import RestResponse
+from bridge.sim import Responder
+from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
+from bridge.state import Device, Info
+
+BASE = "flespi"
+PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
+PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)  # type: ignore[arg-type]
+
+
+# -- parsing (pure) -----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("payload", "entity", "value"), [
+    (b'{"lock": true}', "lock", True),
+    (b'{"lock": false, "transaction": "t-1"}', "lock", False),
+    (b'{"lock": "UNLOCK"}', "lock", False),
+    (b'{"command": "restart"}', "restart", None),
+    (b'{"command": "restart", "transaction": 7}', "restart", None),
+    (b'{"upload_interval": 10}', "upload_interval", 10),
+    (b'{"upload_interval": 10.0}', "upload_interval", 10),
+    (b'{"command": "upload_interval", "value": 30}', "upload_interval", 30),
+])
+def test_parse_set(payload: bytes, entity: str, value: Any) -> None:
+    request = parse_set(PROFILE, payload)
+    assert (request.entity, request.value) == (entity, value)
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"{not json", "invalid_json"),
+    (b"[1, 2]", "invalid_json"),
+    (b"\xff\xfe", "invalid_json"),
+    (b"{}", "invalid_payload"),
+    (b'{"lock": true, "command": "restart"}', "invalid_payload"),
+    (b'{"lock": true, "upload_interval": 5}', "invalid_payload"),
+    (b'{"fly": true}', "unknown_command"),
+    (b'{"command": 5}', "unknown_command"),
+    (b'{"command": "reboot_everything"}', "unknown_command"),
+    (b'{"lock": "maybe"}', "invalid_value"),
+    (b'{"lock": 1}', "invalid_value"),
+    (b'{"upload_interval": 1}', "invalid_value"),       # below min
+    (b'{"upload_interval": 99999}', "invalid_value"),   # above max
+    (b'{"upload_interval": 10.5}', "invalid_value"),    # not a step
+    (b'{"upload_interval": true}', "invalid_value"),
+    (b'{"upload_interval": "NaN"}', "invalid_value"),
+    (b'{"command": "restart", "transaction": {"a": 1}}', "invalid_value"),
+    (b'{"command": "restart", "transaction": ""}', "invalid_value"),
+])
+def test_parse_set_errors(payload: bytes, code: str) -> None:
+    with pytest.raises(CommandError) as err:
+        parse_set(PROFILE, payload)
+    assert err.value.code == code
+
+
+def test_parse_home_assistant_payloads() -> None:
+    assert parse_entity_command(PROFILE, "lock", b"LOCK").value is True
+    assert parse_entity_command(PROFILE, "lock", b"UNLOCK").value is False
+    assert parse_entity_command(PROFILE, "restart", b"PRESS").value is None
+    assert parse_entity_command(PROFILE, "upload_interval", b"60").value == 60
+    for entity, payload, code in [("lock", b"OPEN", "invalid_value"),
+                                  ("restart", b"NOW", "invalid_value"),
+                                  ("upload_interval", b"ten", "invalid_value"),
+                                  ("upload_interval", b"inf", "invalid_value"),
+                                  ("lock", b"\xff", "invalid_payload"),
+                                  ("horn", b"PRESS", "unknown_command")]:
+        with pytest.raises(CommandError) as err:
+            parse_entity_command(PROFILE, entity, payload)
+        assert err.value.code == code
+
+
+def test_flespi_command_bodies_match_the_reference() -> None:
+    lock = PROFILE["lock"]
+    assert flespi_command(lock, True, 10) == [
+        {"name": "setting.r0.set", "properties": {"key_time": 1, "user_id": "", "lock": 1},
+         "timeout": 10}]
+    assert flespi_command(PROFILE["restart"], None, 10)[0]["properties"] == {"event_code": 2}
+    assert flespi_command(PROFILE["upload_interval"], 10, 10)[0] == {
+        "name": "setting.d1.set", "properties": {"upload_interval": 10}, "timeout": 10}
+
+
+def test_token_bucket() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2)
+    t = bucket.stamp
+    assert [bucket.take(t), bucket.take(t), bucket.take(t)] == [True, True, False]
+    assert bucket.take(t + 1.01)
+
+
+class RecordingRest:
+    """A stand-in for the transport boundary that records what would reach flespi."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def call(self, method: str, uri: str, body: Any, timeout: float) -> RestResponse:
+        self.calls.append((method, uri, body))
+        return RestResponse(200, {"result": [{"executed": True}]})
+
+
+payloads = st.one_of(
+    st.binary(max_size=300),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda children: st.lists(children, max_size=4)
+        | st.dictionaries(st.sampled_from(["lock", "command", "value", "transaction",
+                                           "upload_interval", "restart", "x"]) | st.text(),
+                          children, max_size=4),
+        max_leaves=12,
+    ).map(lambda v: json.dumps(v).encode()),  # NaN, Infinity and huge ints included
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=payloads, entity=st.sampled_from([None, "lock", "restart", "upload_interval",
+                                                 "nope"]))
+def test_no_payload_crashes_or_reaches_flespi_unchecked(payload: bytes, entity: str | None
+                                                        ) -> None:
+    rest = RecordingRest()
+    results: list[dict[str, Any]] = []
+
+    async def publish(_device: int, outcome: dict[str, Any]) -> None:
+        results.append(outcome)
+
+    dev = Device(5537000, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
+    gateway = CommandGateway(CommandSettings(**PROFILES, device_burst=10**6,  # type: ignore[arg-type]
+                                             global_burst=10**6),
+                             rest, device=lambda i: dev if i == dev.id else None,
+                             publish_result=publish, count=lambda _: None)
+    outcome = asyncio.run(gateway.handle(dev.id, entity, payload))
+    assert results == [outcome]
+    assert outcome["status"] in ("ok", "error")
+    orjson.dumps(outcome)  # the result is always valid JSON
+    if outcome["status"] == "ok":
+        [(method, uri, body)] = rest.calls
+        assert (method, uri) == ("post", f"gw/devices/{dev.id}/commands")
+        assert body[0]["name"] in {"setting.r0.set", "setting.s1.set", "setting.d1.set"}
+    else:
+        assert rest.calls == []
+        assert outcome["error"]
+
+
+# -- end to end on real brokers, both transports --------------------------------------------
+
+@pytest.fixture
+async def responder(sim: Any) -> AsyncIterator[Responder]:
+    r = Responder(sim, chunk_size=64, token=TOKEN)
+    await r.attach()
+    yield r
+    await r.close()
+
+
+@pytest.fixture(params=["mqtt", "http"])
+async def commanding(request: pytest.FixtureRequest, upstream: Any, local: Any, sim: Any,
+                     responder: Responder, bridge_factory: Any) -> AsyncIterator[Any]:
+    """A bridge with commands over the given transport, and a recorder on the local side."""
+    commands: dict[str, Any] = {**PROFILES, "transport": request.param, "timeout": 1}
+    if request.param == "http":
+        commands["http_url"] = await responder.serve_http()
+    bridge = await bridge_factory(make_settings(upstream, local, commands=commands))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/state",
+                                "homeassistant/lock/#"]) as rec:
+        yield bridge, rec
+
+
+async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: str | None = None
+                  ) -> dict[str, Any]:
+    """Send one request and return its result (matched by position on the result topic)."""
+    topic = f"{BASE}/{device_id}/" + (f"{entity}/set" if entity else "set")
+    result_topic = f"{BASE}/{device_id}/result"
+    before = sum(1 for m in rec.messages if m.topic == result_topic)
+    await rec.publish(topic, payload, qos=1)
+    results = await rec.wait_for(
+        lambda: [m for m in rec.messages if m.topic == result_topic][before:] or None,
+        what=f"result of {payload!r}")
+    return results[0].json()
+
+
+async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
+        commanding: Any, sim: Any, responder: Responder) -> None:
+    _, rec = commanding
+    device_id = next(iter(sim.devices))
+    cfg_topic = f"homeassistant/lock/flespi/flespi_{device_id}_lock/config"
+    cfg = (await rec.wait_for(lambda: rec.latest.get(cfg_topic), what="lock config")).json()
+    assert cfg["command_topic"] == f"{BASE}/{device_id}/lock/set"
+    template = jinja2.Environment().from_string(cfg["value_template"])
+    assert rec.state(BASE, device_id)["locked"] is True
+
+    result = await command(rec, device_id, "UNLOCK", entity="lock")
+    assert result["status"] == "ok", result
+    assert result["command"] == "lock"
+    assert result["response"][0]["name"] == "setting.r0.set"
+    request = responder.requests[-1]
+    assert (request.method, request.uri) == ("post", f"gw/devices/{device_id}/commands")
+    assert request.body == [{"name": "setting.r0.set",
+                             "properties": {"key_time": 1, "user_id": "", "lock": 0},
+                             "timeout": 1}]
+    # The lock's state comes from telemetry the device reports, not from the command.
+    await rec.wait_for(lambda: rec.state(BASE, device_id)["locked"] is False, what="unlocked")
+    assert template.render(value_json=rec.state(BASE, device_id)) == "UNLOCKED"
+    result = await command(rec, device_id, "LOCK", entity="lock")
+    assert result["status"] == "ok"
+    await rec.wait_for(lambda: rec.state(BASE, device_id)["locked"] is True, what="locked")
+    assert template.render(value_json=rec.state(BASE, device_id)) == "LOCKED"
+
+
+async def test_set_topic_commands_with_transactions(commanding: Any, sim: Any,
+                                                   responder: Responder) -> None:
+    _, rec = commanding
+    device_id = list(sim.devices)[1]
+    result = await command(rec, device_id, b'{"command": "restart", "transaction": "r-1"}')
+    assert (result["transaction"], result["command"], result["status"]) == (
+        "r-1", "restart", "ok")
+    assert responder.requests[-1].body[0]["properties"] == {"event_code": 2}
+    result = await command(rec, device_id, b'{"upload_interval": 10, "transaction": 2}')
+    assert (result["transaction"], result["status"]) == (2, "ok")
+    assert sim.devices[device_id].settings["upload_interval"] == 10
+
+
+ERRORS = [
+    (b"{oops", None, "invalid_json"),
+    (b'{"fly": true, "transaction": "e-1"}', None, "unknown_command"),
+    (b'{"upload_interval": 0, "transaction": "e-2"}', None, "invalid_value"),
+    (b"OPEN", "lock", "invalid_value"),
+    (b'{"command": "restart", "x": ' + b"1" * 2000 + b"}", None, "payload_too_large"),
+]
+
+
+async def test_every_error_yields_one_result_and_nothing_upstream(
+        commanding: Any, sim: Any, responder: Responder) -> None:
+    _, rec = commanding
+    device_id = list(sim.devices)[2]
+    before = len(responder.requests)
+    for payload, entity, code in ERRORS:
+        result = await command(rec, device_id, payload, entity)
+        assert (result["status"], result["code"]) == ("error", code), result
+        assert result["error"]
+    # a device outside the selection / unknown to flespi
+    result = await command(rec, 4242, b'{"command": "restart", "transaction": "x"}')
+    assert (result["code"], result["transaction"]) == ("device_not_allowed", "x")
+    # a repeated transaction is not executed twice
+    ok = await command(rec, device_id, b'{"command": "restart", "transaction": "dup"}')
+    assert ok["status"] == "ok"
+    again = await command(rec, device_id, b'{"command": "restart", "transaction": "dup"}')
+    assert (again["status"], again["code"]) == ("error", "duplicate")
+    assert len(responder.requests) == before + 1
+    # exactly one result per request: the results so far match the requests one to one
+    results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
+    assert len(results) == len(ERRORS) + 3
+
+
+async def test_rate_limit(commanding: Any, sim: Any, responder: Responder) -> None:
+    _, rec = commanding
+    device_id = next(iter(sim.devices))
+    codes = [(await command(rec, device_id, b'{"command": "restart"}'))["code"]
+             for _ in range(5)]
+    assert codes[:3] == [None, None, None]  # the default burst of 3 ...
+    assert "rate_limited" in codes[3:]      # ... then 1 per second
+    assert sum(r.uri.endswith("/commands") for r in responder.requests) == codes.count(None)
+
+
+async def test_flespi_errors_and_timeouts(commanding: Any, sim: Any,
+                                         responder: Responder) -> None:
+    _, rec = commanding
+    ids = list(sim.devices)
+    responder.fail_next = (400, "device is busy")
+    result = await command(rec, ids[0], b'{"command": "restart", "transaction": "f"}')
+    assert (result["code"], result["transaction"]) == ("flespi_error", "f")
+    assert "device is busy" in result["error"]
+    await sim.set_connected(ids[1], False)
+    result = await command(rec, ids[1], b'{"command": "restart"}')
+    assert result["code"] == "flespi_error"
+    assert "not connected" in result["error"]
+    responder.silent = True
+    result = await command(rec, ids[2], b'{"command": "restart"}')
+    assert result["code"] == "timeout"
+    assert TOKEN not in str(rec.messages)
+
+
+async def test_read_only_refuses_everything(upstream: Any, local: Any, sim: Any,
+                                            responder: Responder, bridge_factory: Any) -> None:
+    bridge = await bridge_factory(make_settings(upstream, local,
+                                                commands={**PROFILES, "read_only": True}))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    async with Recorder(local, [f"{BASE}/+/result"]) as rec:
+        result = await command(rec, next(iter(sim.devices)), b'{"lock": false}')
+    assert result["code"] == "read_only"
+    assert responder.requests == []
+
+
+async def test_upstream_disconnected(upstream: Any, local: Any, sim: Any, responder: Responder,
+                                     bridge_factory: Any) -> None:
+    bridge = await bridge_factory(make_settings(upstream, local, commands=PROFILES))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    upstream.kill()
+    async with Recorder(local, [f"{BASE}/+/result"]) as rec:
+        result = await command(rec, next(iter(sim.devices)), b'{"command": "restart"}')
+    assert result["code"] == "upstream_disconnected"
+
+
+async def test_malformed_local_payloads_never_crash_the_bridge(commanding: Any, sim: Any,
+                                                               responder: Responder) -> None:
+    bridge, rec = commanding
+    device_id = next(iter(sim.devices))
+    corpus = [
+        b"", b"\x00" * 50, b"null", b"[]", b'"LOCK"', b"1e999", b'{"lock": null}',
+        b'{"command": ["restart"]}', b'{"transaction": "only"}', "{\"lock\": \"\u202e\"}".encode(),
+        b'{"command": "restart", "value": {"deep": [[[[[[1]]]]]]}}', b"{" * 500,
+    ]
+    before = len(responder.requests)
+    for payload in corpus:
+        for entity in (None, "lock", "upload_interval"):
+            result = await command(rec, device_id, payload, entity)
+            assert result["status"] == "error", (payload, entity, result)
+    assert len(responder.requests) == before
+    ok = await command(rec, device_id, b'{"command": "restart"}')
+    assert ok["status"] in ("ok", "error")  # still answering (may be rate limited)
+    assert bridge.ready()
