@@ -1,6 +1,6 @@
 """The shipped monitoring: Prometheus alert rules (checked and unit-tested with promtool), the
 Grafana dashboard (every query valid PromQL), and that both only use metrics and labels a
-running bridge really exports, which monitoring/README.md documents."""
+running bridge really exports, which the README documents."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ MONITORING = REPO / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 ALERT_TESTS = MONITORING / "alerts_test.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
-README = MONITORING / "README.md"
+README = REPO / "README.md"
 DS_VARIABLE = "DS_PROMETHEUS"
 # What a scrape adds to every series (the dashboard selects on them).
 TARGET_LABELS = {"job", "instance"}
@@ -346,6 +346,6 @@ def test_readme_documents_every_exported_metric(scrape_text: str) -> None:
     readme = README.read_text()
     assert len(documented) >= 19
     missing = sorted(n for n in documented if f"`{n}`" not in readme)
-    assert not missing, f"monitoring/README.md does not list {missing}"
+    assert not missing, f"README.md does not list {missing}"
     missing = sorted(label for label in labels if f"`{label}`" not in readme)
-    assert not missing, f"monitoring/README.md does not describe the labels {missing}"
+    assert not missing, f"README.md does not describe the labels {missing}"

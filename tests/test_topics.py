@@ -25,7 +25,7 @@ def test_parse_known_topics(topic: str, expected: Topic) -> None:
     "flespi/state/gw/devices/abc/telemetry/battery.level",  # id not a number
     "flespi/state/gw/devices/-1/telemetry/x",
     "flespi/state/gw/devices/0",  # 0 is no device
-    "flespi/state/gw/devices/１２３",  # non-ASCII digits
+    "flespi/state/gw/devices/\uff11\uff12\uff13",  # non-ASCII (fullwidth) digits
     "flespi/state/gw/devices/1234567890123456",  # longer than any flespi id
     "flespi/state/gw/devices/1/telemetry/",  # empty parameter
     "flespi/state/gw/devices/1/telemetry/a/b",
