@@ -51,6 +51,10 @@ class FlespiSettings(Section):
         7 * 24 * 3600, ge=0, le=0xFFFFFFFF, description="seconds flespi keeps the session"
     )
     keepalive: int = Field(60, ge=5, le=65535)
+    max_inflight: int = Field(
+        5000, ge=10, le=65535,
+        description="unacknowledged flespi messages at most (MQTT receive maximum)",
+    )
     devices: Literal["all"] | list[Annotated[int, Field(gt=0)]] = "all"
     comma_lists: bool | None = Field(
         None,
@@ -236,6 +240,12 @@ class MetricsSettings(Section):
     max_devices: int = Field(10_000, ge=0, description="cap on devices with per-device series")
 
 
+class ShutdownSettings(Section):
+    grace: float = Field(
+        10.0, ge=0, le=300, description="seconds to finish in-flight work on SIGTERM"
+    )
+
+
 class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -260,6 +270,7 @@ class Settings(BaseSettings):
     commands: CommandSettings = Field(default_factory=CommandSettings)
     reconnect: ReconnectSettings = Field(default_factory=ReconnectSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

@@ -22,7 +22,8 @@ import orjson
 
 from bridge import catalog
 from bridge.backoff import Backoff
-from bridge.commands import CommandGateway
+from bridge.commands import CommandError, CommandGateway, peek_transaction
+from bridge.commands import result as command_result
 from bridge.config import Settings
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.rest import HttpRest, MqttRest, Rest
@@ -57,6 +58,9 @@ UpstreamFactory = Callable[[ConnectOptions, MessageHandler], Upstream]
 _UNSENT = object()
 # Upstream payloads larger than this are rejected unparsed (flespi values are small).
 MAX_UPSTREAM_PAYLOAD = 256 * 1024
+# Publications (full messages, command results) waiting for the local broker at most; full
+# messages are bounded by flespi.max_inflight anyway, this caps the results.
+MAX_OUTBOX = 20_000
 
 
 class Bridge:
@@ -158,6 +162,7 @@ class Bridge:
             tls=tls_context(str(f.ca_file) if f.ca_file else None) if f.tls else None,
             keepalive=f.keepalive,
             session_expiry=f.session_expiry,
+            receive_maximum=f.max_inflight,
         )
 
     def subscriptions(self) -> list[str]:
@@ -258,8 +263,8 @@ class Bridge:
             self._on_property(topic, device_id, name, value)
         elif kind is Kind.MESSAGE:
             if isinstance(value, dict):
-                self._messages.append(
-                    Publication(self.topics.device(device_id, "message"), payload, False))
+                self._enqueue(Publication(self.topics.device(device_id, "message"), payload,
+                                          False))
             else:
                 self._invalid("bad_value", topic, "message is not a JSON object")
 
@@ -343,8 +348,12 @@ class Bridge:
         entity: str | None = None
         if rest != "set":
             entity = rest.removesuffix("/set")
-        if self._stopping.is_set():
-            return  # a stopping bridge takes no new commands; the broker keeps nothing
+        if self._stopping.is_set():  # a stopping bridge takes no new commands, but answers
+            refused = CommandError("shutting_down", "the bridge is shutting down; not sent")
+            tx = peek_transaction(payload) if entity is None else None
+            await self._publish_result(device_id, command_result(tx, entity, error=refused))
+            self._count_command("shutting_down")
+            return
         task = asyncio.create_task(self.commands.handle(device_id, entity, payload))
         self._commands.add(task)
         task.add_done_callback(self._commands.discard)
@@ -360,7 +369,8 @@ class Bridge:
     def _count_command(self, outcome: str) -> None:
         self.stats.commands[outcome] += 1
         if outcome not in ("ok", "timeout", "flespi_error", "upstream_disconnected",
-                           "rate_limited", "duplicate", "read_only", "device_not_allowed"):
+                           "rate_limited", "duplicate", "read_only", "device_not_allowed",
+                           "shutting_down"):
             self.stats.invalid["command", outcome] += 1
 
     async def _publish_result(self, device_id: int, outcome: dict[str, Any]) -> None:
@@ -370,8 +380,15 @@ class Bridge:
             await self.local.publish(pub.topic, pub.payload, retain=False)
             self.stats.publications["result"] += 1
         except LocalUnavailableError:
-            self._messages.append(pub)  # published once the local broker is back
-            self._wake.set()
+            self._enqueue(pub)  # published once the local broker is back
+
+    def _enqueue(self, pub: Publication) -> None:
+        if len(self._messages) >= MAX_OUTBOX:
+            dropped = self._messages.pop(0)
+            self.stats.dropped["outbox_full"] += 1
+            self._bad.warning("outbox", "local broker away too long: dropped %s", dropped.topic)
+        self._messages.append(pub)
+        self._wake.set()
 
     def _republish_all(self) -> None:
         self.discovery.reset()
@@ -531,8 +548,10 @@ class Bridge:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     async def stop(self) -> None:
-        """Graceful stop: publish `offline`, disconnect from both brokers."""
+        """Graceful stop: take no new commands, finish in-flight commands and publications
+        (within `shutdown.grace`), publish `offline`, disconnect from both brokers."""
         self._stopping.set()
+        await self._drain(self.settings.shutdown.grace)
         await self.local.publish_offline()
         up = self.upstream
         if up is not None:
@@ -553,6 +572,23 @@ class Bridge:
 
     def request_stop(self) -> None:
         self._stopping.set()
+
+    def _idle(self) -> bool:
+        return not (self._commands or self.store.has_dirty or self._messages or self._removed)
+
+    async def _drain(self, grace: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._commands:
+            log.info("waiting for %d command(s) in flight", len(self._commands))
+            await asyncio.wait(set(self._commands), timeout=grace)
+        # the publisher flushes what is dirty (and acknowledges it upstream)
+        while not self._idle() and self.local.connected.is_set() and loop.time() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        if not self._idle():
+            log.warning("stopping with work left: %d command(s), %d device state(s)",
+                        len(self._commands), len(self.store._dirty))
 
 
 def _kind(topic: str) -> str:

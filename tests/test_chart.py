@@ -50,7 +50,8 @@ CHART_KEYS = {
 }
 # Bridge options the chart supplies another way (a Secret mounted in the secrets dir).
 SECRET_OPTIONS = {("flespi", "token"), ("flespi", "token_file"), ("local", "password")}
-SECTIONS = ("flespi", "local", "homeassistant", "commands", "reconnect", "metrics", "log")
+SECTIONS = ("flespi", "local", "homeassistant", "commands", "reconnect", "metrics", "shutdown",
+            "log")
 
 
 # --- helm ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ class ConnectOptions:
     keepalive: int = 60
     session_expiry: int = 7 * 24 * 3600
     clean_start: bool = False
+    receive_maximum: int = 5000
 
 
 class Upstream(Protocol):
@@ -115,6 +116,7 @@ class GmqttUpstream:
             clean_session=options.clean_start,
             optimistic_acknowledgement=False,
             session_expiry_interval=options.session_expiry,
+            receive_maximum=options.receive_maximum,
             logger=logging.getLogger("bridge.flespi.gmqtt"),
         )
         client.set_auth_credentials(options.username, None)

@@ -126,7 +126,8 @@ nulls (a missing key means the bridge's default).
 {{- end }}
 {{- $values := dict
       "flespi" .Values.flespi "local" $local "homeassistant" .Values.homeassistant
-      "commands" .Values.commands "reconnect" .Values.reconnect "metrics" .Values.metrics "log" .Values.log }}
+      "commands" .Values.commands "reconnect" .Values.reconnect "metrics" .Values.metrics
+      "shutdown" .Values.shutdown "log" .Values.log }}
 {{- $sections := dict }}
 {{- range $section, $options := $values }}
 {{- $kept := dict }}
@@ -172,7 +173,7 @@ Maps (commands.profiles) become inline tables; null entries in them are left out
 # flespi-bridge configuration rendered by the Helm chart from its values.
 # Secrets are not here: they are files in {{ include "flespi-bridge.secretsDir" . }}.
 {{- $sections := include "flespi-bridge.configSections" . | fromJson }}
-{{- range $section := list "flespi" "local" "homeassistant" "commands" "reconnect" "metrics" "log" }}
+{{- range $section := list "flespi" "local" "homeassistant" "commands" "reconnect" "metrics" "shutdown" "log" }}
 {{- $options := get $sections $section }}
 {{- if $options }}
 
