@@ -50,9 +50,10 @@ class Received:
 class Recorder:
     """Subscribes on a broker and keeps every message; `wait_for` blocks on a condition."""
 
-    def __init__(self, broker: mosquitto.Broker, topics: list[str]) -> None:
+    def __init__(self, broker: mosquitto.Broker, topics: list[str], **client_kwargs: Any) -> None:
         self.broker = broker
         self.topics = topics
+        self.client_kwargs = client_kwargs  # e.g. tls_context, username, password
         self.messages: list[Received] = []
         self.latest: dict[str, Received] = {}
         self._changed = asyncio.Condition()
@@ -72,7 +73,8 @@ class Recorder:
             await self._task
 
     async def _run(self) -> None:
-        async with aiomqtt.Client(self.broker.host, self.broker.port) as client:
+        async with aiomqtt.Client(self.broker.host, self.broker.port,
+                                  **self.client_kwargs) as client:
             self.client = client
             for topic in self.topics:
                 await client.subscribe(topic, qos=1)
