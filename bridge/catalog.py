@@ -18,6 +18,9 @@ Component = Literal["sensor", "binary_sensor", "device_tracker"]
 # Values beyond this are treated as garbage rather than published (JSON numbers that
 # large are usually overflowed counters, and Home Assistant cannot graph them).
 MAX_ABS_NUMBER = 1e15
+# Nesting levels of an untyped (extra parameter) value at most: flespi values are flat or
+# nearly so, and much deeper ones could not be encoded again for publishing.
+MAX_DEPTH = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,21 @@ def _to_str(attr: Attribute, value: Any) -> str:
 def _to_object(attr: Attribute, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueRejected(f"{attr.name}: {value!r} is not a JSON value")
+    if not _depth_within(value, MAX_DEPTH):
+        raise ValueRejected(f"{attr.name}: nested deeper than {MAX_DEPTH} levels")
     return value
+
+
+def _depth_within(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in children)
+    return True
 
 
 COERCE: dict[ValueType, Callable[[Attribute, Any], Any]] = {
@@ -180,21 +197,24 @@ COERCE: dict[ValueType, Callable[[Attribute, Any], Any]] = {
 }
 
 
-def normalize(param: Parameter, value: Any) -> dict[str, Any]:
-    """The attributes a parameter value sets. Raises ValueRejected if nothing usable."""
+def normalize(param: Parameter, value: Any, errors: list[str] | None = None) -> dict[str, Any]:
+    """The attributes a parameter value sets. Raises ValueRejected if nothing usable;
+    fields of an object value that do not fit are left out, and listed in `errors`."""
     if param.attribute is not None:
         attr = param.attribute
         return {attr.name: COERCE[attr.type](attr, value)}
     if not isinstance(value, dict):
         raise ValueRejected(f"{param.flespi}: expected an object, got {type(value).__name__}")
     out: dict[str, Any] = {}
-    errors = []
+    problems = []
     for key, attr in param.fields.items():
         if key in value:
             try:
                 out[attr.name] = COERCE[attr.type](attr, value[key])
             except ValueRejected as exc:
-                errors.append(str(exc))
+                problems.append(str(exc))
     if not out:
-        raise ValueRejected("; ".join(errors) or f"{param.flespi}: no known fields")
+        raise ValueRejected("; ".join(problems) or f"{param.flespi}: no known fields")
+    if errors is not None:
+        errors.extend(problems)
     return out

@@ -98,8 +98,9 @@ class LocalBroker:
         """Stay connected until cancelled."""
         s = self.settings
         while True:
+            client = self._make_client()
             try:
-                async with self._make_client() as client:
+                async with client:
                     self._client = client
                     await client.publish(self._state_topic, b"online", qos=1, retain=True)
                     for topic in self._subscriptions:
@@ -125,6 +126,7 @@ class LocalBroker:
                 await asyncio.sleep(delay)
             finally:
                 self._lost()
+                _retrieve_disconnect(client)
 
     def _lost(self) -> None:
         if self.connected.is_set():
@@ -141,17 +143,20 @@ class LocalBroker:
         """
         marker = f"{self._state_topic}/inventory-{uuid.uuid4().hex[:8]}"
         found: set[str] = set()
-        async with asyncio.timeout(timeout), self._make_client(
-                suffix=f"-inventory-{uuid.uuid4().hex[:6]}", will=False) as client:
-            for topic in (*filters, marker):
-                await client.subscribe(topic, qos=1)
-            await client.publish(marker, b"1", qos=1)
-            async for message in client.messages:
-                topic = message.topic.value
-                if topic == marker:
-                    break
-                if message.retain and message.payload:
-                    found.add(topic)
+        client = self._make_client(suffix=f"-inventory-{uuid.uuid4().hex[:6]}", will=False)
+        try:
+            async with asyncio.timeout(timeout), client:
+                for topic in (*filters, marker):
+                    await client.subscribe(topic, qos=1)
+                await client.publish(marker, b"1", qos=1)
+                async for message in client.messages:
+                    topic = message.topic.value
+                    if topic == marker:
+                        break
+                    if message.retain and message.payload:
+                        found.add(topic)
+        finally:
+            _retrieve_disconnect(client)
         return found
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = True,
@@ -189,3 +194,11 @@ class LocalBroker:
                                            timeout=5)
             except aiomqtt.MqttError as exc:
                 log.warning("could not publish offline state: %s", exc)
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect error as seen: when the connection drops mid-publish it is
+    never retrieved, and asyncio would log "Future exception was never retrieved"."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()

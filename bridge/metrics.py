@@ -50,7 +50,8 @@ SIDES = ("upstream", "local")
 # alerts see a series before the first event (https://prometheus.io/docs/practices/instrumentation/#avoid-missing-metrics).
 UPSTREAM_KINDS = (*(k.value for k in Kind), "ignored")
 PUBLICATION_KINDS = ("state", "info", "availability")
-INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstream", "bad_value"))
+INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstream", "bad_value"),
+                   ("upstream", "bad_topic"))
 
 # catalogue unit -> (metric name suffix, factor to the Prometheus base unit)
 UNITS: dict[str | None, tuple[str, float]] = {

@@ -36,6 +36,12 @@ def find_binary() -> str | None:
     return None
 
 
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -90,6 +96,9 @@ class Broker:
             "allow_anonymous true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/" if self.persistence else "",
+            # Started as root, mosquitto would switch to the `mosquitto` user, which cannot
+            # write its persistence file into our private temporary directory.
+            f"user {_user()}" if self.persistence and os.geteuid() == 0 else "",
             "log_type error",
             "log_type warning",
             *self.extra_config,

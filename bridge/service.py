@@ -58,6 +58,8 @@ UpstreamFactory = Callable[[ConnectOptions, MessageHandler], Upstream]
 _UNSENT = object()
 # Upstream payloads larger than this are rejected unparsed (flespi values are small).
 MAX_UPSTREAM_PAYLOAD = 256 * 1024
+# A topic in these trees that does not parse (a device id that is not one) is invalid input.
+DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 # Publications (full messages, command results) waiting for the local broker at most; full
 # messages are bounded by flespi.max_inflight anyway, this caps the results.
 MAX_OUTBOX = 20_000
@@ -86,6 +88,7 @@ class Bridge:
         self._reply_prefix = f"flespi-bridge/{settings.flespi.client_id}/{uuid.uuid4().hex[:8]}/"
         self._sync_topic = self._reply_prefix + "sync"
         self._acks: deque[Ack] = deque()
+        self._ack_epoch = 0  # bumped when `_acks` is voided (connection lost)
         self._wake = asyncio.Event()
         self._pending_since: dict[int, float] = {}
         self.loaded = asyncio.Event()  # the initial retained state has arrived
@@ -208,6 +211,7 @@ class Bridge:
                 self._set_up("upstream", False)
                 self._mqtt_rest.connection_lost()
                 self._acks.clear()  # the broker redelivers whatever was not acked
+                self._ack_epoch += 1
                 await up.disconnect()
             if self._stopping.is_set():
                 break
@@ -228,6 +232,8 @@ class Bridge:
                 self._on_reply(topic, payload, props)
             else:
                 self.stats.upstream_messages["ignored"] += 1
+                if topic.startswith(DEVICE_TREES):
+                    self._invalid("bad_topic", topic, "not a device topic (bad id or level)")
             return
         kind, device_id, name = parsed
         self.stats.upstream_messages[kind.value] += 1
@@ -247,11 +253,14 @@ class Bridge:
             self._invalid("bad_json", topic, str(exc))
             return
         if param is not None:
+            rejected: list[str] = []
             try:
-                values = catalog.normalize(param, value)
+                values = catalog.normalize(param, value, rejected)
             except catalog.ValueRejected as exc:
                 self._invalid("bad_value", topic, str(exc))
                 return
+            if rejected:  # fields of an object value that did not fit; the rest is kept
+                self._invalid("bad_value", topic, "; ".join(rejected))
             if self.store.apply_values(device_id, values, timestamp(props)):
                 self._pending_since.setdefault(device_id, time.monotonic())
         elif kind is Kind.DEVICE:
@@ -480,44 +489,53 @@ class Bridge:
             if window > 0 and self.store.has_dirty:
                 await asyncio.sleep(window)  # let the rest of the burst arrive
             await self.local.connected.wait()
-            n_acks = len(self._acks)
-            batch = [(dev, dev.dirty) for dev in self.store.take_dirty()]
-            pubs: list[Publication] = []
-            bridge_due, self._bridge_configs_due = self._bridge_configs_due, False
-            if bridge_due:
-                pubs.extend(Publication(t, orjson.dumps(c))
-                            for t, c in bridge_configs(self.ha).items())
-            removed, self._removed = self._removed, []
-            for dev in removed:
-                pubs.extend(self._clear_device(dev))
-            since: list[float] = []
-            for dev, flags in batch:
-                dev.dirty = 0
-                pubs.extend(self._publications(dev, flags))
-                started = self._pending_since.pop(dev.id, None)
-                if started is not None:
-                    since.append(started)
-            messages, self._messages = self._messages, []
-            pubs.extend(messages)
-            if self._inventory and self._inventory_done.is_set() and self.loaded.is_set():
-                pubs.extend(self._cleanup())
             try:
-                await self.local.publish_many(pubs)
-            except LocalUnavailableError as exc:
-                log.debug("publish deferred: %s", exc)
-                for dev, flags in batch:
-                    dev.dirty |= flags
-                    self.store.mark_again(dev)
-                self._removed[:0] = removed
-                self._messages[:0] = messages
-                self._bridge_configs_due |= bridge_due
-                self._wake.set()
-                continue
-            done = time.monotonic()
-            for started in since:
-                self.metrics.latency.observe(done - started)
-            for pub in pubs:
-                self.stats.publications[_kind(pub.topic)] += 1
+                await self._flush()
+            except Exception:  # a bug must not stop every later publication
+                log.exception("publishing failed")
+                self.stats.dropped["internal_error"] += 1
+
+    async def _flush(self) -> None:
+        """Publish everything pending, then acknowledge upstream what that covered."""
+        n_acks, epoch = len(self._acks), self._ack_epoch
+        batch = [(dev, dev.dirty) for dev in self.store.take_dirty()]
+        pubs: list[Publication] = []
+        bridge_due, self._bridge_configs_due = self._bridge_configs_due, False
+        if bridge_due:
+            pubs.extend(Publication(t, orjson.dumps(c))
+                        for t, c in bridge_configs(self.ha).items())
+        removed, self._removed = self._removed, []
+        for dev in removed:
+            pubs.extend(self._clear_device(dev))
+        since: list[float] = []
+        for dev, flags in batch:
+            dev.dirty = 0
+            pubs.extend(self._publications(dev, flags))
+            started = self._pending_since.pop(dev.id, None)
+            if started is not None:
+                since.append(started)
+        messages, self._messages = self._messages, []
+        pubs.extend(messages)
+        if self._inventory and self._inventory_done.is_set() and self.loaded.is_set():
+            pubs.extend(self._cleanup())
+        try:
+            await self.local.publish_many(pubs)
+        except LocalUnavailableError as exc:
+            log.debug("publish deferred: %s", exc)
+            for dev, flags in batch:
+                dev.dirty |= flags
+                self.store.mark_again(dev)
+            self._removed[:0] = removed
+            self._messages[:0] = messages
+            self._bridge_configs_due |= bridge_due
+            self._wake.set()
+            return
+        done = time.monotonic()
+        for started in since:
+            self.metrics.latency.observe(done - started)
+        for pub in pubs:
+            self.stats.publications[_kind(pub.topic)] += 1
+        if epoch == self._ack_epoch:  # else those acks died with their connection
             self._ack(n_acks)
 
     def _ack(self, count: int) -> None:

@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 _MISSING = object()
+# A value stamped further ahead than this (a device clock gone wrong) counts as arriving
+# now: at face value it would make every real value after it look older, and lose.
+MAX_FUTURE = 300.0
 STATE = 1
 INFO = 2
 AVAILABILITY = 4
@@ -118,8 +121,9 @@ class Store:
     def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
         """Merge normalized attributes; True if the published state changes."""
         dev = self.device(device_id)
-        if ts is None:
-            ts = time.time()
+        now = time.time()
+        if ts is None or ts > now + MAX_FUTURE:
+            ts = now
         changed = False
         flags = STATE
         stamps, current = dev.stamps, dev.values

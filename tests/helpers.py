@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,3 +130,85 @@ def bridge_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()  # a JSON string is a valid TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def to_toml(sections: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, options in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in options.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+class BridgeProcess:
+    """`python -m bridge run` as a child process, stopped (by PID) when the test ends."""
+
+    def __init__(self, tmp: Path, upstream_broker: mosquitto.Broker,
+                 local_broker: mosquitto.Broker, **sections: dict[str, Any]) -> None:
+        conf: dict[str, dict[str, Any]] = {
+            "flespi": {"token": TOKEN, "host": upstream_broker.host,
+                       "port": upstream_broker.port, "tls": False,
+                       "client_id": "bridge-under-test"},
+            "local": {"host": local_broker.host, "port": local_broker.port,
+                      "coalesce_window": 0.05},
+            "reconnect": {"min_delay": 0.05, "max_delay": 0.5},
+            "metrics": {"enabled": False},
+            "log": {"level": "DEBUG"},
+        }
+        for name, values in sections.items():
+            conf[name] = {**conf.get(name, {}), **values}
+        self.config = tmp / "bridge.toml"
+        self.config.write_text(to_toml(conf))
+        self.log_path = tmp / "bridge.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BridgeProcess:
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "bridge", "run", "--config", str(self.config)],
+                stdout=log_file, stderr=subprocess.STDOUT, env=bridge_env())
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+async def retained(broker: mosquitto.Broker, filters: list[str], **client_kwargs: Any
+                   ) -> dict[str, bytes]:
+    """Every retained message under `filters`: what a subscriber arriving now would find.
+    A marker published after subscribing arrives after all of them."""
+    marker = f"test-marker/{os.urandom(6).hex()}"
+    found: dict[str, bytes] = {}
+    async with asyncio.timeout(20), aiomqtt.Client(broker.host, broker.port,
+                                                   **client_kwargs) as client:
+        for topic in [*filters, marker]:
+            await client.subscribe(topic, qos=1)
+        await client.publish(marker, b"1", qos=1)
+        async for message in client.messages:
+            if message.topic.value == marker:
+                return found
+            if message.retain and isinstance(message.payload, bytes) and message.payload:
+                found[message.topic.value] = message.payload
+    return found

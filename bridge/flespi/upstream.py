@@ -110,6 +110,11 @@ class GmqttUpstream:
         self.generation = GmqttUpstream._generation
         self._closed = asyncio.Event()
         self._session_present = False
+        # QoS 1 messages delivered but not yet acknowledged. At `receive_maximum` the socket
+        # stops being read: the broker should not send more anyway, and if it does (Mosquitto
+        # 2.0 overshoots), TCP backpressure keeps the bridge's memory bounded.
+        self._unacked = 0
+        self._paused = False
         self._subscribed: asyncio.Future[None] | None = None
         client = GmqttClient(
             options.client_id,
@@ -137,7 +142,20 @@ class GmqttUpstream:
 
     def _on_qos1(self, mid: int, payload: bytes, topic: str | bytes,
                  properties: dict[str, Any]) -> None:
+        self._unacked += 1
+        if self._unacked >= self._options.receive_maximum and not self._paused:
+            self._set_reading(False)
         self._dispatch(topic, payload, properties, (self.generation, mid))
+
+    def _set_reading(self, on: bool) -> None:
+        transport = getattr(self._client._connection, "_transport", None)
+        if transport is None or transport.is_closing():
+            return
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
+        self._paused = not on
 
     def _dispatch(self, topic: str | bytes, payload: bytes, properties: dict[str, Any],
                   ack: Ack | None) -> None:
@@ -174,6 +192,10 @@ class GmqttUpstream:
     @property
     def session_present(self) -> bool:
         return self._session_present
+
+    @property
+    def unacked(self) -> int:
+        return self._unacked
 
     async def connect(self) -> None:
         o = self._options
@@ -227,6 +249,9 @@ class GmqttUpstream:
                 packets += b"\x40\x02" + mid.to_bytes(2, "big")
         if packets:
             self._client._connection.send_package(bytes(packets))
+            self._unacked = max(0, self._unacked - len(packets) // 4)
+            if self._paused and self._unacked < self._options.receive_maximum:
+                self._set_reading(True)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

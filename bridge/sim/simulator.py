@@ -51,8 +51,13 @@ class Simulator:
         self.fleet = fleet or Fleet(devices, **kwargs)
         self.messages = messages
         self.published = 0
-        self._client = GmqttClient(f"flespi-sim-{uuid.uuid4().hex[:8]}",
+        # A persistent session: across a broker restart gmqtt resends what the broker had
+        # not acknowledged (without a session it would discard it, as MQTT 5 requires).
+        self._client = GmqttClient(f"flespi-sim-{uuid.uuid4().hex[:8]}", clean_session=False,
+                                   session_expiry_interval=3600,
                                    logger=logging.getLogger("bridge.sim.gmqtt"))
+        # gmqtt reconnects by itself and resends unacknowledged QoS 1 publications
+        self._client.reconnect_delay = 0.2
         self._responder: Any = None
 
     @property
@@ -84,7 +89,11 @@ class Simulator:
             await self.flush()
         data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
         props: dict[str, Any] = {} if ts is None else {"user_property": _ts(ts)}
-        self._client.publish(topic, data, qos=1, retain=retain, **props)
+        try:
+            self._client.publish(topic, data, qos=1, retain=retain, **props)
+        except OverflowError:  # the broker's receive maximum is below WINDOW: wait for acks
+            await self.flush()
+            self._client.publish(topic, data, qos=1, retain=retain, **props)
         self.published += 1
 
     async def publish_device(self, dev: SimDevice) -> None:
