@@ -249,15 +249,18 @@ class Discovery:
     """Tracks the configs published per device, to republish changes and clear leftovers."""
 
     ctx: Context
-    published: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    # device -> config topic -> hash of the payload published (not the payload: a large
+    # fleet has hundreds of thousands of configs)
+    published: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def update(self, dev: Device, configs: Mapping[str, dict[str, Any]],
                force: bool = False) -> list[Publication]:
         before = self.published.get(dev.id, {})
         now = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
         pubs = [Publication(t, b"") for t in before if t not in now]
-        pubs += [Publication(t, p) for t, p in now.items() if force or before.get(t) != p]
-        self.published[dev.id] = now
+        pubs += [Publication(t, p) for t, p in now.items()
+                 if force or before.get(t) != hash(p)]
+        self.published[dev.id] = {t: hash(p) for t, p in now.items()}
         return pubs
 
     def forget(self, device_id: int) -> list[Publication]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -21,8 +22,13 @@ from bridge.exceptions import BridgeError
 
 log = logging.getLogger(__name__)
 
-# Publications awaited concurrently; bounds memory and aiomqtt's per-call bookkeeping.
+# QoS 1 publications in flight on the wire at once (paho queues the rest of a slice).
 PUBLISH_WINDOW = 256
+# Publications handed to paho at once by `publish_many`; bounds the memory of a big burst
+# (the start-up of a large fleet is hundreds of thousands of them).
+PUBLISH_SLICE = 2000
+# Small MQTT packets must not wait for Nagle's algorithm (up to 40 ms on loopback).
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 class LocalUnavailableError(BridgeError):
@@ -89,6 +95,7 @@ class LocalBroker:
             timeout=10,
             max_inflight_messages=PUBLISH_WINDOW,
             max_queued_incoming_messages=10_000,
+            socket_options=NODELAY,
             logger=logging.getLogger("bridge.local.mqtt"),
         )
         client.pending_calls_threshold = PUBLISH_WINDOW * 2
@@ -173,16 +180,34 @@ class LocalBroker:
                 raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None
 
     async def publish_many(self, publications: Sequence[Publication]) -> None:
-        """Publish all, concurrently within the window; raises if any failed."""
-        if not publications:
-            return
-        results = await asyncio.gather(
-            *(self.publish(p.topic, p.payload, retain=p.retain) for p in publications),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        """Publish all and wait until the broker acknowledged them; raises
+        LocalUnavailableError if the connection fails first.
+
+        The fast path for bursts: publications go straight to paho, and one countdown
+        stands in for aiomqtt's per-publish event, so a burst costs no coroutine, task or
+        event per message.
+        """
+        qos = self.settings.qos
+        for start in range(0, len(publications), PUBLISH_SLICE):
+            client = self._client
+            if client is None or not self.connected.is_set():
+                raise LocalUnavailableError("local broker not connected")
+            countdown = _Countdown(asyncio.get_running_loop())
+            pending = client._pending_publishes
+            paho = client._client
+            for pub in publications[start:start + PUBLISH_SLICE]:
+                info = paho.publish(pub.topic, pub.payload, qos, pub.retain)
+                if info.rc != 0:
+                    raise LocalUnavailableError(f"publish to {pub.topic} failed (rc {info.rc})")
+                if qos and not info.is_published():
+                    countdown.remaining += 1
+                    pending[info.mid] = countdown  # type: ignore[assignment]
+            if countdown.remaining:
+                disconnected = client._disconnected
+                await asyncio.wait({countdown.future, disconnected},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not countdown.future.done():
+                    raise LocalUnavailableError("connection lost while publishing")
 
     async def publish_offline(self) -> None:
         """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).
@@ -194,6 +219,22 @@ class LocalBroker:
                                            timeout=5)
             except aiomqtt.MqttError as exc:
                 log.warning("could not publish offline state: %s", exc)
+
+
+class _Countdown:
+    """Stands in for aiomqtt's per-publish asyncio.Event: aiomqtt calls `set()` when the
+    broker acknowledges a publication; the future completes with the last one."""
+
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.remaining = 0
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.future.done():
+            self.future.set_result(None)
 
 
 def _retrieve_disconnect(client: aiomqtt.Client) -> None:

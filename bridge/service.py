@@ -63,6 +63,8 @@ DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 # Publications (full messages, command results) waiting for the local broker at most; full
 # messages are bounded by flespi.max_inflight anyway, this caps the results.
 MAX_OUTBOX = 20_000
+# Devices whose publications are built and published together by one flush step.
+DEVICE_SLICE = 500
 
 
 class Bridge:
@@ -496,9 +498,11 @@ class Bridge:
                 self.stats.dropped["internal_error"] += 1
 
     async def _flush(self) -> None:
-        """Publish everything pending, then acknowledge upstream what that covered."""
+        """Publish everything pending, then acknowledge upstream what that covered.
+
+        Dirty devices go out in slices, so a burst (the start-up of a large fleet) never
+        holds all its publications in memory at once."""
         n_acks, epoch = len(self._acks), self._ack_epoch
-        batch = [(dev, dev.dirty) for dev in self.store.take_dirty()]
         pubs: list[Publication] = []
         bridge_due, self._bridge_configs_due = self._bridge_configs_due, False
         if bridge_due:
@@ -507,36 +511,50 @@ class Bridge:
         removed, self._removed = self._removed, []
         for dev in removed:
             pubs.extend(self._clear_device(dev))
-        since: list[float] = []
-        for dev, flags in batch:
-            dev.dirty = 0
-            pubs.extend(self._publications(dev, flags))
-            started = self._pending_since.pop(dev.id, None)
-            if started is not None:
-                since.append(started)
         messages, self._messages = self._messages, []
         pubs.extend(messages)
         if self._inventory and self._inventory_done.is_set() and self.loaded.is_set():
             pubs.extend(self._cleanup())
         try:
-            await self.local.publish_many(pubs)
+            await self._publish(pubs)
         except LocalUnavailableError as exc:
             log.debug("publish deferred: %s", exc)
-            for dev, flags in batch:
-                dev.dirty |= flags
-                self.store.mark_again(dev)
             self._removed[:0] = removed
             self._messages[:0] = messages
             self._bridge_configs_due |= bridge_due
             self._wake.set()
             return
-        done = time.monotonic()
-        for started in since:
-            self.metrics.latency.observe(done - started)
-        for pub in pubs:
-            self.stats.publications[_kind(pub.topic)] += 1
+        dirty = self.store.take_dirty()
+        for start in range(0, len(dirty), DEVICE_SLICE):
+            batch = [(dev, dev.dirty) for dev in dirty[start:start + DEVICE_SLICE]]
+            pubs = []
+            since: list[float] = []
+            for dev, flags in batch:
+                dev.dirty = 0
+                pubs.extend(self._publications(dev, flags))
+                started = self._pending_since.pop(dev.id, None)
+                if started is not None:
+                    since.append(started)
+            try:
+                await self._publish(pubs)
+            except LocalUnavailableError as exc:
+                log.debug("publish deferred: %s", exc)
+                for dev, flags in batch:
+                    dev.dirty |= flags
+                for dev in dirty[start:]:
+                    self.store.mark_again(dev)
+                self._wake.set()
+                return
+            done = time.monotonic()
+            for started in since:
+                self.metrics.latency.observe(done - started)
         if epoch == self._ack_epoch:  # else those acks died with their connection
             self._ack(n_acks)
+
+    async def _publish(self, pubs: list[Publication]) -> None:
+        await self.local.publish_many(pubs)
+        for pub in pubs:
+            self.stats.publications[_kind(pub.topic)] += 1
 
     def _ack(self, count: int) -> None:
         up = self.upstream
