@@ -1,19 +1,18 @@
 """A minimal HTTP/1.1 server on asyncio streams (one request per connection), for the health
-endpoints and the simulator's REST endpoint: no web framework dependency for three routes."""
+endpoints and the simulator's REST endpoint: no web framework dependency for a few routes."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
-log = logging.getLogger(__name__)
-
 MAX_BODY = 1024 * 1024
-# method, path (without query), headers (lower-case names), body -> status, type, body
-Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[tuple[int, str, bytes]]]
+# A response: status, extra headers (Content-Type defaults to text/plain), body.
+Response = tuple[int, dict[str, str], bytes]
+# method, path (without query), headers (lower-case names), body -> response
+Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
 
 
 class HttpServer:
@@ -34,32 +33,36 @@ class HttpServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method = ""
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
             lines = head.decode("latin-1").split("\r\n")
-            method, _, rest = lines[0].partition(" ")
-            path = rest.split(" ", 1)[0].split("?", 1)[0]
+            parts = lines[0].split(" ")
             headers = {}
             for line in lines[1:]:
                 name, sep, value = line.partition(":")
                 if sep:
                     headers[name.strip().lower()] = value.strip()
             length = int(headers.get("content-length", "0") or 0)
-            if not 0 <= length <= MAX_BODY:
-                raise ValueError("bad content-length")
+            if len(parts) != 3 or not parts[2].startswith("HTTP/") or not 0 <= length <= MAX_BODY:
+                raise ValueError("bad request")
+            method = parts[0]
             body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
-            status, ctype, payload = await self.handler(method, path, headers, body)
+            status, extra, payload = await self.handler(method, parts[1].split("?", 1)[0],
+                                                        headers, body)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             writer.close()
             return
         except ValueError:
-            status, ctype, payload = 400, "text/plain; charset=utf-8", b"bad request\n"
-        reason = HTTPStatus(status).phrase
-        head_out = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n")
+            status, extra, payload = 400, {}, b"bad request\n"
+        extra = {"Content-Type": "text/plain; charset=utf-8", **extra}
+        out = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+        out += [f"{k}: {v}" for k, v in extra.items()]
+        out += [f"Content-Length: {len(payload)}", "Connection: close", "", ""]
         try:
-            writer.write(head_out.encode() + (payload if method != "HEAD" else b""))
+            writer.write("\r\n".join(out).encode("latin-1")
+                         + (payload if method != "HEAD" else b""))
             await writer.drain()
         except ConnectionError:
             pass

@@ -11,8 +11,6 @@ process) stay apart. The metric names are a contract: see `monitoring/README.md`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 from bisect import bisect_left
@@ -36,6 +34,7 @@ from prometheus_client.registry import Collector
 from bridge import __version__
 from bridge.catalog import Attribute
 from bridge.flespi.topics import Kind
+from bridge.httpserver import HttpServer, Response
 from bridge.state import Store
 
 log = logging.getLogger(__name__)
@@ -248,76 +247,33 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-class HealthServer:
+class HealthServer(HttpServer):
     """GET (or HEAD) /metrics, /healthz (process alive) and /readyz (ready() is true)."""
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int):
+        super().__init__(self._respond, host, port)
         self.metrics = metrics
         self.ready = ready
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        sock = self._server.sockets[0]
-        self.port = sock.getsockname()[1]
+        await super().start()
         log.info("metrics on http://%s:%s/metrics", self.host, self.port)
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
-            lines = request.decode("latin-1").split("\r\n")
-            parts = lines[0].split(" ")
-            headers: dict[str, str] = {}
-            extra: dict[str, str]
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if sep:
-                    headers[name.strip().lower()] = value.strip()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                method = ""
-                status, extra, body = "400 Bad Request", {}, b"bad request\n"
-            else:
-                method = parts[0]
-                status, extra, body = self._respond(method, parts[1].split("?", 1)[0],
-                                                    headers.get("accept", ""))
-            head = [f"HTTP/1.1 {status}"]
-            extra.setdefault("Content-Type", "text/plain; charset=utf-8")
-            head += [f"{k}: {v}" for k, v in extra.items()]
-            head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-            writer.write("\r\n".join(head).encode("latin-1")
-                         + (body if method != "HEAD" else b""))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    def _respond(self, method: str, path: str,
-                 accept: str) -> tuple[str, dict[str, str], bytes]:
+    async def _respond(self, method: str, path: str, headers: dict[str, str],
+                       _body: bytes) -> Response:
         if method not in ("GET", "HEAD"):
-            return "405 Method Not Allowed", {"Allow": "GET, HEAD"}, b"method not allowed\n"
+            return 405, {"Allow": "GET, HEAD"}, b"method not allowed\n"
         if path == "/metrics":
             try:
-                body, content_type = self.metrics.render(accept)
+                body, content_type = self.metrics.render(headers.get("accept", ""))
             except Exception:
                 log.exception("rendering the metrics failed")
-                return "500 Internal Server Error", {}, b"metrics unavailable\n"
-            return "200 OK", {"Content-Type": content_type}, body
+                return 500, {}, b"metrics unavailable\n"
+            return 200, {"Content-Type": content_type}, body
         if path == "/healthz":
-            return "200 OK", {}, b"ok\n"
+            return 200, {}, b"ok\n"
         if path == "/readyz":
             if self.ready():
-                return "200 OK", {}, b"ready\n"
-            return "503 Service Unavailable", {}, b"not ready\n"
-        return "404 Not Found", {}, b"not found\n"
+                return 200, {}, b"ready\n"
+            return 503, {}, b"not ready\n"
+        return 404, {}, b"not found\n"

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from bridge.httpserver import HttpServer
+from bridge.httpserver import HttpServer, Response
 from bridge.sim.simulator import Simulator
 
 # flespi command name -> whether the device confirms it (executed false until it answers)
@@ -98,14 +98,15 @@ class Responder:
             self.sim._client.publish(response_topic, chunk, qos=1, **props)
 
     async def _on_http(self, method: str, path: str, headers: dict[str, str],
-                       body: bytes) -> tuple[int, str, bytes]:
+                       body: bytes) -> Response:
+        json = {"Content-Type": "application/json"}
         auth = headers.get("authorization", "")
         if self.token is not None and auth != f"FlespiToken {self.token}":
-            return 401, "application/json", orjson.dumps(_errors("invalid token", 401))
+            return 401, json, orjson.dumps(_errors("invalid token", 401))
         code, answer = await self._dispatch(method.lower(), path.lstrip("/"), body, {})
         if self.silent:
             await self._closed.wait()  # never answer: the client times out
-        return code, "application/json", orjson.dumps(answer)
+        return code, json, orjson.dumps(answer)
 
     # -- the API ------------------------------------------------------------------------
 
