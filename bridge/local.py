@@ -22,7 +22,7 @@ from bridge.exceptions import BridgeError
 
 log = logging.getLogger(__name__)
 
-# QoS 1 publications in flight on the wire at once (paho queues the rest of a slice).
+# Concurrent `publish` calls (results and other single publications).
 PUBLISH_WINDOW = 256
 # Publications handed to paho at once by `publish_many`; bounds the memory of a big burst
 # (the start-up of a large fleet is hundreds of thousands of them).
@@ -93,7 +93,9 @@ class LocalBroker:
             tls_context=tls_context(s),
             tls_insecure=s.tls_insecure if s.tls else None,
             timeout=10,
-            max_inflight_messages=PUBLISH_WINDOW,
+            # Unlimited in paho: the bridge bounds what is in flight itself, and paho's own
+            # limit costs a scan of every queued message on each acknowledgement.
+            max_inflight_messages=0,
             max_queued_incoming_messages=10_000,
             socket_options=NODELAY,
             logger=logging.getLogger("bridge.local.mqtt"),
@@ -179,35 +181,43 @@ class LocalBroker:
             except aiomqtt.MqttError as exc:
                 raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None
 
-    async def publish_many(self, publications: Sequence[Publication]) -> None:
-        """Publish all and wait until the broker acknowledged them; raises
-        LocalUnavailableError if the connection fails first.
+    def publish_nowait(self, publications: Sequence[Publication]) -> asyncio.Future[None]:
+        """Hand publications to paho at once; the future completes when the broker has
+        acknowledged all of them, and fails with LocalUnavailableError if the connection is
+        lost first. Raises LocalUnavailableError at once when not connected.
 
-        The fast path for bursts: publications go straight to paho, and one countdown
-        stands in for aiomqtt's per-publish event, so a burst costs no coroutine, task or
-        event per message.
+        The fast path for bursts: one countdown stands in for aiomqtt's per-publish event,
+        so a publication costs no coroutine, task or event.
         """
+        client = self._client
+        disconnected = client._disconnected if client is not None else None
+        if client is None or not self.connected.is_set() or disconnected is None or (
+                disconnected.done()):
+            raise LocalUnavailableError("local broker not connected")
         qos = self.settings.qos
+        countdown = _Countdown(asyncio.get_running_loop())
+        pending = client._pending_publishes
+        paho = client._client
+        for pub in publications:
+            info = paho.publish(pub.topic, pub.payload, qos, pub.retain)
+            if info.rc != 0:
+                countdown.fail()
+                raise LocalUnavailableError(f"publish to {pub.topic} failed (rc {info.rc})")
+            if qos and not info.is_published():
+                countdown.remaining += 1
+                pending[info.mid] = countdown  # type: ignore[assignment]
+        if countdown.remaining <= 0:
+            countdown.future.set_result(None)
+        else:
+            disconnected.add_done_callback(countdown.lost)
+            countdown.future.add_done_callback(
+                lambda _: disconnected.remove_done_callback(countdown.lost))
+        return countdown.future
+
+    async def publish_many(self, publications: Sequence[Publication]) -> None:
+        """Publish all, a slice at a time, and wait until the broker acknowledged them."""
         for start in range(0, len(publications), PUBLISH_SLICE):
-            client = self._client
-            if client is None or not self.connected.is_set():
-                raise LocalUnavailableError("local broker not connected")
-            countdown = _Countdown(asyncio.get_running_loop())
-            pending = client._pending_publishes
-            paho = client._client
-            for pub in publications[start:start + PUBLISH_SLICE]:
-                info = paho.publish(pub.topic, pub.payload, qos, pub.retain)
-                if info.rc != 0:
-                    raise LocalUnavailableError(f"publish to {pub.topic} failed (rc {info.rc})")
-                if qos and not info.is_published():
-                    countdown.remaining += 1
-                    pending[info.mid] = countdown  # type: ignore[assignment]
-            if countdown.remaining:
-                disconnected = client._disconnected
-                await asyncio.wait({countdown.future, disconnected},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not countdown.future.done():
-                    raise LocalUnavailableError("connection lost while publishing")
+            await self.publish_nowait(publications[start:start + PUBLISH_SLICE])
 
     async def publish_offline(self) -> None:
         """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).
@@ -235,6 +245,14 @@ class _Countdown:
         self.remaining -= 1
         if self.remaining <= 0 and not self.future.done():
             self.future.set_result(None)
+
+    def lost(self, _: object = None) -> None:
+        self.fail()
+
+    def fail(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(LocalUnavailableError("connection lost while publishing"))
+            self.future.exception()  # whoever waits sees it; nobody has to
 
 
 def _retrieve_disconnect(client: aiomqtt.Client) -> None:
