@@ -65,10 +65,10 @@ DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 # messages are bounded by flespi.max_inflight anyway, this caps the results.
 MAX_OUTBOX = 20_000
 # Devices whose publications are built and handed to the local broker together.
-DEVICE_SLICE = 500
+DEVICE_SLICE = 250
 # Publications in flight to the local broker at most; beyond, the publisher waits (and
 # updates coalesce per device in the store meanwhile).
-LOCAL_PIPELINE = 20_000
+LOCAL_PIPELINE = 5_000
 
 
 class Bridge:
