@@ -26,6 +26,9 @@ from bridge.state import Device
 
 log = logging.getLogger(__name__)
 MAX_TRANSACTION = 128
+# Result codes that mean the request itself was malformed (also counted as invalid input).
+INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
+                           "invalid_value", "payload_too_large"})
 
 
 class CommandError(BridgeError):

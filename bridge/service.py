@@ -23,7 +23,7 @@ import orjson
 
 from bridge import catalog
 from bridge.backoff import Backoff
-from bridge.commands import CommandError, CommandGateway, peek_transaction
+from bridge.commands import INVALID_INPUT, CommandError, CommandGateway, peek_transaction
 from bridge.commands import result as command_result
 from bridge.config import Settings
 from bridge.flespi import topics as flespi_topics
@@ -64,6 +64,8 @@ DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 # Publications (full messages, command results) waiting for the local broker at most; full
 # messages are bounded by flespi.max_inflight anyway, this caps the results.
 MAX_OUTBOX = 20_000
+# Seconds to wait for the start-up marker before taking the retained state as loaded.
+LOAD_TIMEOUT = 60.0
 # Devices whose publications are built and handed to the local broker together.
 DEVICE_SLICE = 250
 # Publications in flight to the local broker at most; beyond, the publisher waits (and
@@ -91,8 +93,10 @@ class Bridge:
         self.stats = self.metrics.stats
         self._upstream_factory = upstream_factory
         self.upstream: Upstream | None = None
-        self._reply_prefix = f"flespi-bridge/{settings.flespi.client_id}/{uuid.uuid4().hex[:8]}/"
-        self._sync_topic = self._reply_prefix + "sync"
+        # The bridge's own topics upstream: fixed per client id, since the persistent session
+        # keeps the subscription; each run's start-up marker and each request are unique.
+        self._reply_prefix = f"flespi-bridge/{settings.flespi.client_id}/"
+        self._sync_topic = f"{self._reply_prefix}sync/{uuid.uuid4().hex}"
         self._acks: deque[Ack] = deque()
         self._ack_epoch = 0  # bumped when `_acks` is voided (connection lost)
         self._assigned = 0  # acks at the head of `_acks` that in-flight batches will release
@@ -208,6 +212,8 @@ class Bridge:
                          "resumed" if up.session_present else "new")
                 # Everything the broker queued before this marker reaches us first.
                 up.publish(self._sync_topic, b"sync", qos=1)
+                if not self.loaded.is_set():
+                    asyncio.get_running_loop().call_later(LOAD_TIMEOUT, self._load_timeout)
                 fresh = False
                 backoff.reset()
                 await up.wait_closed()
@@ -315,6 +321,14 @@ class Bridge:
         else:
             self._mqtt_rest.on_reply(topic, payload, props)
 
+    def _load_timeout(self) -> None:
+        if not self.loaded.is_set() and self.upstream is not None:
+            log.warning("the start-up marker on %s did not come back in %ss (may the token "
+                        "publish and subscribe there?); taking the initial state as loaded",
+                        self._reply_prefix + "#", LOAD_TIMEOUT)
+            self.loaded.set()
+            self._wake.set()
+
     def _invalid(self, reason: str, topic: str, detail: str) -> None:
         self.stats.invalid["upstream", reason] += 1
         self._bad.warning(f"upstream:{reason}", "ignored upstream message on %.200r: %s: %.200s",
@@ -387,9 +401,7 @@ class Bridge:
 
     def _count_command(self, outcome: str) -> None:
         self.stats.commands[outcome] += 1
-        if outcome not in ("ok", "timeout", "flespi_error", "upstream_disconnected",
-                           "rate_limited", "duplicate", "read_only", "device_not_allowed",
-                           "shutting_down"):
+        if outcome in INVALID_INPUT:
             self.stats.invalid["command", outcome] += 1
 
     async def _publish_result(self, device_id: int, outcome: dict[str, Any]) -> None:
