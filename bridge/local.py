@@ -24,9 +24,6 @@ log = logging.getLogger(__name__)
 
 # Concurrent `publish` calls (results and other single publications).
 PUBLISH_WINDOW = 256
-# Publications handed to paho at once by `publish_many`; bounds the memory of a big burst
-# (the start-up of a large fleet is hundreds of thousands of them).
-PUBLISH_SLICE = 2000
 # Small MQTT packets must not wait for Nagle's algorithm (up to 40 ms on loopback).
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
@@ -126,12 +123,11 @@ class LocalBroker:
                         await self._on_message(message.topic.value, payload,
                                                bool(message.retain))
             except aiomqtt.MqttError as exc:
-                was_connected = self.connected.is_set()
                 self._lost()
                 delay = self._backoff.next()
-                (log.warning if was_connected else log.info)(
-                    "local broker %s:%s: %s; reconnecting in %.1fs", s.host, s.port, exc, delay
-                )
+                # a refused login or TLS failure must be visible at the default level too
+                log.warning("local broker %s:%s: %s; reconnecting in %.1fs", s.host, s.port,
+                            exc, delay)
                 await asyncio.sleep(delay)
             finally:
                 self._lost()
@@ -213,11 +209,6 @@ class LocalBroker:
             countdown.future.add_done_callback(
                 lambda _: disconnected.remove_done_callback(countdown.lost))
         return countdown.future
-
-    async def publish_many(self, publications: Sequence[Publication]) -> None:
-        """Publish all, a slice at a time, and wait until the broker acknowledged them."""
-        for start in range(0, len(publications), PUBLISH_SLICE):
-            await self.publish_nowait(publications[start:start + PUBLISH_SLICE])
 
     async def publish_offline(self) -> None:
         """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).

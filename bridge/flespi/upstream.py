@@ -193,10 +193,6 @@ class GmqttUpstream:
     def session_present(self) -> bool:
         return self._session_present
 
-    @property
-    def unacked(self) -> int:
-        return self._unacked
-
     async def connect(self) -> None:
         o = self._options
         try:
