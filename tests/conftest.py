@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import BridgeProcess
 
 from bridge import config, mosquitto
 from bridge.service import Bridge
@@ -62,3 +63,17 @@ async def bridge_factory() -> AsyncIterator[Callable[[config.Settings], Any]]:
         await bridge.stop()
 
 
+
+
+@pytest.fixture
+def procs() -> Iterator[Callable[[BridgeProcess], BridgeProcess]]:
+    """Tracks bridge child processes; each is killed (by PID) at the end of the test."""
+    started: list[BridgeProcess] = []
+
+    def track(proc: BridgeProcess) -> BridgeProcess:
+        started.append(proc)
+        return proc
+
+    yield track
+    for proc in started:
+        proc.kill()

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-from pathlib import Path
 from typing import Any
 
-from helpers import PYTHON, TOKEN, Recorder, bridge_env, make_settings, wait_until
+from helpers import TOKEN, BridgeProcess, Recorder, make_settings, wait_until
 
-from bridge import mosquitto
 from bridge.sim import Simulator
 from bridge.state import iso
 
@@ -118,78 +115,39 @@ async def test_unknown_parameters_ignored_unless_configured(upstream, local, sim
         assert "din.1" not in state
 
 
-def write_config(path: Path, upstream: mosquitto.Broker, local: mosquitto.Broker,
-                 level: str = "DEBUG") -> Path:
-    path.write_text(f"""
-[flespi]
-token = "{TOKEN}"
-host = "{upstream.host}"
-port = {upstream.port}
-tls = false
-client_id = "bridge-under-test"
-
-[local]
-host = "{local.host}"
-port = {local.port}
-coalesce_window = 0.05
-
-[metrics]
-enabled = false
-
-[log]
-level = "{level}"
-""")
-    return path
-
-
-async def test_killed_bridge_leaves_offline_will(upstream, local, sim, tmp_path) -> None:
-    cfg = write_config(tmp_path / "bridge.toml", upstream, local)
-    log_path = tmp_path / "bridge.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([PYTHON, "-m", "bridge", "run", "--config", str(cfg)],
-                                stdout=log_file, stderr=subprocess.STDOUT, env=bridge_env())
-    try:
-        async with Recorder(local, [f"{BASE}/bridge/state", f"{BASE}/+/state"]) as rec:
-            await rec.wait_for(
-                lambda: all(rec.state(BASE, d) for d in sim.devices), timeout=20,
-                what="states from the bridge process")
-            assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=10)
-            await rec.wait_for(
-                lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
-                timeout=20, what="the will")
-        async with Recorder(local, [f"{BASE}/bridge/state"]) as late:
-            item = await late.wait_for(lambda: late.latest.get(f"{BASE}/bridge/state"))
-            assert (item.payload, item.retain) == (b"offline", True)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+async def test_killed_bridge_leaves_offline_will(upstream, local, sim, tmp_path,
+                                                  procs) -> None:
+    bridge = procs(BridgeProcess(tmp_path, upstream, local)).start()  # logging at DEBUG
+    async with Recorder(local, [f"{BASE}/bridge/state", f"{BASE}/+/state"]) as rec:
+        await rec.wait_for(
+            lambda: all(rec.state(BASE, d) for d in sim.devices), timeout=20,
+            what="states from the bridge process")
+        assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
+        bridge.kill()  # SIGKILL: no goodbye
+        await rec.wait_for(
+            lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+            timeout=20, what="the will")
+    async with Recorder(local, [f"{BASE}/bridge/state"]) as late:
+        item = await late.wait_for(lambda: late.latest.get(f"{BASE}/bridge/state"))
+        assert (item.payload, item.retain) == (b"offline", True)
     # Debug logging of the whole run, connect included, never shows the token.
-    text = log_path.read_text(errors="replace")
+    text = bridge.log()
     assert "connected to flespi" in text
     assert TOKEN not in text
 
 
-async def test_sigterm_publishes_offline_and_exits_zero(upstream, local, sim, tmp_path) -> None:
-    cfg = write_config(tmp_path / "bridge.toml", upstream, local, level="INFO")
-    proc = subprocess.Popen([PYTHON, "-m", "bridge", "run", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=bridge_env())
-    try:
-        async with Recorder(local, [f"{BASE}/bridge/state"]) as rec:
-            await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
-                               and rec.latest[f"{BASE}/bridge/state"].payload == b"online",
-                               timeout=20, what="online")
-            proc.send_signal(signal.SIGTERM)
-            await rec.wait_for(
-                lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
-                what="offline on shutdown")
-        await wait_until(lambda: proc.poll() is not None, timeout=15, what="exit")
-        assert proc.returncode == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.stdout is not None
-    assert TOKEN not in proc.stdout.read().decode(errors="replace")
+async def test_sigterm_publishes_offline_and_exits_zero(upstream, local, sim, tmp_path,
+                                                        procs) -> None:
+    bridge = procs(BridgeProcess(tmp_path, upstream, local, log={"level": "INFO"})).start()
+    async with Recorder(local, [f"{BASE}/bridge/state"]) as rec:
+        await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
+                           and rec.latest[f"{BASE}/bridge/state"].payload == b"online",
+                           timeout=20, what="online")
+        bridge.signal(signal.SIGTERM)
+        await rec.wait_for(
+            lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+            what="offline on shutdown")
+    assert bridge.proc is not None
+    await wait_until(lambda: bridge.proc.poll() is not None, timeout=15, what="exit")
+    assert bridge.proc.returncode == 0
+    assert TOKEN not in bridge.log()

@@ -8,11 +8,9 @@ import logging
 import os
 import re
 import signal
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import pytest
 from helpers import BridgeProcess, Recorder, make_settings, retained, wait_until
 from test_pipeline import expected_state
 
@@ -22,19 +20,6 @@ from bridge.sim import Responder, Simulator
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 
 BASE = "flespi"
-
-
-@pytest.fixture
-def procs() -> Iterator[Callable[[BridgeProcess], BridgeProcess]]:
-    started: list[BridgeProcess] = []
-
-    def track(proc: BridgeProcess) -> BridgeProcess:
-        started.append(proc)
-        return proc
-
-    yield track
-    for proc in started:
-        proc.kill()
 
 
 def sent_messages(sim: Simulator) -> set[tuple[int, float]]:
