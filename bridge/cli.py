@@ -69,17 +69,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_problems(exc)
     logs.setup(settings.log.level, settings.log.format, _secrets(settings))
 
-    async def main() -> None:
+    async def main() -> int:
         bridge = Bridge(settings)
         stop = asyncio.Event()
         _install_signals(stop)
-        await bridge.start()
+        try:
+            await bridge.start()
+        except OSError as exc:  # the metrics port is taken or not ours to bind
+            m = settings.metrics
+            print(f"error: cannot serve metrics on {m.host}:{m.port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            await bridge.stop()
+            return 1
         await stop.wait()
         await bridge.stop()
+        return 0
 
     _event_loop_policy()
-    asyncio.run(main())
-    return 0
+    return asyncio.run(main())
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
