@@ -6,7 +6,7 @@ time. Fleet series therefore disappear by themselves when a device leaves the st
 renamed device changes its `device_name` label without leaving the old series behind.
 
 Everything lives on a registry of its own per `Metrics`, so tests (and several bridges in one
-process) stay apart. The metric names are a contract: see `monitoring/README.md`.
+process) stay apart. The metric names are a contract: see the README, section "Monitoring".
 """
 
 from __future__ import annotations
