@@ -85,6 +85,10 @@ class Bridge:
         attrs = self.attributes = catalog.attributes(self.catalog)
         self.store = Store()
         self.topics = LocalTopics(settings.local.base_topic)
+        unknown = [n for n in settings.metrics.fleet_parameters if n not in attrs]
+        if unknown:
+            log.warning("metrics.fleet_parameters: no such attribute %s (known: %s)",
+                        ", ".join(unknown), ", ".join(attrs))
         self.metrics = Metrics(
             self.store,
             [attrs[name] for name in settings.metrics.fleet_parameters if name in attrs],
