@@ -273,7 +273,8 @@ class Bridge:
             self._invalid("bad_json", topic, str(exc))
             return
         if param is not None:
-            rejected: list[str] = []
+            # only object values (position) can be partly rejected: no list for the rest
+            rejected: list[str] | None = [] if param.fields else None
             try:
                 values = catalog.normalize(param, value, rejected)
             except catalog.ValueRejected as exc:
