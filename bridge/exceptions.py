@@ -15,12 +15,3 @@ class ConfigError(BridgeError):
 
 class BrokerUnavailableError(BridgeError):
     """No Mosquitto broker could be started (neither the binary nor Docker is available)."""
-
-
-class InvalidInputError(BridgeError):
-    """An upstream message or local command was malformed; `reason` is a short metric label."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")

@@ -166,10 +166,6 @@ class Broker:
             self._container.stop()
             self._container = None
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def __enter__(self) -> Broker:
         return self
 

@@ -149,7 +149,7 @@ class Bridge:
         self._bad = RateLimitedLog(log)
         self.stats.queues.update({
             "upstream_acks": lambda: len(self._acks),
-            "dirty_devices": lambda: len(self.store._dirty),
+            "dirty_devices": lambda: self.store.dirty_count,
             "commands_in_flight": lambda: len(self._commands),
         })
         self.health: HealthServer | None = None
@@ -651,16 +651,6 @@ class Bridge:
         if self.health is not None:
             await self.health.stop()
 
-    async def run_forever(self) -> None:
-        await self.start()
-        try:
-            await self._stopping.wait()
-        finally:
-            await self.stop()
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
     def _idle(self) -> bool:
         return not (self._commands or self.store.has_dirty or self._messages or self._removed
                     or self._inflight)
@@ -677,7 +667,7 @@ class Bridge:
             await asyncio.sleep(0.02)
         if not self._idle():
             log.warning("stopping with work left: %d command(s), %d device state(s)",
-                        len(self._commands), len(self.store._dirty))
+                        len(self._commands), self.store.dirty_count)
 
 
 @dataclass(slots=True)

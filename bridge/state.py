@@ -102,6 +102,10 @@ class Store:
     def has_dirty(self) -> bool:
         return bool(self._dirty)
 
+    @property
+    def dirty_count(self) -> int:
+        return len(self._dirty)
+
     def take_dirty(self) -> list[Device]:
         """Dirty devices in the order they changed; the caller clears `dirty` once
         published (or calls `mark_again` if publishing failed)."""
