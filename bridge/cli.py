@@ -14,6 +14,7 @@ from bridge import __version__, config
 from bridge.exceptions import BrokerUnavailableError, ConfigError
 
 EXIT_CONFIG = 2
+EXIT_FAILED = 1
 
 
 def _event_loop_policy() -> None:
@@ -81,8 +82,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             await bridge.stop()
             return 1
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(bridge.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
         await bridge.stop()
+        if bridge.failed.is_set():
+            print("error: an essential task of the bridge ended; see the log above",
+                  file=sys.stderr)
+            return EXIT_FAILED
         return 0
 
     _event_loop_policy()

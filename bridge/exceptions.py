@@ -15,3 +15,7 @@ class ConfigError(BridgeError):
 
 class BrokerUnavailableError(BridgeError):
     """No Mosquitto broker could be started (neither the binary nor Docker is available)."""
+
+
+class LocalUnavailableError(BridgeError):
+    """The local broker is not connected (or the connection dropped mid-publish)."""

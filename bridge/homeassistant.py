@@ -19,8 +19,8 @@ import orjson
 from bridge import __version__
 from bridge.catalog import LAST_SEEN, Attribute
 from bridge.config import CommandSpec
-from bridge.local import Publication
 from bridge.state import Device
+from bridge.transport import Publication
 
 ORIGIN = {"name": "flespi-bridge", "sw_version": __version__}
 # gps_accuracy in metres is estimated as HDOP x this (a typical GPS user range error).

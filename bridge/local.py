@@ -12,13 +12,15 @@ import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NamedTuple
+from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from bridge.backoff import Backoff
 from bridge.config import LocalSettings, ReconnectSettings
-from bridge.exceptions import BridgeError
+from bridge.exceptions import LocalUnavailableError
+from bridge.transport import Publication
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +28,6 @@ log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 256
 # Small MQTT packets must not wait for Nagle's algorithm (up to 40 ms on loopback).
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-
-
-class LocalUnavailableError(BridgeError):
-    """The local broker is not connected (or the connection dropped mid-publish)."""
-
-
-class Publication(NamedTuple):
-    topic: str
-    payload: bytes
-    retain: bool = True
 
 
 def tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
@@ -52,6 +44,8 @@ def tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
 
 
 class LocalBroker:
+    """Implements `bridge.transport.LocalTransport` on aiomqtt."""
+
     def __init__(
         self,
         settings: LocalSettings,
@@ -71,7 +65,9 @@ class LocalBroker:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._client: aiomqtt.Client | None = None
-        self.connected = asyncio.Event()
+        # Built once, at start: a bad certificate is a start-up error, not a dead loop.
+        self._tls = tls_context(settings)
+        self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
 
@@ -87,7 +83,7 @@ class LocalBroker:
             clean_session=True,
             keepalive=s.keepalive,
             will=aiomqtt.Will(self._state_topic, b"offline", qos=1, retain=True) if will else None,
-            tls_context=tls_context(s),
+            tls_context=self._tls,
             tls_insecure=s.tls_insecure if s.tls else None,
             timeout=10,
             # Unlimited in paho: the bridge bounds what is in flight itself, and paho's own
@@ -132,6 +128,14 @@ class LocalBroker:
             finally:
                 self._lost()
                 _retrieve_disconnect(client)
+
+    def subscribe(self, filters: Sequence[str]) -> None:
+        """What to subscribe to on every connect (set before `run`)."""
+        self._subscriptions = list(filters)
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self._connected
 
     def _lost(self) -> None:
         if self.connected.is_set():
@@ -186,22 +190,21 @@ class LocalBroker:
         so a publication costs no coroutine, task or event.
         """
         client = self._client
-        disconnected = client._disconnected if client is not None else None
-        if client is None or not self.connected.is_set() or disconnected is None or (
-                disconnected.done()):
+        if client is None or not self.connected.is_set():
+            raise LocalUnavailableError("local broker not connected")
+        paho_client, pending, disconnected = _internals(client)
+        if disconnected.done():
             raise LocalUnavailableError("local broker not connected")
         qos = self.settings.qos
         countdown = _Countdown(asyncio.get_running_loop())
-        pending = client._pending_publishes
-        paho = client._client
         for pub in publications:
-            info = paho.publish(pub.topic, pub.payload, qos, pub.retain)
+            info = paho_client.publish(pub.topic, pub.payload, qos, pub.retain)
             if info.rc != 0:
                 countdown.fail()
                 raise LocalUnavailableError(f"publish to {pub.topic} failed (rc {info.rc})")
             if qos and not info.is_published():
                 countdown.remaining += 1
-                pending[info.mid] = countdown  # type: ignore[assignment]
+                pending[info.mid] = countdown
         if countdown.remaining <= 0:
             countdown.future.set_result(None)
         else:
@@ -246,9 +249,19 @@ class _Countdown:
             self.future.exception()  # whoever waits sees it; nobody has to
 
 
+def _internals(client: aiomqtt.Client
+               ) -> tuple[paho.Client, dict[int, Any], asyncio.Future[None]]:
+    """aiomqtt's private parts, in this one place: its paho client, the table of publishes
+    awaiting acknowledgement (mid -> an object with `set()`, called on PUBACK), and the
+    future that fails when the connection is lost. aiomqtt has no public batch publish:
+    awaiting one `publish` coroutine per message costs a task and an event each, which
+    halves the bridge's throughput (bench/README.md). Pinned by aiomqtt<3."""
+    return client._client, client._pending_publishes, client._disconnected
+
+
 def _retrieve_disconnect(client: aiomqtt.Client) -> None:
     """Mark aiomqtt's disconnect error as seen: when the connection drops mid-publish it is
     never retrieved, and asyncio would log "Future exception was never retrieved"."""
-    future = getattr(client, "_disconnected", None)
+    future = _internals(client)[2]
     if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
         future.exception()

@@ -248,12 +248,15 @@ class Metrics:
 
 
 class HealthServer(HttpServer):
-    """GET (or HEAD) /metrics, /healthz (process alive) and /readyz (ready() is true)."""
+    """GET (or HEAD) /metrics, /healthz (alive() is true: every essential task runs) and
+    /readyz (ready() is true)."""
 
-    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int):
+    def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int,
+                 alive: Callable[[], bool] = lambda: True) -> None:
         super().__init__(self._respond, host, port)
         self.metrics = metrics
         self.ready = ready
+        self.alive = alive
 
     async def start(self) -> None:
         await super().start()
@@ -271,7 +274,9 @@ class HealthServer(HttpServer):
                 return 500, {}, b"metrics unavailable\n"
             return 200, {"Content-Type": content_type}, body
         if path == "/healthz":
-            return 200, {}, b"ok\n"
+            if self.alive():
+                return 200, {}, b"ok\n"
+            return 503, {}, b"an essential task ended; restart the bridge\n"
         if path == "/readyz":
             if self.ready():
                 return 200, {}, b"ready\n"

@@ -13,9 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 _MISSING = object()
-# A value stamped further ahead than this (a device clock gone wrong) counts as arriving
-# now: at face value it would make every real value after it look older, and lose.
-MAX_FUTURE = 300.0
 STATE = 1
 INFO = 2
 AVAILABILITY = 4
@@ -52,6 +49,8 @@ class Device:
     dirty: int = 0
     # attribute values last published on per-attribute topics (output "attribute"/"both")
     sent: dict[str, Any] = field(default_factory=dict)
+    # monotonic time of the oldest unpublished value change (the latency histogram)
+    changed_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -94,9 +93,12 @@ class Store:
             dev = self.devices[device_id] = Device(device_id)
         return dev
 
-    def _mark(self, dev: Device, flag: int) -> None:
-        dev.dirty |= flag
-        self._dirty[dev.id] = None
+    def mark(self, dev: Device, flags: int) -> None:
+        """Publish `flags` of this device again (a batch carrying them failed); a device
+        removed meanwhile stays removed."""
+        if self.devices.get(dev.id) is dev:
+            dev.dirty |= flags
+            self._dirty[dev.id] = None
 
     @property
     def has_dirty(self) -> bool:
@@ -107,26 +109,26 @@ class Store:
         return len(self._dirty)
 
     def take_dirty(self) -> list[Device]:
-        """Dirty devices in the order they changed; the caller clears `dirty` once
-        published (or calls `mark_again` if publishing failed)."""
+        """Dirty devices in the order they changed; the caller takes each one's `dirty`
+        flags when it renders it (and gives them back with `mark` if publishing fails)."""
         ids = list(self._dirty)
         self._dirty.clear()
         return [self.devices[i] for i in ids]
-
-    def mark_again(self, dev: Device) -> None:
-        self._dirty[dev.id] = None
 
     def mark_all(self) -> None:
         """Everything is republished (after a reconnect to the local broker)."""
         for dev in self.devices.values():
             dev.sent.clear()
-            self._mark(dev, ALL)
+            self.mark(dev, ALL)
 
     def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
         """Merge normalized attributes; True if the published state changes."""
         dev = self.device(device_id)
         now = time.time()
-        if ts is None or ts > now + MAX_FUTURE:
+        # A value stamped ahead of our clock (a device clock running fast) counts as arriving
+        # now: at face value it would make every later value look older and lose, and
+        # `last_seen` would lie in the future.
+        if ts is None or ts > now:
             ts = now
         changed = False
         flags = STATE
@@ -146,7 +148,9 @@ class Store:
             dev.last_seen = ts
             changed = True
         if changed:
-            self._mark(dev, flags)
+            self.mark(dev, flags)
+            if dev.changed_at is None:
+                dev.changed_at = time.monotonic()
         return changed
 
     def apply_object(self, device_id: int, obj: dict[str, Any]) -> bool:
@@ -157,7 +161,7 @@ class Store:
         if info == dev.info:
             return False
         dev.info = info
-        self._mark(dev, INFO | DISCOVERY)
+        self.mark(dev, INFO | DISCOVERY)
         return True
 
     def apply_name(self, device_id: int, name: str) -> bool:
@@ -165,14 +169,14 @@ class Store:
         if dev.info.name == name:
             return False
         dev.info.name = name
-        self._mark(dev, INFO | DISCOVERY)
+        self.mark(dev, INFO | DISCOVERY)
         return True
 
     def apply_connected(self, device_id: int, online: bool) -> bool:
         dev = self.device(device_id)
         if dev.online is online:
             return False
-        self._mark(dev, AVAILABILITY if dev.online is not None else AVAILABILITY | DISCOVERY)
+        self.mark(dev, AVAILABILITY if dev.online is not None else AVAILABILITY | DISCOVERY)
         dev.online = online
         return True
 

@@ -207,7 +207,8 @@ async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
     cfg = (await rec.wait_for(lambda: rec.latest.get(cfg_topic), what="lock config")).json()
     assert cfg["command_topic"] == f"{BASE}/{device_id}/lock/set"
     template = jinja2.Environment().from_string(cfg["value_template"])
-    assert rec.state(BASE, device_id)["locked"] is True
+    state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="the state")
+    assert state["locked"] is True
 
     result = await command(rec, device_id, "UNLOCK", entity="lock")
     assert result["status"] == "ok", result

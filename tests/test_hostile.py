@@ -26,7 +26,8 @@ from test_pipeline import expected_state
 from bridge import catalog, config
 from bridge import logs as bridge_logs
 from bridge.flespi.topics import MESSAGE_PREFIX, STATE_PREFIX
-from bridge.service import MAX_UPSTREAM_PAYLOAD, Bridge
+from bridge.ingest import MAX_UPSTREAM_PAYLOAD
+from bridge.service import Bridge
 from bridge.state import ALL
 
 BASE = "flespi"
@@ -323,11 +324,14 @@ def check_bridge(bridge: Bridge) -> None:
         json.dumps(state, allow_nan=False)
         info = dev.info.as_dict(dev.id)
         assert json.loads(orjson.dumps(info)) == info
-        for pub in bridge._publications(dev, ALL):
+        for pub in bridge.renderer.render(dev, ALL):
             assert pub.topic.startswith((f"{BASE}/{dev.id}/", f"{PREFIX}/")), pub.topic
             if pub.payload and not pub.topic.endswith("/availability"):
                 orjson.loads(pub.payload)
-    for pub in bridge._messages:
+    outbox = bridge.publisher.outbox
+    work, results = outbox.take(len(outbox))
+    assert not results
+    for pub in work:
         assert isinstance(orjson.loads(pub.payload), dict)
     body, _ = bridge.metrics.render()
     list(text_string_to_metric_families(body.decode()))
@@ -345,7 +349,7 @@ def test_hostile_upstream_messages(batch: list[tuple[str, bytes, Any, str | None
     for topic, payload, props, expect in batch:
         kind, _ = classify(topic)
         before = upstream_invalid(bridge)
-        bridge._on_upstream(topic, payload, props, None)  # never raises
+        bridge.ingest.handle(topic, payload, props)  # never raises
         counted = upstream_invalid(bridge) - before
         if kind == "bad_topic":
             expected: int | None = 1
@@ -369,7 +373,7 @@ def test_hostile_upstream_messages(batch: list[tuple[str, bytes, Any, str | None
 def test_valid_values_are_taken_whatever_the_timestamp(value: int, props: Any) -> None:
     """A good value is taken whatever garbage sits in the `timestamp` property."""
     bridge = Bridge(SETTINGS)
-    bridge._on_upstream(f"{STATE_PREFIX}7/telemetry/battery.level", dumps(value), props, None)
+    bridge.ingest.handle(f"{STATE_PREFIX}7/telemetry/battery.level", dumps(value), props)
     assert bridge.store.devices[7].values == {"battery": value}
     assert upstream_invalid(bridge) == 0
     check_bridge(bridge)
@@ -383,7 +387,7 @@ def test_untyped_extra_parameters_stay_publishable(payload: bytes, name: str) ->
     """Extra parameters are taken as they come, but never so deep that the state could not
     be encoded again (orjson writes 254 levels at most, reads 1024)."""
     bridge = Bridge(SETTINGS)
-    bridge._on_upstream(f"{STATE_PREFIX}7/telemetry/{name}", payload, [], None)
+    bridge.ingest.handle(f"{STATE_PREFIX}7/telemetry/{name}", payload, [])
     assert upstream_invalid(bridge) == (0 if 7 in bridge.store.devices else 1)
     check_bridge(bridge)
 
@@ -398,7 +402,7 @@ def test_hostile_replies_on_the_bridge_topics(suffix: str, payload: bytes, props
     """Anything on the bridge's own reply topics (REST answers nobody asked for, garbage
     `http_code`) is dropped without harm."""
     bridge = Bridge(SETTINGS)
-    bridge._on_upstream(bridge._reply_prefix + suffix, payload, props, None)
+    bridge.ingest.handle(bridge.session.reply_prefix + suffix, payload, props)
     assert bridge.store.devices == {}
     check_bridge(bridge)
 
@@ -408,11 +412,11 @@ def test_a_garbage_future_timestamp_does_not_freeze_a_value() -> None:
     value as "older"."""
     bridge = Bridge(SETTINGS)
     topic = f"{STATE_PREFIX}7/telemetry/battery.level"
-    bridge._on_upstream(topic, b"50", [("timestamp", "99999999999")], None)
+    bridge.ingest.handle(topic, b"50", [("timestamp", "99999999999")])
     # values really older than the first one's arrival still lose
-    bridge._on_upstream(topic, b"49", [("timestamp", repr(time.time() - 3600))], None)
+    bridge.ingest.handle(topic, b"49", [("timestamp", repr(time.time() - 3600))])
     assert bridge.store.devices[7].values["battery"] == 50
-    bridge._on_upstream(topic, b"48", [("timestamp", repr(time.time() + 1))], None)
+    bridge.ingest.handle(topic, b"48", [("timestamp", repr(time.time() + 1))])
     assert bridge.store.devices[7].values["battery"] == 48
     check_bridge(bridge)
 
@@ -422,19 +426,19 @@ def test_flespi_topics_with_bad_ids_are_counted() -> None:
     for topic in [f"{STATE_PREFIX}abc/telemetry/battery.level", f"{STATE_PREFIX}-5",
                   f"{STATE_PREFIX}0/connected", f"{STATE_PREFIX}{'9' * 16}/name",
                   f"{MESSAGE_PREFIX}x1", f"{STATE_PREFIX}5/telemetry/"]:
-        bridge._on_upstream(topic, b"1", [], None)
+        bridge.ingest.handle(topic, b"1", [])
     assert bridge.stats.invalid["upstream", "bad_topic"] == 6
     assert bridge.store.devices == {}
     # topics outside flespi's device trees are not flespi's to get wrong: ignored, not invalid
-    bridge._on_upstream("some/other/topic", b"1", [], None)
+    bridge.ingest.handle("some/other/topic", b"1", [])
     assert bridge.stats.invalid["upstream", "bad_topic"] == 6
     assert bridge.stats.upstream_messages["ignored"] == 7
 
 
 def test_partly_bad_position_is_counted_and_the_rest_kept() -> None:
     bridge = Bridge(SETTINGS)
-    bridge._on_upstream(f"{STATE_PREFIX}7/telemetry/position",
-                        b'{"latitude": 12.5, "longitude": 700, "satellites": "many"}', [], None)
+    bridge.ingest.handle(f"{STATE_PREFIX}7/telemetry/position",
+                        b'{"latitude": 12.5, "longitude": 700, "satellites": "many"}', [])
     assert bridge.store.devices[7].values == {"latitude": 12.5}
     assert bridge.stats.invalid["upstream", "bad_value"] == 1
     check_bridge(bridge)
@@ -457,23 +461,22 @@ def test_a_flood_of_bad_messages_logs_a_handful(caplog: pytest.LogCaptureFixture
     caplog.set_level(logging.DEBUG)
     bridge = Bridge(SETTINGS)
     for i in range(1000):
-        bridge._on_upstream(f"{STATE_PREFIX}{1 + i % 50}/telemetry/battery.level",
-                            b"{not json\n" + str(i).encode(), [], None)
+        bridge.ingest.handle(f"{STATE_PREFIX}{1 + i % 50}/telemetry/battery.level",
+                            b"{not json\n" + str(i).encode(), [])
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert bridge.stats.invalid["upstream", "bad_json"] == 1000
     assert 1 <= len(warnings) <= 5
     assert all("bad_json" in r.getMessage() for r in warnings)
     # another reason has a budget of its own, and still no flood
     for i in range(1000):
-        bridge._on_upstream(f"{STATE_PREFIX}{1 + i % 50}/telemetry/battery.level", b"140", [],
-                            None)
+        bridge.ingest.handle(f"{STATE_PREFIX}{1 + i % 50}/telemetry/battery.level", b"140", [])
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert bridge.stats.invalid["upstream", "bad_value"] == 1000
     assert 2 <= len(warnings) <= 10
     # a minute later the suppressed ones are summed up in one line
     clock.now += 61
     caplog.clear()
-    bridge._on_upstream(f"{STATE_PREFIX}1/telemetry/battery.level", b"{", [], None)
+    bridge.ingest.handle(f"{STATE_PREFIX}1/telemetry/battery.level", b"{", [])
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 2
     assert "995 more 'upstream:bad_json' warnings suppressed" in lines[0]
@@ -484,11 +487,11 @@ def test_log_lines_cannot_be_forged(caplog: pytest.LogCaptureFixture) -> None:
     """Control characters in topics and values stay escaped: one record, one line."""
     caplog.set_level(logging.WARNING)
     bridge = Bridge(SETTINGS)
-    bridge._on_upstream(f"{STATE_PREFIX}1\n2024 CRITICAL fake/telemetry/x", b"1", [], None)
-    bridge._on_upstream(f"{STATE_PREFIX}1/telemetry/lock.status",
-                        b'"yes\\nCRITICAL forged line"', [], None)
-    bridge._on_upstream(f"{STATE_PREFIX}1/telemetry/gsm.signal.level",
-                        b'{"a\\r\\nb": 1}', [], None)
+    bridge.ingest.handle(f"{STATE_PREFIX}1\n2024 CRITICAL fake/telemetry/x", b"1", [])
+    bridge.ingest.handle(f"{STATE_PREFIX}1/telemetry/lock.status",
+                        b'"yes\\nCRITICAL forged line"', [])
+    bridge.ingest.handle(f"{STATE_PREFIX}1/telemetry/gsm.signal.level",
+                        b'{"a\\r\\nb": 1}', [])
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3
     assert not any("\n" in line or "\r" in line for line in lines), lines

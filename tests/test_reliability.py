@@ -144,8 +144,8 @@ async def test_upstream_restart_resumes_the_session(brokers, local, bridge_facto
         assert all(0.1 <= d <= 0.4 for d in delays), delays
         upstream.start()
         await wait_until(bridge.ready, timeout=20, what="ready again")
-        assert bridge.upstream is not None
-        assert bridge.upstream.session_present  # resumed, not recreated
+        assert bridge.session.upstream is not None
+        assert bridge.session.upstream.session_present  # resumed, not recreated
         assert bridge.stats.reconnects["upstream"] == 1
         async with Recorder(local, [f"{BASE}/+/state"]) as rec:
             for dev in sim.devices.values():
@@ -198,10 +198,10 @@ async def test_slow_local_broker_backpressure_and_coalescing(upstream, local, si
             for _ in range(200):  # 200 messages, 3200 publications
                 await sim.step(sim.devices[device_id])
                 steps += 1
-                peak = max(peak, len(bridge._acks))
+                peak = max(peak, bridge.ledger.pending)
                 await asyncio.sleep(0)
-            await wait_until(lambda: len(bridge._acks) >= 40, what="the inflight window full")
-            peak = max(peak, len(bridge._acks))
+            await wait_until(lambda: bridge.ledger.pending >= 40, what="the inflight window full")
+            peak = max(peak, bridge.ledger.pending)
             # Bounded by the receive maximum plus what the socket buffer (128 KiB, about 1000
             # small publications) already held, not by the 3200 flespi has waiting.
             assert peak <= 40 + 1000

@@ -254,7 +254,7 @@ async def test_flespi_certificate_is_verified_by_default(tls_upstream, tls_sim, 
         try:
             # twice: after a backoff the bridge tries again, it neither gives up nor crashes
             records = await records_matching(
-                caplog, "bridge.service", f"flespi: cannot connect to 127.0.0.1:{port}",
+                caplog, "bridge.session", f"flespi: cannot connect to 127.0.0.1:{port}",
                 "certificate verify failed", why, count=2)
             assert records[0].levelno == logging.WARNING
             assert bridge.stats.up["upstream"] is False

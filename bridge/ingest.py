@@ -1,0 +1,133 @@
+"""Ingest: an upstream message becomes state. Topic -> catalogue -> store, and the
+accounting of invalid input (counted by reason, logged rate-limited, never raised).
+
+Runs once per flespi message, synchronously, on the hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from bridge import catalog
+from bridge.flespi import topics as flespi_topics
+from bridge.flespi.topics import Kind
+from bridge.flespi.upstream import UserProperties, timestamp
+from bridge.logs import RateLimitedLog
+from bridge.metrics import Stats
+from bridge.state import Device, Store
+from bridge.topics import LocalTopics
+from bridge.transport import Publication
+
+log = logging.getLogger(__name__)
+
+# Upstream payloads larger than this are rejected unparsed (flespi values are small).
+MAX_UPSTREAM_PAYLOAD = 256 * 1024
+# A topic in these trees that does not parse (a device id that is not one) is invalid input.
+DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
+
+
+class Ingest:
+    def __init__(
+        self,
+        table: dict[str, catalog.Parameter],
+        store: Store,
+        stats: Stats,
+        topics: LocalTopics,
+        *,
+        reply_prefix: str,
+        on_reply: Callable[[str, bytes, UserProperties], None],
+        on_removed: Callable[[Device], None],
+        on_message: Callable[[Publication], None],
+    ) -> None:
+        self.catalog = table
+        self.store = store
+        self.stats = stats
+        self.topics = topics
+        self.reply_prefix = reply_prefix
+        self._on_reply = on_reply
+        self._on_removed = on_removed
+        self._on_message = on_message
+        self._bad = RateLimitedLog(log)
+
+    def handle(self, topic: str, payload: bytes, props: UserProperties) -> None:
+        parsed = flespi_topics.parse(topic)
+        if parsed is None:
+            if topic.startswith(self.reply_prefix):
+                self._on_reply(topic, payload, props)
+            else:
+                self.stats.upstream_messages["ignored"] += 1
+                if topic.startswith(DEVICE_TREES):
+                    self.invalid("bad_topic", topic, "not a device topic (bad id or level)")
+            return
+        kind, device_id, name = parsed
+        self.stats.upstream_messages[kind.value] += 1
+        param = self.catalog.get(name) if kind is Kind.TELEMETRY else None
+        if kind is Kind.TELEMETRY and param is None:
+            return  # not in the catalogue: ignored, but still acknowledged
+        if not payload:
+            if kind is Kind.DEVICE:  # flespi clears a deleted device's retained object
+                self._remove(device_id)
+            return
+        if len(payload) > MAX_UPSTREAM_PAYLOAD:
+            self.invalid("oversized", topic, f"{len(payload)} bytes")
+            return
+        try:
+            value = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            self.invalid("bad_json", topic, str(exc))
+            return
+        if param is not None:
+            self._telemetry(topic, device_id, param, value, props)
+        elif kind is Kind.DEVICE:
+            if isinstance(value, dict):
+                self.store.apply_object(device_id, value)
+            else:
+                self.invalid("bad_value", topic, "device object is not a JSON object")
+        elif kind is Kind.PROPERTY:
+            self._property(topic, device_id, name, value)
+        elif kind is Kind.MESSAGE:
+            if isinstance(value, dict):
+                self._on_message(Publication(self.topics.device(device_id, "message"), payload,
+                                             False))
+            else:
+                self.invalid("bad_value", topic, "message is not a JSON object")
+
+    def _telemetry(self, topic: str, device_id: int, param: catalog.Parameter, value: Any,
+                   props: UserProperties) -> None:
+        # only object values (position) can be partly rejected: no list for the rest
+        rejected: list[str] | None = [] if param.fields else None
+        try:
+            values = catalog.normalize(param, value, rejected)
+        except catalog.ValueRejected as exc:
+            self.invalid("bad_value", topic, str(exc))
+            return
+        if rejected:  # fields of an object value that did not fit; the rest is kept
+            self.invalid("bad_value", topic, "; ".join(rejected))
+        self.store.apply_values(device_id, values, timestamp(props))
+
+    def _remove(self, device_id: int) -> None:
+        dev = self.store.remove(device_id)
+        if dev is not None:
+            log.info("device %s (%s) was deleted in flespi", device_id, dev.name)
+            self._on_removed(dev)
+
+    def _property(self, topic: str, device_id: int, name: str, value: Any) -> None:
+        if name == "connected":
+            if isinstance(value, bool):
+                self.store.apply_connected(device_id, value)
+            else:
+                self.invalid("bad_value", topic, "connected is not a boolean")
+        elif name == "name":
+            if isinstance(value, str):
+                self.store.apply_name(device_id, value)
+            else:
+                self.invalid("bad_value", topic, "name is not a string")
+
+    def invalid(self, reason: str, topic: str, detail: str) -> None:
+        self.stats.invalid["upstream", reason] += 1
+        self._bad.warning(f"upstream:{reason}", "ignored upstream message on %.200r: %s: %.200s",
+                          topic, reason, detail)

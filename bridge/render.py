@@ -1,0 +1,98 @@
+"""What a device looks like on the local broker: its retained topics, built from the store.
+
+`Renderer.render(dev, flags)` turns a dirty device into publications (state, info,
+availability, per-attribute topics, discovery configs); `Renderer.clear(dev)` lists what a
+removed device leaves behind. Pure but for two memories that save republishing what did not
+change: the discovery configs published (`Discovery`) and each device's `sent` attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from bridge.catalog import Attribute
+from bridge.config import Settings
+from bridge.homeassistant import (
+    Context,
+    Discovery,
+    bridge_configs,
+    device_configs,
+    tracker_position,
+)
+from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device
+from bridge.topics import LocalTopics
+from bridge.transport import Publication
+
+_UNSENT = object()
+
+
+class Renderer:
+    def __init__(self, settings: Settings, attributes: dict[str, Attribute]) -> None:
+        self.settings = settings
+        self.attributes = attributes
+        loc = settings.local
+        self.topics = LocalTopics(loc.base_topic)
+        self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output,
+                          settings.homeassistant.expire_after)
+        self.discovery = Discovery(self.ha)
+
+    def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
+        """Discovery config topic -> payload of every entity the device has now."""
+        profile = self.settings.commands.profile(dev.info.device_type_id)
+        return device_configs(self.ha, dev, self.attributes, profile)
+
+    def bridge_configs(self) -> dict[str, dict[str, Any]]:
+        """Discovery config topic -> payload of the bridge's own entities."""
+        return bridge_configs(self.ha)
+
+    def bridge_publications(self) -> list[Publication]:
+        return [Publication(t, orjson.dumps(c)) for t, c in self.bridge_configs().items()]
+
+    def announces(self, dev: Device) -> bool:
+        return self.settings.homeassistant.announces(dev.id) and (
+            bool(dev.values) or dev.online is not None)
+
+    def render(self, dev: Device, flags: int) -> list[Publication]:
+        pubs: list[Publication] = []
+        t = self.topics
+        if flags & DISCOVERY and self.announces(dev):
+            pubs.extend(self.discovery.update(dev, self.device_configs(dev)))
+        if flags & INFO:
+            pubs.append(Publication(t.info(dev.id), orjson.dumps(dev.info.as_dict(dev.id))))
+        if flags & AVAILABILITY and dev.online is not None:
+            pubs.append(Publication(t.availability(dev.id),
+                                    b"online" if dev.online else b"offline"))
+        if flags & STATE and (dev.values or dev.last_seen is not None):
+            output = self.settings.local.output
+            if output != "attribute":
+                pubs.append(Publication(t.state(dev.id), orjson.dumps(dev.state())))
+            if output != "json":
+                pubs.extend(self._attributes(dev))
+        return pubs
+
+    def _attributes(self, dev: Device) -> list[Publication]:
+        """Per-attribute topics, only for values that changed since last published."""
+        pubs = []
+        for name, value in dev.state().items():
+            if dev.sent.get(name, _UNSENT) != value:
+                dev.sent[name] = value
+                data = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                pubs.append(Publication(self.topics.device(dev.id, name), data))
+        if "latitude" in dev.values and "position" not in dev.values:
+            pos = orjson.dumps(tracker_position(dev))
+            if dev.sent.get("position") != pos:
+                dev.sent["position"] = pos
+                pubs.append(Publication(self.topics.device(dev.id, "position"), pos))
+        return pubs
+
+    def clear(self, dev: Device) -> list[Publication]:
+        """Empty retained payloads for every topic a removed device had."""
+        leaves = ["state", "availability", "info", *dev.values, "last_seen", "position"]
+        pubs = [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
+        return pubs + self.discovery.forget(dev.id)
+
+    def reset(self) -> None:
+        """After a local reconnect nothing can be assumed published."""
+        self.discovery.reset()

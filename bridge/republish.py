@@ -1,0 +1,62 @@
+"""The one owner of full republishes: everything a subscriber needs is published again after
+every connect to the local broker (a broker restarted without persistence has lost every
+retained message) and when Home Assistant says `online` on `<prefix>/status` (it restarted
+and forgot the discovery configs).
+
+A retained `online` on the status topic is ignored: the broker replays it on every
+subscription, and it says nothing new — the connect that caused the replay already
+republishes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from bridge.outbox import Outbox
+from bridge.render import Renderer
+from bridge.state import Store
+
+log = logging.getLogger(__name__)
+
+
+class Republisher:
+    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox, *,
+                 discovery: bool, status_delay: float,
+                 delay: Callable[[float, float], float] = random.uniform) -> None:
+        self.store = store
+        self.renderer = renderer
+        self.outbox = outbox
+        self.discovery = discovery
+        self.status_delay = status_delay
+        self._delay = delay
+        self._task: asyncio.Task[None] | None = None
+        self.status_topic = renderer.ha.status_topic
+
+    def everything(self) -> None:
+        self.renderer.reset()
+        self.store.mark_all()
+        if self.discovery:
+            self.outbox.add(self.renderer.bridge_publications())
+        else:
+            self.outbox.add([])  # still wake the publisher: states are dirty
+
+    def on_status(self, payload: bytes, retain: bool) -> None:
+        """`<prefix>/status`: after `online`, republish after a random delay (many bridges
+        answering at once would flood Home Assistant)."""
+        if retain or payload.strip().lower() != b"online":
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._later(), name="republish")
+
+    async def _later(self) -> None:
+        await asyncio.sleep(self._delay(self.status_delay / 2, self.status_delay))
+        log.info("Home Assistant is online: republishing discovery and states")
+        self.everything()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
