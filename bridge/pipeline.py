@@ -59,7 +59,7 @@ class Publisher:
     def __init__(self, store: Store, ledger: AckLedger, transport: LocalTransport,
                  render: Render, stats: Stats, latency: LatencyHistogram, *,
                  coalesce_window: float, max_batch: int = MAX_BATCH,
-                 pipeline: int = PIPELINE) -> None:
+                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE) -> None:
         self.store = store
         self.ledger = ledger
         self.transport = transport
@@ -69,6 +69,7 @@ class Publisher:
         self.window = coalesce_window
         self.max_batch = max_batch
         self.pipeline = pipeline
+        self.error_pause = error_pause
         self._wake = asyncio.Event()
         self.outbox = Outbox(self._wake.set, self._drop)
         self._inflight: deque[_Batch] = deque()
@@ -101,9 +102,9 @@ class Publisher:
             try:
                 await self._flush()
             except Exception:
-                log.exception("publishing failed; retrying in %ss", ERROR_PAUSE)
+                log.exception("publishing failed; retrying in %ss", self.error_pause)
                 self._drop("internal_error")
-                await asyncio.sleep(ERROR_PAUSE)
+                await asyncio.sleep(self.error_pause)
                 self._wake.set()
 
     async def _flush(self) -> None:
@@ -124,9 +125,11 @@ class Publisher:
                 batch.claim = self.ledger.claim(mark if last else 0)
                 try:
                     batch.future = self.transport.publish_nowait(batch.publications)
-                except LocalUnavailableError as exc:
-                    log.debug("publish deferred: %s", exc)
+                except Exception as exc:
                     self._failed([batch])
+                    if not isinstance(exc, LocalUnavailableError):
+                        raise
+                    log.debug("publish deferred: %s", exc)
                     return
                 self._handed(batch)
                 if last:
