@@ -26,9 +26,15 @@ from bridge.state import Device
 
 log = logging.getLogger(__name__)
 MAX_TRANSACTION = 128
+STEP_TOLERANCE = 1e-6  # of a step: 0.3 is 0 + 3 * 0.1 although 0.3 / 0.1 is 2.9999999999999996
 # Result codes that mean the request itself was malformed (also counted as invalid input).
 INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
                            "invalid_value", "payload_too_large"})
+# Every result code (`code` of a result; null when `status` is ok). The service adds
+# "shutting_down" for requests that arrive while it stops.
+RESULT_CODES = INVALID_INPUT | {
+    "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
+    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down"}
 
 
 class CommandError(BridgeError):
@@ -102,8 +108,17 @@ def _number_value(spec: CommandSpec, value: Any) -> int | float:
     if whole:
         if not float(value).is_integer():
             raise CommandError("invalid_value", f"{value:g} is not a whole number")
-        return int(value)
-    return value
+        if (int(value) - int(spec.min)) % int(spec.step) == 0:
+            return int(value)
+    else:
+        steps = (value - spec.min) / spec.step
+        if abs(steps - round(steps)) <= STEP_TOLERANCE:
+            return value
+    below = spec.min + math.floor((value - spec.min) / spec.step) * spec.step
+    nearest = [f"{x:g}" for x in (below, below + spec.step) if spec.min <= x <= spec.max]
+    raise CommandError("invalid_value", f"{value:g} is not a valid step: values go from "
+                       f"{spec.min:g} in steps of {spec.step:g} (nearest: "
+                       f"{' or '.join(nearest)})")
 
 
 def _value(spec: CommandSpec, value: Any) -> Any:
@@ -124,20 +139,31 @@ def _lookup(profile: dict[str, CommandSpec], entity: Any) -> tuple[str, CommandS
     return entity, profile[entity]
 
 
+def _refuse_empty(payload: bytes) -> None:
+    """An empty payload is what clearing a retained command delivers: never a command."""
+    try:
+        empty = not payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return
+    if empty:
+        raise CommandError("invalid_payload", "empty payload")
+
+
 def parse_entity_command(profile: dict[str, CommandSpec], entity: str, payload: bytes
                          ) -> Request:
-    """`<base>/<id>/<entity>/set`: a Home Assistant payload."""
+    """`<base>/<id>/<entity>/set`: a Home Assistant payload (a button takes `PRESS`)."""
     name, spec = _lookup(profile, entity)
+    _refuse_empty(payload)
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise CommandError("invalid_payload", "the payload is not UTF-8 text") from None
-    return Request(name, spec, _value(spec, text if spec.component != "button" else
-                                      (text or None)))
+    return Request(name, spec, _value(spec, text))
 
 
 def parse_set(profile: dict[str, CommandSpec], payload: bytes) -> Request:
     """`<base>/<id>/set`: a JSON object naming exactly one command."""
+    _refuse_empty(payload)
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -180,31 +206,59 @@ class TokenBucket:
         self.rate = rate
         self.burst = burst
         self.tokens = float(burst)
-        self.stamp = time.monotonic()
+        self.stamp: float | None = None  # the first look fills it: any clock will do
+
+    def ready(self, now: float) -> bool:
+        """Whether a token could be taken now (taking none)."""
+        if self.stamp is not None:
+            elapsed = max(0.0, now - self.stamp)
+            self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.stamp = now
+        return self.tokens >= 1
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
+        if self.ready(now):
             self.tokens -= 1
             return True
         return False
 
 
 class Limits:
-    """Per-device and global token buckets, and a memory of recent transaction ids."""
+    """Per-device and global token buckets, and a memory of recent transaction ids.
 
-    def __init__(self, settings: CommandSettings) -> None:
+    A transaction id is held while its request is in flight and remembered for
+    `dedup_window` seconds once the request was (or may have been) sent to flespi; a
+    request that certainly never left the bridge may be retried under the same id.
+    """
+
+    def __init__(self, settings: CommandSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
+        self.clock = clock
         self.global_bucket = TokenBucket(settings.global_rate, settings.global_burst)
         self.devices: dict[int, TokenBucket] = {}
         self.seen: dict[tuple[int, Any], float] = {}
+        self.in_flight: set[tuple[int, Any]] = set()
 
     def duplicate(self, device_id: int, transaction: Any, now: float) -> bool:
-        return transaction is not None and self.seen.get((device_id, transaction), 0.0) > now
+        key = (device_id, transaction)
+        return transaction is not None and (
+            key in self.in_flight or self.seen.get(key, 0.0) > now)
+
+    def begin(self, device_id: int, transaction: Any) -> None:
+        """The request is about to be sent: a duplicate is refused from now on."""
+        if transaction is not None and self.settings.dedup_window:
+            self.in_flight.add((device_id, transaction))
+
+    def end(self, device_id: int, transaction: Any, *, sent: bool, now: float) -> None:
+        """The request is over; it is remembered if it was (or may have been) sent."""
+        if transaction is None:
+            return
+        self.in_flight.discard((device_id, transaction))
+        if sent:
+            self.remember(device_id, transaction, now)
 
     def remember(self, device_id: int, transaction: Any, now: float) -> None:
-        """Only executed requests are remembered: a refused one may be retried."""
         if transaction is None or not self.settings.dedup_window:
             return
         if len(self.seen) > 10_000:
@@ -212,10 +266,13 @@ class Limits:
         self.seen[(device_id, transaction)] = now + self.settings.dedup_window
 
     def allow(self, device_id: int, now: float) -> bool:
+        """Take a token from the device's bucket and the global one, or from neither."""
         bucket = self.devices.get(device_id)
         if bucket is None:
             s = self.settings
             bucket = self.devices[device_id] = TokenBucket(s.device_rate, s.device_burst)
+        if not (bucket.ready(now) and self.global_bucket.ready(now)):
+            return False
         return bucket.take(now) and self.global_bucket.take(now)
 
 
@@ -240,29 +297,26 @@ class CommandGateway:
         self._bad = RateLimitedLog(log)
 
     async def handle(self, device_id: int, entity: str | None, payload: bytes) -> dict[str, Any]:
-        """Run one request to its single result (published, and returned for tests)."""
-        transaction = peek_transaction(payload) if entity is None else None
+        """Run one request to its single result (published, and returned for tests).
+
+        Whatever flespi answers and whatever fails in here, exactly one result is
+        published: a bug becomes `internal_error`, an answer that cannot be encoded into
+        the result `bad_response`.
+        """
+        transaction: Any = None
         command: str | None = entity
         try:
+            transaction = peek_transaction(payload) if entity is None else None
             request = self._check(device_id, entity, payload)
             command = request.entity
-            now = time.monotonic()
-            if self.limits.duplicate(device_id, transaction, now):
-                raise CommandError("duplicate", f"transaction {transaction!r} was already "
-                                   "received; it is not executed twice")
-            if not self.limits.allow(device_id, now):
-                raise CommandError("rate_limited", "too many commands; try again shortly")
-            self.limits.remember(device_id, transaction, now)
-            body = flespi_command(request.spec, request.value, self.settings.timeout)
-            try:
-                # flespi waits up to `timeout` for the device; give its answer time to come
-                timeout = self.settings.timeout
-                answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
-                                              timeout + min(5.0, timeout))
-                response = answer.result()
-            except RestError as exc:
-                raise CommandError(exc.code, exc.message) from None
+            response = await self._send(device_id, transaction, request)
             outcome = result(transaction, command, response=response)
+            try:
+                orjson.dumps(outcome)
+            except TypeError:  # nested deeper than orjson writes, or not JSON at all
+                raise CommandError("bad_response", "flespi's answer cannot be passed on "
+                                   "as JSON (nested too deep); the command may have been "
+                                   "executed") from None
             self._count("ok")
             log.info("command %s for device %s: ok", command, device_id)
         except CommandError as exc:
@@ -270,8 +324,38 @@ class CommandGateway:
             self._count(exc.code)
             self._bad.warning(f"command:{exc.code}", "command %.64r for device %s refused: %s",
                               command, device_id, exc.message)
+        except Exception as exc:  # a bug: the requester still hears back
+            log.exception("command %.64r for device %s failed", command, device_id)
+            error = CommandError("internal_error", "the bridge failed to handle the "
+                                 f"request ({type(exc).__name__}); the command may or may "
+                                 "not have been executed")
+            outcome = result(transaction, command, error=error)
+            self._count("internal_error")
         await self._publish_result(device_id, outcome)
         return outcome
+
+    async def _send(self, device_id: int, transaction: Any, request: Request) -> Any:
+        limits = self.limits
+        now = limits.clock()
+        if limits.duplicate(device_id, transaction, now):
+            raise CommandError("duplicate", f"transaction {transaction!r} was already "
+                               "received; it is not executed twice")
+        if not limits.allow(device_id, now):
+            raise CommandError("rate_limited", "too many commands; try again shortly")
+        body = flespi_command(request.spec, request.value, self.settings.timeout)
+        # flespi waits up to `timeout` for the device; give its answer time to come
+        timeout = self.settings.timeout
+        sent = True  # unless the transport knows better: may have reached flespi
+        limits.begin(device_id, transaction)
+        try:
+            answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
+                                          timeout + min(5.0, timeout))
+            return answer.result()
+        except RestError as exc:
+            sent = exc.sent
+            raise CommandError(exc.code, exc.message) from None
+        finally:
+            limits.end(device_id, transaction, sent=sent, now=limits.clock())
 
     def _check(self, device_id: int, entity: str | None, payload: bytes) -> Request:
         if self.settings.read_only:

@@ -104,7 +104,7 @@ def test_flespi_command_bodies_match_the_reference() -> None:
 
 def test_token_bucket() -> None:
     bucket = TokenBucket(rate=1.0, burst=2)
-    t = bucket.stamp
+    t = 100.0
     assert [bucket.take(t), bucket.take(t), bucket.take(t)] == [True, True, False]
     assert bucket.take(t + 1.01)
 
@@ -186,13 +186,13 @@ async def commanding(request: pytest.FixtureRequest, upstream: Any, local: Any, 
         yield bridge, rec
 
 
-async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: str | None = None
-                  ) -> dict[str, Any]:
+async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: str | None = None,
+                  *, retain: bool = False) -> dict[str, Any]:
     """Send one request and return its result (matched by position on the result topic)."""
     topic = f"{BASE}/{device_id}/" + (f"{entity}/set" if entity else "set")
     result_topic = f"{BASE}/{device_id}/result"
     before = sum(1 for m in rec.messages if m.topic == result_topic)
-    await rec.publish(topic, payload, qos=1)
+    await rec.publish(topic, payload, qos=1, retain=retain)
     results = await rec.wait_for(
         lambda: [m for m in rec.messages if m.topic == result_topic][before:] or None,
         what=f"result of {payload!r}")
@@ -340,3 +340,57 @@ async def test_malformed_local_payloads_never_crash_the_bridge(commanding: Any, 
     ok = await command(rec, device_id, b'{"command": "restart"}')
     assert ok["status"] in ("ok", "error")  # still answering (may be rate limited)
     assert bridge.ready()
+
+
+ODD_ANSWERS = [
+    (400, b'{"errors": 5}', "flespi_error"),           # crashed result(): no result at all
+    (400, b'{"errors": [7, null, {"reason": ["x"]}]}', "flespi_error"),
+    (200, b"", "bad_response"),                        # was reported as ok
+    (200, b"[1, 2]", "bad_response"),
+    (200, b'{"result": ' + b"[" * 300 + b"]" * 300 + b"}", "bad_response"),  # too deep to pass on
+    (200, b"[" * 2000 + b"]" * 2000, "bad_response"),   # too deep to read
+    (200, b"not json", "bad_response"),
+    (429, b'{"errors": [{"reason": "too many requests"}]}', "rate_limited"),
+]
+
+
+async def test_odd_flespi_answers_give_one_result_each(commanding: Any, sim: Any,
+                                                      responder: Responder) -> None:
+    bridge, rec = commanding
+    device_id = list(sim.devices)[1]
+    for n, (http_code, data, code) in enumerate(ODD_ANSWERS):
+        responder.raw_next = (http_code, data)
+        payload = orjson.dumps({"command": "restart", "transaction": f"odd-{n}"})
+        # many requests to one device: refill its bucket rather than wait for it
+        bridge.commands.limits.devices.clear()
+        result = await command(rec, device_id, payload)
+        assert (result["status"], result["code"], result["transaction"]) == (
+            "error", code, f"odd-{n}"), (data[:40], result)
+        assert result["error"]
+        assert len(result["error"]) < 1000
+    results = [m for m in rec.messages if m.topic.endswith("/result")]
+    assert len(results) == len(ODD_ANSWERS)
+    assert sum(r.uri.endswith("/commands") for r in responder.requests) == len(ODD_ANSWERS)
+    assert bridge.ready()
+
+
+async def test_429_is_rate_limited(commanding: Any, sim: Any, responder: Responder) -> None:
+    _, rec = commanding
+    responder.fail_next = (429, "too many requests")
+    result = await command(rec, next(iter(sim.devices)), b'{"command": "restart"}')
+    assert (result["code"], result["status"]) == ("rate_limited", "error")
+    assert "too many requests" in result["error"]
+
+
+async def test_clearing_a_retained_command_executes_nothing(commanding: Any, sim: Any,
+                                                            responder: Responder) -> None:
+    """`mosquitto_pub -r -n` on a command topic delivers an empty payload: never a PRESS."""
+    _, rec = commanding
+    device_id = next(iter(sim.devices))
+    before = len(responder.requests)
+    for entity in ("restart", "lock", "upload_interval", None):
+        result = await command(rec, device_id, b"", entity, retain=True)
+        assert (result["code"], result["error"]) == ("invalid_payload", "empty payload")
+    result = await command(rec, device_id, b"PRESS", entity="restart")
+    assert result["status"] == "ok"
+    assert len(responder.requests) == before + 1

@@ -30,15 +30,52 @@ MAX_RESPONSE = 4 * 1024 * 1024  # bytes; a command answer is a few hundred
 
 class RestError(BridgeError):
     """A REST call failed; `code` is one of timeout, upstream_disconnected, flespi_error,
-    rate_limited, bad_response."""
+    rate_limited, bad_response.
+
+    `sent` tells whether the request may have reached flespi: False only when it certainly
+    did not (not connected, the publish or the TCP connection failed), so it may be retried
+    under the same transaction id; True means it may or may not have been executed.
+    """
 
     def __init__(self, code: str, message: str, http_code: int | None = None,
-                 body: Any = None) -> None:
+                 body: Any = None, *, sent: bool = True) -> None:
         self.code = code
         self.message = message
         self.http_code = http_code
         self.body = body
+        self.sent = sent
         super().__init__(message)
+
+
+MAX_REASONS = 5  # error entries quoted in a message
+MAX_REASON = 200  # characters of each
+
+
+def _reason(entry: Any) -> str:
+    """One error entry as short text, whatever its JSON shape (and however deep)."""
+    if isinstance(entry, dict):
+        entry = entry.get("reason", entry)
+    if isinstance(entry, str):
+        text = entry
+    elif entry is None or isinstance(entry, bool | int | float):
+        text = str(entry)
+    else:
+        try:
+            text = orjson.dumps(entry).decode()
+        except TypeError:  # nested too deep to encode
+            text = f"<{type(entry).__name__}>"
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON] + "..."
+
+
+def _reasons(body: Any) -> str:
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if errors is None or errors == [] or errors == "":
+        return "no reason given"
+    entries = errors if isinstance(errors, list) else [errors]
+    text = "; ".join(_reason(e) for e in entries[:MAX_REASONS])
+    if len(entries) > MAX_REASONS:
+        text += f"; and {len(entries) - MAX_REASONS} more"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +84,24 @@ class RestResponse:
     body: Any
 
     def result(self) -> Any:
-        """The `result` of a successful answer; RestError for errors and non-2xx codes."""
-        body = self.body
+        """The `result` of a successful answer; RestError otherwise (never another error).
+
+        A 2xx answer must be a JSON object carrying `result` and no `errors`: anything
+        else is `bad_response` (or `flespi_error` when it names errors). Non-2xx answers
+        are `flespi_error` (`rate_limited` for 429), with the reasons flespi gave.
+        """
+        body, code = self.body, self.http_code
+        ok = isinstance(code, int) and not isinstance(code, bool) and 200 <= code < 300
         errors = body.get("errors") if isinstance(body, dict) else None
-        if 200 <= self.http_code < 300 and not errors:
-            return body.get("result") if isinstance(body, dict) else body
-        reasons = "; ".join(
-            str(e.get("reason", e)) if isinstance(e, dict) else str(e) for e in errors or []
-        ) or "no reason given"
-        code = "rate_limited" if self.http_code == 429 else "flespi_error"
-        raise RestError(code, f"flespi answered {self.http_code}: {reasons}", self.http_code,
-                        body)
+        if ok and not errors:
+            if isinstance(body, dict) and "result" in body:
+                return body["result"]
+            shape = "no body" if body is None else (
+                "an object without result" if isinstance(body, dict)
+                else f"a JSON {type(body).__name__}, not an object")
+            raise RestError("bad_response", f"flespi answered {code} with {shape}", code, body)
+        error = "rate_limited" if code == 429 else "flespi_error"
+        raise RestError(error, f"flespi answered {code}: {_reasons(body)}", code, body)
 
 
 class Rest(Protocol):
@@ -69,9 +113,17 @@ def _parse_body(data: bytes, http_code: int) -> Any:
         return None
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError:  # also: nested deeper than orjson reads
         raise RestError("bad_response", f"flespi answered {http_code} with a body that is "
                         "not JSON", http_code) from None
+
+
+def _http_code(value: str) -> int:
+    """The `http_code` user property; ValueError unless it is a plain status code."""
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) == 3 and 100 <= int(text) <= 599):
+        raise ValueError(value)
+    return int(text)
 
 
 @dataclass
@@ -96,7 +148,8 @@ class MqttRest:
     async def call(self, method: str, uri: str, body: Any, timeout: float) -> RestResponse:
         up = self._upstream()
         if up is None or not up.connected:
-            raise RestError("upstream_disconnected", "not connected to flespi")
+            raise RestError("upstream_disconnected", "not connected to flespi; not sent",
+                            sent=False)
         request_id = uuid.uuid4().hex
         future: asyncio.Future[RestResponse] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = _Pending(future)
@@ -111,7 +164,7 @@ class MqttRest:
                     user_properties=[("response_chunked", "true")],
                 )
             except UpstreamError as exc:
-                raise RestError("upstream_disconnected", str(exc)) from None
+                raise RestError("upstream_disconnected", f"{exc}; not sent", sent=False) from None
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
             except TimeoutError:
@@ -129,18 +182,21 @@ class MqttRest:
             return True  # an answer that arrived after its timeout, or a stale one
         pending.size += len(payload)
         if pending.size > MAX_RESPONSE:
-            pending.future.set_exception(RestError("bad_response", "flespi answer too large"))
+            pending.chunks.clear()
+            pending.future.set_exception(RestError(
+                "bad_response", f"flespi answer larger than {MAX_RESPONSE} bytes"))
             return True
         pending.chunks.append(payload)
         http_code = next((v for k, v in user_properties if k == "http_code"), None)
         if http_code is None:
             return True  # a chunk; the last one carries http_code
         try:
-            code = int(http_code)
+            code = _http_code(http_code)
             pending.future.set_result(RestResponse(code, _parse_body(b"".join(pending.chunks),
                                                                      code)))
         except ValueError:
-            pending.future.set_exception(RestError("bad_response", f"bad http_code {http_code!r}"))
+            pending.future.set_exception(RestError(
+                "bad_response", f"flespi answered with a bad http_code {http_code[:20]!r}"))
         except RestError as exc:
             pending.future.set_exception(exc)
         return True
@@ -172,14 +228,25 @@ class HttpRest:
                 headers={"Content-Type": "application/json"},
                 timeout=timeout,
             )
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise RestError("timeout", f"cannot reach flespi REST within {timeout:g}s "
+                            f"({type(exc).__name__}); not sent", sent=False) from None
         except httpx.TimeoutException:
             raise RestError("timeout", f"flespi did not answer within {timeout:g}s") from None
+        except httpx.ConnectError as exc:
+            raise RestError("upstream_disconnected",
+                            f"cannot reach flespi REST: {type(exc).__name__}; not sent",
+                            sent=False) from None
         except httpx.HTTPError as exc:
             # httpx messages name the URL, never the headers: the token stays out.
             raise RestError("upstream_disconnected",
-                            f"cannot reach flespi REST: {type(exc).__name__}") from None
-        return RestResponse(response.status_code,
-                            _parse_body(response.content, response.status_code))
+                            f"connection to flespi REST failed ({type(exc).__name__}); the "
+                            "command may or may not have been executed") from None
+        code = response.status_code
+        if len(response.content) > MAX_RESPONSE:
+            raise RestError("bad_response", f"flespi answer larger than {MAX_RESPONSE} bytes",
+                            code)
+        return RestResponse(code, _parse_body(response.content, code))
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -32,6 +32,17 @@ class RestRequest:
     properties: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """An answer body sent as these exact bytes (tests of odd answers)."""
+
+    data: bytes
+
+
+def _encode(body: Any) -> bytes:
+    return body.data if isinstance(body, RawBody) else orjson.dumps(body)
+
+
 def _errors(reason: str, code: int = 0) -> dict[str, Any]:
     return {"errors": [{"code": code, "reason": reason}]}
 
@@ -45,6 +56,7 @@ class Responder:
         self.delay = 0.0  # seconds before answering (tests of timeouts)
         self.silent = False  # never answer
         self.fail_next: tuple[int, str] | None = None  # (http_code, reason) for one request
+        self.raw_next: tuple[int, bytes] | None = None  # (http_code, exact body) for one
         self._next_id = 1707247199664458
         self._http: HttpServer | None = None
         self._closed = asyncio.Event()
@@ -87,7 +99,7 @@ class Responder:
         response_topic = (properties.get("response_topic") or [topic])[0]
         correlation = (properties.get("correlation_data") or [None])[0]
         user = dict(properties.get("user_property") or [])
-        data = orjson.dumps(body)
+        data = _encode(body)
         size = self.chunk_size if user.get("response_chunked") == "true" else len(data) or 1
         chunks = [data[i:i + size] for i in range(0, len(data), size)] or [b""]
         extra = {"correlation_data": correlation} if correlation is not None else {}
@@ -106,7 +118,7 @@ class Responder:
         code, answer = await self._dispatch(method.lower(), path.lstrip("/"), body, {})
         if self.silent:
             await self._closed.wait()  # never answer: the client times out
-        return code, json, orjson.dumps(answer)
+        return code, json, _encode(answer)
 
     # -- the API ------------------------------------------------------------------------
 
@@ -119,6 +131,9 @@ class Responder:
         self.requests.append(RestRequest(method, uri, body, properties))
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.raw_next is not None:
+            (code, data), self.raw_next = self.raw_next, None
+            return code, RawBody(data)
         if self.fail_next is not None:
             (code, reason), self.fail_next = self.fail_next, None
             return code, _errors(reason, code)
