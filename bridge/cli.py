@@ -9,9 +9,13 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge import __version__, config
 from bridge.exceptions import BrokerUnavailableError, ConfigError
+
+if TYPE_CHECKING:
+    from bridge.service import Bridge
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -60,6 +64,29 @@ def _secrets(settings: config.Settings) -> list[str]:
     return values
 
 
+async def serve(bridge: Bridge, stop: asyncio.Event) -> int:
+    """Run `bridge` until `stop` is set (0) or one of its essential tasks ends (1)."""
+    try:
+        await bridge.start()
+    except OSError as exc:  # the metrics port is taken or not ours to bind
+        m = bridge.settings.metrics
+        print(f"error: cannot serve metrics on {m.host}:{m.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        await bridge.stop()
+        return EXIT_FAILED
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(bridge.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
+    await bridge.stop()
+    if bridge.failed.is_set():
+        print("error: an essential task of the bridge ended; see the log above",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bridge import logs
     from bridge.service import Bridge
@@ -71,28 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.setup(settings.log.level, settings.log.format, _secrets(settings))
 
     async def main() -> int:
-        bridge = Bridge(settings)
         stop = asyncio.Event()
         _install_signals(stop)
-        try:
-            await bridge.start()
-        except OSError as exc:  # the metrics port is taken or not ours to bind
-            m = settings.metrics
-            print(f"error: cannot serve metrics on {m.host}:{m.port}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            await bridge.stop()
-            return 1
-        stopped = asyncio.create_task(stop.wait())
-        failed = asyncio.create_task(bridge.failed.wait())
-        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        failed.cancel()
-        await bridge.stop()
-        if bridge.failed.is_set():
-            print("error: an essential task of the bridge ended; see the log above",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        return 0
+        return await serve(Bridge(settings), stop)
 
     _event_loop_policy()
     return asyncio.run(main())

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiomqtt
+import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config, mosquitto
 
@@ -145,11 +147,20 @@ def _toml_value(value: Any) -> str:
 
 
 def to_toml(sections: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for name, options in sections.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in options.items())
+    """TOML for nested sections: dicts become (sub-)tables, keys quoted."""
+    lines: list[str] = []
+
+    def table(path: list[str], options: dict[str, Any]) -> None:
+        lines.append("[" + ".".join(orjson.dumps(p).decode() for p in path) + "]")
+        nested = {k: v for k, v in options.items() if isinstance(v, dict)}
+        lines.extend(f"{orjson.dumps(key).decode()} = {_toml_value(value)}"
+                     for key, value in options.items() if key not in nested)
         lines.append("")
+        for key, value in nested.items():
+            table([*path, key], value)
+
+    for name, options in sections.items():
+        table([name], options)
     return "\n".join(lines)
 
 
@@ -212,3 +223,34 @@ async def retained(broker: mosquitto.Broker, filters: list[str], **client_kwargs
             if message.retain and isinstance(message.payload, bytes) and message.payload:
                 found[message.topic.value] = message.payload
     return found
+
+
+async def metric(port: int, name: str, **labels: str) -> float | None:
+    """One sample of the bridge's /metrics on 127.0.0.1:`port` (None if absent or the
+    endpoint does not answer)."""
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+async def wait_metric(port: int, name: str, predicate: Callable[[float], bool],
+                      timeout: float = 10.0, **labels: str) -> float:
+    """Poll /metrics until the sample satisfies `predicate` (a process has no event to
+    wait on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await metric(port, name, **labels)
+        if value is not None and predicate(value):
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {name}{labels} "
+                                 f"(last: {value})")
+        await asyncio.sleep(0.05)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -305,9 +307,14 @@ def test_button_takes_press() -> None:
         parse_entity_command(PROFILE, "restart", b"press now")
 
 
-def test_result_codes() -> None:
+def test_every_result_code_is_documented() -> None:
+    """Users write automations on result codes: the README's table lists exactly these."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("| code | meaning |"):]
+    table = table[:table.index("\n\n")]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, flags=re.M))
     assert INVALID_INPUT <= RESULT_CODES
-    assert len(RESULT_CODES) == 15
+    assert documented == RESULT_CODES
 
 
 # -- any answer over the MQTT transport: exactly one result, and it is JSON --------------------

@@ -176,8 +176,8 @@ class PipelineMachine(RuleBasedStateMachine):
             assert token[0] == self.generation, "an ack on the wrong connection"
             sent = self.sent[token]
             published = self.transport.retained.get(f"s/{sent.device}")
-            assert published is not None and int(published) >= sent.n, (
-                f"{token} acknowledged before its state was published")
+            assert published is not None, f"{token} acknowledged before any state was published"
+            assert int(published) >= sent.n, f"{token} acknowledged before its state was"
             if sent.message is not None:
                 assert any(p.payload == sent.message for p in self.transport.delivered), (
                     f"{token} acknowledged before its message was published")

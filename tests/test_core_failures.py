@@ -1,0 +1,222 @@
+"""The failures users met on real processes (issue 11), each reproduced and now held off:
+retained commands running again, a future-stamped value freezing a device, a slow start-up
+deleting live Home Assistant entities, and a dead task behind a green /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from helpers import (
+    BridgeProcess,
+    Recorder,
+    make_settings,
+    retained,
+    wait_metric,
+)
+
+from bridge import mosquitto
+from bridge.cli import serve
+from bridge.flespi.upstream import ConnectOptions, MessageHandler, Upstream
+from bridge.service import Bridge
+from bridge.sim import Responder, Simulator
+from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
+
+BASE = "flespi"
+PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
+COMMANDS = "flespi_bridge_commands_total"
+
+
+def command_requests(responder: Responder, device_id: int) -> list[Any]:
+    uri = f"gw/devices/{device_id}/commands"
+    return [r for r in responder.requests if r.uri == uri]
+
+
+async def test_a_retained_command_never_runs(tmp_path: Path, brokers: Callable[..., Any],
+                                             upstream: mosquitto.Broker, sim: Simulator,
+                                             procs: Callable[[BridgeProcess], BridgeProcess]
+                                             ) -> None:
+    """A retained unlock left on the broker is answered `retained` on every delivery — the
+    first, after a local broker restart, after a bridge restart — and never reaches flespi."""
+    responder = Responder(sim)
+    await responder.attach()
+    local = brokers(persistence=True)  # keeps the retained command across its restart
+    device = next(iter(sim.devices))
+    port = mosquitto.free_port()
+    sections: dict[str, dict[str, Any]] = {
+        "commands": PROFILES, "metrics": {"enabled": True, "port": port}}
+    async with Recorder(local, []) as rec:
+        await rec.publish(f"{BASE}/{device}/set", b'{"lock": false}', qos=1, retain=True)
+    bridge = procs(BridgeProcess(tmp_path, upstream, local, **sections)).start()
+    try:
+        await wait_metric(port, COMMANDS, lambda n: n == 1, outcome="retained", timeout=20)
+        local.stop()
+        local.start()  # the broker replays the retained command to the bridge's new session
+        await wait_metric(port, COMMANDS, lambda n: n == 2, outcome="retained", timeout=20)
+        bridge.kill()
+        bridge.start()
+        await wait_metric(port, COMMANDS, lambda n: n == 1, outcome="retained", timeout=20)
+        assert command_requests(responder, device) == []
+        assert sim.devices[device].telemetry["lock.status"][0] is True
+        # the same command sent live (not retained) runs: the path itself works
+        async with Recorder(local, [f"{BASE}/{device}/result"]) as rec:
+            await rec.publish(f"{BASE}/{device}/set", b'{"lock": false, "transaction": "x"}',
+                              qos=1)
+            result = (await rec.wait_for(lambda: rec.latest.get(f"{BASE}/{device}/result"),
+                                         timeout=20, what="the live result")).json()
+        assert result["status"] == "ok", result
+        assert len(command_requests(responder, device)) == 1
+        assert "mosquitto_pub -r -n" in bridge.log()
+    finally:
+        await responder.close()
+
+
+async def test_a_retained_home_assistant_status_does_not_republish(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: Callable[..., Any]) -> None:
+    """A retained `online` on homeassistant/status is replayed on every subscription: it must
+    not add a second full republish to the one every connect does."""
+    device = next(iter(sim.devices))
+    config = f"homeassistant/sensor/flespi/flespi_{device}_battery/config"
+    async with Recorder(local, [config]) as rec:
+        await rec.publish("homeassistant/status", b"online", qos=1, retain=True)
+        bridge = await bridge_factory(make_settings(upstream, local,
+                                                    homeassistant={"status_delay": 0.2}))
+        await rec.wait_for(lambda: rec.latest.get(config), what="the first config")
+        # the republish a retained status would cause comes 0.1-0.2 s later; a live
+        # `online` after that must cause exactly one more (the republish is debounced)
+        await asyncio.sleep(0.5)
+        await rec.publish("homeassistant/status", b"online", qos=1)
+        await rec.wait_for(lambda: sum(m.topic == config for m in rec.messages) >= 2,
+                           what="the republish after a live online")
+        await asyncio.sleep(0.5)
+        assert sum(m.topic == config for m in rec.messages) == 2
+        assert bridge.ready()
+
+
+async def test_a_value_stamped_ahead_does_not_freeze_the_device(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: Callable[..., Any]) -> None:
+    """A device clock 4 minutes fast: its value counts as arriving now; the next one, stamped
+    with the present time, wins; `last_seen` is never in the future."""
+    device = next(iter(sim.devices))
+    dev = sim.devices[device]
+    async with Recorder(local, [f"{BASE}/+/state"]) as rec:
+        await bridge_factory(make_settings(upstream, local))
+        await sim.publish_values(dev, {"battery.level": 50}, time.time() + 240)
+        await rec.wait_for(lambda: (rec.state(BASE, device) or {}).get("battery") == 50,
+                           what="the fast-clock value")
+        await sim.publish_values(dev, {"battery.level": 40}, time.time())
+        state = await rec.wait_for(
+            lambda: (s := rec.state(BASE, device)) and s.get("battery") == 40 and s,
+            what="the value stamped now")
+    seen = time.mktime(time.strptime(state["last_seen"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert seen <= time.time() + 1
+
+
+async def test_a_slow_start_up_clears_nothing_live(
+        tmp_path: Path, brokers: Callable[..., Any], upstream: mosquitto.Broker,
+        procs: Callable[[BridgeProcess], BridgeProcess],
+        bridge_factory: Callable[..., Any]) -> None:
+    """The local broker is away at start and the replay stalls at the inflight window for
+    longer than the old 60 s start-up timeout: once the broker is back, the leftovers of a
+    device that is gone are cleared, and not one topic of the live devices is."""
+    sim = Simulator(upstream.host, upstream.port, devices=8, seed=3)
+    await sim.start()
+    local = brokers(persistence=True)
+    try:
+        # an earlier run left every live device's topics, and those of a device now gone
+        first = await bridge_factory(make_settings(upstream, local,
+                                                   flespi={"client_id": "earlier-run"}))
+        filters = [f"{BASE}/+/+", "homeassistant/+/flespi/+/config"]
+        await asyncio.wait_for(first.loaded.wait(), 20)
+        async with Recorder(local, []) as rec:
+            await rec.publish(f"{BASE}/999/state", b'{"battery": 1}', qos=1, retain=True)
+            await rec.publish("homeassistant/sensor/flespi/flespi_999_battery/config",
+                              b'{"name": "Battery"}', qos=1, retain=True)
+        await first.stop()
+        before = await retained(local, filters)
+        live = {t for t in before if "/999/" not in t and "_999_" not in t}
+        assert len(live) > 8 * 10
+        local.stop()
+        bridge = procs(BridgeProcess(tmp_path, upstream, local,
+                                     flespi={"max_inflight": 10, "client_id": "slow-start"}))
+        bridge.start()
+        # the old bridge took the state as loaded after 60 s, with a few devices replayed
+        await asyncio.sleep(65)
+        local.start()
+        left = await _wait_retained(local, filters,
+                                    lambda r: f"{BASE}/999/state" not in r, timeout=60)
+        assert live <= set(left), sorted(live - set(left))[:10]
+        assert "homeassistant/sensor/flespi/flespi_999_battery/config" not in left
+    finally:
+        await sim.stop()
+
+
+async def _wait_retained(broker: mosquitto.Broker, filters: list[str],
+                         predicate: Callable[[dict[str, bytes]], bool],
+                         timeout: float) -> dict[str, bytes]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await retained(broker, filters)
+        if predicate(found):
+            return found
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for the retained topics")
+        await asyncio.sleep(0.2)
+
+
+class BrokenUpstream:
+    """An upstream whose connect fails with an error nobody planned for (a bug)."""
+
+    def __init__(self, options: ConnectOptions, on_message: MessageHandler) -> None:
+        self.options = options
+
+    connected = False
+    session_present = False
+
+    async def connect(self) -> None:
+        raise RuntimeError("a bug in the upstream client")
+
+    async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None:
+        raise AssertionError("never reached")
+
+    def publish(self, topic: str, payload: bytes, **_: Any) -> None:
+        raise AssertionError("never reached")
+
+    def ack(self, tokens: Any) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        await asyncio.Event().wait()
+
+    async def disconnect(self) -> None:
+        pass
+
+
+def broken_factory(options: ConnectOptions, on_message: MessageHandler) -> Upstream:
+    return BrokenUpstream(options, on_message)
+
+
+async def test_a_dead_task_fails_healthz_and_the_process_exits_non_zero(
+        upstream: mosquitto.Broker, local: mosquitto.Broker) -> None:
+    """An essential task that ends (here the upstream loop, through a bug) is never hidden
+    behind a green /healthz: health turns 503 and `run` exits 1 for a supervisor to see."""
+    bridge = Bridge(make_settings(upstream, local), upstream_factory=broken_factory)
+    await bridge.start()
+    try:
+        await asyncio.wait_for(bridge.failed.wait(), 10)
+        assert bridge.health is not None
+        async with httpx.AsyncClient() as http:
+            health = await http.get(f"http://127.0.0.1:{bridge.health.port}/healthz")
+        assert health.status_code == 503
+        assert not bridge.ready()
+    finally:
+        await bridge.stop()
+    again = Bridge(make_settings(upstream, local), upstream_factory=broken_factory)
+    assert await asyncio.wait_for(serve(again, asyncio.Event()), 20) == 1
