@@ -108,10 +108,12 @@ def test_check_config_broken_file_exit_2(tmp_path: Path) -> None:
 
 def test_check_config_errors_never_echo_the_token(tmp_path: Path) -> None:
     # a bad token_file path next to a token set by environment: no error shows the token
-    path = write(tmp_path, "[flespi]\nport = 0\n")
+    path = write(tmp_path, f'[flespi]\nport = 0\ntoken_file = "{tmp_path / "gone"}"\n')
     result = check_config("--config", str(path), env={"FLESPI_BRIDGE_FLESPI__TOKEN": TOKEN})
     assert result.returncode == 2
+    assert "2 problem(s)" in result.stderr
     assert "flespi.port" in result.stderr
+    assert f"flespi.token_file: file not found: {tmp_path / 'gone'}" in result.stderr
     assert TOKEN not in result.stdout + result.stderr
 
 
