@@ -126,8 +126,13 @@ def key_problem(key: Path, cert: Path) -> str | None:
     return None
 
 
+# False while `load(..., check_files=False)` validates a configuration meant for another
+# machine (a Helm chart's ConfigMap): file options are then not looked at.
+_CHECK_FILES: ContextVar[bool] = ContextVar("flespi_bridge_check_files", default=True)
+
+
 def _refuse(problem: str | None) -> None:
-    if problem is not None:
+    if problem is not None and _CHECK_FILES.get():
         raise PydanticCustomError("config_file", "{problem}", {"problem": problem})
 
 
@@ -183,7 +188,7 @@ class FlespiSettings(Section):
     @field_validator("token_file")
     @classmethod
     def _token_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None:
+        if value is not None and _CHECK_FILES.get():
             _refuse(file_problem(value))
             try:
                 content = value.read_text(encoding="utf-8")
@@ -520,12 +525,15 @@ def load(
     secrets_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     environment: bool = True,
+    check_files: bool = True,
 ) -> Settings:
     """Load and validate the settings; raises ConfigError listing every problem.
 
     With `environment=False` (the demo), `FLESPI_BRIDGE_*` variables are ignored entirely:
     neither settings from them nor `FLESPI_BRIDGE_SECRETS_DIR` nor the default secrets
     directory apply; only `path`, an explicit `secrets_dir` and `overrides` count.
+    With `check_files=False` the file options are not checked (a configuration meant for
+    another machine); a readable `flespi.token_file` still supplies the token.
     """
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
     if environment and secrets_dir is None and os.environ.get(f"{ENV_PREFIX}SECRETS_DIR"):
@@ -540,7 +548,11 @@ def load(
         data = _merge(data, overrides)
     try:
         with _environment(environment):
-            return Settings(**data)
+            files = _CHECK_FILES.set(check_files)
+            try:
+                return Settings(**data)
+            finally:
+                _CHECK_FILES.reset(files)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
 

@@ -302,3 +302,26 @@ def test_run_refuses_a_fifo_without_hanging(tmp_path: Path, files: Files) -> Non
         "local.ca_file": path})))
     assert_refused(result, "local.ca_file", path, reason)
     assert elapsed < 20
+
+
+def test_check_config_no_file_checks_for_another_machines_config(
+        tmp_path: Path, files: Files) -> None:
+    """A Helm chart's ConfigMap names files that exist only in the pod."""
+    gone = tmp_path / "only-in-the-pod"
+    conf = sections(files, **{"flespi.token": TOKEN, "flespi.token_file": None,
+                              **{option: gone for option in PEM_OPTIONS}})
+    path = write_config(tmp_path, conf)
+    assert set(problems(tmp_path, conf)) == set(PEM_OPTIONS)
+    settings = config.load(path, check_files=False)
+    assert settings.local.ca_file == gone
+    result = subprocess.run([PYTHON, "-m", "bridge", "check-config", "--no-file-checks",
+                             "--config", str(path)],
+                            capture_output=True, text=True, env=bridge_env(), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok\n")
+    # only check-config has the switch: run never starts with files it cannot read
+    run = subprocess.run([PYTHON, "-m", "bridge", "run", "--no-file-checks",
+                          "--config", str(path)],
+                         capture_output=True, text=True, env=bridge_env(), timeout=60)
+    assert run.returncode == 2
+    assert "unrecognized arguments: --no-file-checks" in run.stderr
