@@ -29,7 +29,8 @@ def _event_loop_policy() -> None:
 
 
 def _load(args: argparse.Namespace) -> config.Settings:
-    return config.load(args.config, secrets_dir=args.secrets_dir)
+    return config.load(args.config, secrets_dir=args.secrets_dir,
+                       check_files=not getattr(args, "no_file_checks", False))
 
 
 def _print_problems(exc: ConfigError) -> int:
@@ -163,6 +164,10 @@ def parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the configuration and summarize it")
     with_config(check)
+    check.add_argument("--no-file-checks", action="store_true",
+                       help="do not look at the files the configuration names (token_file, "
+                            "ca_file, cert_file, key_file): for a configuration meant for "
+                            "another machine, e.g. a Helm chart's ConfigMap")
     check.set_defaults(func=cmd_check_config)
 
     sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")

@@ -1,14 +1,29 @@
 """Settings: a TOML file, overridden by `FLESPI_BRIDGE_<SECTION>__<KEY>` environment variables
 and by files in a secrets directory (`<section>__<key>`, e.g. `flespi__token`).
 
-Precedence, highest first: explicit arguments, environment, secrets directory, TOML file,
-defaults. Every option is documented in `config.example.toml`.
+Precedence, highest first: environment, explicit `overrides`, secrets directory, TOML file,
+defaults (`load(..., environment=False)` leaves the environment out). Every option is
+documented in `config.example.toml`.
+
+File options (`flespi.token_file`, `flespi.ca_file`, `local.ca_file`, `local.cert_file`,
+`local.key_file`) are checked when the settings are loaded, so `check-config` and `run` refuse
+what would fail later: a file that is set must exist, be a regular file and be readable,
+whether or not the option is in use (a wrong path is a mistake waiting for the day TLS is
+turned on); the TLS material must also load as PEM (CA bundle, client certificate and its
+matching, unencrypted key) where TLS uses it: `flespi.ca_file` with `flespi.tls`, the `local`
+files with `local.tls`.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import ssl
+import stat
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,9 +33,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.exceptions import ConfigError
@@ -30,6 +47,93 @@ DEFAULT_SECRETS_DIR = Path("/run/secrets/flespi-bridge")
 SECRET_FILE_MAX_BYTES = 64 * 1024
 
 TopicLevel = Annotated[str, Field(min_length=1, pattern=r"^[^#+\x00]+$")]
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def file_problem(path: Path) -> str | None:
+    """Why `path` cannot be read as a configuration file (names the path), or None."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"file not found: {path}"
+    except OSError as exc:
+        return f"cannot access {path}: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _FILE_KINDS if test(st.st_mode)), "special file")
+        return f"not a regular file: {path} ({kind})"
+    try:
+        with path.open("rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
+
+
+def ca_problem(path: Path) -> str | None:
+    """Why `path` is not a usable CA bundle (PEM), or None."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"not a PEM certificate: {path} ({_ssl_reason(exc)})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def cert_problem(path: Path) -> str | None:
+    """Why `path` holds no PEM certificate, or None."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        return f"not a PEM certificate: {path} ({_ssl_reason(exc)})"
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    return None
+
+
+def key_problem(key: Path, cert: Path) -> str | None:
+    """Why `key` is not the unencrypted PEM private key of the certificate `cert`, or None."""
+    asked: list[bool] = []
+
+    def no_password() -> bytes:  # never prompt on a terminal: refuse encrypted keys
+        asked.append(True)
+        return b""
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_cert_chain(str(cert), str(key), password=no_password)
+    except ssl.SSLError as exc:
+        if asked:
+            return f"encrypted private keys are not supported: {key}"
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            return f"not the private key of the certificate in cert_file: {key}"
+        return f"not a PEM private key: {key} ({_ssl_reason(exc)})"
+    except OSError as exc:
+        return f"cannot read {key}: {exc.strerror or exc}"
+    return None
+
+
+# False while `load(..., check_files=False)` validates a configuration meant for another
+# machine (a Helm chart's ConfigMap): file options are then not looked at.
+_CHECK_FILES: ContextVar[bool] = ContextVar("flespi_bridge_check_files", default=True)
+
+
+def _refuse(problem: str | None) -> None:
+    if problem is not None and _CHECK_FILES.get():
+        raise PydanticCustomError("config_file", "{problem}", {"problem": problem})
 
 
 class Section(BaseModel):
@@ -68,16 +172,43 @@ class FlespiSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _token_from_file(cls, data: Any) -> Any:
+        # A token_file that cannot be read or is empty is reported on flespi.token_file by
+        # its field validator; the token is then simply missing.
         if isinstance(data, dict) and not data.get("token") and data.get("token_file"):
             path = Path(data["token_file"])
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise ValueError(f"cannot read token_file {path}: {exc.strerror}") from None
-            if not token:
-                raise ValueError(f"token_file {path} is empty")
-            data = {**data, "token": token}
+            if file_problem(path) is None:
+                try:
+                    token = path.read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError):
+                    token = ""
+                if token:
+                    data = {**data, "token": token}
         return data
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and _CHECK_FILES.get():
+            _refuse(file_problem(value))
+            try:
+                content = value.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                _refuse(f"not UTF-8 text: {value}")
+            except OSError as exc:
+                _refuse(f"cannot read {value}: {exc.strerror or exc}")
+            else:
+                if not content.strip():
+                    _refuse(f"empty file: {value}")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            _refuse(file_problem(value))
+            if info.data.get("tls"):
+                _refuse(ca_problem(value))
+        return value
 
     @field_validator("token")
     @classmethod
@@ -122,6 +253,35 @@ class LocalSettings(Section):
         0.1, ge=0, le=60, description="seconds to merge a device's updates into one publish"
     )
     output: Literal["json", "attribute", "both"] = "json"
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            _refuse(file_problem(value))
+            if info.data.get("tls"):
+                _refuse(ca_problem(value))
+        return value
+
+    @field_validator("cert_file")
+    @classmethod
+    def _cert_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            _refuse(file_problem(value))
+            if info.data.get("tls"):
+                _refuse(cert_problem(value))
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            _refuse(file_problem(value))
+        # only once cert_file is valid (it is validated first): a bad one is reported there
+        cert = info.data.get("cert_file")
+        if value is not None and cert is not None and info.data.get("tls"):
+            _refuse(key_problem(value, cert))
+        return value
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> LocalSettings:
@@ -256,6 +416,19 @@ class LogSettings(Section):
         return value.upper() if isinstance(value, str) else value
 
 
+# False while `load(..., environment=False)` builds a Settings: no environment source.
+_USE_ENVIRONMENT: ContextVar[bool] = ContextVar("flespi_bridge_use_environment", default=True)
+
+
+@contextmanager
+def _environment(enabled: bool) -> Iterator[None]:
+    token = _USE_ENVIRONMENT.set(enabled)
+    try:
+        yield
+    finally:
+        _USE_ENVIRONMENT.reset(token)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -283,7 +456,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file and the secrets directory are merged into the init arguments by `load`;
-        # the environment is layered over them here, section by section.
+        # the environment is layered over them here, section by section (unless left out).
+        if not _USE_ENVIRONMENT.get():
+            return (init_settings,)
         return (env_settings, init_settings)
 
 
@@ -323,11 +498,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems = []
-    for err in exc.errors(include_url=False, include_input=False):
+    problems: list[tuple[str, str]] = []
+    errors = exc.errors(include_url=False, include_input=False)
+    token_file_problem = any(
+        tuple(err["loc"]) == ("flespi", "token_file") for err in errors
+    )
+    for err in errors:
         key = ".".join(str(part) for part in err["loc"]) or "(root)"
         reason = err["msg"]
         if err["type"] == "missing" and key == "flespi.token":
+            if token_file_problem:
+                continue  # the token_file problem says it all
             reason = (
                 "missing: set flespi.token, flespi.token_file, "
                 f"{ENV_PREFIX}FLESPI__TOKEN or a secrets-dir file flespi__token"
@@ -343,12 +524,21 @@ def load(
     *,
     secrets_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    environment: bool = True,
+    check_files: bool = True,
 ) -> Settings:
-    """Load and validate the settings; raises ConfigError listing every problem."""
+    """Load and validate the settings; raises ConfigError listing every problem.
+
+    With `environment=False` (the demo), `FLESPI_BRIDGE_*` variables are ignored entirely:
+    neither settings from them nor `FLESPI_BRIDGE_SECRETS_DIR` nor the default secrets
+    directory apply; only `path`, an explicit `secrets_dir` and `overrides` count.
+    With `check_files=False` the file options are not checked (a configuration meant for
+    another machine); a readable `flespi.token_file` still supplies the token.
+    """
     data: dict[str, Any] = _read_toml(path) if path is not None else {}
-    if secrets_dir is None and os.environ.get(f"{ENV_PREFIX}SECRETS_DIR"):
+    if environment and secrets_dir is None and os.environ.get(f"{ENV_PREFIX}SECRETS_DIR"):
         secrets_dir = Path(os.environ[f"{ENV_PREFIX}SECRETS_DIR"])
-    if secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
+    if environment and secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
         secrets_dir = DEFAULT_SECRETS_DIR
     if secrets_dir is not None:
         if not secrets_dir.is_dir():
@@ -357,9 +547,38 @@ def load(
     if overrides:
         data = _merge(data, overrides)
     try:
-        return Settings(**data)
+        with _environment(environment):
+            files = _CHECK_FILES.set(check_files)
+            try:
+                return Settings(**data)
+            finally:
+                _CHECK_FILES.reset(files)
     except ValidationError as exc:
         raise ConfigError(_problems(exc)) from None
+
+
+def local_tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
+    """The TLS context of the local broker connection, or None without `local.tls`."""
+    if not settings.tls:
+        return None
+    ctx = ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None
+    )
+    if settings.cert_file and settings.key_file:
+        ctx.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+    if settings.tls_insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def flespi_tls_context(settings: FlespiSettings) -> ssl.SSLContext | None:
+    """The TLS context of the flespi connection (the server is always verified: system
+    trust store unless `flespi.ca_file`), or None without `flespi.tls`."""
+    if not settings.tls:
+        return None
+    return ssl.create_default_context(
+        cafile=str(settings.ca_file) if settings.ca_file else None
+    )
 
 
 def mask(secret: SecretStr | None) -> str:

@@ -47,19 +47,26 @@ async def _watch(host: str, port: int, base: str) -> None:
                 print(f"  {topic}: {payload.decode(errors='replace')}", flush=True)
 
 
+def demo_settings(upstream: mosquitto.Broker, local: mosquitto.Broker) -> config.Settings:
+    """The demo bridge's settings: its own throwaway brokers and token, whatever the
+    environment says (`FLESPI_BRIDGE_*` variables and secrets directories are ignored, so a
+    real flespi token exported in the shell never reaches the demo's brokers)."""
+    return config.load(environment=False, overrides={
+        "flespi": {"token": DEMO_TOKEN, "host": upstream.host, "port": upstream.port,
+                   "tls": False, "client_id": "flespi-bridge-demo"},
+        "local": {"host": local.host, "port": local.port},
+        "metrics": {"port": 0},
+        "commands": {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}},
+    })
+
+
 async def run(*, devices: int, rate: float, duration: float | None) -> int:
     logs.setup("WARNING", "text", [DEMO_TOKEN])
     with (
         mosquitto.start(extra_config=mosquitto.FLESPI_LIKE) as upstream,
         mosquitto.start() as local,
     ):
-        settings = config.load(overrides={
-            "flespi": {"token": DEMO_TOKEN, "host": upstream.host, "port": upstream.port,
-                       "tls": False, "client_id": "flespi-bridge-demo"},
-            "local": {"host": local.host, "port": local.port},
-            "metrics": {"port": 0},
-            "commands": {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}},
-        })
+        settings = demo_settings(upstream, local)
         sim = Simulator(upstream.host, upstream.port, devices=devices)
         await sim.start()
         responder = Responder(sim)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from helpers import PYTHON, bridge_env
 
-from bridge import mosquitto
+from bridge import config, demo, mosquitto
 from bridge.exceptions import BrokerUnavailableError
 
 
@@ -32,3 +34,59 @@ def test_no_broker_available_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(mosquitto, "_docker_available", lambda: False)
     with pytest.raises(BrokerUnavailableError, match="install the `mosquitto` binary"):
         mosquitto.start()
+
+
+def test_demo_ignores_the_environment_and_never_shows_a_real_token(tmp_path: Path) -> None:
+    """A real flespi token exported in the shell must not reach the demo's brokers or its
+    output, and no other FLESPI_BRIDGE_* variable may steer the demo."""
+    secret = f"RealFlespiToken-{os.urandom(12).hex()}"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "flespi__token").write_text(secret)
+    env = bridge_env()
+    env.update({
+        "FLESPI_BRIDGE_FLESPI__TOKEN": secret,
+        "FLESPI_BRIDGE_FLESPI__CLIENT_ID": "not-the-demo",
+        "FLESPI_BRIDGE_LOCAL__HOST": "bogus-host.invalid",
+        "FLESPI_BRIDGE_LOCAL__BASE_TOPIC": "elsewhere",
+        "FLESPI_BRIDGE_METRICS__PORT": "1",
+        "FLESPI_BRIDGE_SECRETS_DIR": str(secrets),
+    })
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "5", "--duration", "3"],
+        capture_output=True, text=True, env=env, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"flespi/553700[01]/state: battery \d+%", out), out
+    assert "bogus-host" not in out
+    assert out.rstrip().endswith("demo stopped")
+
+
+def test_demo_settings_take_nothing_from_the_environment(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = f"RealFlespiToken-{os.urandom(12).hex()}"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "flespi__token").write_text(secret)
+    (secrets / "local__password").write_text(secret)
+    monkeypatch.setenv("FLESPI_BRIDGE_FLESPI__TOKEN", secret)
+    monkeypatch.setenv("FLESPI_BRIDGE_LOCAL__HOST", "bogus-host.invalid")
+    monkeypatch.setenv("FLESPI_BRIDGE_LOG__LEVEL", "DEBUG")
+    monkeypatch.setenv("FLESPI_BRIDGE_SECRETS_DIR", str(secrets))
+    monkeypatch.setattr(config, "DEFAULT_SECRETS_DIR", secrets)
+    # the environment really is there for an ordinary load ...
+    ordinary = config.load()
+    assert ordinary.flespi.token.get_secret_value() == secret
+    assert ordinary.local.host == "bogus-host.invalid"
+    # ... and the demo's settings ignore all of it
+    s = demo.demo_settings(upstream, local)
+    assert s.flespi.token.get_secret_value() == demo.DEMO_TOKEN
+    assert (s.flespi.host, s.flespi.port, s.flespi.tls) == (upstream.host, upstream.port, False)
+    assert (s.local.host, s.local.port) == (local.host, local.port)
+    assert s.local.password is None
+    assert s.log.level == "INFO"
+    # and the environment is back for the next load
+    assert config.load().local.host == "bogus-host.invalid"
