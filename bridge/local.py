@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -18,7 +17,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from bridge.backoff import Backoff
-from bridge.config import LocalSettings, ReconnectSettings
+from bridge.config import LocalSettings, ReconnectSettings, local_tls_context
 from bridge.exceptions import LocalUnavailableError
 from bridge.transport import Publication
 
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 256
 # Small MQTT packets must not wait for Nagle's algorithm (up to 40 ms on loopback).
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-
-
-def tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
-    if not settings.tls:
-        return None
-    ctx = ssl.create_default_context(
-        cafile=str(settings.ca_file) if settings.ca_file else None
-    )
-    if settings.cert_file and settings.key_file:
-        ctx.load_cert_chain(str(settings.cert_file), str(settings.key_file))
-    if settings.tls_insecure:
-        ctx.check_hostname = False
-    return ctx
 
 
 class LocalBroker:
@@ -66,7 +52,7 @@ class LocalBroker:
         self._on_disconnect = on_disconnect
         self._client: aiomqtt.Client | None = None
         # Built once, at start: a bad certificate is a start-up error, not a dead loop.
-        self._tls = tls_context(settings)
+        self._tls = local_tls_context(settings)
         self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from bridge.acks import AckLedger
 from bridge.backoff import Backoff
-from bridge.config import Settings
+from bridge.config import Settings, flespi_tls_context
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.rest import MqttRest
 from bridge.flespi.upstream import (
@@ -27,7 +27,6 @@ from bridge.flespi.upstream import (
     Upstream,
     UpstreamError,
     UserProperties,
-    tls_context,
 )
 from bridge.metrics import Stats
 
@@ -64,7 +63,7 @@ class UpstreamSession:
         self._marker = f"{self.reply_prefix}sync/{uuid.uuid4().hex}"
         self.rest = MqttRest(lambda: self.upstream, self.reply_prefix)
         # Built once, at start: a bad CA file is a start-up error, not a dead loop.
-        self._tls = tls_context(str(f.ca_file) if f.ca_file else None) if f.tls else None
+        self._tls = flespi_tls_context(f)
         self.upstream: Upstream | None = None
         self.loaded = asyncio.Event()
         self._stopping = asyncio.Event()

@@ -362,7 +362,7 @@ async def test_odd_flespi_answers_give_one_result_each(commanding: Any, sim: Any
         responder.raw_next = (http_code, data)
         payload = orjson.dumps({"command": "restart", "transaction": f"odd-{n}"})
         # many requests to one device: refill its bucket rather than wait for it
-        bridge.commands.limits.devices.clear()
+        bridge.commands.gateway.limits.devices.clear()
         result = await command(rec, device_id, payload)
         assert (result["status"], result["code"], result["transaction"]) == (
             "error", code, f"odd-{n}"), (data[:40], result)
