@@ -5,12 +5,28 @@ publish with MQTT 5 properties, acknowledge. `GmqttUpstream` implements it with 
 flespi's own Python client, which receives MQTT 5 with user properties about 4x faster
 than aiomqtt here.
 
-Two gmqtt behaviours are replaced, both through the package handler of one client:
+Two gmqtt behaviours are replaced, through a few private gmqtt hooks, each isolated in one
+small function below (`_deliver_qos1_to`, `_stop_auto_reconnect`, `_send_raw`, `_transport`):
 - QoS 1 messages are acknowledged by the bridge, not on receipt: the PUBACK goes out only
   once the local publish that carries the message has succeeded, so a crash never loses an
   acknowledged update. Acks are sent in receive order, as MQTT requires.
 - gmqtt's fixed-delay auto-reconnect is switched off; the service reconnects with its own
   exponential backoff and a fresh client on the same persistent session.
+
+Flow control. The socket is read all the time, also while `receive_maximum` messages wait
+for their acks (a local outage): gmqtt's keepalive closes the connection after 2x keepalive
+without data in, so a paused socket, whose PINGRESPs stay unread, would cycle the flespi
+connection for as long as the outage lasts. A conforming broker sends at most
+`receive_maximum` unacknowledged messages anyway. Mosquitto 2.0.11 (as the tests run it,
+`max_queued_messages 0`) does not: it sends receive maximum + 1, and once acks flow again it
+dumps its whole queued backlog regardless (measured: 17,500 of a 20,000 backlog at receive
+maximum 10). So, as a last resort only, reading is paused at `UNACKED_GUARD` unacknowledged
+messages, far past any receive maximum and just short of the 65,535 packet ids (a broker past
+that is reusing ids still in flight). That bounds the bridge's memory: an unacknowledged
+message costs the bridge its ack token (~100 bytes, the message itself is merged into the
+device state at once), so ~6 MB at the guard, plus at most one socket read (256 KiB) past
+it. While paused, the keepalive may give up and the bridge reconnects: slower, never wrong,
+since the broker redelivers everything unacknowledged.
 """
 
 from __future__ import annotations
@@ -19,7 +35,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gmqtt import Client as GmqttClient
@@ -38,6 +54,10 @@ UserProperties = Sequence[tuple[str, str]]
 MessageHandler = Callable[[str, bytes, UserProperties, Ack | None], None]
 
 
+# Unacknowledged QoS 1 messages at which reading pauses, as a last resort (see above).
+UNACKED_GUARD = 60_000
+
+
 class UpstreamError(BridgeError):
     """The upstream connection failed or was refused."""
 
@@ -46,13 +66,15 @@ class UpstreamError(BridgeError):
 class ConnectOptions:
     host: str
     port: int
-    username: str
+    username: str = field(repr=False)  # the flespi token: never in a repr, log or traceback
     client_id: str
     tls: ssl.SSLContext | None = None
     keepalive: int = 60
     session_expiry: int = 7 * 24 * 3600
     clean_start: bool = False
     receive_maximum: int = 5000
+    # Seconds to wait for the CONNACK (TCP and TLS included), and for a SUBACK.
+    timeout: float = 30.0
 
 
 class Upstream(Protocol):
@@ -103,18 +125,20 @@ class GmqttUpstream:
 
     _generation = 0
 
-    def __init__(self, options: ConnectOptions, on_message: MessageHandler) -> None:
+    def __init__(self, options: ConnectOptions, on_message: MessageHandler, *,
+                 unacked_guard: int = UNACKED_GUARD) -> None:
         self._options = options
         self._on_message = on_message
         GmqttUpstream._generation += 1
         self.generation = GmqttUpstream._generation
         self._closed = asyncio.Event()
         self._session_present = False
-        # QoS 1 messages delivered but not yet acknowledged. At `receive_maximum` the socket
-        # stops being read: the broker should not send more anyway, and if it does (Mosquitto
-        # 2.0 overshoots), TCP backpressure keeps the bridge's memory bounded.
+        # QoS 1 messages delivered but not yet acknowledged, and the last-resort bound on
+        # them (never below what a conforming broker may send, plus Mosquitto's one extra).
         self._unacked = 0
-        self._paused = False
+        self._guard = max(unacked_guard, options.receive_maximum + 1)
+        self._paused = False  # reading paused by the guard (not by asyncio's own buffering)
+        self.pauses = 0  # times the guard paused reading, for tests and diagnostics
         self._subscribed: asyncio.Future[None] | None = None
         client = GmqttClient(
             options.client_id,
@@ -129,8 +153,7 @@ class GmqttUpstream:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        # Deliver QoS 1 messages with their packet id and leave the PUBACK to `ack`.
-        client._package_handler._handle_qos_1_publish_packet = self._on_qos1
+        _deliver_qos1_to(client, self._on_qos1)
         self._client = client
 
     # -- gmqtt callbacks ---------------------------------------------------------------
@@ -143,19 +166,28 @@ class GmqttUpstream:
     def _on_qos1(self, mid: int, payload: bytes, topic: str | bytes,
                  properties: dict[str, Any]) -> None:
         self._unacked += 1
-        if self._unacked >= self._options.receive_maximum and not self._paused:
-            self._set_reading(False)
+        if self._unacked >= self._guard:
+            self._pause()  # every time: asyncio's stream buffering may have resumed reading
         self._dispatch(topic, payload, properties, (self.generation, mid))
 
-    def _set_reading(self, on: bool) -> None:
-        transport = getattr(self._client._connection, "_transport", None)
-        if transport is None or transport.is_closing():
+    def _pause(self) -> None:
+        transport = _transport(self._client)
+        if transport is None or transport.is_closing() or not transport.is_reading():
             return
-        if on:
+        transport.pause_reading()
+        self.pauses += 1
+        if not self._paused:
+            (log.warning if self.pauses == 1 else log.debug)(
+                "flespi sent %d unacknowledged messages, past its receive maximum of %d: "
+                "reading paused until the bridge acknowledges some",
+                self._unacked, self._options.receive_maximum)
+        self._paused = True
+
+    def _resume(self) -> None:
+        self._paused = False
+        transport = _transport(self._client)
+        if transport is not None and not transport.is_closing():
             transport.resume_reading()
-        else:
-            transport.pause_reading()
-        self._paused = not on
 
     def _dispatch(self, topic: str | bytes, payload: bytes, properties: dict[str, Any],
                   ack: Ack | None) -> None:
@@ -167,8 +199,7 @@ class GmqttUpstream:
         self._session_present = bool(flags)
 
     def _on_disconnect(self, client: Any, _packet: Any, _exc: Any = None) -> None:
-        # The service owns reconnection (backoff + jitter); stop gmqtt's own retry loop.
-        client._connection_state.reconnecting_now = True
+        _stop_auto_reconnect(client)  # the service owns reconnection (backoff + jitter)
         self._closed.set()
         if self._subscribed is not None and not self._subscribed.done():
             self._subscribed.set_exception(UpstreamError("connection lost while subscribing"))
@@ -193,14 +224,24 @@ class GmqttUpstream:
     def session_present(self) -> bool:
         return self._session_present
 
+    @property
+    def unacked(self) -> int:
+        """QoS 1 messages delivered and not yet acknowledged on this connection."""
+        return self._unacked
+
     async def connect(self) -> None:
         o = self._options
         try:
-            await self._client.connect(
-                o.host, o.port, ssl=o.tls or False, keepalive=o.keepalive, version=MQTTv50
-            )
+            async with asyncio.timeout(o.timeout) as deadline:
+                await self._client.connect(
+                    o.host, o.port, ssl=o.tls or False, keepalive=o.keepalive, version=MQTTv50
+                )
         except Exception as exc:
-            self._closed.set()
+            await self._abandon()
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                raise UpstreamError(
+                    f"cannot connect to {o.host}:{o.port}: no CONNACK within {o.timeout:g}s"
+                ) from None
             raise UpstreamError(f"cannot connect to {o.host}:{o.port}: {_describe(exc)}") from None
 
     async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None:
@@ -209,11 +250,18 @@ class GmqttUpstream:
         `resend_retained=False` (retain handling 1) skips the retained replay for
         subscriptions the resumed session already has.
         """
+        o = self._options
         handling = 0 if resend_retained else 1
         subs = [Subscription(f, qos=1, retain_handling_options=handling) for f in filters]
         self._subscribed = asyncio.get_running_loop().create_future()
         self._client.subscribe(subs)
-        await self._subscribed
+        try:
+            await asyncio.wait_for(self._subscribed, o.timeout)
+        except TimeoutError:
+            raise UpstreamError(
+                f"no SUBACK from {o.host}:{o.port} within {o.timeout:g}s "
+                f"(subscribing to {len(subs)} topic filters)"
+            ) from None
 
     def publish(
         self,
@@ -237,6 +285,7 @@ class GmqttUpstream:
         self._client.publish(topic, payload, qos=qos, **props)
 
     def ack(self, tokens: Iterable[Ack]) -> None:
+        """PUBACK these messages, in the order given (the order they were received)."""
         if not self.connected:
             return
         packets = bytearray()
@@ -244,10 +293,10 @@ class GmqttUpstream:
             if generation == self.generation:
                 packets += b"\x40\x02" + mid.to_bytes(2, "big")
         if packets:
-            self._client._connection.send_package(bytes(packets))
+            _send_raw(self._client, bytes(packets))
             self._unacked = max(0, self._unacked - len(packets) // 4)
-            if self._paused and self._unacked < self._options.receive_maximum:
-                self._set_reading(True)
+            if self._paused and self._unacked < self._guard:
+                self._resume()
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -260,6 +309,45 @@ class GmqttUpstream:
         except (TimeoutError, OSError) as exc:
             log.debug("upstream disconnect: %s", _describe(exc))
         self._closed.set()
+
+    async def _abandon(self) -> None:
+        """After a failed or timed-out connect: no gmqtt retry, no half-open socket."""
+        _stop_auto_reconnect(self._client)
+        self._closed.set()
+        transport = _transport(self._client)
+        if transport is not None:
+            transport.abort()
+
+
+# -- private gmqtt hooks: each reaches into gmqtt 0.8 internals for one reason -------------
+
+
+def _deliver_qos1_to(client: Any, handler: Callable[[int, bytes, str | bytes, dict[str, Any]],
+                                                     None]) -> None:
+    """Hand QoS 1 PUBLISHes to `handler` with their packet id, and send no PUBACK: gmqtt
+    acks on receipt (or when on_message returns), the bridge only once the local broker has
+    the update (`GmqttUpstream.ack`)."""
+    client._package_handler._handle_qos_1_publish_packet = handler
+
+
+def _stop_auto_reconnect(client: Any) -> None:
+    """gmqtt reconnects by itself after a lost connection, at a fixed delay and with the
+    same client; the service reconnects with backoff and a fresh `GmqttUpstream` instead."""
+    client._connection_state.reconnecting_now = True
+
+
+def _send_raw(client: Any, data: bytes) -> None:
+    """Write encoded packets (the deferred PUBACKs): gmqtt has no public call for a PUBACK,
+    and one write for a batch of acks is what keeps acknowledging cheap."""
+    client._connection.send_package(data)
+
+
+def _transport(client: Any) -> asyncio.Transport | None:
+    """The connection's socket transport, to pause reading at the last-resort guard: gmqtt
+    offers no flow control of its own."""
+    connection = getattr(client, "_connection", None)
+    transport: asyncio.Transport | None = getattr(connection, "_transport", None)
+    return transport
 
 
 def _describe(exc: BaseException) -> str:
