@@ -61,11 +61,12 @@ class Bridge:
         outbox = publisher.outbox
         self.session = session = UpstreamSession(
             settings, list(table), self.ledger, stats, factory=upstream_factory,
-            ingest=lambda *message: self.ingest.handle(*message), wake=publisher.wake)
+            wake=publisher.wake)
         self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded)
         self.ingest = Ingest(table, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
+        session.ingest = self.ingest.handle
         ha = settings.homeassistant
         self.republisher = Republisher(store, renderer, outbox, discovery=ha.discovery,
                                        status_delay=ha.status_delay)

@@ -46,14 +46,14 @@ class UpstreamSession:
         stats: Stats,
         *,
         factory: UpstreamFactory,
-        ingest: Callable[[str, bytes, UserProperties], None],
         wake: Callable[[], None],
     ) -> None:
         self.settings = settings
         self.ledger = ledger
         self.stats = stats
         self._factory = factory
-        self._ingest = ingest
+        # what each upstream message is handed to (set by whoever builds the bridge)
+        self.ingest: Callable[[str, bytes, UserProperties], None] = lambda *_: None
         self._wake = wake
         self._parameters = parameters
         f = settings.flespi
@@ -101,7 +101,7 @@ class UpstreamSession:
         if ack is not None:
             self.ledger.received(ack)
         try:
-            self._ingest(topic, payload, props)
+            self.ingest(topic, payload, props)
         except Exception:  # a bug must not stop the stream; the message is still acked
             log.exception("cannot process the upstream message on %.200r", topic)
             self.stats.dropped["internal_error"] += 1

@@ -352,12 +352,3 @@ def _transport(client: Any) -> asyncio.Transport | None:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
-
-
-def tls_context(ca_file: str | None = None, *, verify: bool = True) -> ssl.SSLContext:
-    """A client TLS context that verifies the server (system CAs unless `ca_file`)."""
-    ctx = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
