@@ -45,6 +45,7 @@ class Received:
     topic: str
     payload: bytes
     retain: bool
+    qos: int = 1
 
     def json(self) -> Any:
         return orjson.loads(self.payload)
@@ -84,7 +85,8 @@ class Recorder:
             self._ready.set()
             async for message in client.messages:
                 payload = message.payload if isinstance(message.payload, bytes) else b""
-                item = Received(message.topic.value, payload, bool(message.retain))
+                item = Received(message.topic.value, payload, bool(message.retain),
+                                message.qos)
                 async with self._changed:
                     self.messages.append(item)
                     if payload or item.topic not in self.latest:
