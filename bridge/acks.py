@@ -85,9 +85,11 @@ class AckLedger:
                 self._release(done.upto)
 
     def _release(self, upto: int) -> None:
+        if self._send is None:
+            return  # no connection to tell: a later claim releases them
         acks = self._acks
         tokens = []
         while acks and acks[0][0] <= upto:
             tokens.append(acks.popleft()[1])
-        if tokens and self._send is not None:
+        if tokens:
             self._send(tokens)

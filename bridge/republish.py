@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 class Republisher:
-    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox, *,
-                 discovery: bool, status_delay: float,
+    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox,
+                 wake: Callable[[], None], *, discovery: bool, status_delay: float,
                  delay: Callable[[float, float], float] = random.uniform) -> None:
         self.store = store
         self.renderer = renderer
         self.outbox = outbox
+        self._wake = wake
         self.discovery = discovery
         self.status_delay = status_delay
         self._delay = delay
@@ -40,8 +41,7 @@ class Republisher:
         self.store.mark_all()
         if self.discovery:
             self.outbox.add(self.renderer.bridge_publications())
-        else:
-            self.outbox.add([])  # still wake the publisher: states are dirty
+        self._wake()
 
     def on_status(self, payload: bytes, retain: bool) -> None:
         """`<prefix>/status`: after `online`, republish after a random delay (many bridges

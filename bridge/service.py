@@ -68,8 +68,8 @@ class Bridge:
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
         session.ingest = self.ingest.handle
         ha = settings.homeassistant
-        self.republisher = Republisher(store, renderer, outbox, discovery=ha.discovery,
-                                       status_delay=ha.status_delay)
+        self.republisher = Republisher(store, renderer, outbox, publisher.wake,
+                                       discovery=ha.discovery, status_delay=ha.status_delay)
         self._http_rest: HttpRest | None = None
         rest: Rest = session.rest
         if settings.commands.transport == "http":

@@ -124,12 +124,13 @@ class UpstreamSession:
         attempts = 0
         while not self._stopping.is_set():
             up = self._factory(self._options(), self._on_message)
+            # before the first message can arrive: an ack released meanwhile must reach it
+            self.ledger.attach(up.ack)
             try:
                 await up.connect()
                 await up.subscribe(self.subscriptions(),
                                    resend_retained=fresh or not up.session_present)
                 self.upstream = up
-                self.ledger.attach(up.ack)
                 if attempts:
                     self.stats.reconnects["upstream"] += 1
                 attempts += 1

@@ -97,6 +97,17 @@ def test_claims_of_a_lost_upstream_connection_release_nothing() -> None:
     assert ledger.pending == 1
 
 
+def test_acks_released_with_no_connection_to_tell_are_kept() -> None:
+    """Released before the connection is attached: not dropped, sent by a later claim."""
+    ledger, up = AckLedger(), Upstream()
+    ledger.received((1, 1))
+    ledger.settle(ledger.claim(ledger.watermark()), True)
+    assert ledger.pending == 1
+    ledger.attach(up.ack)
+    ledger.settle(ledger.claim(ledger.watermark()), True)
+    assert up.acked == [(1, 1)]
+
+
 def test_claims_without_the_watermark_release_nothing() -> None:
     ledger, up = AckLedger(), Upstream()
     ledger.attach(up.ack)
