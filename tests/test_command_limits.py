@@ -69,8 +69,8 @@ class ScriptedRest:
         return answer
 
 
-def gateway(rest: Any, **overrides: Any) -> tuple[CommandGateway, list[dict[str, Any]],
-                                                   list[str], Clock]:
+def gateway(rest: Any, device: Callable[[int], Device | None] | None = None,
+            **overrides: Any) -> tuple[CommandGateway, list[dict[str, Any]], list[str], Clock]:
     published: list[dict[str, Any]] = []
     counted: list[str] = []
 
@@ -80,7 +80,8 @@ def gateway(rest: Any, **overrides: Any) -> tuple[CommandGateway, list[dict[str,
     devices = {i: Device(i, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
                for i in DEVICES}
     gw = CommandGateway(CommandSettings(**PROFILES, **overrides), rest,  # type: ignore[arg-type]
-                        device=devices.get, publish_result=publish, count=counted.append)
+                        device=device or devices.get, publish_result=publish,
+                        count=counted.append)
     clock = Clock()
     gw.limits.clock = clock
     return gw, published, counted, clock
@@ -121,12 +122,10 @@ async def test_any_answer_gives_one_result(answer: Answer, code: str,
 
 async def test_a_bug_before_sending_is_an_internal_error(caplog: pytest.LogCaptureFixture
                                                          ) -> None:
-    gw, published, counted, _ = gateway(ScriptedRest())
-
     def broken(_device_id: int) -> Device | None:
         raise RuntimeError("store is broken")
 
-    gw._device = broken
+    gw, published, counted, _ = gateway(ScriptedRest(), device=broken)
     outcome = await gw.handle(DEVICES[0], "restart", b"PRESS")
     assert published == [outcome]
     assert (outcome["code"], outcome["command"]) == ("internal_error", "restart")
@@ -392,7 +391,7 @@ def test_any_answer_over_mqtt_gives_exactly_one_json_result(code: str | None, bo
     parsed = orjson.loads(published[0])
     assert parsed == orjson.loads(orjson.dumps(outcome))
     assert parsed["transaction"] == 1
-    assert parsed["status"] in ("ok", "error")
+    assert (parsed["status"] == "ok") == (parsed["code"] is None)
     assert parsed["code"] in RESULT_CODES | {None}
     if parsed["status"] == "ok":
         assert code is not None

@@ -151,7 +151,7 @@ def test_no_payload_crashes_or_reaches_flespi_unchecked(payload: bytes, entity: 
                              publish_result=publish, count=lambda _: None)
     outcome = asyncio.run(gateway.handle(dev.id, entity, payload))
     assert results == [outcome]
-    assert outcome["status"] in ("ok", "error")
+    assert (outcome["status"] == "ok") == bool(rest.calls) == (outcome["code"] is None)
     orjson.dumps(outcome)  # the result is always valid JSON
     if outcome["status"] == "ok":
         [(method, uri, body)] = rest.calls
@@ -337,8 +337,9 @@ async def test_malformed_local_payloads_never_crash_the_bridge(commanding: Any, 
             result = await command(rec, device_id, payload, entity)
             assert result["status"] == "error", (payload, entity, result)
     assert len(responder.requests) == before
+    bridge.commands.gateway.limits.devices.clear()  # many requests: refill its bucket
     ok = await command(rec, device_id, b'{"command": "restart"}')
-    assert ok["status"] in ("ok", "error")  # still answering (may be rate limited)
+    assert ok["status"] == "ok", ok  # still answering, and still executing
     assert bridge.ready()
 
 

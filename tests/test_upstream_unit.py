@@ -36,7 +36,7 @@ class FakeBroker:
         assert self.server is not None
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         packets = mqtt.PacketReader()
         with contextlib.suppress(ConnectionError):
@@ -69,7 +69,7 @@ async def broker_factory() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(**kwargs: Any) -> FakeBroker:
         broker = FakeBroker(**kwargs)
-        broker.server = await asyncio.start_server(broker._serve, "127.0.0.1", 0)
+        broker.server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
         started.append(broker)
         return broker
 
