@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import ssl
 import stat
+from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +100,17 @@ def key_problem(key: Path, cert: Path) -> str | None:
 # False while `load(..., check_files=False)` validates a configuration meant for another
 # machine (a Helm chart's ConfigMap): file options are then not looked at.
 CHECK_FILES: ContextVar[bool] = ContextVar("flespi_bridge_check_files", default=True)
+
+
+def checked(path: Path | None, in_use: bool, content: Callable[[Path], str | None]
+            ) -> Path | None:
+    """A field validator's work for a file option: the file must be readable, and where the
+    option is `in_use`, its `content` must pass too."""
+    if path is not None:
+        refuse(file_problem(path))
+        if in_use:
+            refuse(content(path))
+    return path
 
 
 def refuse(problem: str | None) -> None:

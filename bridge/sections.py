@@ -20,6 +20,7 @@ from bridge.config_files import (
     CHECK_FILES,
     ca_problem,
     cert_problem,
+    checked,
     file_problem,
     key_problem,
     refuse,
@@ -95,11 +96,7 @@ class FlespiSettings(Section):
     @field_validator("ca_file")
     @classmethod
     def _ca_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            refuse(file_problem(value))
-            if info.data.get("tls"):
-                refuse(ca_problem(value))
-        return value
+        return checked(value, bool(info.data.get("tls")), ca_problem)
 
     @field_validator("token")
     @classmethod
@@ -148,20 +145,12 @@ class LocalSettings(Section):
     @field_validator("ca_file")
     @classmethod
     def _ca_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            refuse(file_problem(value))
-            if info.data.get("tls"):
-                refuse(ca_problem(value))
-        return value
+        return checked(value, bool(info.data.get("tls")), ca_problem)
 
     @field_validator("cert_file")
     @classmethod
     def _cert_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            refuse(file_problem(value))
-            if info.data.get("tls"):
-                refuse(cert_problem(value))
-        return value
+        return checked(value, bool(info.data.get("tls")), cert_problem)
 
     @field_validator("key_file")
     @classmethod

@@ -5,6 +5,7 @@ deleting live Home Assistant entities, and a dead task behind a green /healthz."
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -153,6 +154,10 @@ async def test_a_slow_start_up_clears_nothing_live(
                                     lambda r: f"{BASE}/999/state" not in r, timeout=60)
         assert live <= set(left), sorted(live - set(left))[:10]
         assert "homeassistant/sensor/flespi/flespi_999_battery/config" not in left
+        # nothing live was cleared even for a moment (Home Assistant deletes an entity on
+        # the first empty config): the one cleanup cleared the gone device's two topics
+        cleanups = re.findall(r"clearing (\d+) stale retained topics", bridge.log())
+        assert cleanups == ["2"], cleanups
     finally:
         await sim.stop()
 
