@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,7 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = asyncio.Event()
         _install_signals(stop)
-        return await serve(Bridge(settings), stop)
+        try:
+            bridge = Bridge(settings)
+        except (OSError, ssl.SSLError) as exc:  # a TLS file changed since it was checked
+            print(f"error: cannot load the TLS files: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return await serve(bridge, stop)
 
     _event_loop_policy()
     return asyncio.run(main())

@@ -38,7 +38,6 @@ class LocalBroker:
         reconnect: ReconnectSettings,
         *,
         state_topic: str,
-        subscriptions: Sequence[str],
         on_message: Callable[[str, bytes, bool], Awaitable[None]],
         on_connect: Callable[[], Awaitable[None]],
         on_disconnect: Callable[[], None] = lambda: None,
@@ -46,7 +45,7 @@ class LocalBroker:
         self.settings = settings
         self._backoff = Backoff(reconnect.min_delay, reconnect.max_delay)
         self._state_topic = state_topic
-        self._subscriptions = list(subscriptions)
+        self._subscriptions: list[str] = []
         self._on_message = on_message
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect

@@ -52,7 +52,7 @@ class Bridge:
         self.ledger = AckLedger()
         self.renderer = renderer = Renderer(settings, attrs)
         self.local = LocalBroker(settings.local, settings.reconnect,
-                                 state_topic=renderer.topics.bridge_state, subscriptions=[],
+                                 state_topic=renderer.topics.bridge_state,
                                  on_message=self._on_local, on_connect=self._on_local_connect,
                                  on_disconnect=lambda: self._set_up("local", False))
         self.publisher = publisher = Publisher(
