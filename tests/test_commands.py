@@ -30,7 +30,7 @@ from bridge.state import Device, Info
 
 BASE = "flespi"
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
-PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)  # type: ignore[arg-type]
+PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)
 
 
 # -- parsing (pure) -----------------------------------------------------------------------
@@ -145,7 +145,7 @@ def test_no_payload_crashes_or_reaches_flespi_unchecked(payload: bytes, entity: 
         results.append(outcome)
 
     dev = Device(5537000, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
-    gateway = CommandGateway(CommandSettings(**PROFILES, device_burst=10**6,  # type: ignore[arg-type]
+    gateway = CommandGateway(CommandSettings(**PROFILES, device_burst=10**6,
                                              global_burst=10**6),
                              rest, device=lambda i: dev if i == dev.id else None,
                              publish_result=publish, count=lambda _: None)
@@ -196,7 +196,8 @@ async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: s
     results = await rec.wait_for(
         lambda: [m for m in rec.messages if m.topic == result_topic][before:] or None,
         what=f"result of {payload!r}")
-    return results[0].json()
+    result: dict[str, Any] = results[0].json()
+    return result
 
 
 async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
