@@ -156,7 +156,7 @@ def test_discovery_diff_republishes_changes_and_clears_leftovers() -> None:
 
 # -- on a real broker ---------------------------------------------------------------------
 
-def expected_uids(sim: Any) -> set[str]:
+def expected_uids(sim: Simulator) -> set[str]:
     keys = {"battery", "voltage", "charging", "signal", "locked", "altitude", "hdop",
             "satellites", "speed", "direction", "position_valid", "last_seen", "position",
             "connectivity"}
@@ -173,7 +173,7 @@ def device_uids(rec: Recorder) -> set[str]:
             if not c["unique_id"].startswith("flespi_bridge")}
 
 
-async def retained_configs(local: Any) -> dict[str, dict[str, Any]]:
+async def retained_configs(local: mosquitto.Broker) -> dict[str, dict[str, Any]]:
     """What a Home Assistant starting now would find: retained configs only."""
     async with Recorder(local, [CFG, f"{BASE}/bridge/state"]) as rec:
         await rec.wait_for(lambda: f"{BASE}/bridge/state" in rec.latest)

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -172,7 +171,7 @@ async def test_upstream_restart_resumes_the_session(brokers: Brokers, local: mos
         await sim.stop()
 
 
-async def _reconnect_delays(caplog: Any, count: int) -> list[float]:
+async def _reconnect_delays(caplog: pytest.LogCaptureFixture, count: int) -> list[float]:
     pattern = re.compile(r"reconnecting to flespi in ([\d.]+)s")
 
     def delays() -> list[float]:

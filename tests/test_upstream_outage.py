@@ -17,7 +17,6 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -98,7 +97,7 @@ async def sample(port: int, pid: int, figures: Figures, stop: asyncio.Event) -> 
 
 
 async def local_outage(upstream: mosquitto.Broker, local: mosquitto.Broker, tmp: Path,
-                       procs: Any, *, devices: int, rate: float, outage: float,
+                       procs: Procs, *, devices: int, rate: float, outage: float,
                        max_inflight: int, catch_up_timeout: float) -> Figures:
     """Run the bridge on a busy fleet, kill the local broker for `outage` seconds, bring it
     back; return what was measured. Fails as soon as the flespi connection is lost."""
