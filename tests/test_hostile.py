@@ -258,8 +258,8 @@ def payloads_for(kind: str, name: str) -> st.SearchStrategy[tuple[bytes, str | N
               st.just((b"", None))]
     tagged += [s.map(lambda v: (dumps(v), "bad")) for s in bad]
     tagged += [s.map(lambda v: (dumps(v), "good")) for s in good]
-    attribute = CATALOG[name].attribute
-    if kind == "telemetry" and attribute is not None and attribute.type == "object":
+    if kind == "telemetry" and (attribute := CATALOG[name].attribute) is not None and \
+            attribute.type == "object":
         # nested deeper than the bridge can publish again: rejected and counted
         tagged.append(st.integers(min_value=100, max_value=1023).map(
             lambda n: (nested(n), "bad")))
