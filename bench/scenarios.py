@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil  # type: ignore[import-untyped]
+import psutil
 
 from bench import bridgecfg, loadgen, workload
 from bench.mqtt import RawClient

@@ -3,11 +3,11 @@ recording subscriber on the local broker that tests wait on (conditions, never s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from helpers import BridgeProcess
+from helpers import BridgeFactory, BridgeProcess, Brokers, Procs
 
 from bridge import config, mosquitto
 from bridge.service import Bridge
@@ -15,7 +15,7 @@ from bridge.sim import Simulator
 
 
 @pytest.fixture
-def brokers() -> Iterator[Callable[..., mosquitto.Broker]]:
+def brokers() -> Iterator[Brokers]:
     """A factory of brokers, all stopped (by PID) at the end of the test."""
     started: list[mosquitto.Broker] = []
 
@@ -30,13 +30,13 @@ def brokers() -> Iterator[Callable[..., mosquitto.Broker]]:
 
 
 @pytest.fixture
-def upstream(brokers: Callable[..., mosquitto.Broker]) -> mosquitto.Broker:
+def upstream(brokers: Brokers) -> mosquitto.Broker:
     """The simulated flespi broker."""
     return brokers(extra_config=mosquitto.FLESPI_LIKE)
 
 
 @pytest.fixture
-def local(brokers: Callable[..., mosquitto.Broker]) -> mosquitto.Broker:
+def local(brokers: Brokers) -> mosquitto.Broker:
     return brokers()
 
 
@@ -49,7 +49,7 @@ async def sim(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
-async def bridge_factory() -> AsyncIterator[Callable[[config.Settings], Any]]:
+async def bridge_factory() -> AsyncIterator[BridgeFactory]:
     started: list[Bridge] = []
 
     async def start(settings: config.Settings) -> Bridge:
@@ -66,7 +66,7 @@ async def bridge_factory() -> AsyncIterator[Callable[[config.Settings], Any]]:
 
 
 @pytest.fixture
-def procs() -> Iterator[Callable[[BridgeProcess], BridgeProcess]]:
+def procs() -> Iterator[Procs]:
     """Tracks bridge child processes; each is killed (by PID) at the end of the test."""
     started: list[BridgeProcess] = []
 

@@ -8,7 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,11 +19,16 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import config, mosquitto
+from bridge.service import Bridge
 
 T = TypeVar("T")
 TOKEN = "FlespiTestToken0123456789abcdefSECRET"
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+# The conftest fixtures' types.
+Brokers = Callable[..., mosquitto.Broker]  # `brokers`: keyword options as mosquitto.start
+BridgeFactory = Callable[[config.Settings], Awaitable[Bridge]]  # `bridge_factory`
 
 
 def make_settings(upstream_broker: mosquitto.Broker, local_broker: mosquitto.Broker,
@@ -99,8 +104,9 @@ class Recorder:
         assert self.client is not None
         await self.client.publish(topic, payload, **kwargs)
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 10.0,
+    async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 10.0,
                        what: str = "condition") -> T:
+        """The predicate's first truthy result (so never None)."""
         async def check() -> T:
             async with self._changed:
                 while True:
@@ -116,6 +122,12 @@ class Recorder:
     def state(self, base: str, device_id: int) -> dict[str, Any] | None:
         item = self.latest.get(f"{base}/{device_id}/state")
         return item.json() if item else None
+
+    def seen_state(self, base: str, device_id: int) -> dict[str, Any]:
+        """`state` of a device whose state has arrived already."""
+        state = self.state(base, device_id)
+        assert state is not None, f"no state of {device_id} yet"
+        return state
 
 
 async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
@@ -206,6 +218,9 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+Procs = Callable[[BridgeProcess], BridgeProcess]  # the `procs` fixture: tracks one, returns it
 
 
 async def retained(broker: mosquitto.Broker, filters: list[str], **client_kwargs: Any

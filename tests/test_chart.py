@@ -460,7 +460,8 @@ def test_values_expose_every_bridge_option() -> None:
     )
     for section in SECTIONS:
         model = config.Settings.model_fields[section].annotation
-        options = set(model.model_fields) - {k for s, k in SECRET_OPTIONS if s == section}  # type: ignore[union-attr]
+        assert model is not None
+        options = set(model.model_fields) - {k for s, k in SECRET_OPTIONS if s == section}
         chart = set(values[section]) - CHART_KEYS.get(section, set())
         assert chart == options, (
             f"[{section}] bridge options missing from values.yaml: {sorted(options - chart)}; "
@@ -509,7 +510,8 @@ def test_schema_constraints_match_the_bridge() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
     for section in SECTIONS:
         model = config.Settings.model_fields[section].annotation
-        bridge_props = model.model_json_schema()["properties"]  # type: ignore[union-attr]
+        assert model is not None
+        bridge_props = model.model_json_schema()["properties"]
         chart_props = schema["properties"][section]["properties"]
         assert schema["properties"][section]["additionalProperties"] is False
         for option, prop in bridge_props.items():

@@ -30,7 +30,7 @@ from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 from bridge.state import Device, Info
 
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
-PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)  # type: ignore[arg-type]
+PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)
 DEVICES = (101, 102)
 RESTART = b'{"command": "restart"}'
 OK = RestResponse(200, {"result": [{"executed": True}]})
@@ -79,7 +79,7 @@ def gateway(rest: Any, device: Callable[[int], Device | None] | None = None,
 
     devices = {i: Device(i, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
                for i in DEVICES}
-    gw = CommandGateway(CommandSettings(**PROFILES, **overrides), rest,  # type: ignore[arg-type]
+    gw = CommandGateway(CommandSettings(**PROFILES, **overrides), rest,
                         device=device or devices.get, publish_result=publish,
                         count=counted.append)
     clock = Clock()
@@ -369,7 +369,7 @@ def test_any_answer_over_mqtt_gives_exactly_one_json_result(code: str | None, bo
                                                             size: int) -> None:
     async def run() -> tuple[dict[str, Any], list[bytes]]:
         up = AnsweringUpstream()
-        rest = MqttRest(lambda: up, "replies/")  # type: ignore[arg-type,return-value]
+        rest = MqttRest(lambda: up, "replies/")
         up.rest = rest
         up.answer = (code, [body[i:i + size] for i in range(0, len(body), size)] or [b""])
         published: list[bytes] = []
@@ -379,7 +379,7 @@ def test_any_answer_over_mqtt_gives_exactly_one_json_result(code: str | None, bo
 
         dev = Device(7, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
         timeout = 0.01 if code is None else 5  # no final chunk: let it time out
-        gw = CommandGateway(CommandSettings(**PROFILES, timeout=timeout),  # type: ignore[arg-type]
+        gw = CommandGateway(CommandSettings(**PROFILES, timeout=timeout),
                             rest, device=lambda i: dev if i == 7 else None,
                             publish_result=publish, count=lambda _: None)
         outcome = await gw.handle(7, None, b'{"command": "restart", "transaction": 1}')

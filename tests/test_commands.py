@@ -10,10 +10,11 @@ from typing import Any
 import jinja2
 import orjson
 import pytest
-from helpers import TOKEN, Recorder, make_settings
+from helpers import TOKEN, BridgeFactory, Recorder, make_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import mosquitto
 from bridge.commands import (
     CommandError,
     CommandGateway,
@@ -24,13 +25,14 @@ from bridge.commands import (
 )
 from bridge.config import CommandSettings
 from bridge.flespi.rest import RestResponse
-from bridge.sim import Responder
+from bridge.service import Bridge
+from bridge.sim import Responder, Simulator
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 from bridge.state import Device, Info
 
 BASE = "flespi"
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
-PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)  # type: ignore[arg-type]
+PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)
 
 
 # -- parsing (pure) -----------------------------------------------------------------------
@@ -145,7 +147,7 @@ def test_no_payload_crashes_or_reaches_flespi_unchecked(payload: bytes, entity: 
         results.append(outcome)
 
     dev = Device(5537000, info=Info(name="x", device_type_id=DEVICE_TYPE_ID))
-    gateway = CommandGateway(CommandSettings(**PROFILES, device_burst=10**6,  # type: ignore[arg-type]
+    gateway = CommandGateway(CommandSettings(**PROFILES, device_burst=10**6,
                                              global_burst=10**6),
                              rest, device=lambda i: dev if i == dev.id else None,
                              publish_result=publish, count=lambda _: None)
@@ -165,7 +167,7 @@ def test_no_payload_crashes_or_reaches_flespi_unchecked(payload: bytes, entity: 
 # -- end to end on real brokers, both transports --------------------------------------------
 
 @pytest.fixture
-async def responder(sim: Any) -> AsyncIterator[Responder]:
+async def responder(sim: Simulator) -> AsyncIterator[Responder]:
     r = Responder(sim, chunk_size=64, token=TOKEN)
     await r.attach()
     yield r
@@ -173,8 +175,9 @@ async def responder(sim: Any) -> AsyncIterator[Responder]:
 
 
 @pytest.fixture(params=["mqtt", "http"])
-async def commanding(request: pytest.FixtureRequest, upstream: Any, local: Any, sim: Any,
-                     responder: Responder, bridge_factory: Any) -> AsyncIterator[Any]:
+async def commanding(request: pytest.FixtureRequest, upstream: mosquitto.Broker,
+                     local: mosquitto.Broker, sim: Simulator, responder: Responder,
+                     bridge_factory: BridgeFactory) -> AsyncIterator[tuple[Bridge, Recorder]]:
     """A bridge with commands over the given transport, and a recorder on the local side."""
     commands: dict[str, Any] = {**PROFILES, "transport": request.param, "timeout": 1}
     if request.param == "http":
@@ -196,11 +199,12 @@ async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: s
     results = await rec.wait_for(
         lambda: [m for m in rec.messages if m.topic == result_topic][before:] or None,
         what=f"result of {payload!r}")
-    return results[0].json()
+    result: dict[str, Any] = results[0].json()
+    return result
 
 
 async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
-        commanding: Any, sim: Any, responder: Responder) -> None:
+        commanding: tuple[Bridge, Recorder], sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
     device_id = next(iter(sim.devices))
     cfg_topic = f"homeassistant/lock/flespi/flespi_{device_id}_lock/config"
@@ -220,16 +224,16 @@ async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
                              "properties": {"key_time": 1, "user_id": "", "lock": 0},
                              "timeout": 1}]
     # The lock's state comes from telemetry the device reports, not from the command.
-    await rec.wait_for(lambda: rec.state(BASE, device_id)["locked"] is False, what="unlocked")
+    await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["locked"] is False, what="unlocked")
     assert template.render(value_json=rec.state(BASE, device_id)) == "UNLOCKED"
     result = await command(rec, device_id, "LOCK", entity="lock")
     assert result["status"] == "ok"
-    await rec.wait_for(lambda: rec.state(BASE, device_id)["locked"] is True, what="locked")
+    await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["locked"] is True, what="locked")
     assert template.render(value_json=rec.state(BASE, device_id)) == "LOCKED"
 
 
-async def test_set_topic_commands_with_transactions(commanding: Any, sim: Any,
-                                                   responder: Responder) -> None:
+async def test_set_topic_commands_with_transactions(commanding: tuple[Bridge, Recorder],
+                                                    sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
     device_id = list(sim.devices)[1]
     result = await command(rec, device_id, b'{"command": "restart", "transaction": "r-1"}')
@@ -251,7 +255,7 @@ ERRORS = [
 
 
 async def test_every_error_yields_one_result_and_nothing_upstream(
-        commanding: Any, sim: Any, responder: Responder) -> None:
+        commanding: tuple[Bridge, Recorder], sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
     device_id = list(sim.devices)[2]
     before = len(responder.requests)
@@ -273,7 +277,8 @@ async def test_every_error_yields_one_result_and_nothing_upstream(
     assert len(results) == len(ERRORS) + 3
 
 
-async def test_rate_limit(commanding: Any, sim: Any, responder: Responder) -> None:
+async def test_rate_limit(commanding: tuple[Bridge, Recorder], sim: Simulator,
+                          responder: Responder) -> None:
     _, rec = commanding
     device_id = next(iter(sim.devices))
     codes = [(await command(rec, device_id, b'{"command": "restart"}'))["code"]
@@ -283,7 +288,7 @@ async def test_rate_limit(commanding: Any, sim: Any, responder: Responder) -> No
     assert sum(r.uri.endswith("/commands") for r in responder.requests) == codes.count(None)
 
 
-async def test_flespi_errors_and_timeouts(commanding: Any, sim: Any,
+async def test_flespi_errors_and_timeouts(commanding: tuple[Bridge, Recorder], sim: Simulator,
                                          responder: Responder) -> None:
     _, rec = commanding
     ids = list(sim.devices)
@@ -301,8 +306,9 @@ async def test_flespi_errors_and_timeouts(commanding: Any, sim: Any,
     assert TOKEN not in str(rec.messages)
 
 
-async def test_read_only_refuses_everything(upstream: Any, local: Any, sim: Any,
-                                            responder: Responder, bridge_factory: Any) -> None:
+async def test_read_only_refuses_everything(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                            sim: Simulator, responder: Responder,
+                                            bridge_factory: BridgeFactory) -> None:
     bridge = await bridge_factory(make_settings(upstream, local,
                                                 commands={**PROFILES, "read_only": True}))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
@@ -312,8 +318,9 @@ async def test_read_only_refuses_everything(upstream: Any, local: Any, sim: Any,
     assert responder.requests == []
 
 
-async def test_upstream_disconnected(upstream: Any, local: Any, sim: Any, responder: Responder,
-                                     bridge_factory: Any) -> None:
+async def test_upstream_disconnected(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                     sim: Simulator, responder: Responder,
+                                     bridge_factory: BridgeFactory) -> None:
     bridge = await bridge_factory(make_settings(upstream, local, commands=PROFILES))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
     upstream.kill()
@@ -322,7 +329,8 @@ async def test_upstream_disconnected(upstream: Any, local: Any, sim: Any, respon
     assert result["code"] == "upstream_disconnected"
 
 
-async def test_malformed_local_payloads_never_crash_the_bridge(commanding: Any, sim: Any,
+async def test_malformed_local_payloads_never_crash_the_bridge(commanding: tuple[Bridge, Recorder],
+                                                               sim: Simulator,
                                                                responder: Responder) -> None:
     bridge, rec = commanding
     device_id = next(iter(sim.devices))
@@ -355,8 +363,9 @@ ODD_ANSWERS = [
 ]
 
 
-async def test_odd_flespi_answers_give_one_result_each(commanding: Any, sim: Any,
-                                                      responder: Responder) -> None:
+async def test_odd_flespi_answers_give_one_result_each(commanding: tuple[Bridge, Recorder],
+                                                       sim: Simulator,
+                                                       responder: Responder) -> None:
     bridge, rec = commanding
     device_id = list(sim.devices)[1]
     for n, (http_code, data, code) in enumerate(ODD_ANSWERS):
@@ -375,7 +384,8 @@ async def test_odd_flespi_answers_give_one_result_each(commanding: Any, sim: Any
     assert bridge.ready()
 
 
-async def test_429_is_rate_limited(commanding: Any, sim: Any, responder: Responder) -> None:
+async def test_429_is_rate_limited(commanding: tuple[Bridge, Recorder], sim: Simulator,
+                                   responder: Responder) -> None:
     _, rec = commanding
     responder.fail_next = (429, "too many requests")
     result = await command(rec, next(iter(sim.devices)), b'{"command": "restart"}')
@@ -383,7 +393,8 @@ async def test_429_is_rate_limited(commanding: Any, sim: Any, responder: Respond
     assert "too many requests" in result["error"]
 
 
-async def test_clearing_a_retained_command_executes_nothing(commanding: Any, sim: Any,
+async def test_clearing_a_retained_command_executes_nothing(commanding: tuple[Bridge, Recorder],
+                                                            sim: Simulator,
                                                             responder: Responder) -> None:
     """`mosquitto_pub -r -n` on a command topic delivers an empty payload: never a PRESS."""
     _, rec = commanding

@@ -128,8 +128,11 @@ def test_check_config_missing_and_invalid_files(tmp_path: Path) -> None:
 
 
 def _fields(model: type) -> dict[str, list[str]]:
-    return {name: list(field.annotation.model_fields)  # type: ignore[union-attr]
-            for name, field in config.Settings.model_fields.items()}
+    fields: dict[str, list[str]] = {}
+    for name, field in config.Settings.model_fields.items():
+        assert field.annotation is not None
+        fields[name] = list(field.annotation.model_fields)
+    return fields
 
 
 def test_example_config_documents_every_option_and_loads() -> None:

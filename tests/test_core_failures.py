@@ -13,7 +13,9 @@ from typing import Any
 
 import httpx
 from helpers import (
+    BridgeFactory,
     BridgeProcess,
+    Brokers,
     Recorder,
     make_settings,
     retained,
@@ -38,7 +40,7 @@ def command_requests(responder: Responder, device_id: int) -> list[Any]:
     return [r for r in responder.requests if r.uri == uri]
 
 
-async def test_a_retained_command_never_runs(tmp_path: Path, brokers: Callable[..., Any],
+async def test_a_retained_command_never_runs(tmp_path: Path, brokers: Brokers,
                                              upstream: mosquitto.Broker, sim: Simulator,
                                              procs: Callable[[BridgeProcess], BridgeProcess]
                                              ) -> None:
@@ -79,7 +81,7 @@ async def test_a_retained_command_never_runs(tmp_path: Path, brokers: Callable[.
 
 async def test_a_retained_home_assistant_status_does_not_republish(
         upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
-        bridge_factory: Callable[..., Any]) -> None:
+        bridge_factory: BridgeFactory) -> None:
     """A retained `online` on homeassistant/status is replayed on every subscription: it must
     not add a second full republish to the one every connect does. A live one still does."""
     device = next(iter(sim.devices))
@@ -109,7 +111,7 @@ async def test_a_retained_home_assistant_status_does_not_republish(
 
 async def test_a_value_stamped_ahead_does_not_freeze_the_device(
         upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
-        bridge_factory: Callable[..., Any]) -> None:
+        bridge_factory: BridgeFactory) -> None:
     """A device clock 4 minutes fast: its value counts as arriving now; the next one, stamped
     with the present time, wins; `last_seen` is never in the future."""
     device = next(iter(sim.devices))
@@ -128,9 +130,9 @@ async def test_a_value_stamped_ahead_does_not_freeze_the_device(
 
 
 async def test_a_slow_start_up_clears_nothing_live(
-        tmp_path: Path, brokers: Callable[..., Any], upstream: mosquitto.Broker,
+        tmp_path: Path, brokers: Brokers, upstream: mosquitto.Broker,
         procs: Callable[[BridgeProcess], BridgeProcess],
-        bridge_factory: Callable[..., Any]) -> None:
+        bridge_factory: BridgeFactory) -> None:
     """The local broker is away at start and the replay stalls at the inflight window for
     longer than the old 60 s start-up timeout: once the broker is back, the leftovers of a
     device that is gone are cleared, and not one topic of the live devices is."""

@@ -152,7 +152,9 @@ def test_multi_stage_on_a_pinned_slim_python(dockerfile: str) -> None:
     match = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", image)
     assert match, f"base image {image!r} is not a pinned python:X.Y.Z-slim tag"
     required = PYPROJECT["project"]["requires-python"]
-    minimum = tuple(int(p) for p in re.fullmatch(r">=(\d+)\.(\d+)", required).groups())  # type: ignore[union-attr]
+    required_match = re.fullmatch(r">=(\d+)\.(\d+)", required)
+    assert required_match is not None, f"requires-python {required!r} is not >=X.Y"
+    minimum = tuple(int(p) for p in required_match.groups())
     assert (int(match[1]), int(match[2])) >= minimum, f"{image} does not satisfy {required}"
     assert (int(match[1]), int(match[2])) == (3, 11), "the project targets Python 3.11"
     for source in froms:

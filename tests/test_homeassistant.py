@@ -8,10 +8,11 @@ from typing import Any
 import jinja2
 import orjson
 import pytest
-from helpers import Recorder, make_settings
+from helpers import BridgeFactory, Recorder, make_settings
 
-from bridge import catalog
+from bridge import catalog, mosquitto
 from bridge.homeassistant import Context, Discovery, device_configs
+from bridge.sim import Simulator
 from bridge.state import Store
 
 ATTRS = catalog.attributes(catalog.build())
@@ -80,8 +81,9 @@ def test_configs_cover_every_entity_with_valid_keys() -> None:
             assert cfg["availability"] == [{"topic": f"{BASE}/bridge/state"},
                                            {"topic": f"{BASE}/5537057/availability"}]
         device_class = cfg.get("device_class")
-        if device_class in UNITS and UNITS[device_class] is not None:
-            assert cfg.get("unit_of_measurement") in UNITS[device_class], cfg["unique_id"]
+        units = UNITS.get(device_class)
+        if units is not None:
+            assert cfg.get("unit_of_measurement") in units, cfg["unique_id"]
         if "value_template" in cfg:
             rendered = render(cfg["value_template"], state)
             if component == "binary_sensor":
@@ -154,7 +156,7 @@ def test_discovery_diff_republishes_changes_and_clears_leftovers() -> None:
 
 # -- on a real broker ---------------------------------------------------------------------
 
-def expected_uids(sim: Any) -> set[str]:
+def expected_uids(sim: Simulator) -> set[str]:
     keys = {"battery", "voltage", "charging", "signal", "locked", "altitude", "hdop",
             "satellites", "speed", "direction", "position_valid", "last_seen", "position",
             "connectivity"}
@@ -171,14 +173,16 @@ def device_uids(rec: Recorder) -> set[str]:
             if not c["unique_id"].startswith("flespi_bridge")}
 
 
-async def retained_configs(local: Any) -> dict[str, dict[str, Any]]:
+async def retained_configs(local: mosquitto.Broker) -> dict[str, dict[str, Any]]:
     """What a Home Assistant starting now would find: retained configs only."""
     async with Recorder(local, [CFG, f"{BASE}/bridge/state"]) as rec:
         await rec.wait_for(lambda: f"{BASE}/bridge/state" in rec.latest)
         return {t: m.json() for t, m in rec.latest.items() if t.endswith("/config")}
 
 
-async def test_fleet_is_announced_once_per_entity(upstream, local, sim, bridge_factory) -> None:
+async def test_fleet_is_announced_once_per_entity(upstream: mosquitto.Broker,
+                                                  local: mosquitto.Broker, sim: Simulator,
+                                                  bridge_factory: BridgeFactory) -> None:
     async with Recorder(local, [CFG, f"{BASE}/+/state"]) as rec:
         await bridge_factory(make_settings(upstream, local))
         want = expected_uids(sim)
@@ -189,8 +193,9 @@ async def test_fleet_is_announced_once_per_entity(upstream, local, sim, bridge_f
     assert set(uids) == want | {"flespi_bridge_flespi_connection"}
 
 
-async def test_status_online_triggers_full_republish(upstream, local, sim,
-                                                     bridge_factory) -> None:
+async def test_status_online_triggers_full_republish(upstream: mosquitto.Broker,
+                                                     local: mosquitto.Broker, sim: Simulator,
+                                                     bridge_factory: BridgeFactory) -> None:
     settings = make_settings(upstream, local, homeassistant={"status_delay": 0.2})
     async with Recorder(local, [CFG, f"{BASE}/+/state"]) as rec:
         await bridge_factory(settings)
@@ -209,7 +214,8 @@ async def test_status_online_triggers_full_republish(upstream, local, sim,
         await rec.wait_for(republished, what="republish after HA online")
 
 
-async def test_deleted_device_is_cleared(upstream, local, sim, bridge_factory) -> None:
+async def test_deleted_device_is_cleared(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                         sim: Simulator, bridge_factory: BridgeFactory) -> None:
     gone = next(iter(sim.devices))
     async with Recorder(local, [CFG, f"{BASE}/+/+"]) as rec:
         await bridge_factory(make_settings(upstream, local))
@@ -223,7 +229,8 @@ async def test_deleted_device_is_cleared(upstream, local, sim, bridge_factory) -
 
 
 async def test_removed_from_selection_and_ghosts_are_cleared_on_restart(
-        upstream, local, sim, bridge_factory) -> None:
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory) -> None:
     ids = list(sim.devices)
     await sim.set_values(ids[0], {"can.fuel.level": 40.0})
     first = await bridge_factory(make_settings(
@@ -262,7 +269,8 @@ async def test_removed_from_selection_and_ghosts_are_cleared_on_restart(
     assert set(uids) == kept | {"flespi_bridge_flespi_connection"}
 
 
-async def test_rename_keeps_unique_ids(upstream, local, sim, bridge_factory) -> None:
+async def test_rename_keeps_unique_ids(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                       sim: Simulator, bridge_factory: BridgeFactory) -> None:
     device_id = list(sim.devices)[2]
     async with Recorder(local, [CFG]) as rec:
         await bridge_factory(make_settings(upstream, local))
@@ -281,7 +289,9 @@ async def test_rename_keeps_unique_ids(upstream, local, sim, bridge_factory) -> 
         assert after == before
 
 
-async def test_include_exclude_and_discovery_off(upstream, local, sim, bridge_factory) -> None:
+async def test_include_exclude_and_discovery_off(upstream: mosquitto.Broker,
+                                                 local: mosquitto.Broker, sim: Simulator,
+                                                 bridge_factory: BridgeFactory) -> None:
     ids = list(sim.devices)
     settings = make_settings(upstream, local, homeassistant={"exclude": [ids[0]]})
     async with Recorder(local, [CFG, f"{BASE}/+/state"]) as rec:
@@ -292,7 +302,8 @@ async def test_include_exclude_and_discovery_off(upstream, local, sim, bridge_fa
 
 
 @pytest.mark.parametrize("output", ["attribute", "both"])
-async def test_attribute_output(upstream, local, sim, bridge_factory, output) -> None:
+async def test_attribute_output(upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+                                bridge_factory: BridgeFactory, output: str) -> None:
     device_id = next(iter(sim.devices))
     dev = sim.devices[device_id]
     async with Recorder(local, [f"{BASE}/{device_id}/+"]) as rec:
@@ -312,8 +323,9 @@ async def test_attribute_output(upstream, local, sim, bridge_factory, output) ->
             assert f"{BASE}/{device_id}/state" not in rec.latest
 
 
-async def test_full_messages_are_republished_when_enabled(upstream, local, sim,
-                                                          bridge_factory) -> None:
+async def test_full_messages_are_republished_when_enabled(upstream: mosquitto.Broker,
+                                                          local: mosquitto.Broker, sim: Simulator,
+                                                          bridge_factory: BridgeFactory) -> None:
     device_id = list(sim.devices)[1]
     bridge = await bridge_factory(make_settings(upstream, local, flespi={"messages": True}))
     await asyncio.wait_for(bridge.loaded.wait(), 10)

@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
-from helpers import TOKEN, Recorder, make_settings, wait_until
+from helpers import TOKEN, BridgeFactory, Recorder, make_settings, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
@@ -23,11 +23,12 @@ from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 from test_pipeline import expected_state
 
-from bridge import catalog, config
+from bridge import catalog, config, mosquitto
 from bridge import logs as bridge_logs
 from bridge.flespi.topics import MESSAGE_PREFIX, STATE_PREFIX
 from bridge.ingest import MAX_UPSTREAM_PAYLOAD
 from bridge.service import Bridge
+from bridge.sim import Simulator
 from bridge.state import ALL
 
 BASE = "flespi"
@@ -257,8 +258,8 @@ def payloads_for(kind: str, name: str) -> st.SearchStrategy[tuple[bytes, str | N
               st.just((b"", None))]
     tagged += [s.map(lambda v: (dumps(v), "bad")) for s in bad]
     tagged += [s.map(lambda v: (dumps(v), "good")) for s in good]
-    if kind == "telemetry" and CATALOG[name].attribute is not None and \
-            CATALOG[name].attribute.type == "object":
+    if kind == "telemetry" and (attribute := CATALOG[name].attribute) is not None and \
+            attribute.type == "object":
         # nested deeper than the bridge can publish again: rejected and counted
         tagged.append(st.integers(min_value=100, max_value=1023).map(
             lambda n: (nested(n), "bad")))
@@ -499,7 +500,9 @@ def test_log_lines_cannot_be_forged(caplog: pytest.LogCaptureFixture) -> None:
 
 # -- on real brokers --------------------------------------------------------------------------
 
-async def test_hostile_messages_on_the_broker(upstream, local, sim, bridge_factory) -> None:
+async def test_hostile_messages_on_the_broker(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                              sim: Simulator,
+                                              bridge_factory: BridgeFactory) -> None:
     device_id = next(iter(sim.devices))
     tele = f"{STATE_PREFIX}{device_id}/telemetry/"
     hostile: list[tuple[str, bytes, str]] = [
@@ -527,8 +530,9 @@ async def test_hostile_messages_on_the_broker(upstream, local, sim, bridge_facto
     async with Recorder(local, [f"{BASE}/+/state", f"{BASE}/+/info"]) as rec:
         bridge = await bridge_factory(make_settings(upstream, local))
         for d in sim.devices:
-            await rec.wait_for(lambda d=d: rec.state(BASE, d) == expected_state(sim, d),
-                               what=f"initial state of {d}")
+            def initial(d: int = d) -> bool:
+                return rec.state(BASE, d) == expected_state(sim, d)
+            await rec.wait_for(initial, what=f"initial state of {d}")
         before = Counter({reason: bridge.stats.invalid["upstream", reason]
                           for reason in expected})
         async with aiomqtt.Client(upstream.host, upstream.port,
@@ -554,13 +558,15 @@ async def test_hostile_messages_on_the_broker(upstream, local, sim, bridge_facto
         await rec.wait_for(
             lambda: rec.state(BASE, device_id) == expected_state(sim, device_id),
             timeout=20, what="a valid update after the hostile ones")
-        assert rec.state(BASE, device_id)["battery"] == 33
+        assert rec.seen_state(BASE, device_id)["battery"] == 33
         assert counted() == expected
         assert set(rec.latest) == {f"{BASE}/bridge/state"} | {
             f"{BASE}/{d}/{leaf}" for d in sim.devices for leaf in ("state", "info")}
 
 
-async def test_future_timestamp_on_the_broker(upstream, local, sim, bridge_factory) -> None:
+async def test_future_timestamp_on_the_broker(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                              sim: Simulator,
+                                              bridge_factory: BridgeFactory) -> None:
     """A value stamped in the year 5138 is taken, but the next real value still wins."""
     device_id = next(iter(sim.devices))
     async with Recorder(local, [f"{BASE}/+/state"]) as rec:
@@ -568,15 +574,15 @@ async def test_future_timestamp_on_the_broker(upstream, local, sim, bridge_facto
         await rec.wait_for(lambda: rec.state(BASE, device_id), what="initial state")
         async with aiomqtt.Client(upstream.host, upstream.port,
                                   protocol=aiomqtt.ProtocolVersion.V5) as raw:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho: unannotated
             props.UserProperty = [("timestamp", "99999999999")]
             await raw.publish(f"{STATE_PREFIX}{device_id}/telemetry/battery.level", b"11",
                               qos=1, properties=props)
-        await rec.wait_for(lambda: rec.state(BASE, device_id)["battery"] == 11,
+        await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["battery"] == 11,
                            what="the future-stamped value")
         await sim.set_values(device_id, {"battery.level": 64})
         await sim.flush()
-        await rec.wait_for(lambda: rec.state(BASE, device_id)["battery"] == 64,
+        await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["battery"] == 64,
                            what="the next real value")
 
 
@@ -597,7 +603,8 @@ HOSTILE_NAMES = [
 ]
 
 
-async def test_hostile_device_names(upstream, local, sim, bridge_factory) -> None:
+async def test_hostile_device_names(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                    sim: Simulator, bridge_factory: BridgeFactory) -> None:
     device_id, other = list(sim.devices)[:2]
     async with Recorder(local, [f"{BASE}/#", f"{PREFIX}/#"]) as rec:
         bridge = await bridge_factory(make_settings(upstream, local))

@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from helpers import make_settings
+from helpers import BridgeFactory, make_settings
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -51,6 +51,12 @@ class Scrape:
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples.get(name, {}).get(tuple(sorted(labels.items())))
+
+    def number(self, name: str, **labels: str) -> float:
+        """`value` of a sample that must be there."""
+        value = self.value(name, **labels)
+        assert value is not None, f"no sample {name}{labels}"
+        return value
 
     def by_device(self, name: str) -> dict[int, float]:
         return {int(dict(key)["device_id"]): value
@@ -153,8 +159,9 @@ def fleet_settings(upstream: mosquitto.Broker, local: mosquitto.Broker,
 
 # --- the fleet ----------------------------------------------------------------------------
 
-async def test_fleet_gauges_follow_the_simulator(upstream, local, sim, bridge_factory,
-                                                 http) -> None:
+async def test_fleet_gauges_follow_the_simulator(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local))
     await scrape_until(http, bridge, lambda s: fleet_matches(s, sim), "the initial fleet")
     # Scraped while the simulator drives the fleet: the series are there and move on.
@@ -188,14 +195,15 @@ async def test_fleet_gauges_follow_the_simulator(upstream, local, sim, bridge_fa
     assert result.value(P + "devices_online") == 3
     assert result.value(P + "fleet_devices_not_exported") == 0
     # Every update counted, and its latency observed.
-    assert result.value(P + "upstream_messages_total", kind="telemetry") >= sent * 5
-    assert result.value(P + "local_publications_total", kind="state") >= 3
-    assert result.value(P + "processing_latency_seconds_count") >= 3
-    assert result.value(P + "processing_latency_seconds_sum") > 0
+    assert result.number(P + "upstream_messages_total", kind="telemetry") >= sent * 5
+    assert result.number(P + "local_publications_total", kind="state") >= 3
+    assert result.number(P + "processing_latency_seconds_count") >= 3
+    assert result.number(P + "processing_latency_seconds_sum") > 0
 
 
-async def test_online_and_name_follow_flespi(upstream, local, sim, bridge_factory,
-                                             http) -> None:
+async def test_online_and_name_follow_flespi(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                             sim: Simulator, bridge_factory: BridgeFactory,
+                                             http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local))
     await scrape_until(http, bridge, lambda s: fleet_matches(s, sim), "the initial fleet")
     device_id = list(sim.devices)[2]
@@ -213,8 +221,9 @@ async def test_online_and_name_follow_flespi(upstream, local, sim, bridge_factor
     assert 'device_name="scooter-003"' not in result.text
 
 
-async def test_removed_device_leaves_the_fleet_series(upstream, local, sim, bridge_factory,
-                                                      http) -> None:
+async def test_removed_device_leaves_the_fleet_series(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local))
     await scrape_until(http, bridge, lambda s: fleet_matches(s, sim), "the initial fleet")
     gone = next(iter(sim.devices))
@@ -227,8 +236,9 @@ async def test_removed_device_leaves_the_fleet_series(upstream, local, sim, brid
     assert result.value(P + "devices_online") == 2
 
 
-async def test_max_devices_caps_the_per_device_series(upstream, local, sim, bridge_factory,
-                                                      http) -> None:
+async def test_max_devices_caps_the_per_device_series(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local, max_devices=2))
     result = await scrape_until(
         http, bridge, lambda s: s.value(P + "devices") == 3
@@ -241,8 +251,9 @@ async def test_max_devices_caps_the_per_device_series(upstream, local, sim, brid
     assert f'device_id="{sorted(sim.devices)[2]}"' not in result.text
 
 
-async def test_unknown_fleet_parameters_do_not_break_the_scrape(upstream, local, sim,
-                                                                bridge_factory, http) -> None:
+async def test_unknown_fleet_parameters_do_not_break_the_scrape(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     """A fleet parameter that would clash with a built-in gauge, or be listed twice, must not
     produce a duplicate metric family (Prometheus rejects the whole scrape then)."""
     device_id = next(iter(sim.devices))
@@ -276,8 +287,9 @@ def idle_brokers() -> Iterator[tuple[mosquitto.Broker, mosquitto.Broker]]:
         broker.__exit__()
 
 
-async def test_readyz_is_503_until_both_brokers_are_connected(idle_brokers, bridge_factory,
-                                                              http) -> None:
+async def test_readyz_is_503_until_both_brokers_are_connected(
+        idle_brokers: tuple[mosquitto.Broker, mosquitto.Broker], bridge_factory: BridgeFactory,
+        http: httpx.AsyncClient) -> None:
     upstream, local = idle_brokers
     bridge = await bridge_factory(make_settings(upstream, local))
     health = await http.get(url(bridge, "/healthz"))
@@ -307,8 +319,9 @@ async def test_readyz_is_503_until_both_brokers_are_connected(idle_brokers, brid
 
 
 @pytest.mark.parametrize("side", ["local", "upstream"])
-async def test_readyz_follows_a_broker_outage(upstream, local, bridge_factory, http,
-                                              side) -> None:
+async def test_readyz_follows_a_broker_outage(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                              bridge_factory: BridgeFactory,
+                                              http: httpx.AsyncClient, side: str) -> None:
     bridge = await bridge_factory(make_settings(upstream, local))
     await status_until(http, bridge, "/readyz", 200)
     broker = {"local": local, "upstream": upstream}[side]
@@ -325,7 +338,9 @@ async def test_readyz_follows_a_broker_outage(upstream, local, bridge_factory, h
     assert result.value(P + "connection_up", side=side) == 1
 
 
-async def test_http_endpoint_details(upstream, local, bridge_factory, http) -> None:
+async def test_http_endpoint_details(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                     bridge_factory: BridgeFactory,
+                                     http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(make_settings(upstream, local))
     await status_until(http, bridge, "/readyz", 200)
     get = await http.get(url(bridge, "/metrics"))
@@ -343,7 +358,8 @@ async def test_http_endpoint_details(upstream, local, bridge_factory, http) -> N
     om = await http.get(url(bridge, "/metrics"), headers={"Accept": accept})
     assert om.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     assert om.text.endswith("# EOF\n")
-    families = {f.name: f for f in openmetrics_families(om.text)}
+    # prometheus_client's OpenMetrics parser is unannotated
+    families = {f.name: f for f in openmetrics_families(om.text)}  # type: ignore[no-untyped-call]
     assert families[P + "build"].type == "info"
     assert families[P + "upstream_messages"].type == "counter"
     assert families[P + "processing_latency_seconds"].type == "histogram"
@@ -354,6 +370,7 @@ async def test_http_endpoint_details(upstream, local, bridge_factory, http) -> N
     assert (await http.get(url(bridge, "/nope"))).status_code == 404
     assert (await http.get(url(bridge, "/metrics/"))).status_code == 404
     # A request that is not HTTP gets a 400 rather than a dropped connection.
+    assert bridge.health is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", bridge.health.port)
     writer.write(b"hello\r\n\r\n")
     await writer.drain()
@@ -362,8 +379,9 @@ async def test_http_endpoint_details(upstream, local, bridge_factory, http) -> N
     assert reply.startswith(b"HTTP/1.1 400 ")
 
 
-async def test_invalid_inputs_are_counted_by_reason(upstream, local, sim, bridge_factory,
-                                                    http) -> None:
+async def test_invalid_inputs_are_counted_by_reason(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local))
     result = await scrape_until(http, bridge, lambda s: fleet_matches(s, sim), "the fleet")
     # Known reasons are there from the start, at zero, so rate() and alerts see them.
@@ -397,8 +415,9 @@ def promtool_lint(exposition: str) -> None:
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-async def test_metric_names_follow_prometheus_conventions(upstream, local, sim,
-                                                         bridge_factory, http) -> None:
+async def test_metric_names_follow_prometheus_conventions(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient) -> None:
     bridge = await bridge_factory(fleet_settings(upstream, local))
     result = await scrape_until(
         http, bridge, lambda s: fleet_matches(s, sim)

@@ -16,8 +16,11 @@ import aiomqtt
 import httpx
 import pytest
 import yaml
-from helpers import REPO, make_settings
+from helpers import REPO, BridgeFactory, make_settings
 from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import mosquitto
+from bridge.sim import Simulator
 
 MONITORING = REPO / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
@@ -286,7 +289,8 @@ def exported_schema(exposition: str) -> tuple[set[str], set[str], set[str]]:
 
 
 @pytest.fixture
-async def scrape_text(upstream, local, sim, bridge_factory) -> str:
+async def scrape_text(upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+                      bridge_factory: BridgeFactory) -> str:
     """A real scrape of a bridge with the default metrics settings, after the simulator's
     fleet arrived, an invalid input was rejected, and a command and a drop were counted
     (as the command gateway and the publisher count them)."""
@@ -297,6 +301,7 @@ async def scrape_text(upstream, local, sim, bridge_factory) -> str:
         await client.publish(topic, b"{not json", qos=1)
     bridge.stats.commands["ok"] += 1
     bridge.stats.dropped["example"] += 1
+    assert bridge.health is not None
     url = f"http://127.0.0.1:{bridge.health.port}/metrics"
     async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
         deadline = asyncio.get_running_loop().time() + 30

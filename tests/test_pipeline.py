@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
-from helpers import TOKEN, BridgeProcess, Recorder, make_settings, wait_until
+from helpers import TOKEN, BridgeFactory, BridgeProcess, Procs, Recorder, make_settings, wait_until
 
+from bridge import mosquitto
 from bridge.sim import Simulator
 from bridge.state import iso
 
@@ -37,20 +39,23 @@ def expected_state(sim: Simulator, device_id: int) -> dict[str, Any]:
     }
 
 
-async def test_local_state_matches_simulator(upstream, local, sim, bridge_factory) -> None:
+async def test_local_state_matches_simulator(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                             sim: Simulator, bridge_factory: BridgeFactory) -> None:
     async with Recorder(local, [f"{BASE}/#"]) as rec:
         await bridge_factory(make_settings(upstream, local))
         for device_id in sim.devices:
-            await rec.wait_for(lambda d=device_id: rec.state(BASE, d) == expected_state(sim, d),
-                               what=f"initial state of {device_id}")
+            def initial(d: int = device_id) -> bool:
+                return rec.state(BASE, d) == expected_state(sim, d)
+            await rec.wait_for(initial, what=f"initial state of {device_id}")
         # New messages move the state on, and every retained state follows.
         for dev in sim.devices.values():
             await sim.step(dev)
             await sim.step(dev)
         await sim.flush()
         for device_id in sim.devices:
-            await rec.wait_for(lambda d=device_id: rec.state(BASE, d) == expected_state(sim, d),
-                               what=f"updated state of {device_id}")
+            def updated(d: int = device_id) -> bool:
+                return rec.state(BASE, d) == expected_state(sim, d)
+            await rec.wait_for(updated, what=f"updated state of {device_id}")
         first = next(iter(sim.devices.values()))
         info = rec.latest[f"{BASE}/{first.id}/info"].json()
         assert info == {"id": first.id, "name": first.name, "ident": first.ident,
@@ -58,7 +63,8 @@ async def test_local_state_matches_simulator(upstream, local, sim, bridge_factor
         assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
 
 
-async def test_states_are_retained(upstream, local, sim, bridge_factory) -> None:
+async def test_states_are_retained(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                   sim: Simulator, bridge_factory: BridgeFactory) -> None:
     bridge = await bridge_factory(make_settings(upstream, local))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
     device_id = next(iter(sim.devices))
@@ -71,7 +77,9 @@ async def test_states_are_retained(upstream, local, sim, bridge_factory) -> None
         assert item.json() == expected_state(sim, device_id)
 
 
-async def test_availability_follows_connected(upstream, local, sim, bridge_factory) -> None:
+async def test_availability_follows_connected(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                              sim: Simulator,
+                                              bridge_factory: BridgeFactory) -> None:
     device_id = list(sim.devices)[1]
     topic = f"{BASE}/{device_id}/availability"
     async with Recorder(local, [f"{BASE}/+/availability"]) as rec:
@@ -84,7 +92,8 @@ async def test_availability_follows_connected(upstream, local, sim, bridge_facto
         await rec.wait_for(lambda: rec.latest[topic].payload == b"online", what="online again")
 
 
-async def test_coalescing_merges_a_burst(upstream, local, sim, bridge_factory) -> None:
+async def test_coalescing_merges_a_burst(upstream: mosquitto.Broker, local: mosquitto.Broker,
+                                         sim: Simulator, bridge_factory: BridgeFactory) -> None:
     """A flespi message fans out into one publication per parameter; with a window, the
     local broker sees one state publish per message, not one per parameter."""
     bridge = await bridge_factory(make_settings(upstream, local, local={"coalesce_window": 0.3}))
@@ -101,8 +110,9 @@ async def test_coalescing_merges_a_burst(upstream, local, sim, bridge_factory) -
         assert len(rec.messages) - before == 1
 
 
-async def test_unknown_parameters_ignored_unless_configured(upstream, local, sim,
-                                                            bridge_factory) -> None:
+async def test_unknown_parameters_ignored_unless_configured(upstream: mosquitto.Broker,
+                                                            local: mosquitto.Broker, sim: Simulator,
+                                                            bridge_factory: BridgeFactory) -> None:
     device_id = next(iter(sim.devices))
     await sim.set_values(device_id, {"can.fuel.level": 42.5, "din.1": True})
     await sim.flush()
@@ -115,8 +125,9 @@ async def test_unknown_parameters_ignored_unless_configured(upstream, local, sim
         assert "din.1" not in state
 
 
-async def test_killed_bridge_leaves_offline_will(upstream, local, sim, tmp_path,
-                                                  procs) -> None:
+async def test_killed_bridge_leaves_offline_will(upstream: mosquitto.Broker,
+                                                 local: mosquitto.Broker, sim: Simulator,
+                                                 tmp_path: Path, procs: Procs) -> None:
     bridge = procs(BridgeProcess(tmp_path, upstream, local)).start()  # logging at DEBUG
     async with Recorder(local, [f"{BASE}/bridge/state", f"{BASE}/+/state"]) as rec:
         await rec.wait_for(
@@ -136,8 +147,9 @@ async def test_killed_bridge_leaves_offline_will(upstream, local, sim, tmp_path,
     assert TOKEN not in text
 
 
-async def test_sigterm_publishes_offline_and_exits_zero(upstream, local, sim, tmp_path,
-                                                        procs) -> None:
+async def test_sigterm_publishes_offline_and_exits_zero(upstream: mosquitto.Broker,
+                                                        local: mosquitto.Broker, sim: Simulator,
+                                                        tmp_path: Path, procs: Procs) -> None:
     bridge = procs(BridgeProcess(tmp_path, upstream, local, log={"level": "INFO"})).start()
     async with Recorder(local, [f"{BASE}/bridge/state"]) as rec:
         await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
@@ -147,7 +159,8 @@ async def test_sigterm_publishes_offline_and_exits_zero(upstream, local, sim, tm
         await rec.wait_for(
             lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
             what="offline on shutdown")
-    assert bridge.proc is not None
-    await wait_until(lambda: bridge.proc.poll() is not None, timeout=15, what="exit")
-    assert bridge.proc.returncode == 0
+    proc = bridge.proc
+    assert proc is not None
+    await wait_until(lambda: proc.poll() is not None, timeout=15, what="exit")
+    assert proc.returncode == 0
     assert TOKEN not in bridge.log()

@@ -8,10 +8,20 @@ import logging
 import os
 import re
 import signal
-from typing import Any
+from pathlib import Path
 
 import httpx
-from helpers import BridgeProcess, Recorder, make_settings, retained, wait_until
+import pytest
+from helpers import (
+    BridgeFactory,
+    BridgeProcess,
+    Brokers,
+    Procs,
+    Recorder,
+    make_settings,
+    retained,
+    wait_until,
+)
 from test_pipeline import expected_state
 
 from bridge import mosquitto
@@ -46,8 +56,9 @@ async def publish_while_away(sim: Simulator, rounds: int) -> set[tuple[int, floa
     return sent
 
 
-async def test_nothing_is_lost_while_the_bridge_is_killed(upstream, local, sim, tmp_path,
-                                                         procs) -> None:
+async def test_nothing_is_lost_while_the_bridge_is_killed(upstream: mosquitto.Broker,
+                                                          local: mosquitto.Broker, sim: Simulator,
+                                                          tmp_path: Path, procs: Procs) -> None:
     bridge = procs(BridgeProcess(tmp_path, upstream, local, flespi={"messages": True}))
     bridge.start()
     async with Recorder(local, [f"{BASE}/+/message", f"{BASE}/+/state"]) as rec:
@@ -74,8 +85,9 @@ def queue_depth(text: str, queue: str) -> float:
     return float(match.group(1)) if match else -1.0
 
 
-async def test_unpublished_updates_are_not_acknowledged(upstream, local, sim, tmp_path,
-                                                        procs) -> None:
+async def test_unpublished_updates_are_not_acknowledged(upstream: mosquitto.Broker,
+                                                        local: mosquitto.Broker, sim: Simulator,
+                                                        tmp_path: Path, procs: Procs) -> None:
     """The local broker dies, the bridge receives updates it cannot publish, then the bridge
     is killed too: flespi must still deliver those updates to the restarted bridge."""
     port = mosquitto.free_port()
@@ -105,7 +117,8 @@ async def test_unpublished_updates_are_not_acknowledged(upstream, local, sim, tm
 
 
 async def test_local_broker_restart_without_persistence_republishes_everything(
-        upstream, local, sim, bridge_factory) -> None:
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory) -> None:
     bridge = await bridge_factory(make_settings(upstream, local))
     topics = [f"{BASE}/#", "homeassistant/#"]
     async with Recorder(local, [f"{BASE}/+/state"]) as rec:
@@ -126,8 +139,9 @@ async def test_local_broker_restart_without_persistence_republishes_everything(
     assert bridge.stats.reconnects["local"] == 1
 
 
-async def test_upstream_restart_resumes_the_session(brokers, local, bridge_factory,
-                                                    caplog) -> None:
+async def test_upstream_restart_resumes_the_session(brokers: Brokers, local: mosquitto.Broker,
+                                                    bridge_factory: BridgeFactory,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     upstream = brokers(extra_config=mosquitto.FLESPI_LIKE, persistence=True)
     sim = Simulator(upstream.host, upstream.port, devices=2, seed=3)
     await sim.start()
@@ -157,7 +171,7 @@ async def test_upstream_restart_resumes_the_session(brokers, local, bridge_facto
         await sim.stop()
 
 
-async def _reconnect_delays(caplog: Any, count: int) -> list[float]:
+async def _reconnect_delays(caplog: pytest.LogCaptureFixture, count: int) -> list[float]:
     pattern = re.compile(r"reconnecting to flespi in ([\d.]+)s")
 
     def delays() -> list[float]:
@@ -181,8 +195,9 @@ def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
     assert backoff.next() == 0.5  # after a success the next outage starts small again
 
 
-async def test_slow_local_broker_backpressure_and_coalescing(upstream, local, sim,
-                                                             bridge_factory) -> None:
+async def test_slow_local_broker_backpressure_and_coalescing(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory) -> None:
     """A stalled local broker: the bridge holds at most `max_inflight` unacknowledged
     messages, merges each device's updates, and catches up with the latest state."""
     bridge = await bridge_factory(make_settings(upstream, local, flespi={"max_inflight": 40}))
@@ -216,8 +231,9 @@ async def test_slow_local_broker_backpressure_and_coalescing(upstream, local, si
     assert bridge.stats.dropped["outbox_full"] == 0
 
 
-async def test_sigterm_finishes_in_flight_commands(upstream, local, sim, tmp_path,
-                                                   procs) -> None:
+async def test_sigterm_finishes_in_flight_commands(upstream: mosquitto.Broker,
+                                                   local: mosquitto.Broker, sim: Simulator,
+                                                   tmp_path: Path, procs: Procs) -> None:
     responder = Responder(sim)
     await responder.attach()
     responder.delay = 1.0  # flespi takes a second to answer
@@ -251,8 +267,9 @@ async def test_sigterm_finishes_in_flight_commands(upstream, local, sim, tmp_pat
                                what="offline")
             order = [m.topic for m in rec.messages if m.topic.endswith(("result", "bridge/state"))]
             assert order.index(f"{BASE}/{device_id}/result") < len(order) - 1
-        assert bridge.proc is not None
-        await wait_until(lambda: bridge.proc.poll() is not None, timeout=15, what="exit")
-        assert bridge.proc.returncode == 0
+        proc = bridge.proc
+        assert proc is not None
+        await wait_until(lambda: proc.poll() is not None, timeout=15, what="exit")
+        assert proc.returncode == 0
     finally:
         await responder.close()

@@ -170,7 +170,9 @@ async def test_mqtt_oversize_answer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_mqtt_not_sent_when_not_connected_or_publish_fails() -> None:
     for up in (None, FakeUpstream(connected=False), FakeUpstream(fail=True)):
-        rest = MqttRest(lambda up=up: up, PREFIX)  # type: ignore[misc]
+        def current(up: FakeUpstream | None = up) -> FakeUpstream | None:
+            return up
+        rest = MqttRest(current, PREFIX)
         with pytest.raises(RestError) as err:
             await rest.call("post", "gw/devices/1/commands", [], 5)
         assert (err.value.code, err.value.sent) == ("upstream_disconnected", False)

@@ -21,7 +21,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import trustme
-from helpers import PYTHON, TOKEN, Recorder, bridge_env, make_settings, wait_until
+from helpers import PYTHON, TOKEN, BridgeFactory, Recorder, bridge_env, make_settings, wait_until
 from test_pipeline import expected_state
 
 from bridge import config, mosquitto
@@ -165,7 +165,8 @@ async def records_matching(caplog: pytest.LogCaptureFixture, prefix: str, *needl
 
 # -- TLS to the local broker ------------------------------------------------------------------
 
-async def test_the_local_broker_refuses_what_the_bridge_must_not_do(tls_local, pki) -> None:
+async def test_the_local_broker_refuses_what_the_bridge_must_not_do(tls_local: mosquitto.Broker,
+                                                                    pki: Pki) -> None:
     """The broker under test really enforces TLS, the client certificate and the password
     (otherwise the tests below would prove nothing)."""
     attempts: list[dict[str, Any]] = [
@@ -185,16 +186,17 @@ async def test_the_local_broker_refuses_what_the_bridge_must_not_do(tls_local, p
 
 
 async def test_bridge_publishes_over_tls_with_certificate_and_password(
-        upstream, sim, tls_local, pki, bridge_factory, caplog) -> None:
+        upstream: mosquitto.Broker, sim: Simulator, tls_local: mosquitto.Broker, pki: Pki,
+        bridge_factory: BridgeFactory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(upstream, tls_local, local=pki.local_tls())
     async with Recorder(tls_local, [f"{BASE}/#"], tls_context=pki.client_context(),
                         username=USER, password=PASSWORD) as rec:
         bridge = await bridge_factory(settings)
         for device_id in sim.devices:
-            await rec.wait_for(
-                lambda d=device_id: rec.state(BASE, d) == expected_state(sim, d),
-                timeout=20, what=f"the state of {device_id} over TLS")
+            def arrived(d: int = device_id) -> bool:
+                return rec.state(BASE, d) == expected_state(sim, d)
+            await rec.wait_for(arrived, timeout=20, what=f"the state of {device_id} over TLS")
         assert rec.latest[f"{BASE}/bridge/state"].payload == b"online"
         assert bridge.ready()
         assert bridge.stats.up == {"upstream": True, "local": True}
@@ -210,8 +212,10 @@ async def test_bridge_publishes_over_tls_with_certificate_and_password(
     ("no_client_certificate", ("certificate required",)),
     ("unknown_ca", ("local broker 127.0.0.1:", "certificate verify failed")),
 ])
-async def test_bridge_refused_by_the_local_broker(problem, needles, upstream, sim, tls_local,
-                                                  pki, bridge_factory, caplog) -> None:
+async def test_bridge_refused_by_the_local_broker(
+        problem: str, needles: tuple[str, ...], upstream: mosquitto.Broker, sim: Simulator,
+        tls_local: mosquitto.Broker, pki: Pki, bridge_factory: BridgeFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     local_settings = {
         "wrong_password": pki.local_tls(password=WRONG_PASSWORD),
@@ -235,8 +239,9 @@ async def test_bridge_refused_by_the_local_broker(problem, needles, upstream, si
 
 # -- TLS to flespi ----------------------------------------------------------------------------
 
-async def test_flespi_certificate_is_verified_by_default(tls_upstream, tls_sim, local, pki,
-                                                         caplog) -> None:
+async def test_flespi_certificate_is_verified_by_default(
+        tls_upstream: TlsUpstream, tls_sim: Simulator, local: mosquitto.Broker, pki: Pki,
+        caplog: pytest.LogCaptureFixture) -> None:
     """`flespi.tls` without `ca_file` uses the system store: a certificate from an unknown CA
     is refused; with the CA, a certificate for another host is refused too."""
     defaults = config.load(overrides={"flespi": {"token": TOKEN}}).flespi
@@ -265,8 +270,9 @@ async def test_flespi_certificate_is_verified_by_default(tls_upstream, tls_sim, 
         assert secrets_in(caplog.records) == []
 
 
-async def test_flespi_over_tls_with_the_ca_loads_the_fleet(tls_upstream, tls_sim, local, pki,
-                                                          bridge_factory, caplog) -> None:
+async def test_flespi_over_tls_with_the_ca_loads_the_fleet(
+        tls_upstream: TlsUpstream, tls_sim: Simulator, local: mosquitto.Broker, pki: Pki,
+        bridge_factory: BridgeFactory, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     settings = make_settings(tls_upstream.broker, local, flespi={
         "tls": True, "port": tls_upstream.tls_port, "ca_file": pki.path("ca.pem")})
@@ -274,14 +280,15 @@ async def test_flespi_over_tls_with_the_ca_loads_the_fleet(tls_upstream, tls_sim
     async with Recorder(local, [f"{BASE}/+/state"]) as rec:
         bridge = await bridge_factory(settings)
         for device_id in tls_sim.devices:
-            await rec.wait_for(
-                lambda d=device_id: rec.state(BASE, d) == expected_state(tls_sim, d),
-                timeout=20, what=f"the state of {device_id} from flespi over TLS")
+            def arrived(d: int = device_id) -> bool:
+                return rec.state(BASE, d) == expected_state(tls_sim, d)
+            await rec.wait_for(arrived, timeout=20,
+                               what=f"the state of {device_id} from flespi over TLS")
         assert set(bridge.store.devices) == set(tls_sim.devices)
         # live updates flow too
         device_id = next(iter(tls_sim.devices))
         await tls_sim.set_values(device_id, {"battery.level": 21})
-        await rec.wait_for(lambda: rec.state(BASE, device_id)["battery"] == 21,
+        await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["battery"] == 21,
                            what="a live update over TLS")
         assert bridge.ready()
     assert any("connected to flespi" in r.getMessage() for r in caplog.records)
@@ -307,8 +314,9 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 
 
 @pytest.mark.parametrize("outcome", ["refused", "connected"])
-async def test_secrets_never_in_the_debug_log_of_the_process(outcome, tls_upstream, tls_sim,
-                                                             tls_local, pki, tmp_path) -> None:
+async def test_secrets_never_in_the_debug_log_of_the_process(
+        outcome: str, tls_upstream: TlsUpstream, tls_sim: Simulator, tls_local: mosquitto.Broker,
+        pki: Pki, tmp_path: Path) -> None:
     """`python -m bridge run` at DEBUG: every library narrates, TLS fails or succeeds on both
     sides, and neither the token nor the broker password shows up anywhere. The token comes
     from a secrets directory (refused) or a token file (connected)."""

@@ -12,7 +12,7 @@ import os
 import random
 
 import pytest
-from helpers import Recorder, make_settings, wait_until
+from helpers import BridgeFactory, Brokers, Recorder, make_settings, wait_until
 from test_pipeline import expected_state
 
 from bridge import mosquitto
@@ -24,7 +24,7 @@ SECONDS = float(os.environ.get("FLESPI_BRIDGE_SOAK_SECONDS", "20"))
 
 @pytest.mark.soak
 @pytest.mark.timeout(SECONDS * 3 + 120)
-async def test_soak_with_broker_restarts(brokers, bridge_factory) -> None:
+async def test_soak_with_broker_restarts(brokers: Brokers, bridge_factory: BridgeFactory) -> None:
     rng = random.Random(int(os.environ.get("FLESPI_BRIDGE_SOAK_SEED", "7")))
     # The simulated flespi persists sessions and retained state across its restarts, as
     # flespi does; the local broker forgets everything each time.

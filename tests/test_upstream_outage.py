@@ -17,12 +17,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
-from helpers import BridgeProcess, Recorder, wait_until
+from helpers import BridgeProcess, Procs, Recorder, wait_until
 from test_pipeline import expected_state
 
 from bridge import mosquitto
@@ -98,7 +97,7 @@ async def sample(port: int, pid: int, figures: Figures, stop: asyncio.Event) -> 
 
 
 async def local_outage(upstream: mosquitto.Broker, local: mosquitto.Broker, tmp: Path,
-                       procs: Any, *, devices: int, rate: float, outage: float,
+                       procs: Procs, *, devices: int, rate: float, outage: float,
                        max_inflight: int, catch_up_timeout: float) -> Figures:
     """Run the bridge on a busy fleet, kill the local broker for `outage` seconds, bring it
     back; return what was measured. Fails as soon as the flespi connection is lost."""
@@ -168,8 +167,9 @@ async def local_outage(upstream: mosquitto.Broker, local: mosquitto.Broker, tmp:
 
 
 @pytest.mark.timeout(180)
-async def test_flespi_connection_survives_a_local_outage(upstream, local, tmp_path,
-                                                         procs) -> None:
+async def test_flespi_connection_survives_a_local_outage(upstream: mosquitto.Broker,
+                                                         local: mosquitto.Broker, tmp_path: Path,
+                                                         procs: Procs) -> None:
     figures = await local_outage(upstream, local, tmp_path, procs, devices=20, rate=20,
                                  outage=3 * KEEPALIVE + 2, max_inflight=50,
                                  catch_up_timeout=60)
@@ -178,8 +178,8 @@ async def test_flespi_connection_survives_a_local_outage(upstream, local, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-async def test_five_minute_local_outage_at_2000_updates_per_second(upstream, local, tmp_path,
-                                                                   procs) -> None:
+async def test_five_minute_local_outage_at_2000_updates_per_second(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, tmp_path: Path, procs: Procs) -> None:
     # A device message is 14 retained telemetry publications (position.* included), so
     # 143 messages/s make 2,000 updates/s.
     figures = await local_outage(upstream, local, tmp_path, procs, devices=500,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 import pytest
 from helpers import TOKEN, wait_until
@@ -63,8 +63,14 @@ class FakeBroker:
             for i in range(first_id, first_id + count)))
 
 
+class BrokerFactory(Protocol):
+    """The `broker_factory` fixture: starts a FakeBroker on a free loopback port."""
+
+    async def __call__(self, *, connack: bool = ..., suback: bool = ...) -> FakeBroker: ...
+
+
 @pytest.fixture
-async def broker_factory() -> AsyncIterator[Callable[..., Any]]:
+async def broker_factory() -> AsyncIterator[BrokerFactory]:
     started: list[FakeBroker] = []
 
     async def start(**kwargs: Any) -> FakeBroker:
@@ -103,7 +109,7 @@ def test_connect_options_repr_hides_the_token() -> None:
     assert opts.username == TOKEN
 
 
-async def test_connect_times_out_without_connack(broker_factory) -> None:
+async def test_connect_times_out_without_connack(broker_factory: BrokerFactory) -> None:
     broker = await broker_factory(connack=False)
     up = GmqttUpstream(options(broker.port, timeout=0.3), Received())
     expected = rf"127\.0\.0\.1:{broker.port}: no CONNACK within 0\.3s"
@@ -113,7 +119,7 @@ async def test_connect_times_out_without_connack(broker_factory) -> None:
     await asyncio.wait_for(up.wait_closed(), 1)
 
 
-async def test_subscribe_times_out_without_suback(broker_factory) -> None:
+async def test_subscribe_times_out_without_suback(broker_factory: BrokerFactory) -> None:
     broker = await broker_factory(suback=False)
     up = GmqttUpstream(options(broker.port, timeout=0.3), Received())
     await up.connect()
@@ -124,7 +130,8 @@ async def test_subscribe_times_out_without_suback(broker_factory) -> None:
         await up.disconnect()
 
 
-async def test_keepalive_is_answered_while_the_window_is_full(broker_factory) -> None:
+async def test_keepalive_is_answered_while_the_window_is_full(
+        broker_factory: BrokerFactory) -> None:
     """Nothing acknowledged (the local broker is down): the socket is still read, so the
     PINGRESPs arrive and gmqtt never gives up on the connection (2x keepalive = 2 s)."""
     broker = await broker_factory()
@@ -142,7 +149,7 @@ async def test_keepalive_is_answered_while_the_window_is_full(broker_factory) ->
         await up.disconnect()
 
 
-async def test_reading_pauses_only_at_the_guard(broker_factory) -> None:
+async def test_reading_pauses_only_at_the_guard(broker_factory: BrokerFactory) -> None:
     broker = await broker_factory()
     received = Received()
     up = GmqttUpstream(options(broker.port, receive_maximum=10), received, unacked_guard=50)
@@ -167,7 +174,7 @@ async def test_reading_pauses_only_at_the_guard(broker_factory) -> None:
         await up.disconnect()
 
 
-async def test_acks_of_an_earlier_connection_are_void(broker_factory) -> None:
+async def test_acks_of_an_earlier_connection_are_void(broker_factory: BrokerFactory) -> None:
     broker = await broker_factory()
     received = Received()
     up = GmqttUpstream(options(broker.port), received)

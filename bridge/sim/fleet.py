@@ -16,7 +16,7 @@ PROTOCOL_ID = 200
 FIRST_ID = 5537000
 HOME = (-17.72436, -63.171508)  # Santa Cruz de la Sierra, where the seed scooters ride
 # The command profile of this device type, as config.example.toml ships it (the demo uses it).
-SCOOTER_PROFILE = {
+SCOOTER_PROFILE: dict[str, dict[str, Any]] = {
     "lock": {"component": "lock", "command": "setting.r0.set",
              "properties": {"key_time": 1, "user_id": ""}, "value_property": "lock",
              "payload_lock": 1, "payload_unlock": 0, "state_attribute": "locked"},
