@@ -118,7 +118,8 @@ async def test_qos_zero_publishes_at_qos_zero(upstream: mosquitto.Broker,
         device = next(iter(sim.devices))
         await sim.set_values(device, {"battery.level": 33})
         live = await rec.wait_for(
-            lambda: [m for m in rec.messages if not m.retain and m.json().get("battery") == 33],
+            lambda: [m for m in rec.messages if m.topic == f"flespi/{device}/state"
+                     and not m.retain and m.json().get("battery") == 33],
             what="a live update")
     assert {m.qos for m in live} == {0}
 
