@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from bridge.commands import INVALID_INPUT, CommandError, CommandGateway, peek_transaction, result
+from bridge.commands import INVALID_INPUT, CommandGateway, peek_transaction, result
 from bridge.config import Settings
-from bridge.exceptions import LocalUnavailableError
+from bridge.exceptions import CommandError, LocalUnavailableError
 from bridge.flespi.rest import Rest
 from bridge.logs import RateLimitedLog
 from bridge.metrics import Stats

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from bridge.config import CommandSettings, CommandSpec
-from bridge.exceptions import BridgeError
-from bridge.flespi.rest import Rest, RestError
+from bridge.exceptions import CommandError, RestError
+from bridge.flespi.rest import Rest
 from bridge.logs import RateLimitedLog
 from bridge.state import Device
 
@@ -35,13 +35,6 @@ INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
 RESULT_CODES = INVALID_INPUT | {
     "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
     "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "retained"}
-
-
-class CommandError(BridgeError):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(f"{code}: {message}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from bridge.acks import AckLedger
 from bridge.backoff import Backoff
 from bridge.config import Settings, flespi_tls_context
+from bridge.exceptions import UpstreamError
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.rest import MqttRest
 from bridge.flespi.upstream import (
@@ -25,7 +26,6 @@ from bridge.flespi.upstream import (
     ConnectOptions,
     MessageHandler,
     Upstream,
-    UpstreamError,
     UserProperties,
 )
 from bridge.metrics import Stats

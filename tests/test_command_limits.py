@@ -19,13 +19,13 @@ from hypothesis import strategies as st
 from bridge.commands import (
     INVALID_INPUT,
     RESULT_CODES,
-    CommandError,
     CommandGateway,
     parse_entity_command,
     parse_set,
 )
 from bridge.config import CommandSettings, CommandSpec
-from bridge.flespi.rest import MqttRest, RestError, RestResponse
+from bridge.exceptions import CommandError, RestError
+from bridge.flespi.rest import MqttRest, RestResponse
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 from bridge.state import Device, Info
 

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from bridge import mosquitto
 from bridge.commands import (
-    CommandError,
     CommandGateway,
     TokenBucket,
     flespi_command,
@@ -24,6 +23,7 @@ from bridge.commands import (
     parse_set,
 )
 from bridge.config import CommandSettings
+from bridge.exceptions import CommandError
 from bridge.flespi.rest import RestResponse
 from bridge.service import Bridge
 from bridge.sim import Responder, Simulator

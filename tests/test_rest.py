@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 import pytest
 
+from bridge.exceptions import RestError, UpstreamError
 from bridge.flespi import rest as rest_module
-from bridge.flespi.rest import HttpRest, MqttRest, RestError, RestResponse
-from bridge.flespi.upstream import UpstreamError
+from bridge.flespi.rest import HttpRest, MqttRest, RestResponse
 
 PREFIX = "bridge/replies/"
 

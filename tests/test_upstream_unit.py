@@ -12,7 +12,8 @@ import pytest
 from helpers import TOKEN, wait_until
 
 from bench import mqtt
-from bridge.flespi.upstream import Ack, ConnectOptions, GmqttUpstream, UpstreamError
+from bridge.exceptions import UpstreamError
+from bridge.flespi.upstream import Ack, ConnectOptions, GmqttUpstream
 
 CONNACK = b"\x20\x03\x00\x00\x00"  # MQTT 5: no session, success, no properties
 PINGRESP = b"\xd0\x00"

@@ -21,30 +21,10 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from bridge.exceptions import BridgeError
+from bridge.exceptions import RestError, UpstreamError
 from bridge.flespi.topics import rest_topic
-from bridge.flespi.upstream import UpstreamError
 
 MAX_RESPONSE = 4 * 1024 * 1024  # bytes; a command answer is a few hundred
-
-
-class RestError(BridgeError):
-    """A REST call failed; `code` is one of timeout, upstream_disconnected, flespi_error,
-    rate_limited, bad_response.
-
-    `sent` tells whether the request may have reached flespi: False only when it certainly
-    did not (not connected, the publish or the TCP connection failed), so it may be retried
-    under the same transaction id; True means it may or may not have been executed.
-    """
-
-    def __init__(self, code: str, message: str, http_code: int | None = None,
-                 body: Any = None, *, sent: bool = True) -> None:
-        self.code = code
-        self.message = message
-        self.http_code = http_code
-        self.body = body
-        self.sent = sent
-        super().__init__(message)
 
 
 MAX_REASONS = 5  # error entries quoted in a message

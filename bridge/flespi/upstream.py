@@ -42,7 +42,7 @@ from gmqtt import Client as GmqttClient
 from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
-from bridge.exceptions import BridgeError
+from bridge.exceptions import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ MessageHandler = Callable[[str, bytes, UserProperties, Ack | None], None]
 
 # Unacknowledged QoS 1 messages at which reading pauses, as a last resort (see above).
 UNACKED_GUARD = 60_000
-
-
-class UpstreamError(BridgeError):
-    """The upstream connection failed or was refused."""
 
 
 @dataclass(frozen=True, slots=True)
