@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from helpers import (
     BridgeFactory,
     BridgeProcess,
@@ -22,6 +23,7 @@ from helpers import (
     wait_metric,
     wait_until,
 )
+from test_pipeline import expected_state
 
 from bridge import mosquitto
 from bridge.cli import serve
@@ -235,3 +237,34 @@ async def test_a_dead_task_fails_healthz_and_the_process_exits_non_zero(
         await bridge.stop()
     again = Bridge(make_settings(upstream, local), upstream_factory=broken_factory)
     assert await asyncio.wait_for(serve(again, asyncio.Event()), 20) == 1
+
+
+@pytest.mark.parametrize("first", ["upstream", "local"])
+async def test_the_bridge_starts_before_either_broker(
+        first: str, tmp_path: Path, brokers: Callable[..., Any],
+        procs: Callable[[BridgeProcess], BridgeProcess]) -> None:
+    """Started with both brokers away, then the brokers in either order: the fleet arrives
+    and nothing is left waiting."""
+    upstream = brokers(extra_config=mosquitto.FLESPI_LIKE)
+    local = brokers()
+    upstream.stop()
+    local.stop()
+    port = mosquitto.free_port()
+    bridge = procs(BridgeProcess(tmp_path, upstream, local,
+                                 metrics={"enabled": True, "port": port})).start()
+    for broker in (upstream, local) if first == "upstream" else (local, upstream):
+        await wait_metric(port, "flespi_bridge_connection_up", lambda v: v == 0,
+                          side="upstream" if broker is upstream else "local")
+        broker.start()
+    sim = Simulator(upstream.host, upstream.port, devices=3, seed=5)
+    await sim.start()
+    try:
+        async with Recorder(local, [f"{BASE}/+/state"]) as rec:
+            await rec.wait_for(lambda: all(rec.state(BASE, d) == expected_state(sim, d)
+                                           for d in sim.devices), timeout=30,
+                               what="every device's state")
+        await wait_metric(port, "flespi_bridge_queue_depth", lambda v: v == 0,
+                          queue="upstream_acks")
+        assert "Traceback" not in bridge.log()
+    finally:
+        await sim.stop()
