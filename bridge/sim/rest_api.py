@@ -97,6 +97,18 @@ def telemetry(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) 
         for dev in devices]}
 
 
+def devices(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -> Answer:
+    found = list(api.fleet.devices.values()) if path[2] == "all" else [
+        api.fleet.devices[int(i)] for i in path[2].split(",")
+        if i.isdigit() and int(i) in api.fleet.devices]
+    data = data_param(query, body)
+    wanted = data.get("fields") if isinstance(data, dict) else None
+    keys = wanted.split(",") if isinstance(wanted, str) else None
+    objects = [d.device_object() for d in found]
+    return 200, {"result": [o if keys is None else {k: o[k] for k in keys if k in o}
+                            for o in objects]}
+
+
 def sessions(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -> Answer:
     return 200, {"result": list(api.sessions)}
 
@@ -129,6 +141,7 @@ ROUTES: list[tuple[str, Callable[[list[str]], bool], Handler]] = [
      messages),
     ("get", lambda p: len(p) in (4, 5) and p[:2] == ["gw", "devices"] and p[3] == "telemetry",
      telemetry),
+    ("get", lambda p: len(p) == 3 and p[:2] == ["gw", "devices"], devices),
     ("get", lambda p: p == ["mqtt", "sessions", "all"], sessions),
     ("post", lambda p: p == ["platform", "tokens"], create_tokens),
 ]

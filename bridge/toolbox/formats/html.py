@@ -23,14 +23,16 @@ class HtmlWriter(Collector):
     def close(self) -> None:
         points = [p for trip in self.trips for p in trip.points]
         fmap = folium.Map(tiles="OpenStreetMap", control_scale=True)
-        fmap.get_root().html.add_child(folium.Element(
+        fmap.get_root().html.add_child(  # type: ignore[attr-defined]
+            folium.Element(
             f"<h3 style='margin:4px'>{html.escape(title(self.info))}</h3>"))
         for trip in self.trips:
             text = html.escape(trip_text(trip.summary) if trip.summary else "")
             layer = folium.FeatureGroup(name=f"Trip {trip.index}")
             coords = [(p.lat, p.lon) for p in trip.points]
             color = COLORS[(trip.index - 1) % len(COLORS)]
-            folium.PolyLine(coords, color=color, weight=4, popup=folium.Popup(text),
+            folium.PolyLine(  # type: ignore[no-untyped-call]
+                coords, color=color, weight=4, popup=folium.Popup(text),
                             tooltip=f"Trip {trip.index}").add_to(layer)
             folium.Marker(coords[0], popup=folium.Popup(f"Start: {text}"),
                           icon=folium.Icon(color="green")).add_to(layer)

@@ -6,12 +6,10 @@ from __future__ import annotations
 import math
 from typing import IO
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 
 from bridge.toolbox.formats import TrackInfo
 from bridge.toolbox.formats.collect import Collector
@@ -26,7 +24,7 @@ def scale_length(span_m: float) -> float:
     """A round length (1, 2 or 5 x 10^n metres) near a fifth of `span_m`."""
     target = max(span_m / 5, 1.0)
     exp = 10 ** math.floor(math.log10(target))
-    return max(n * exp for n in NICE if n * exp <= target)
+    return float(max(n * exp for n in NICE if n * exp <= target))
 
 
 def scale_label(length_m: float) -> str:
@@ -41,14 +39,14 @@ class PngWriter(Collector):
         self._size = size
 
     def close(self) -> None:
-        fig, ax = plt.subplots(figsize=(self._size[0] / DPI, self._size[1] / DPI), dpi=DPI)
-        try:
-            self._draw(fig, ax)
-            fig.savefig(self._out, format="png", dpi=DPI)
-        finally:
-            plt.close(fig)
+        # the Agg canvas directly: no pyplot state, no display needed
+        fig = Figure(figsize=(self._size[0] / DPI, self._size[1] / DPI), dpi=DPI)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        self._draw(fig, ax)
+        fig.savefig(self._out, format="png", dpi=DPI)
 
-    def _draw(self, fig: plt.Figure, ax: plt.Axes) -> None:
+    def _draw(self, fig: Figure, ax: Axes) -> None:
         ax.set_title(title(self.info))
         ax.set_xlabel("longitude")
         ax.set_ylabel("latitude")

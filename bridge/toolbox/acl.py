@@ -1,0 +1,42 @@
+"""The least-privilege ACL of a bridge's configuration: exactly the topics it subscribes,
+its reply prefix, and the REST calls of its command profiles. Pure functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge import catalog
+from bridge.config import Settings
+from bridge.flespi import topics
+
+
+def reply_prefix(settings: Settings) -> str:
+    return f"flespi-bridge/{settings.flespi.client_id}/"
+
+
+def subscriptions(settings: Settings) -> list[str]:
+    """The topic filters `run` subscribes upstream (as the session builds them)."""
+    f = settings.flespi
+    params = list(catalog.build(f.extra_parameters)) if f.use_comma_lists else None
+    return [*topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
+                                  messages=f.messages), reply_prefix(settings) + "#"]
+
+
+def acl(settings: Settings) -> list[dict[str, Any]]:
+    """flespi ACL entries (token access type 2)."""
+    entries: list[dict[str, Any]] = [
+        {"uri": "mqtt", "topic": topic, "actions": ["subscribe"]}
+        for topic in subscriptions(settings)]
+    c = settings.commands
+    if not c.read_only and any(c.profiles.values()):
+        devices = settings.flespi.devices
+        selector = "+" if devices == "all" else ",".join(str(d) for d in devices)
+        if c.transport == "mqtt":
+            entries.append({"uri": "mqtt", "topic": f"flespi/rest/post/gw/devices/{selector}"
+                            "/commands", "actions": ["publish"]})
+            entries.append({"uri": "mqtt", "topic": reply_prefix(settings) + "#",
+                            "actions": ["publish"]})
+        entries.append({"uri": "gw/devices", "methods": ["POST"],
+                        "ids": "all" if devices == "all" else list(devices),
+                        "submodules": [{"name": "commands", "methods": ["POST"]}]})
+    return entries
