@@ -87,7 +87,8 @@ class FlespiClient:
                        page: int = PAGE) -> AsyncIterator[dict[str, Any]]:
         """The device's messages with `start <= timestamp <= end`, oldest first, one page
         in memory at a time. Pages continue from the last timestamp seen, skipping the
-        messages of that timestamp already yielded."""
+        messages of that timestamp already yielded, until a page brings nothing new or
+        reaches `end` (a server may cap a page below `page`)."""
         since, seen_at_since = start, 0
         while True:
             data: dict[str, Any] = {"from": since, "to": end, "limit": page}
@@ -99,16 +100,15 @@ class FlespiClient:
             fresh = result[seen_at_since:] if result and _ts(result[0]) == since else result
             for message in fresh:
                 yield message
-            if len(result) < page:
+            last = _ts(result[-1]) if fresh else None
+            if not fresh or (last is not None and last >= end):
                 return
-            last = _ts(result[-1])
-            if last is None or last < since:
+            if last is None or last < since:  # no timestamp, or going back in time
                 raise RestError("bad_response", "flespi messages without increasing timestamps")
-            same = sum(1 for m in result if _ts(m) == last)
-            seen_at_since = same + (seen_at_since if last == since else 0)
-            if last == since and seen_at_since >= page:
-                since, seen_at_since = since + 1e-6, 0  # a whole page at one instant
-            since = max(since, last)
+            if last == since:  # a whole page at one instant: go on past it
+                since, seen_at_since = since + 1e-6, 0
+            else:
+                since, seen_at_since = last, sum(1 for m in result if _ts(m) == last)
 
 
 def _ts(message: Any) -> float | None:
