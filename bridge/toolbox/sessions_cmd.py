@@ -38,7 +38,7 @@ def render(sessions: list[dict[str, Any]], own: str) -> str:
     width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip()
              for r in rows]
-    return "\n".join(lines) + f"\n* this bridge's session (client id {own})\n"
+    return "\n".join(lines) + f"\n(*: this bridge's session, client id {own})\n"
 
 
 def duplicates(sessions: list[dict[str, Any]], own: str) -> int:
