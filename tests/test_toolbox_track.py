@@ -71,18 +71,21 @@ async def test_geojson_follows_rfc_7946(api: Api) -> None:
                     "--format", "geojson")
     assert run.code == 0, run.err
     doc = json.loads(run.out)  # standard output, one closed JSON document
-    assert doc["type"] == "FeatureCollection" and "crs" not in doc
+    assert doc["type"] == "FeatureCollection"
+    assert "crs" not in doc
     assert len(doc["features"]) == 2
     moving = [m for m in _expected_positions(api, start, end) if m["position.speed"] > 0]
     coords = []
     for feature in doc["features"]:
         assert feature["type"] == "Feature"
         geometry = feature["geometry"]
-        assert geometry["type"] == "LineString" and len(geometry["coordinates"]) >= 2
+        assert geometry["type"] == "LineString"
+        assert len(geometry["coordinates"]) >= 2
         for position in geometry["coordinates"]:
             assert len(position) in (2, 3)
             lon, lat = position[0], position[1]
-            assert -180 <= lon <= 180 and -90 <= lat <= 90
+            assert -180 <= lon <= 180
+            assert -90 <= lat <= 90
         coords += geometry["coordinates"]
         props = feature["properties"]
         assert {"trip", "start", "end", "distance_m", "max_speed_kmh", "avg_speed_kmh"} \
@@ -108,7 +111,8 @@ async def test_kml_parses_back(api: Api) -> None:
     assert float(first[0]) == pytest.approx(moving[0]["position.longitude"])
     assert float(first[1]) == pytest.approx(moving[0]["position.latitude"])
     names = [n.text for n in root.iter(f"{KML_NS}name")]
-    assert "Trip 1 start" in names and "Trip 2 end" in names
+    assert "Trip 1 start" in names
+    assert "Trip 2 end" in names
 
 
 async def test_csv_has_every_positioned_point_and_chosen_parameters(api: Api) -> None:
@@ -145,7 +149,8 @@ async def test_png_is_an_image_of_the_expected_size_with_the_path_drawn(api: Api
                       str(int(start) + 60), "--format", "png", "-o", "empty.png")
     assert empty.code == 0, empty.err
     with Image.open(api.tmp / "out.png") as image, Image.open(api.tmp / "empty.png") as blank:
-        assert image.format == "PNG" and image.size == (1200, 800)
+        assert image.format == "PNG"
+        assert image.size == (1200, 800)
         assert blank.size == (1200, 800)
         # the colour bar alone is ~12,000 pixels; the path and markers add thousands more
         drawn, base = _saturated(image), _saturated(blank)
@@ -181,10 +186,13 @@ async def test_html_map_has_a_layer_and_popups_per_trip(api: Api) -> None:
     assert len(re.findall(r"L\.polyline\(", script)) == 2
     assert len(re.findall(r"L\.featureGroup\(", script)) == 2
     assert "L.control.layers" in script
-    assert "Trip 1:" in script and "Trip 2:" in script and "km/h" in script
+    assert "Trip 1:" in script
+    assert "Trip 2:" in script
+    assert "km/h" in script
     first = re.search(r"L\.polyline\(\s*\[\[([-\d.]+),\s*([-\d.]+)\]", script)
     assert first is not None
-    assert -18 < float(first.group(1)) < -17 and -64 < float(first.group(2)) < -63
+    assert -18 < float(first.group(1)) < -17
+    assert -64 < float(first.group(2)) < -63
 
 
 async def test_large_ranges_are_paged_without_loss_or_duplicates(api: Api) -> None:
@@ -200,7 +208,8 @@ async def test_large_ranges_are_paged_without_loss_or_duplicates(api: Api) -> No
     assert len(expected) > 500
     assert len(pages) in (math.ceil(len(expected) / 250), math.ceil(len(expected) / 250) + 1)
     froms = [json.loads(r.query["data"])["from"] for r in pages]
-    assert froms == sorted(froms) and len(set(froms)) == len(froms)
+    assert froms == sorted(froms)
+    assert len(set(froms)) == len(froms)
 
 
 async def test_429_and_5xx_are_retried_with_backoff(api: Api) -> None:
@@ -222,10 +231,12 @@ async def test_errors_name_the_problem_never_the_token(api: Api) -> None:
                     "--format", "gpx", "-o", "out.gpx")
     assert run.code == 1
     assert "flespi answered 500: internal" in run.err
-    assert not (api.tmp / "out.gpx").exists() and not (api.tmp / "out.gpx.part").exists()
+    assert not (api.tmp / "out.gpx").exists()
+    assert not (api.tmp / "out.gpx.part").exists()
     api.responder.token = "another-token"
     run = await cli(api, "track", str(api.device), "--summary")
-    assert run.code == 1 and "401" in run.err
+    assert run.code == 1
+    assert "401" in run.err
     assert TOKEN not in run.out + run.err
 
 
@@ -237,4 +248,5 @@ async def test_relative_times_and_bad_times(api: Api) -> None:
     assert data["to"] - data["from"] == pytest.approx(7200, abs=5)
     assert "position.latitude" in data["fields"]
     bad = await cli(api, "track", str(api.device), "--from", "last tuesday", "--summary")
-    assert bad.code == 2 and "bad time" in bad.err
+    assert bad.code == 2
+    assert "bad time" in bad.err

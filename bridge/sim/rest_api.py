@@ -71,7 +71,6 @@ def messages(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -
         return 400, errors("from, to and limit must be numbers", 400)
     if limit <= 0:
         return 400, errors("limit must be positive", 400)
-    start = max(start, end - 366 * 86400)  # no history before a year ago
     wanted = data.get("fields")
     keys = [k.strip() for k in wanted.split(",")] if isinstance(wanted, str) else None
     result = []

@@ -15,11 +15,12 @@ def reply_prefix(settings: Settings) -> str:
 
 
 def subscriptions(settings: Settings) -> list[str]:
-    """The topic filters `run` subscribes upstream (as the session builds them)."""
+    """The flespi topic filters `run` subscribes upstream (as the session builds them),
+    besides its reply prefix."""
     f = settings.flespi
     params = list(catalog.build(f.extra_parameters)) if f.use_comma_lists else None
-    return [*topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
-                                  messages=f.messages), reply_prefix(settings) + "#"]
+    return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
+                                messages=f.messages)
 
 
 def acl(settings: Settings) -> list[dict[str, Any]]:
@@ -27,6 +28,9 @@ def acl(settings: Settings) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = [
         {"uri": "mqtt", "topic": topic, "actions": ["subscribe"]}
         for topic in subscriptions(settings)]
+    # the reply prefix: REST answers and the start-up marker the bridge publishes to itself
+    entries.append({"uri": "mqtt", "topic": reply_prefix(settings) + "#",
+                    "actions": ["publish", "subscribe"]})
     c = settings.commands
     if not c.read_only and any(c.profiles.values()):
         devices = settings.flespi.devices
@@ -34,8 +38,6 @@ def acl(settings: Settings) -> list[dict[str, Any]]:
         if c.transport == "mqtt":
             entries.append({"uri": "mqtt", "topic": f"flespi/rest/post/gw/devices/{selector}"
                             "/commands", "actions": ["publish"]})
-            entries.append({"uri": "mqtt", "topic": reply_prefix(settings) + "#",
-                            "actions": ["publish"]})
         entries.append({"uri": "gw/devices", "methods": ["POST"],
                         "ids": "all" if devices == "all" else list(devices),
                         "submodules": [{"name": "commands", "methods": ["POST"]}]})

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 class Progress:
     def __init__(self, start: float, end: float, stream: IO[str] | None = None,
-                 label: str = "messages") -> None:
+                 label: str = "messages", mininterval: float = 0.2) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.start = start
         self.count = 0
@@ -19,7 +19,7 @@ class Progress:
         self._total = max(1, round(end - start))
         if self.stream.isatty():
             self._bar = tqdm(total=self._total, file=self.stream, unit="s",
-                             desc=label, leave=False, dynamic_ncols=True,
+                             desc=label, leave=False, dynamic_ncols=True, mininterval=mininterval,
                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     @property
