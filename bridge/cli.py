@@ -1,4 +1,5 @@
-"""`flespi-bridge run | check-config | simulate | demo`."""
+"""`flespi-bridge run | check-config | simulate | demo`, and the toolbox's `track |
+telemetry | sessions | token create` (bridge/toolbox)."""
 
 from __future__ import annotations
 
@@ -189,6 +190,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=2.0, help="device messages per second")
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
     demo.set_defaults(func=cmd_demo)
+
+    from bridge.toolbox.commands import add_subcommands
+
+    add_subcommands(sub, with_config)
     return p
 
 

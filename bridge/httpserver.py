@@ -11,13 +11,16 @@ from http import HTTPStatus
 MAX_BODY = 1024 * 1024
 # A response: status, extra headers (Content-Type defaults to text/plain), body.
 Response = tuple[int, dict[str, str], bytes]
-# method, path (without query), headers (lower-case names), body -> response
+# method, path (without query, unless the server keeps it), headers (lower-case names),
+# body -> response
 Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, host: str, port: int) -> None:
+    def __init__(self, handler: Handler, host: str, port: int, *,
+                 keep_query: bool = False) -> None:
         self.handler = handler
+        self.keep_query = keep_query  # hand the handler `path?query` as requested
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -48,8 +51,8 @@ class HttpServer:
                 raise ValueError("bad request")
             method = parts[0]
             body = await asyncio.wait_for(reader.readexactly(length), timeout=10)
-            status, extra, payload = await self.handler(method, parts[1].split("?", 1)[0],
-                                                        headers, body)
+            target = parts[1] if self.keep_query else parts[1].split("?", 1)[0]
+            status, extra, payload = await self.handler(method, target, headers, body)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ConnectionError):
             writer.close()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from bridge.httpserver import HttpServer, Response
+from bridge.sim import rest_api
 from bridge.sim.simulator import Simulator
 
 # flespi command name -> whether the device confirms it (executed false until it answers)
@@ -30,6 +33,7 @@ class RestRequest:
     uri: str
     body: Any
     properties: dict[str, Any]
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class Responder:
         self.silent = False  # never answer
         self.fail_next: tuple[int, str] | None = None  # (http_code, reason) for one request
         self.raw_next: tuple[int, bytes] | None = None  # (http_code, exact body) for one
+        # (http_code, reason) for each of the next requests, in order (e.g. 429s, 503s)
+        self.fail_queue: deque[tuple[int, str]] = deque()
+        # history, telemetry, sessions and tokens (bridge/sim/rest_api.py)
+        self.tools = rest_api.ToolsApi(sim.fleet)
         self._next_id = 1707247199664458
         self._http: HttpServer | None = None
         self._closed = asyncio.Event()
@@ -70,7 +78,7 @@ class Responder:
 
     async def serve_http(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve the REST API over HTTP too; returns the base URL."""
-        self._http = HttpServer(self._on_http, host, port)
+        self._http = HttpServer(self._on_http, host, port, keep_query=True)
         await self._http.start()
         return f"http://{host}:{self._http.port}"
 
@@ -115,7 +123,9 @@ class Responder:
         auth = headers.get("authorization", "")
         if self.token is not None and auth != f"FlespiToken {self.token}":
             return 401, json, orjson.dumps(_errors("invalid token", 401))
-        code, answer = await self._dispatch(method.lower(), path.lstrip("/"), body, {})
+        path, _, query = path.partition("?")
+        code, answer = await self._dispatch(method.lower(), path.lstrip("/"), body, {},
+                                            dict(urllib.parse.parse_qsl(query)))
         if self.silent:
             await self._closed.wait()  # never answer: the client times out
         return code, json, _encode(answer)
@@ -123,12 +133,13 @@ class Responder:
     # -- the API ------------------------------------------------------------------------
 
     async def _dispatch(self, method: str, uri: str, payload: bytes,
-                        properties: dict[str, Any]) -> tuple[int, Any]:
+                        properties: dict[str, Any], query: dict[str, str] | None = None
+                        ) -> tuple[int, Any]:
         try:
             body = orjson.loads(payload) if payload else None
         except orjson.JSONDecodeError:
             body = payload
-        self.requests.append(RestRequest(method, uri, body, properties))
+        self.requests.append(RestRequest(method, uri, body, properties, dict(query or {})))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.raw_next is not None:
@@ -137,11 +148,17 @@ class Responder:
         if self.fail_next is not None:
             (code, reason), self.fail_next = self.fail_next, None
             return code, _errors(reason, code)
+        if self.fail_queue:
+            code, reason = self.fail_queue.popleft()
+            return code, _errors(reason, code)
         parts = uri.split("/")
         if len(parts) == 4 and parts[:2] == ["gw", "devices"] and parts[3] == "commands":
             if method != "post":
                 return 405, _errors(f"method {method} not allowed")
             return await self._commands(parts[2], body)
+        answer = rest_api.handle(self.tools, method, uri, query or {}, body)
+        if answer is not None:
+            return answer
         return 404, _errors(f"unknown API {uri}")
 
     async def _commands(self, selector: str, body: Any) -> tuple[int, Any]:

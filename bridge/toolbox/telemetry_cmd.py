@@ -1,0 +1,86 @@
+"""`flespi-bridge telemetry`: a device's current telemetry over REST, normalized by the
+catalogue the live path uses, as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import orjson
+
+from bridge import catalog, config
+from bridge.toolbox import common
+from bridge.toolbox.client import FlespiClient
+from bridge.toolbox.timeparse import iso
+
+
+def add_parser(sub: Any, with_config: Any) -> None:
+    p = sub.add_parser("telemetry", help="a device's current telemetry, normalized")
+    with_config(p)
+    p.add_argument("device", type=int, help="flespi device id")
+    p.add_argument("params", nargs="*", metavar="PARAM",
+                   help="flespi parameters (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_telemetry)
+
+
+def normalized(telemetry: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """{"attributes": {name: value}, "timestamps": {name: ts}, "unmapped": {param: value}}:
+    the catalogue's attributes as the live path names them; parameters outside it raw."""
+    table = catalog.build(extra)
+    attributes: dict[str, Any] = {}
+    stamps: dict[str, float] = {}
+    unmapped: dict[str, Any] = {}
+    for name in sorted(telemetry):
+        entry = telemetry[name]
+        if not isinstance(entry, dict) or "value" not in entry:
+            continue
+        ts = entry.get("ts")
+        param = table.get(name)
+        if param is None:
+            if not (name.startswith("position.") and "position" in table):
+                unmapped[name] = entry["value"]
+            continue
+        try:
+            values = catalog.normalize(param, entry["value"])
+        except catalog.ValueRejected:
+            unmapped[name] = entry["value"]
+            continue
+        attributes.update(values)
+        if isinstance(ts, int | float):
+            stamps.update(dict.fromkeys(values, float(ts)))
+    return {"attributes": attributes, "timestamps": stamps, "unmapped": unmapped}
+
+
+def render(device_id: int, doc: dict[str, Any]) -> str:
+    rows = [("attribute", "value", "updated")]
+    for name, value in doc["attributes"].items():
+        ts = doc["timestamps"].get(name)
+        rows.append((name, orjson.dumps(value).decode(), iso(ts) if ts else ""))
+    for name, value in doc["unmapped"].items():
+        rows.append((name, orjson.dumps(value).decode(), "(not in the catalogue)"))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"device {device_id}"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip()
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_telemetry(args: argparse.Namespace) -> int:
+    async def main(settings: config.Settings, rest: FlespiClient) -> int:
+        selector = ",".join(args.params) or "all"
+        result = await rest.get(f"gw/devices/{args.device}/telemetry/{selector}")
+        entry = next((r for r in result if isinstance(r, dict) and r.get("id") == args.device),
+                     None) if isinstance(result, list) else None
+        if entry is None:
+            return common.fail(settings, f"flespi returned no telemetry for {args.device}")
+        doc = normalized(entry.get("telemetry") or {},
+                         tuple(settings.flespi.extra_parameters))
+        if args.json:
+            print(orjson.dumps({"device_id": args.device, **doc},
+                               option=orjson.OPT_INDENT_2).decode())
+        else:
+            print(render(args.device, doc), end="")
+        return 0
+
+    return common.run(args, main)

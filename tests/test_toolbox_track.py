@@ -1,0 +1,252 @@
+"""`flespi-bridge track` end to end against the simulator's REST API: every format checked
+by its own rules (GPX against the GPX 1.1 XSD, GeoJSON by RFC 7946, KML parsed back, the
+PNG as an image, the HTML map parsed), trips, paging and retried 429/5xx answers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import xmlschema
+from helpers import TOKEN
+from PIL import Image
+from toolbox_helpers import Api, cli, hours_ago, start_api
+
+from bridge.sim import history
+from bridge.toolbox.timeparse import iso
+
+SCHEMA = Path(__file__).parent / "schemas" / "gpx-1.1.xsd"
+GPX_NS = "{http://www.topografix.com/GPX/1/1}"
+KML_NS = "{http://www.opengis.net/kml/2.2}"
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    async for a in start_api(tmp_path):
+        yield a
+
+
+def _range(hours: int = 3) -> tuple[str, str]:
+    start = hours_ago(hours + 1)
+    return str(int(start)), str(int(start + hours * 3600))
+
+
+def _expected_positions(api: Api, start: str, end: str) -> list[dict[str, float]]:
+    dev = api.sim.devices[api.device]
+    return list(history.messages(api.sim.fleet, dev, float(start), float(end)))
+
+
+async def test_gpx_validates_against_the_gpx_1_1_schema(api: Api) -> None:
+    start, end = _range(3)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "gpx", "-o", "out.gpx", "--summary")
+    assert run.code == 0, run.err
+    text = (api.tmp / "out.gpx").read_text()
+    xmlschema.XMLSchema(str(SCHEMA)).validate(text)  # raises on any violation
+    root = ET.fromstring(text)
+    segments = root.findall(f"{GPX_NS}trk/{GPX_NS}trkseg")
+    assert len(segments) == 3  # the simulator rides once an hour
+    summary = [line for line in run.out.splitlines() if line[:1].isdigit()]
+    assert len(summary) == 3
+    moving = [m for m in _expected_positions(api, start, end) if m["position.speed"] > 0]
+    points = [p for s in segments for p in s.findall(f"{GPX_NS}trkpt")]
+    assert len(points) == len(moving)
+    first = moving[0]
+    assert float(points[0].get("lat", "")) == pytest.approx(first["position.latitude"])
+    assert float(points[0].get("lon", "")) == pytest.approx(first["position.longitude"])
+    assert "scooter-001" in text  # the device's name from the REST device object
+
+
+async def test_geojson_follows_rfc_7946(api: Api) -> None:
+    start, end = _range(2)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "geojson")
+    assert run.code == 0, run.err
+    doc = json.loads(run.out)  # standard output, one closed JSON document
+    assert doc["type"] == "FeatureCollection"
+    assert "crs" not in doc
+    assert len(doc["features"]) == 2
+    moving = [m for m in _expected_positions(api, start, end) if m["position.speed"] > 0]
+    coords = []
+    for feature in doc["features"]:
+        assert feature["type"] == "Feature"
+        geometry = feature["geometry"]
+        assert geometry["type"] == "LineString"
+        assert len(geometry["coordinates"]) >= 2
+        for position in geometry["coordinates"]:
+            assert len(position) in (2, 3)
+            lon, lat = position[0], position[1]
+            assert -180 <= lon <= 180
+            assert -90 <= lat <= 90
+        coords += geometry["coordinates"]
+        props = feature["properties"]
+        assert {"trip", "start", "end", "distance_m", "max_speed_kmh", "avg_speed_kmh"} \
+            <= props.keys()
+        assert 8 <= props["max_speed_kmh"] <= 25
+    # longitude first: Santa Cruz is at longitude -63, latitude -17
+    assert coords[0][:2] == pytest.approx([moving[0]["position.longitude"],
+                                           moving[0]["position.latitude"]])
+    assert all(-64 < c[0] < -63 and -18 < c[1] < -17 for c in coords)
+
+
+async def test_kml_parses_back(api: Api) -> None:
+    start, end = _range(2)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "kml", "-o", "out.kml")
+    assert run.code == 0, run.err
+    root = ET.parse(api.tmp / "out.kml").getroot()
+    assert root.tag == f"{KML_NS}kml"
+    lines = root.findall(f".//{KML_NS}LineString/{KML_NS}coordinates")
+    assert len(lines) == 2
+    moving = [m for m in _expected_positions(api, start, end) if m["position.speed"] > 0]
+    first = (lines[0].text or "").split()[0].split(",")
+    assert float(first[0]) == pytest.approx(moving[0]["position.longitude"])
+    assert float(first[1]) == pytest.approx(moving[0]["position.latitude"])
+    names = [n.text for n in root.iter(f"{KML_NS}name")]
+    assert "Trip 1 start" in names
+    assert "Trip 2 end" in names
+
+
+async def test_csv_has_every_positioned_point_and_chosen_parameters(api: Api) -> None:
+    start, end = _range(1)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "csv", "--param", "battery.level", "-o", "out.csv")
+    assert run.code == 0, run.err
+    rows = list(csv.DictReader(io.StringIO((api.tmp / "out.csv").read_text())))
+    expected = _expected_positions(api, start, end)
+    assert len(rows) == len(expected)
+    assert list(rows[0]) == ["timestamp", "latitude", "longitude", "altitude", "speed",
+                             "trip", "battery.level"]
+    assert [float(r["latitude"]) for r in rows] == [m["position.latitude"] for m in expected]
+    assert rows[0]["battery.level"] == str(expected[0]["battery.level"])
+    assert {r["trip"] for r in rows} == {"", "1"}
+
+
+def _pixels(image: Image.Image) -> list[tuple[int, int, int]]:
+    data = image.convert("RGB").tobytes()
+    return [(data[i], data[i + 1], data[i + 2]) for i in range(0, len(data), 3)]
+
+
+def _saturated(image: Image.Image) -> int:
+    """Pixels of strong colour (the path, the markers), not black/white/grey text."""
+    return sum(1 for r, g, b in _pixels(image) if max(r, g, b) - min(r, g, b) > 80)
+
+
+async def test_png_is_an_image_of_the_expected_size_with_the_path_drawn(api: Api) -> None:
+    start, end = _range(1)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "png", "-o", "out.png")
+    assert run.code == 0, run.err
+    empty = await cli(api, "track", str(api.device), "--from", start, "--to",
+                      str(int(start) + 60), "--format", "png", "-o", "empty.png")
+    assert empty.code == 0, empty.err
+    with Image.open(api.tmp / "out.png") as image, Image.open(api.tmp / "empty.png") as blank:
+        assert image.format == "PNG"
+        assert image.size == (1200, 800)
+        assert blank.size == (1200, 800)
+        # the colour bar alone is ~12,000 pixels; the path and markers add thousands more
+        drawn, base = _saturated(image), _saturated(blank)
+        assert base < 1000 < drawn - 12_000
+        assert (0, 160, 0) in _pixels(image)  # the start marker's green
+
+
+class _MapParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts.append(data)
+
+
+async def test_html_map_has_a_layer_and_popups_per_trip(api: Api) -> None:
+    start, end = _range(2)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "html", "-o", "map.html")
+    assert run.code == 0, run.err
+    parser = _MapParser()
+    parser.feed((api.tmp / "map.html").read_text())
+    script = "\n".join(parser.scripts)
+    assert len(re.findall(r"L\.polyline\(", script)) == 2
+    assert len(re.findall(r"L\.featureGroup\(", script)) == 2
+    assert "L.control.layers" in script
+    assert "Trip 1:" in script
+    assert "Trip 2:" in script
+    assert "km/h" in script
+    first = re.search(r"L\.polyline\(\s*\[\[([-\d.]+),\s*([-\d.]+)\]", script)
+    assert first is not None
+    assert -18 < float(first.group(1)) < -17
+    assert -64 < float(first.group(2)) < -63
+
+
+async def test_large_ranges_are_paged_without_loss_or_duplicates(api: Api) -> None:
+    api.responder.tools.max_limit = 250
+    start, end = _range(2)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "csv", "-o", "out.csv")
+    assert run.code == 0, run.err
+    expected = _expected_positions(api, start, end)
+    rows = list(csv.DictReader(io.StringIO((api.tmp / "out.csv").read_text())))
+    assert [r["timestamp"] for r in rows] == [iso(m["timestamp"]) for m in expected]
+    pages = [r for r in api.responder.requests if r.uri.endswith("/messages")]
+    assert len(expected) > 500
+    assert len(pages) in (math.ceil(len(expected) / 250), math.ceil(len(expected) / 250) + 1)
+    froms = [json.loads(r.query["data"])["from"] for r in pages]
+    assert froms == sorted(froms)
+    assert len(set(froms)) == len(froms)
+
+
+async def test_429_and_5xx_are_retried_with_backoff(api: Api) -> None:
+    api.responder.fail_queue.extend([(429, "too many requests"), (503, "busy"),
+                                     (429, "too many requests")])
+    start, end = _range(1)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--summary")
+    assert run.code == 0, run.err
+    assert not api.responder.fail_queue
+    assert len([line for line in run.out.splitlines() if line[:1].isdigit()]) == 1
+    assert len(api.responder.requests) == 5  # 3 refused, then the device and its messages
+
+
+async def test_errors_name_the_problem_never_the_token(api: Api) -> None:
+    api.responder.fail_queue.extend([(500, "internal")] * 6)
+    start, end = _range(1)
+    run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
+                    "--format", "gpx", "-o", "out.gpx")
+    assert run.code == 1
+    assert "flespi answered 500: internal" in run.err
+    assert not (api.tmp / "out.gpx").exists()
+    assert not (api.tmp / "out.gpx.part").exists()
+    api.responder.token = "another-token"
+    run = await cli(api, "track", str(api.device), "--summary")
+    assert run.code == 1
+    assert "401" in run.err
+    assert TOKEN not in run.out + run.err
+
+
+async def test_relative_times_and_bad_times(api: Api) -> None:
+    run = await cli(api, "track", str(api.device), "--from=-2h", "--summary")
+    assert run.code == 0, run.err
+    data = json.loads(next(r for r in api.responder.requests
+                           if r.uri.endswith("/messages")).query["data"])
+    assert data["to"] - data["from"] == pytest.approx(7200, abs=5)
+    assert "position.latitude" in data["fields"]
+    bad = await cli(api, "track", str(api.device), "--from", "last tuesday", "--summary")
+    assert bad.code == 2
+    assert "bad time" in bad.err

@@ -1,0 +1,213 @@
+"""The toolbox's pure parts: times, distances, trip splitting on synthetic tracks with known
+answers, streaming in bounded memory, and the terminal-only progress bar."""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+
+import pytest
+
+from bridge.toolbox.formats import TrackInfo, writer
+from bridge.toolbox.geo import haversine
+from bridge.toolbox.points import Point, point
+from bridge.toolbox.progress import Progress
+from bridge.toolbox.summary import Tee, table
+from bridge.toolbox.timeparse import duration, iso, parse_time
+from bridge.toolbox.trips import TripOptions, TripSplitter, TripSummary
+
+NOW = 1706905170.0  # 2024-02-02T20:19:30Z
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("now", NOW),
+    ("-24h", NOW - 86400),
+    ("-30m", NOW - 1800),
+    ("-7d", NOW - 7 * 86400),
+    ("-1.5h", NOW - 5400),
+    ("today", 1706832000.0),
+    ("yesterday", 1706745600.0),
+    ("1706905170", NOW),
+    ("2024-02-02T20:19:30Z", NOW),
+    ("2024-02-02T22:19:30+02:00", NOW),
+    ("2024-02-02T20:19:30", NOW),  # no zone: UTC
+    ("2024-02-02", 1706832000.0),
+])
+def test_times(text: str, expected: float) -> None:
+    assert parse_time(text, NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["", "-h", "-xh", "last tuesday", "2024-13-01", "nan"])
+def test_bad_times(text: str) -> None:
+    with pytest.raises(ValueError, match="bad"):
+        parse_time(text, NOW)
+
+
+def test_formatting() -> None:
+    assert iso(NOW + 0.9) == "2024-02-02T20:19:30Z"
+    assert duration(3723) == "1:02:03"
+
+
+def test_haversine_known_distances() -> None:
+    assert haversine(0, 0, 0, 1) == pytest.approx(111_195, rel=1e-4)  # a degree at the equator
+    assert haversine(0, 0, 1, 0) == pytest.approx(111_195, rel=1e-4)
+    # Paris - London, 343.5 km on the mean sphere
+    assert haversine(48.8566, 2.3522, 51.5074, -0.1278) / 1000 == pytest.approx(343.5, abs=0.5)
+    assert haversine(-17.7, -63.1, -17.7, -63.1) == 0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.summaries: list[TripSummary] = []
+
+    def start_trip(self, index: int) -> None:
+        self.events.append(("start", index))
+
+    def trip_point(self, p: Point) -> None:
+        self.events.append(("trip", p.ts))
+
+    def end_trip(self, summary: TripSummary) -> None:
+        self.summaries.append(summary)
+        self.events.append(("end", summary.index))
+
+    def other_point(self, p: Point) -> None:
+        self.events.append(("other", p.ts))
+
+
+DEG = 111_195.08  # metres per degree of latitude on the mean sphere (haversine's radius)
+
+
+def north(ts0: float, n: int, lat0: float = 0.0, metres_per_step: float = 100.0,
+          step: float = 10.0, speed: float | None = 36.0) -> list[Point]:
+    return [Point(ts0 + i * step, lat0 + i * metres_per_step / DEG, 0.0, None, speed)
+            for i in range(n)]
+
+
+def split(points: list[Point], options: TripOptions | None = None) -> Recorder:
+    rec = Recorder()
+    splitter = TripSplitter(rec, options or TripOptions())
+    for p in points:
+        splitter.feed(p)
+    splitter.close()
+    return rec
+
+
+def test_two_trips_split_by_a_long_stop() -> None:
+    first = north(0, 11)  # 1 km in 100 s at 36 km/h
+    parked = [Point(100 + i * 10, first[-1].lat, 0.0, None, 0.0) for i in range(1, 61)]
+    second = north(800, 21, lat0=1.0)  # 2 km
+    rec = split(first + parked + second)
+    assert [(s.index, round(s.distance), s.points) for s in rec.summaries] == [
+        (1, 1000, 11), (2, 2000, 21)]
+    one, two = rec.summaries
+    assert (one.start, one.end, one.duration) == (0, 100, 100)
+    assert one.avg_speed == pytest.approx(36.0)
+    assert one.max_speed == 36.0
+    assert two.duration == 200
+    assert two.avg_speed == pytest.approx(36.0)
+    assert sum(1 for e in rec.events if e[0] == "other") == 60  # every point heard once
+
+
+def test_a_short_halt_stays_in_the_trip() -> None:
+    first = north(0, 11)
+    halt = [Point(100 + i * 10, first[-1].lat, 0.0, None, 0.0) for i in range(1, 7)]  # 60 s
+    rest = north(170, 11, lat0=first[-1].lat + 100 / DEG)
+    rec = split(first + halt + rest)
+    assert len(rec.summaries) == 1
+    assert rec.summaries[0].points == 28
+    assert rec.summaries[0].distance == pytest.approx(2100, rel=1e-6)
+    assert rec.summaries[0].avg_speed == pytest.approx(2100 / 270 * 3.6)
+
+
+def test_a_gap_ends_a_trip() -> None:
+    rec = split(north(0, 5) + north(2000, 5, lat0=1.0), TripOptions(max_gap=600))
+    assert [s.points for s in rec.summaries] == [5, 5]
+
+
+def test_ignition_off_ends_a_trip_at_once() -> None:
+    points = north(0, 5)
+    off = Point(50, points[-1].lat, 0.0, None, 40.0, ignition=False)
+    rec = split([*points, off, *north(60, 5, lat0=1.0)])
+    assert [s.points for s in rec.summaries] == [5, 5]
+    assert ("other", 50.0) in rec.events
+
+
+def test_speed_from_positions_when_not_reported() -> None:
+    rec = split(north(0, 11, speed=None))  # 100 m every 10 s: 36 km/h
+    assert len(rec.summaries) == 1
+    assert rec.summaries[0].max_speed == pytest.approx(36.0)
+    assert rec.summaries[0].points == 10  # the first point has no speed of its own yet
+
+
+def test_one_moving_point_is_no_trip() -> None:
+    rec = split([Point(0, 0, 0, None, 0.0), Point(10, 0, 0, None, 20.0),
+                 Point(20, 0, 0, None, 0.0)])
+    assert rec.summaries == []
+    assert len(rec.events) == 3
+
+
+def test_summary_table() -> None:
+    text = table([TripSummary(1, NOW, NOW + 600, 61, 2500.0, 30.0)])
+    lines = text.splitlines()
+    assert lines[0].split() == ["trip", "start", "end", "duration", "distance_km", "max_kmh",
+                                "avg_kmh"]
+    assert lines[1].split() == ["1", "2024-02-02T20:19:30Z", "2024-02-02T20:29:30Z",
+                                "0:10:00", "2.500", "30.0", "15.0"]
+    assert lines[2].split()[0] == "total"
+
+
+def test_points_from_flespi_messages() -> None:
+    msg = {"timestamp": NOW, "position.latitude": -17.72, "position.longitude": -63.17,
+           "position.altitude": 400.1, "position.speed": 12, "battery.level": 70,
+           "engine.ignition.status": 1}
+    p = point(msg, ("battery.level",))
+    assert p == Point(NOW, -17.72, -63.17, 400.1, 12.0, True, {"battery.level": 70})
+    assert point({**msg, "position.valid": False}) is None
+    assert point({**msg, "position.latitude": 91}) is None
+    assert point({"timestamp": NOW}) is None
+
+
+def _stream(fmt: str, n: int) -> int:
+    """Peak bytes allocated while `fmt` writes n 1-second points (to a sink that drops
+    the text, as a file does once written)."""
+
+    class Drop(io.StringIO):
+        def write(self, s: str) -> int:
+            return len(s)
+
+    tracemalloc.start()
+    try:
+        info = TrackInfo(1, "x", 0, n)
+        out = writer(fmt, Drop(), info)
+        splitter = TripSplitter(Tee(out), TripOptions())
+        for i in range(n):  # generated one at a time, as pages arrive
+            splitter.feed(Point(float(i), i * 5 / DEG, 0.0, None, 18.0))
+        splitter.close()
+        out.close()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("fmt", ["gpx", "geojson", "csv"])
+def test_streaming_formats_use_bounded_memory(fmt: str) -> None:
+    small, large = _stream(fmt, 5_000), _stream(fmt, 50_000)
+    assert large < small * 1.5 + 200_000  # ten times the points, about the same peak
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    tty, pipe = Tty(), io.StringIO()
+    for stream in (tty, pipe):
+        bar = Progress(0, 100, stream, mininterval=0)
+        for ts in range(0, 101, 10):
+            bar.update(float(ts))
+        bar.close()
+    assert "%" in tty.getvalue()
+    assert "100%" in tty.getvalue()
+    assert pipe.getvalue() == ""
