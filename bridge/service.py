@@ -109,8 +109,8 @@ class Bridge:
         if self.local.connects > 1:
             self.stats.reconnects["local"] += 1
         self._set_up("local", True)
+        self.cleanup.on_local_connect()  # first: it holds discovery back until it knows
         self.republisher.everything()
-        self.cleanup.on_local_connect()
 
     async def _on_local(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic == self.republisher.status_topic:

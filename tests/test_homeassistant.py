@@ -12,7 +12,7 @@ from helpers import BridgeFactory, Recorder, make_settings
 
 from bridge import catalog, mosquitto
 from bridge.discovery import Discovery
-from bridge.homeassistant import Context, device_configs, device_owner
+from bridge.homeassistant import MIGRATE, Context, device_configs, device_owner
 from bridge.sim import Simulator
 from bridge.state import Store
 
@@ -51,8 +51,8 @@ def entities(configs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[st
     config's components inherit its device, origin and shared availability."""
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for topic, cfg in configs.items():
-        if not cfg:
-            continue
+        if not cfg or "migrate_discovery" in cfg:
+            continue  # a removal, or a hand-over in progress
         if "cmps" not in cfg:
             out[cfg["unique_id"]] = (topic.split("/")[1], cfg)
             continue
@@ -464,3 +464,78 @@ async def test_full_messages_are_republished_when_enabled(upstream: mosquitto.Br
         assert body["battery.level"] == values["battery.level"]
         assert body["device.id"] == device_id
         assert body["position.latitude"] == values["position.latitude"]
+
+
+def assert_migrated(messages: list[Any], old: set[str], new: set[str]) -> None:
+    """Home Assistant's protocol, in order for each owner: migrate_discovery on every old
+    topic whose entities live on, then the new config(s), then the old topics cleared."""
+    ctx = Context(PREFIX, BASE)
+    seen = [(m.topic, m.payload) for m in messages if m.topic in old | new]
+
+    def owner(topic: str) -> str:
+        parsed = ctx.owner(topic)
+        assert parsed is not None, topic
+        return parsed[0]
+
+    for topic in old:
+        marks = [i for i, (t, p) in enumerate(seen) if t == topic and p == MIGRATE]
+        clears = [i for i, (t, p) in enumerate(seen) if t == topic and not p]
+        firsts = [i for i, (t, p) in enumerate(seen)
+                  if t in new and p and owner(t) == owner(topic)]
+        assert marks and clears and firsts, topic
+        assert marks[0] < firsts[0] < clears[-1], topic
+
+
+async def run_until_announced(bridge_factory: BridgeFactory, settings: Any, sim: Simulator,
+                              local: mosquitto.Broker) -> Any:
+    async with Recorder(local, [CFG]) as rec:
+        bridge = await bridge_factory(settings)
+        await rec.wait_for(lambda: device_uids(rec) == expected_uids(sim), what="configs")
+    return bridge
+
+
+@pytest.mark.parametrize(("before", "after"), [("entity", "device"), ("device", "entity")])
+async def test_switching_discovery_mode_migrates_every_entity(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, before: str, after: str) -> None:
+    first = await run_until_announced(
+        bridge_factory, make_settings(upstream, local, homeassistant={"discovery_mode": before}),
+        sim, local)
+    await first.stop()
+    old = set(await retained_configs(local))
+    want = expected_uids(sim) | {"flespi_bridge_flespi_connection"}
+    async with Recorder(local, [CFG]) as rec:
+        bridge = await bridge_factory(make_settings(
+            upstream, local, homeassistant={"discovery_mode": after}))
+
+        def migrated() -> bool:
+            live = live_configs(rec)
+            return set(entities(live)) == want and not old & set(live)
+
+        await rec.wait_for(migrated, what="every entity in the new layout, none in the old")
+        assert bridge.loaded.is_set()  # nothing was handed over before the fleet was known
+        new = set(live_configs(rec))
+        assert_migrated(rec.messages, old, new)
+        marked = {m.topic for m in rec.messages if m.payload == MIGRATE}
+        assert marked == old  # every old config was handed over, none just deleted
+    configs = await retained_configs(local)
+    assert set(configs) == new
+    uids = list(entities(configs))
+    assert len(uids) == len(set(uids)) and set(uids) == want
+    layout = "device" if after == "device" else None
+    assert all((t.split("/")[1] == "device") == (layout == "device") for t in configs)
+
+
+async def test_a_config_left_in_the_other_layout_by_a_gone_device_is_cleared(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory) -> None:
+    ghost = f"{PREFIX}/sensor/{BASE}/flespi_999999_battery/config"
+    async with Recorder(local, [CFG]) as rec:
+        await rec.publish(ghost, orjson.dumps({"unique_id": "flespi_999999_battery"}), qos=1,
+                          retain=True)
+        await rec.wait_for(lambda: ghost in rec.latest, what="ghost retained")
+        await bridge_factory(make_settings(upstream, local))
+        await rec.wait_for(lambda: device_uids(rec) == expected_uids(sim), what="configs")
+        await rec.wait_for(lambda: any(m.topic == ghost and not m.payload
+                                       for m in rec.messages), what="ghost cleared")
+        assert not any(m.topic == ghost and m.payload == MIGRATE for m in rec.messages)
