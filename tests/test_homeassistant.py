@@ -155,7 +155,8 @@ def test_entity_names_follow_home_assistant_conventions() -> None:
     binary_classes = {"battery_charging", "lock", "moving", "connectivity", None}
     for uid, (component, cfg) in entities(device_configs(Context(PREFIX, BASE), dev,
                                                          ATTRS)).items():
-        assert cfg["name"] and dev.name.lower() not in cfg["name"].lower(), uid
+        assert cfg["name"], uid
+        assert dev.name.lower() not in cfg["name"].lower(), uid
         assert cfg.get("entity_category") in (None, "diagnostic", "config"), uid
         if component == "sensor":
             assert cfg.get("device_class") in sensor_classes, uid
@@ -249,7 +250,8 @@ def test_migration_sequence_in_both_directions() -> None:
     device_topic = f"{PREFIX}/device/{BASE}/flespi_{dev.id}/config"
     n = len(entity_topics)
     assert pubs[:n] == [(t, b'{"migrate_discovery":true}') for t in entity_topics]
-    assert pubs[n][0] == device_topic and pubs[n][1]
+    assert pubs[n][0] == device_topic
+    assert orjson.loads(pubs[n][1])["cmps"]["battery"]["unique_id"] == f"flespi_{dev.id}_battery"
     assert sorted(pubs[n + 1:]) == sorted((t, b"") for t in [*entity_topics, ghost])
     # a second update has nothing left to migrate
     assert disco.update(owner, device_configs(ctx, dev, ATTRS)) == []
@@ -482,7 +484,9 @@ def assert_migrated(messages: list[Any], old: set[str], new: set[str]) -> None:
         clears = [i for i, (t, p) in enumerate(seen) if t == topic and not p]
         firsts = [i for i, (t, p) in enumerate(seen)
                   if t in new and p and owner(t) == owner(topic)]
-        assert marks and clears and firsts, topic
+        assert marks, topic
+        assert clears, topic
+        assert firsts, topic
         assert marks[0] < firsts[0] < clears[-1], topic
 
 
@@ -521,9 +525,9 @@ async def test_switching_discovery_mode_migrates_every_entity(
     configs = await retained_configs(local)
     assert set(configs) == new
     uids = list(entities(configs))
-    assert len(uids) == len(set(uids)) and set(uids) == want
-    layout = "device" if after == "device" else None
-    assert all((t.split("/")[1] == "device") == (layout == "device") for t in configs)
+    assert len(uids) == len(set(uids))
+    assert set(uids) == want
+    assert all((t.split("/")[1] == "device") == (after == "device") for t in configs)
 
 
 async def test_a_config_left_in_the_other_layout_by_a_gone_device_is_cleared(
