@@ -87,7 +87,7 @@ async def test_a_retained_home_assistant_status_does_not_republish(
     """A retained `online` on homeassistant/status is replayed on every subscription: it must
     not add a second full republish to the one every connect does. A live one still does."""
     device = next(iter(sim.devices))
-    config = f"homeassistant/sensor/flespi/flespi_{device}_battery/config"
+    config = f"homeassistant/device/flespi/flespi_{device}/config"
 
     def published() -> int:
         return sum(m.topic == config for m in rec.messages)
