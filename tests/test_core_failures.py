@@ -154,7 +154,7 @@ async def test_a_slow_start_up_clears_nothing_live(
         await first.stop()
         before = await retained(local, filters)
         live = {t for t in before if "/999/" not in t and "_999_" not in t}
-        assert len(live) > 8 * 10
+        assert len(live) >= 8 * 4  # state, availability, info and one config per device
         local.stop()
         bridge = procs(BridgeProcess(tmp_path, upstream, local,
                                      flespi={"max_inflight": 10, "client_id": "slow-start"}))
