@@ -6,13 +6,20 @@ Leftovers are found by an inventory of retained topics taken after every local c
 cleared only once the upstream state is positively known in full (`loaded`, set by the
 start-up marker): before that, a device not yet replayed would look gone, and clearing its
 discovery configs would make Home Assistant delete live entities. (Entities a live device
-stops having are cleared by `homeassistant.Discovery`, which compares with what it published.)
+stops having are removed by `discovery.Discovery`, which compares with what it published.)
+
+Configs in the other discovery layout (an earlier run with the other
+`homeassistant.discovery_mode`) are not cleared here when a live device stands behind them:
+they are handed to `Discovery`, which migrates them with Home Assistant's `migrate_discovery`
+protocol. Until the inventory says whether there is anything to migrate (and, if there is,
+until the upstream state is loaded), discovery is held back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import aiomqtt
 
@@ -28,13 +35,15 @@ log = logging.getLogger(__name__)
 
 class Cleanup:
     def __init__(self, settings: Settings, store: Store, renderer: Renderer, outbox: Outbox,
-                 local: LocalBroker, loaded: asyncio.Event) -> None:
+                 local: LocalBroker, loaded: asyncio.Event,
+                 rediscover: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
         self.renderer = renderer
         self.outbox = outbox
         self.local = local
         self.loaded = loaded
+        self._rediscover = rediscover
         self._task: asyncio.Task[None] | None = None
 
     def device_removed(self, dev: Device) -> None:
@@ -44,6 +53,8 @@ class Cleanup:
         """Take stock of the retained topics now on the broker; clear the stale ones once
         the upstream state is loaded. A reconnect starts over."""
         self.stop()
+        if self.settings.homeassistant.discovery:
+            self.renderer.discovery.hold()
         self._task = asyncio.create_task(self._run(), name="cleanup")
 
     def stop(self) -> None:
@@ -58,32 +69,74 @@ class Cleanup:
         return filters
 
     async def _run(self) -> None:
+        discovery = self.renderer.discovery
         try:
             inventory = await self.local.retained(self._filters())
         except (aiomqtt.MqttError, TimeoutError) as exc:
             log.warning("could not list retained topics on the local broker: %s", exc)
+            self._release({})
             return
+        legacy = self.legacy(inventory)
+        if not legacy:
+            self._release({})
+        elif discovery.held:
+            log.info("discovery configs of the other layout found for %d devices: "
+                     "migrating them once the upstream state is loaded", len(legacy))
         await self.loaded.wait()
+        live = self.live_owners()
+        if legacy:
+            self._release({o: t for o, t in legacy.items() if o in live})
         stale = self.stale(inventory)
         if stale:
             log.info("clearing %d stale retained topics from an earlier run", len(stale))
             self.outbox.add(Publication(topic, b"") for topic in stale)
 
+    def _release(self, legacy: dict[str, list[str]]) -> None:
+        discovery = self.renderer.discovery
+        if discovery.held:
+            discovery.release(legacy)
+            self._rediscover()
+
+    def legacy(self, inventory: set[str]) -> dict[str, list[str]]:
+        """Owner -> its retained configs in the layout not in use, sorted."""
+        ha = self.renderer.ha
+        out: dict[str, list[str]] = {}
+        for topic in sorted(inventory):
+            parsed = ha.owner(topic)
+            if parsed is not None and parsed[1] != ha.mode:
+                out.setdefault(parsed[0], []).append(topic)
+        return out
+
+    def live_owners(self) -> set[str]:
+        if not self.settings.homeassistant.discovery:
+            return set()
+        live = {self.renderer.ha.bridge_identifier}
+        live.update(f"flespi_{d.id}" for d in self.store.devices.values()
+                    if self.renderer.announces(d))
+        return live
+
     def stale(self, inventory: set[str]) -> list[str]:
         """Topics of `inventory` that nothing live stands behind, sorted."""
         renderer = self.renderer
+        ha = renderer.ha
         live: set[str] = set()
         if self.settings.homeassistant.discovery:
             live.update(renderer.bridge_configs())
         for dev in self.store.devices.values():
             if self.settings.homeassistant.announces(dev.id):
                 live.update(renderer.device_configs(dev))
+        owners = self.live_owners()
         stale = []
         for topic in inventory:
             parsed = renderer.topics.parse_device(topic)
             if parsed is not None:
                 if parsed[0] not in self.store.devices:
                     stale.append(topic)  # a device that is gone or no longer selected
-            elif topic.startswith(renderer.ha.prefix + "/") and topic not in live:
-                stale.append(topic)  # an entity no longer generated
+                continue
+            if not topic.startswith(ha.prefix + "/") or topic in live:
+                continue
+            owner = ha.owner(topic)
+            if owner is not None and owner[1] != ha.mode and owner[0] in owners:
+                continue  # the other layout of a live device: Discovery migrates it
+            stale.append(topic)  # an entity no longer generated
         return sorted(stale)

@@ -206,7 +206,7 @@ def summary(settings: Settings) -> list[str]:
     ]
     ha = settings.homeassistant
     lines.append(
-        f"homeassistant: discovery={'on' if ha.discovery else 'off'} "
+        f"homeassistant: discovery={ha.discovery_mode if ha.discovery else 'off'} "
         f"include={ha.include or 'all'} exclude={ha.exclude or '-'}"
     )
     c = settings.commands

@@ -1,36 +1,55 @@
-"""Home Assistant MQTT discovery: config payloads from the catalogue, and what to clear.
+"""Home Assistant MQTT discovery payloads, built by pure functions from the catalogue.
 
-Pure functions build each entity's config; `Discovery` remembers what was published per
-device so it can clear entities that are no longer generated and devices that are gone.
-Topics: `<prefix>/<component>/<node_id>/flespi_<device_id>_<entity>/config`, where
+Two layouts (`homeassistant.discovery_mode`):
+
+- `device` (default, Home Assistant 2024.11+): one config per device at
+  `<prefix>/device/<node_id>/flespi_<device_id>/config` with the device (`dev`), the origin
+  (`o`), the shared availability and every entity in `cmps` (platform `p`);
+- `entity`: one config per entity at
+  `<prefix>/<component>/<node_id>/flespi_<device_id>_<entity>/config`.
+
 `node_id` is derived from the base topic, so the configs of one bridge can be found (and
-stale ones cleared) with `<prefix>/+/<node_id>/+/config`.
+stale ones cleared) with `<prefix>/+/<node_id>/+/config` in either layout. `unique_id`s are
+`flespi_<device_id>_<entity>` in both. What was published, removals and the migration between
+the layouts are `bridge.discovery.Discovery`'s.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import orjson
 
 from bridge import __version__
 from bridge.catalog import LAST_SEEN, Attribute
 from bridge.config import CommandSpec
 from bridge.state import Device
-from bridge.transport import Publication
 
-ORIGIN = {"name": "flespi-bridge", "sw_version": __version__}
+PROJECT_URL = "https://github.com/flespi-bridge/flespi-bridge"
+PANEL_URL = "https://flespi.io/#/panel/open/gw/devices/{id}"
+# the origin in each layout: device-based discovery uses the abbreviations of its docs
+ORIGIN = {"name": "flespi-bridge", "sw_version": __version__, "support_url": PROJECT_URL}
+ORIGIN_SHORT = {"name": "flespi-bridge", "sw": __version__, "url": PROJECT_URL}
+MIGRATE = b'{"migrate_discovery":true}'
 # gps_accuracy in metres is estimated as HDOP x this (a typical GPS user range error).
 METRES_PER_HDOP = 5.0
 TRACKER_FIELDS = ("latitude", "longitude", "altitude", "speed", "direction", "satellites",
                   "hdop")
+# (platform, entity key, options): an entity before the layout adds device and origin
+Entity = tuple[str, str, dict[str, Any]]
 
 
 def node_id(base_topic: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", base_topic) or "flespi"
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Readable names of a device's type and protocol (flespi's, fetched over REST)."""
+
+    model: str | None = None
+    manufacturer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +58,7 @@ class Context:
     base: str
     output: str = "json"  # json | attribute | both
     expire_after: int = 0
+    mode: str = "device"  # device | entity
 
     @property
     def node(self) -> str:
@@ -63,68 +83,117 @@ class Context:
     def config_topic(self, component: str, object_id: str) -> str:
         return f"{self.prefix}/{component}/{self.node}/{object_id}/config"
 
+    def owner(self, topic: str) -> tuple[str, str, str | None] | None:
+        """(owner, layout, entity key) of one of this bridge's config topics: the owner is
+        `flespi_<device_id>` or the bridge's identifier, the layout `device` or `entity`,
+        the key the entity's (None for a device config). None for anything else."""
+        parts = topic.split("/")
+        head = self.prefix.split("/")
+        if (len(parts) != len(head) + 4 or parts[:len(head)] != head
+                or parts[-1] != "config" or parts[-3] != self.node):
+            return None
+        component, object_id = parts[-4], parts[-2]
+        bridge = self.bridge_identifier
+        if component == "device":
+            if object_id == bridge or re.fullmatch(r"flespi_[0-9]+", object_id):
+                return object_id, "device", None
+            return None
+        if object_id.startswith(bridge + "_"):
+            return bridge, "entity", object_id[len(bridge) + 1:]
+        m = re.fullmatch(r"(flespi_[0-9]+)_(.+)", object_id)
+        return (m[1], "entity", m[2]) if m else None
+
+
+def device_owner(device_id: int) -> str:
+    return f"flespi_{device_id}"
+
 
 def bridge_device(ctx: Context) -> dict[str, Any]:
     return {
         "identifiers": [ctx.bridge_identifier],
         "name": f"flespi bridge ({ctx.base})",
+        "manufacturer": "flespi-bridge",
         "model": "flespi-bridge",
         "sw_version": __version__,
     }
 
 
-def bridge_configs(ctx: Context) -> dict[str, dict[str, Any]]:
-    """The bridge's own connectivity entity; it also creates the device `via_device` names."""
-    object_id = f"{ctx.bridge_identifier}_connection"
-    return {ctx.config_topic("binary_sensor", object_id): {
+def bridge_entities(ctx: Context) -> list[Entity]:
+    """The bridge's own connectivity entity; its device is what `via_device` names."""
+    return [("binary_sensor", "connection", {
         "name": "Connection state",
-        "unique_id": object_id,
+        "unique_id": f"{ctx.bridge_identifier}_connection",
         "state_topic": ctx.bridge_state,
         "payload_on": "online",
         "payload_off": "offline",
         "device_class": "connectivity",
         "entity_category": "diagnostic",
-        "device": bridge_device(ctx),
-        "origin": ORIGIN,
-    }}
+    })]
 
 
-def device_block(ctx: Context, dev: Device) -> dict[str, Any]:
+def bridge_configs(ctx: Context) -> dict[str, dict[str, Any]]:
+    """Config topic -> payload of the bridge's own device, in the context's layout."""
+    return layout(ctx, ctx.bridge_identifier, bridge_device(ctx), None, bridge_entities(ctx))
+
+
+def device_block(ctx: Context, dev: Device, names: Names | None = None) -> dict[str, Any]:
+    names = names or Names()
     block: dict[str, Any] = {
-        "identifiers": [f"flespi_{dev.id}"],
+        "identifiers": [device_owner(dev.id)],
         "name": dev.name,
         "via_device": ctx.bridge_identifier,
+        "configuration_url": PANEL_URL.format(id=dev.id),
     }
-    if dev.info.device_type_id is not None:
+    if names.manufacturer:
+        block["manufacturer"] = names.manufacturer
+    if names.model:
+        block["model"] = names.model
+    elif dev.info.device_type_id is not None:
         block["model"] = f"flespi device type {dev.info.device_type_id}"
     if dev.info.ident:
         block["serial_number"] = dev.info.ident
+    firmware = dev.values.get("firmware")
+    if isinstance(firmware, str | int | float) and not isinstance(firmware, bool):
+        block["sw_version"] = str(firmware)
     return block
 
 
-def _common(ctx: Context, dev: Device, key: str, name: str | None,
-            device: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "unique_id": f"flespi_{dev.id}_{key}",
-        "availability": [
-            {"topic": ctx.bridge_state},
-            {"topic": f"{ctx.base}/{dev.id}/availability"},
-        ],
-        "availability_mode": "all",
-        "device": device,
-        "origin": ORIGIN,
-    }
+def availability(ctx: Context, dev: Device) -> list[dict[str, str]]:
+    """Both must be online: the bridge, and the device as flespi reports it."""
+    return [{"topic": ctx.bridge_state}, {"topic": f"{ctx.base}/{dev.id}/availability"}]
+
+
+def layout(ctx: Context, owner: str, device: dict[str, Any],
+           avail: list[dict[str, str]] | None, entities: list[Entity]
+           ) -> dict[str, dict[str, Any]]:
+    """Config topic -> payload for `entities` of one device, in the context's layout."""
+    if ctx.mode == "entity":
+        out = {}
+        for platform, _key, options in entities:
+            cfg = dict(options)
+            if avail is not None and "availability" not in cfg:
+                cfg["availability"] = avail
+            if "availability" in cfg:
+                cfg["availability_mode"] = "all"
+            cfg["device"] = device
+            cfg["origin"] = ORIGIN
+            out[ctx.config_topic(platform, options["unique_id"])] = cfg
+        return out
+    root: dict[str, Any] = {"dev": device, "o": ORIGIN_SHORT}
+    if avail is not None:
+        root["availability"] = avail
+        root["availability_mode"] = "all"
+    root["cmps"] = {key: {"p": platform, **options} for platform, key, options in entities}
+    return {ctx.config_topic("device", owner): root}
 
 
 def _uses_json(ctx: Context) -> bool:
     return ctx.output in ("json", "both")
 
 
-def _value_entity(ctx: Context, dev: Device, attr: Attribute,
-                  device: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _value_entity(ctx: Context, dev: Device, attr: Attribute) -> Entity:
     component = attr.component or "sensor"
-    cfg = _common(ctx, dev, attr.name, attr.label, device)
+    cfg: dict[str, Any] = {"name": attr.label, "unique_id": f"flespi_{dev.id}_{attr.name}"}
     json_mode = _uses_json(ctx)
     cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + ("state" if json_mode else attr.name)
     if component == "binary_sensor":
@@ -143,7 +212,7 @@ def _value_entity(ctx: Context, dev: Device, attr: Attribute,
             cfg[key] = value
     if ctx.expire_after:
         cfg["expire_after"] = ctx.expire_after
-    return component, cfg
+    return component, attr.name, cfg
 
 
 def tracker_attributes_template() -> str:
@@ -153,54 +222,53 @@ def tracker_attributes_template() -> str:
     return "{{ {" + ", ".join(items) + "} | tojson }}"
 
 
-def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
-                   profile: Mapping[str, CommandSpec] | None = None
-                   ) -> dict[str, dict[str, Any]]:
-    """Config topic -> payload for every entity this device has now.
+def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
+                    profile: Mapping[str, CommandSpec] | None = None) -> list[Entity]:
+    """Every entity this device has now.
 
     Entities exist for the attributes the device has reported (not for every catalogue
     row), plus connectivity, last seen, a GPS device_tracker with a position, and the
     lock/button/number entities of the device type's command `profile`.
     """
     profile = profile or {}
-    device = device_block(ctx, dev)
-    out: dict[str, dict[str, Any]] = {}
+    out: list[Entity] = []
     # an attribute a lock entity shows gets no binary_sensor of its own
     shown = {spec.state_attribute for spec in profile.values() if spec.component == "lock"}
-
-    def add(component: str, key: str, cfg: dict[str, Any]) -> None:
-        out[ctx.config_topic(component, f"flespi_{dev.id}_{key}")] = cfg
-
     for name in dev.values:
         attr = attrs.get(name)
         if attr is None or attr.component is None or name in shown:
             continue
-        component, cfg = _value_entity(ctx, dev, attr, device)
-        add(component, attr.name, cfg)
+        out.append(_value_entity(ctx, dev, attr))
     if dev.last_seen is not None:
-        component, cfg = _value_entity(ctx, dev, LAST_SEEN, device)
-        add(component, LAST_SEEN.name, cfg)
+        out.append(_value_entity(ctx, dev, LAST_SEEN))
     if "latitude" in dev.values and "longitude" in dev.values:
-        cfg = _common(ctx, dev, "position", "Position", device)
-        cfg["source_type"] = "gps"
+        cfg: dict[str, Any] = {"name": "Position", "unique_id": f"flespi_{dev.id}_position",
+                               "source_type": "gps"}
         cfg["json_attributes_topic"] = f"{ctx.base}/{dev.id}/" + (
             "state" if _uses_json(ctx) else "position")
         if _uses_json(ctx):
             cfg["json_attributes_template"] = tracker_attributes_template()
-        add("device_tracker", "position", cfg)
+        out.append(("device_tracker", "position", cfg))
     if dev.online is not None:
-        cfg = _common(ctx, dev, "connectivity", "Connectivity", device)
-        # Only the bridge's availability: the entity must say "disconnected", not vanish.
-        cfg["availability"] = [{"topic": ctx.bridge_state}]
-        cfg.update(state_topic=f"{ctx.base}/{dev.id}/availability", payload_on="online",
-                   payload_off="offline", device_class="connectivity",
-                   entity_category="diagnostic")
-        add("binary_sensor", "connectivity", cfg)
+        out.append(("binary_sensor", "connectivity", {
+            "name": "Connectivity", "unique_id": f"flespi_{dev.id}_connectivity",
+            # Only the bridge's availability: the entity must say "disconnected", not vanish.
+            "availability": [{"topic": ctx.bridge_state}],
+            "state_topic": f"{ctx.base}/{dev.id}/availability", "payload_on": "online",
+            "payload_off": "offline", "device_class": "connectivity",
+            "entity_category": "diagnostic"}))
     for component, key, specific in command_entities(ctx, dev, profile):
-        cfg = _common(ctx, dev, key, specific.pop("name"), device)
-        cfg.update(specific)
-        add(component, key, cfg)
+        out.append((component, key, {"name": specific.pop("name"),
+                                     "unique_id": f"flespi_{dev.id}_{key}", **specific}))
     return out
+
+
+def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
+                   profile: Mapping[str, CommandSpec] | None = None,
+                   names: Names | None = None) -> dict[str, dict[str, Any]]:
+    """Config topic -> payload of the device's entities, in the context's layout."""
+    return layout(ctx, device_owner(dev.id), device_block(ctx, dev, names),
+                  availability(ctx, dev), device_entities(ctx, dev, attrs, profile))
 
 
 def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpec]
@@ -242,30 +310,3 @@ def tracker_position(dev: Device) -> dict[str, Any]:
     pos = {f: dev.values[f] for f in TRACKER_FIELDS if f in dev.values}
     pos["gps_accuracy"] = round((dev.values.get("hdop") or 1) * METRES_PER_HDOP, 1)
     return pos
-
-
-@dataclass
-class Discovery:
-    """Tracks the configs published per device, to republish changes and clear leftovers."""
-
-    ctx: Context
-    # device -> config topic -> hash of the payload published (not the payload: a large
-    # fleet has hundreds of thousands of configs)
-    published: dict[int, dict[str, int]] = field(default_factory=dict)
-
-    def update(self, dev: Device, configs: Mapping[str, dict[str, Any]],
-               force: bool = False) -> list[Publication]:
-        before = self.published.get(dev.id, {})
-        now = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
-        pubs = [Publication(t, b"") for t in before if t not in now]
-        pubs += [Publication(t, p) for t, p in now.items()
-                 if force or before.get(t) != hash(p)]
-        self.published[dev.id] = {t: hash(p) for t, p in now.items()}
-        return pubs
-
-    def forget(self, device_id: int) -> list[Publication]:
-        return [Publication(t, b"") for t in self.published.pop(device_id, {})]
-
-    def reset(self) -> None:
-        """After a local reconnect nothing can be assumed published."""
-        self.published.clear()

@@ -8,17 +8,20 @@ change: the discovery configs published (`Discovery`) and each device's `sent` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from bridge.catalog import Attribute
 from bridge.config import Settings
+from bridge.discovery import Discovery
 from bridge.homeassistant import (
     Context,
-    Discovery,
+    Names,
     bridge_configs,
     device_configs,
+    device_owner,
     tracker_position,
 )
 from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device
@@ -34,21 +37,25 @@ class Renderer:
         self.attributes = attributes
         loc = settings.local
         self.topics = LocalTopics(loc.base_topic)
-        self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output,
-                          settings.homeassistant.expire_after)
+        ha = settings.homeassistant
+        self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
+                          ha.discovery_mode)
         self.discovery = Discovery(self.ha)
+        # device type/protocol names, when known (bridge.device_types fills it in)
+        self.names: Callable[[Device], Names | None] = lambda dev: None
 
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
-        """Discovery config topic -> payload of every entity the device has now."""
+        """Discovery config topic -> payload of the device's entities now."""
         profile = self.settings.commands.profile(dev.info.device_type_id)
-        return device_configs(self.ha, dev, self.attributes, profile)
+        return device_configs(self.ha, dev, self.attributes, profile, self.names(dev))
 
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""
         return bridge_configs(self.ha)
 
     def bridge_publications(self) -> list[Publication]:
-        return [Publication(t, orjson.dumps(c)) for t, c in self.bridge_configs().items()]
+        return self.discovery.update(self.ha.bridge_identifier, self.bridge_configs(),
+                                     force=True)
 
     def announces(self, dev: Device) -> bool:
         return self.settings.homeassistant.announces(dev.id) and (
@@ -58,7 +65,7 @@ class Renderer:
         pubs: list[Publication] = []
         t = self.topics
         if flags & DISCOVERY and self.announces(dev):
-            pubs.extend(self.discovery.update(dev, self.device_configs(dev)))
+            pubs.extend(self.discovery.update(device_owner(dev.id), self.device_configs(dev)))
         if flags & INFO:
             pubs.append(Publication(t.info(dev.id), orjson.dumps(dev.info.as_dict(dev.id))))
         if flags & AVAILABILITY and dev.online is not None:
@@ -91,7 +98,7 @@ class Renderer:
         """Empty retained payloads for every topic a removed device had."""
         leaves = ["state", "availability", "info", *dev.values, "last_seen", "position"]
         pubs = [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
-        return pubs + self.discovery.forget(dev.id)
+        return pubs + self.discovery.forget(device_owner(dev.id))
 
     def reset(self) -> None:
         """After a local reconnect nothing can be assumed published."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from bridge.outbox import Outbox
 from bridge.render import Renderer
-from bridge.state import Store
+from bridge.state import DISCOVERY, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,13 @@ class Republisher:
         if self.discovery:
             self.outbox.add(self.renderer.bridge_publications())
         self._wake()
+
+    def discovery_only(self) -> None:
+        """Announce every device again (discovery was held back, see bridge.cleanup)."""
+        if self.discovery:
+            self.outbox.add(self.renderer.bridge_publications())
+            self.store.mark_all(DISCOVERY)
+            self._wake()
 
     def on_status(self, payload: bytes, retain: bool) -> None:
         """`<prefix>/status`: after `online`, republish after a random delay (many bridges

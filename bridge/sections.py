@@ -174,6 +174,10 @@ class HomeAssistantSettings(Section):
     """Home Assistant MQTT discovery (the prefix is `local.discovery_prefix`)."""
 
     discovery: bool = True
+    discovery_mode: Literal["device", "entity"] = Field(
+        "device", description="device: one config per device (Home Assistant 2024.11+); "
+        "entity: one per entity"
+    )
     include: list[Annotated[int, Field(gt=0)]] = Field(
         default_factory=list, description="device ids to announce; empty = every device"
     )

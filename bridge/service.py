@@ -62,7 +62,8 @@ class Bridge:
         self.session = session = UpstreamSession(
             settings, list(table), self.ledger, stats, factory=upstream_factory,
             wake=publisher.wake)
-        self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded)
+        self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded,
+                               rediscover=lambda: self.republisher.discovery_only())
         self.ingest = Ingest(table, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
@@ -108,8 +109,8 @@ class Bridge:
         if self.local.connects > 1:
             self.stats.reconnects["local"] += 1
         self._set_up("local", True)
+        self.cleanup.on_local_connect()  # first: it holds discovery back until it knows
         self.republisher.everything()
-        self.cleanup.on_local_connect()
 
     async def _on_local(self, topic: str, payload: bytes, retain: bool) -> None:
         if topic == self.republisher.status_topic:

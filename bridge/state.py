@@ -115,11 +115,13 @@ class Store:
         self._dirty.clear()
         return [self.devices[i] for i in ids]
 
-    def mark_all(self) -> None:
-        """Everything is republished (after a reconnect to the local broker)."""
+    def mark_all(self, flags: int = ALL) -> None:
+        """Everything is republished (after a reconnect to the local broker), or only
+        what `flags` names."""
         for dev in self.devices.values():
-            dev.sent.clear()
-            self.mark(dev, ALL)
+            if flags & STATE:
+                dev.sent.clear()
+            self.mark(dev, flags)
 
     def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
         """Merge normalized attributes; True if the published state changes."""

@@ -185,7 +185,7 @@ async def commanding(request: pytest.FixtureRequest, upstream: mosquitto.Broker,
     bridge = await bridge_factory(make_settings(upstream, local, commands=commands))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
     async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/state",
-                                "homeassistant/lock/#"]) as rec:
+                                "homeassistant/device/#"]) as rec:
         yield bridge, rec
 
 
@@ -207,8 +207,10 @@ async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
         commanding: tuple[Bridge, Recorder], sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
     device_id = next(iter(sim.devices))
-    cfg_topic = f"homeassistant/lock/flespi/flespi_{device_id}_lock/config"
+    cfg_topic = f"homeassistant/device/flespi/flespi_{device_id}/config"
     cfg = (await rec.wait_for(lambda: rec.latest.get(cfg_topic), what="lock config")).json()
+    assert cfg["cmps"]["lock"]["p"] == "lock"
+    cfg = cfg["cmps"]["lock"]
     assert cfg["command_topic"] == f"{BASE}/{device_id}/lock/set"
     template = jinja2.Environment().from_string(cfg["value_template"])
     state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="the state")

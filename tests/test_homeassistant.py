@@ -11,7 +11,8 @@ import pytest
 from helpers import BridgeFactory, Recorder, make_settings
 
 from bridge import catalog, mosquitto
-from bridge.homeassistant import Context, Discovery, device_configs
+from bridge.discovery import Discovery
+from bridge.homeassistant import MIGRATE, Context, device_configs, device_owner
 from bridge.sim import Simulator
 from bridge.state import Store
 
@@ -45,16 +46,38 @@ def full_device(store: Store, device_id: int = 5537057) -> Any:
     return store.devices[device_id]
 
 
+def entities(configs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """unique_id -> (platform, config) as Home Assistant reads either layout: a device
+    config's components inherit its device, origin and shared availability."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for topic, cfg in configs.items():
+        if not cfg or "migrate_discovery" in cfg:
+            continue  # a removal, or a hand-over in progress
+        if "cmps" not in cfg:
+            out[cfg["unique_id"]] = (topic.split("/")[1], cfg)
+            continue
+        shared = {k: v for k, v in cfg.items() if k in ("availability", "availability_mode")}
+        for comp in cfg["cmps"].values():
+            if len(comp) == 1:
+                continue  # {"p": ...}: a removal
+            merged = {**shared, **comp, "device": cfg["dev"], "origin": cfg["o"]}
+            out[comp["unique_id"]] = (merged.pop("p"), merged)
+    return out
+
+
 def render(template: str, state: dict[str, Any]) -> str:
     env = jinja2.Environment(undefined=jinja2.StrictUndefined)
     return env.from_string(template).render(value_json=state)
 
 
-def test_configs_cover_every_entity_with_valid_keys() -> None:
+@pytest.mark.parametrize("mode", ["device", "entity"])
+def test_configs_cover_every_entity_with_valid_keys(mode: str) -> None:
     dev = full_device(Store())
-    ctx = Context(PREFIX, BASE)
+    ctx = Context(PREFIX, BASE, mode=mode)
     configs = device_configs(ctx, dev, ATTRS)
-    by_uid = {c["unique_id"]: (t.split("/")[1], c) for t, c in configs.items()}
+    if mode == "device":
+        assert list(configs) == [f"{PREFIX}/device/{BASE}/flespi_5537057/config"]
+    by_uid = entities(configs)
     expected = {"battery": "sensor", "voltage": "sensor", "charging": "binary_sensor",
                 "signal": "sensor", "locked": "binary_sensor", "ignition": "binary_sensor",
                 "movement": "binary_sensor", "external_voltage": "sensor",
@@ -65,16 +88,17 @@ def test_configs_cover_every_entity_with_valid_keys() -> None:
     assert {uid: comp for uid, (comp, _) in by_uid.items()} == {
         f"flespi_5537057_{key}": comp for key, comp in expected.items()}
     state = dev.state()
-    for topic, cfg in configs.items():
-        component = topic.split("/")[1]
-        assert topic == f"{PREFIX}/{component}/{BASE}/{cfg['unique_id']}/config"
+    for uid, (component, cfg) in by_uid.items():
+        if mode == "entity":
+            assert f"{PREFIX}/{component}/{BASE}/{uid}/config" in configs
         assert REQUIRED[component] <= set(cfg)
         assert cfg["device"]["identifiers"] == ["flespi_5537057"]
         assert cfg["device"]["name"] == "SomeName"
         assert cfg["device"]["model"] == "flespi device type 1272"
         assert cfg["device"]["via_device"] == "flespi_bridge_flespi"
         assert cfg["origin"]["name"] == "flespi-bridge"
-        if cfg["unique_id"].endswith("_connectivity"):
+        assert "object_id" not in cfg  # ignored by Home Assistant since 2026.4
+        if uid.endswith("_connectivity"):
             assert cfg["availability"] == [{"topic": f"{BASE}/bridge/state"}]
         else:
             assert cfg["availability_mode"] == "all"
@@ -83,7 +107,7 @@ def test_configs_cover_every_entity_with_valid_keys() -> None:
         device_class = cfg.get("device_class")
         units = UNITS.get(device_class)
         if units is not None:
-            assert cfg.get("unit_of_measurement") in units, cfg["unique_id"]
+            assert cfg.get("unit_of_measurement") in units, uid
         if "value_template" in cfg:
             rendered = render(cfg["value_template"], state)
             if component == "binary_sensor":
@@ -109,11 +133,44 @@ def test_configs_cover_every_entity_with_valid_keys() -> None:
         "2024-02-02T20:19:30Z")
 
 
+def test_device_config_shares_device_origin_and_availability_once() -> None:
+    dev = full_device(Store())
+    (cfg,) = device_configs(Context(PREFIX, BASE), dev, ATTRS).values()
+    assert set(cfg) == {"dev", "o", "availability", "availability_mode", "cmps"}
+    assert set(cfg["o"]) == {"name", "sw", "url"}
+    assert cfg["availability_mode"] == "all"
+    battery = cfg["cmps"]["battery"]
+    assert battery["p"] == "sensor"
+    assert battery["unique_id"] == "flespi_5537057_battery"
+    for comp in cfg["cmps"].values():
+        assert not {"device", "dev", "origin", "o"} & set(comp)
+    # only the connectivity entity overrides the shared availability
+    assert [k for k, c in cfg["cmps"].items() if "availability" in c] == ["connectivity"]
+
+
+def test_entity_names_follow_home_assistant_conventions() -> None:
+    """Names never repeat the device's; classes, units and categories are valid ones."""
+    dev = full_device(Store())
+    sensor_classes = {"battery", "voltage", "speed", "distance", "timestamp", None}
+    binary_classes = {"battery_charging", "lock", "moving", "connectivity", None}
+    for uid, (component, cfg) in entities(device_configs(Context(PREFIX, BASE), dev,
+                                                         ATTRS)).items():
+        assert cfg["name"], uid
+        assert dev.name.lower() not in cfg["name"].lower(), uid
+        assert cfg.get("entity_category") in (None, "diagnostic", "config"), uid
+        if component == "sensor":
+            assert cfg.get("device_class") in sensor_classes, uid
+            assert cfg.get("state_class") in (None, "measurement"), uid
+        if component == "binary_sensor":
+            assert cfg.get("device_class") in binary_classes, uid
+            assert "unit_of_measurement" not in cfg, uid
+
+
 def test_attribute_output_uses_per_attribute_topics() -> None:
     dev = full_device(Store())
     configs = device_configs(Context(PREFIX, BASE, output="attribute", expire_after=600), dev,
                              ATTRS)
-    by_uid = {c["unique_id"]: c for c in configs.values()}
+    by_uid = {u: c for u, (_, c) in entities(configs).items()}
     assert by_uid["flespi_5537057_battery"]["state_topic"] == f"{BASE}/5537057/battery"
     assert "value_template" not in by_uid["flespi_5537057_battery"]
     assert by_uid["flespi_5537057_battery"]["expire_after"] == 600
@@ -128,30 +185,95 @@ def test_attribute_output_uses_per_attribute_topics() -> None:
 def test_only_reported_attributes_become_entities() -> None:
     store = Store()
     store.apply_values(1, {"battery": 50}, 1.0)
-    uids = {c["unique_id"] for c in device_configs(Context(PREFIX, BASE), store.devices[1],
-                                                   ATTRS).values()}
-    assert uids == {"flespi_1_battery", "flespi_1_last_seen"}
+    assert set(entities(device_configs(Context(PREFIX, BASE), store.devices[1], ATTRS))) == {
+        "flespi_1_battery", "flespi_1_last_seen"}
 
 
-def test_discovery_diff_republishes_changes_and_clears_leftovers() -> None:
+def test_entity_layout_diff_republishes_changes_and_clears_leftovers() -> None:
     store = Store()
     dev = full_device(store)
-    ctx = Context(PREFIX, BASE)
+    ctx = Context(PREFIX, BASE, mode="entity")
     disco = Discovery(ctx)
-    first = disco.update(dev, device_configs(ctx, dev, ATTRS))
+    owner = device_owner(dev.id)
+    first = disco.update(owner, device_configs(ctx, dev, ATTRS))
     assert first
     assert all(p.payload for p in first)
-    assert disco.update(dev, device_configs(ctx, dev, ATTRS)) == []  # nothing changed
+    assert disco.update(owner, device_configs(ctx, dev, ATTRS)) == []  # nothing changed
     store.apply_name(dev.id, "Renamed")
-    renamed = disco.update(dev, device_configs(ctx, dev, ATTRS))
+    renamed = disco.update(owner, device_configs(ctx, dev, ATTRS))
     assert len(renamed) == len(first)
     assert {orjson.loads(p.payload)["unique_id"] for p in renamed} == {
         orjson.loads(p.payload)["unique_id"] for p in first}
     fewer = {t: c for t, c in device_configs(ctx, dev, ATTRS).items()
              if not c["unique_id"].endswith("_battery")}
-    cleared = [p for p in disco.update(dev, fewer) if not p.payload]
+    cleared = [p for p in disco.update(owner, fewer) if not p.payload]
     assert [p.topic for p in cleared] == [f"{PREFIX}/sensor/{BASE}/flespi_{dev.id}_battery/config"]
-    assert {p.topic for p in disco.forget(dev.id)} == set(fewer)
+    assert {p.topic for p in disco.forget(owner)} == set(fewer)
+
+
+def test_device_layout_removes_an_entity_inside_cmps_and_a_device_with_an_empty_config(
+        ) -> None:
+    store = Store()
+    dev = full_device(store)
+    ctx = Context(PREFIX, BASE)
+    disco = Discovery(ctx)
+    owner = device_owner(dev.id)
+    topic = f"{PREFIX}/device/{BASE}/flespi_{dev.id}/config"
+    (first,) = disco.update(owner, device_configs(ctx, dev, ATTRS))
+    assert first.topic == topic
+    assert disco.update(owner, device_configs(ctx, dev, ATTRS)) == []
+    del dev.values["battery"]
+    (fewer,) = disco.update(owner, device_configs(ctx, dev, ATTRS))
+    cmps = orjson.loads(fewer.payload)["cmps"]
+    assert cmps["battery"] == {"p": "sensor"}  # the removal of one entity
+    assert cmps["voltage"]["unique_id"] == f"flespi_{dev.id}_voltage"
+    dev.values["battery"] = 55
+    (back,) = disco.update(owner, device_configs(ctx, dev, ATTRS))
+    assert orjson.loads(back.payload)["cmps"]["battery"]["unique_id"] == f"flespi_{dev.id}_battery"
+    assert [(p.topic, p.payload) for p in disco.forget(owner)] == [(topic, b"")]
+
+
+def test_migration_sequence_in_both_directions() -> None:
+    """migrate_discovery on the old topics, then the new config(s), then the old cleared;
+    an old entity no longer generated is just cleared."""
+    dev = full_device(Store())
+    owner = device_owner(dev.id)
+    old_entity = Context(PREFIX, BASE, mode="entity")
+    entity_topics = sorted(device_configs(old_entity, dev, ATTRS))
+    ghost = f"{PREFIX}/sensor/{BASE}/flespi_{dev.id}_odometer/config"
+    ctx = Context(PREFIX, BASE)
+    disco = Discovery(ctx)
+    disco.hold()
+    assert disco.update(owner, device_configs(ctx, dev, ATTRS)) == []  # held back
+    disco.release({owner: [*entity_topics, ghost]})
+    pubs = [(p.topic, p.payload) for p in disco.update(owner, device_configs(ctx, dev, ATTRS))]
+    device_topic = f"{PREFIX}/device/{BASE}/flespi_{dev.id}/config"
+    n = len(entity_topics)
+    assert pubs[:n] == [(t, b'{"migrate_discovery":true}') for t in entity_topics]
+    assert pubs[n][0] == device_topic
+    assert orjson.loads(pubs[n][1])["cmps"]["battery"]["unique_id"] == f"flespi_{dev.id}_battery"
+    assert sorted(pubs[n + 1:]) == sorted((t, b"") for t in [*entity_topics, ghost])
+    # a second update has nothing left to migrate
+    assert disco.update(owner, device_configs(ctx, dev, ATTRS)) == []
+    # and back: a downgrade to per-entity configs
+    back = Discovery(old_entity)
+    back.release({owner: [device_topic]})
+    pubs = [(p.topic, p.payload) for p in back.update(owner, device_configs(old_entity, dev,
+                                                                               ATTRS))]
+    assert pubs[0] == (device_topic, b'{"migrate_discovery":true}')
+    assert sorted(t for t, _ in pubs[1:-1]) == entity_topics
+    assert pubs[-1] == (device_topic, b"")
+
+
+def test_owner_of_config_topics() -> None:
+    ctx = Context(PREFIX, BASE)
+    assert ctx.owner(f"{PREFIX}/device/{BASE}/flespi_12/config") == ("flespi_12", "device", None)
+    assert ctx.owner(f"{PREFIX}/sensor/{BASE}/flespi_12_can_fuel/config") == (
+        "flespi_12", "entity", "can_fuel")
+    assert ctx.owner(f"{PREFIX}/binary_sensor/{BASE}/flespi_bridge_{BASE}_connection/config"
+                     ) == (f"flespi_bridge_{BASE}", "entity", "connection")
+    assert ctx.owner(f"{PREFIX}/sensor/other/flespi_12_battery/config") is None
+    assert ctx.owner(f"{PREFIX}/device/{BASE}/something/config") is None
 
 
 # -- on a real broker ---------------------------------------------------------------------
@@ -169,8 +291,7 @@ def live_configs(rec: Recorder) -> dict[str, dict[str, Any]]:
 
 
 def device_uids(rec: Recorder) -> set[str]:
-    return {c["unique_id"] for c in live_configs(rec).values()
-            if not c["unique_id"].startswith("flespi_bridge")}
+    return {u for u in entities(live_configs(rec)) if not u.startswith("flespi_bridge")}
 
 
 async def retained_configs(local: mosquitto.Broker) -> dict[str, dict[str, Any]]:
@@ -188,8 +309,12 @@ async def test_fleet_is_announced_once_per_entity(upstream: mosquitto.Broker,
         want = expected_uids(sim)
         await rec.wait_for(lambda: device_uids(rec) == want, what="all configs")
     configs = await retained_configs(local)
-    uids = [c["unique_id"] for c in configs.values()]
-    assert len(uids) == len(set(uids))  # exactly one config per entity
+    # exactly one config per device, each entity in exactly one of them
+    assert sorted(configs) == sorted(
+        [f"{PREFIX}/device/{BASE}/flespi_{d}/config" for d in sim.devices]
+        + [f"{PREFIX}/device/{BASE}/flespi_bridge_{BASE}/config"])
+    uids = [c["unique_id"] for cfg in configs.values() for c in cfg["cmps"].values()]
+    assert len(uids) == len(set(uids))
     assert set(uids) == want | {"flespi_bridge_flespi_connection"}
 
 
@@ -207,7 +332,8 @@ async def test_status_online_triggers_full_republish(upstream: mosquitto.Broker,
 
         def republished() -> bool:
             new = rec.messages[start:]
-            uids = {m.json()["unique_id"] for m in new if m.topic.endswith("/config")}
+            uids = set(entities({m.topic: m.json() for m in new
+                                 if m.topic.endswith("/config")}))
             states = {m.topic for m in new if m.topic.endswith("/state")}
             return uids >= want and len(states) >= len(sim.devices)
 
@@ -225,7 +351,8 @@ async def test_deleted_device_is_cleared(upstream: mosquitto.Broker, local: mosq
                            what="configs cleared")
         await rec.wait_for(lambda: f"{BASE}/{gone}/state" not in rec.latest, what="state")
     configs = await retained_configs(local)
-    assert not any(f"_{gone}_" in c["unique_id"] for c in configs.values())
+    assert not any(f"_{gone}_" in u for u in entities(configs))
+    assert f"{PREFIX}/device/{BASE}/flespi_{gone}/config" not in configs
 
 
 async def test_removed_from_selection_and_ghosts_are_cleared_on_restart(
@@ -256,17 +383,17 @@ async def test_removed_from_selection_and_ghosts_are_cleared_on_restart(
              "connectivity")}
     async with Recorder(local, [f"{PREFIX}/#", f"{BASE}/+/+"]) as rec:
         def settled() -> bool:
-            uids = [m.json()["unique_id"] for t, m in rec.latest.items()
-                    if t.endswith("/config") and m.payload]
+            configs = {t: m.json() for t, m in rec.latest.items()
+                       if t.endswith("/config") and m.payload}
+            uids = list(entities(configs))
             return sorted(uids) == sorted(kept | {"flespi_bridge_flespi_connection",
                                                   "x_battery"})
         await rec.wait_for(settled, what="exactly one config per live entity")
         await rec.wait_for(lambda: f"{BASE}/{ids[0]}/state" not in rec.latest,
                            what="dropped device's state cleared")
     configs = await retained_configs(local)  # this bridge's node id only
-    uids = [c["unique_id"] for c in configs.values()]
-    assert len(uids) == len(set(uids))
-    assert set(uids) == kept | {"flespi_bridge_flespi_connection"}
+    assert len(configs) == len(ids[1:]) + 1  # one per device, and the bridge's
+    assert set(entities(configs)) == kept | {"flespi_bridge_flespi_connection"}
 
 
 async def test_rename_keeps_unique_ids(upstream: mosquitto.Broker, local: mosquitto.Broker,
@@ -275,18 +402,19 @@ async def test_rename_keeps_unique_ids(upstream: mosquitto.Broker, local: mosqui
     async with Recorder(local, [CFG]) as rec:
         await bridge_factory(make_settings(upstream, local))
         await rec.wait_for(lambda: device_uids(rec) == expected_uids(sim), what="configs")
-        before = {t: c["unique_id"] for t, c in live_configs(rec).items()}
+        before = {u: p for u, (p, _) in entities(live_configs(rec)).items()}
+        topics = set(live_configs(rec))
         await sim.rename(device_id, "Renamed / scooter #1")
 
         def renamed() -> bool:
-            mine = [c for c in live_configs(rec).values()
-                    if c["unique_id"].startswith(f"flespi_{device_id}_")]
+            mine = [c for u, (_, c) in entities(live_configs(rec)).items()
+                    if u.startswith(f"flespi_{device_id}_")]
             return bool(mine) and all(c["device"]["name"] == "Renamed / scooter #1"
                                       for c in mine)
 
         await rec.wait_for(renamed, what="device renamed in discovery")
-        after = {t: c["unique_id"] for t, c in live_configs(rec).items()}
-        assert after == before
+        assert {u: p for u, (p, _) in entities(live_configs(rec)).items()} == before
+        assert set(live_configs(rec)) == topics
 
 
 async def test_include_exclude_and_discovery_off(upstream: mosquitto.Broker,
@@ -338,3 +466,80 @@ async def test_full_messages_are_republished_when_enabled(upstream: mosquitto.Br
         assert body["battery.level"] == values["battery.level"]
         assert body["device.id"] == device_id
         assert body["position.latitude"] == values["position.latitude"]
+
+
+def assert_migrated(messages: list[Any], old: set[str], new: set[str]) -> None:
+    """Home Assistant's protocol, in order for each owner: migrate_discovery on every old
+    topic whose entities live on, then the new config(s), then the old topics cleared."""
+    ctx = Context(PREFIX, BASE)
+    seen = [(m.topic, m.payload) for m in messages if m.topic in old | new]
+
+    def owner(topic: str) -> str:
+        parsed = ctx.owner(topic)
+        assert parsed is not None, topic
+        return parsed[0]
+
+    for topic in old:
+        marks = [i for i, (t, p) in enumerate(seen) if t == topic and p == MIGRATE]
+        clears = [i for i, (t, p) in enumerate(seen) if t == topic and not p]
+        firsts = [i for i, (t, p) in enumerate(seen)
+                  if t in new and p and owner(t) == owner(topic)]
+        assert marks, topic
+        assert clears, topic
+        assert firsts, topic
+        assert marks[0] < firsts[0] < clears[-1], topic
+
+
+async def run_until_announced(bridge_factory: BridgeFactory, settings: Any, sim: Simulator,
+                              local: mosquitto.Broker) -> Any:
+    async with Recorder(local, [CFG]) as rec:
+        bridge = await bridge_factory(settings)
+        await rec.wait_for(lambda: device_uids(rec) == expected_uids(sim), what="configs")
+    return bridge
+
+
+@pytest.mark.parametrize(("before", "after"), [("entity", "device"), ("device", "entity")])
+async def test_switching_discovery_mode_migrates_every_entity(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, before: str, after: str) -> None:
+    first = await run_until_announced(
+        bridge_factory, make_settings(upstream, local, homeassistant={"discovery_mode": before}),
+        sim, local)
+    await first.stop()
+    old = set(await retained_configs(local))
+    want = expected_uids(sim) | {"flespi_bridge_flespi_connection"}
+    async with Recorder(local, [CFG]) as rec:
+        bridge = await bridge_factory(make_settings(
+            upstream, local, homeassistant={"discovery_mode": after}))
+
+        def migrated() -> bool:
+            live = live_configs(rec)
+            return set(entities(live)) == want and not old & set(live)
+
+        await rec.wait_for(migrated, what="every entity in the new layout, none in the old")
+        assert bridge.loaded.is_set()  # nothing was handed over before the fleet was known
+        new = set(live_configs(rec))
+        assert_migrated(rec.messages, old, new)
+        marked = {m.topic for m in rec.messages if m.payload == MIGRATE}
+        assert marked == old  # every old config was handed over, none just deleted
+    configs = await retained_configs(local)
+    assert set(configs) == new
+    uids = list(entities(configs))
+    assert len(uids) == len(set(uids))
+    assert set(uids) == want
+    assert all((t.split("/")[1] == "device") == (after == "device") for t in configs)
+
+
+async def test_a_config_left_in_the_other_layout_by_a_gone_device_is_cleared(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory) -> None:
+    ghost = f"{PREFIX}/sensor/{BASE}/flespi_999999_battery/config"
+    async with Recorder(local, [CFG]) as rec:
+        await rec.publish(ghost, orjson.dumps({"unique_id": "flespi_999999_battery"}), qos=1,
+                          retain=True)
+        await rec.wait_for(lambda: ghost in rec.latest, what="ghost retained")
+        await bridge_factory(make_settings(upstream, local))
+        await rec.wait_for(lambda: device_uids(rec) == expected_uids(sim), what="configs")
+        await rec.wait_for(lambda: any(m.topic == ghost and not m.payload
+                                       for m in rec.messages), what="ghost cleared")
+        assert not any(m.topic == ghost and m.payload == MIGRATE for m in rec.messages)

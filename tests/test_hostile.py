@@ -614,12 +614,13 @@ async def test_hostile_device_names(upstream: mosquitto.Broker, local: mosquitto
             for topic, item in rec.latest.items():
                 if topic.startswith(f"{PREFIX}/") and item.payload:
                     cfg = item.json()
-                    if cfg["device"]["identifiers"] == [f"flespi_{d}"]:
-                        out[topic] = cfg
+                    if cfg["dev"]["identifiers"] == [f"flespi_{d}"]:
+                        out[topic] = {**cfg, "device": cfg["dev"]}
             return out
 
         await rec.wait_for(
-            lambda: all(len(configs(d)) > 5 and rec.latest.get(f"{BASE}/{d}/info")
+            lambda: all(len(next(iter(configs(d).values()), {}).get("cmps", {})) > 5
+                        and rec.latest.get(f"{BASE}/{d}/info")
                         and rec.state(BASE, d) for d in sim.devices), what="discovery")
         topics_before = set(rec.latest)
         config_topics = set(configs(device_id))
@@ -652,8 +653,7 @@ async def test_hostile_device_names(upstream: mosquitto.Broker, local: mosquitto
         assert set(configs(device_id)) == config_topics
         device_topic = re.compile(rf"{BASE}/([0-9]+/[a-z_]+|bridge/state)")
         config_topic = re.compile(
-            rf"{PREFIX}/(sensor|binary_sensor|device_tracker|lock|button|number)/"
-            rf"{BASE}/flespi_(bridge_{BASE}|[0-9]+)_[a-z_]+/config")
+            rf"{PREFIX}/device/{BASE}/flespi_(bridge_{BASE}|[0-9]+)/config")
         for m in rec.messages:
             assert (device_topic.fullmatch(m.topic) or config_topic.fullmatch(m.topic)
                     or INVENTORY.fullmatch(m.topic)), m.topic

@@ -103,9 +103,8 @@ async def test_a_custom_base_topic_carries_everything(
         assert result.json()["status"] == "ok"
         assert not [m for m in rec.messages if m.topic.startswith("flespi/")]
     configs = await retained(local, ["homeassistant/+/+/+/config"])
-    cfg = orjson.loads(configs[f"homeassistant/sensor/fleet_scooters/flespi_{device}_battery"
-                               "/config"])
-    assert cfg["state_topic"] == f"{base}/{device}/state"
+    cfg = orjson.loads(configs[f"homeassistant/device/fleet_scooters/flespi_{device}/config"])
+    assert cfg["cmps"]["battery"]["state_topic"] == f"{base}/{device}/state"
 
 
 async def test_qos_zero_publishes_at_qos_zero(upstream: mosquitto.Broker,

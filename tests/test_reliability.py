@@ -121,10 +121,13 @@ async def test_local_broker_restart_without_persistence_republishes_everything(
         bridge_factory: BridgeFactory) -> None:
     bridge = await bridge_factory(make_settings(upstream, local))
     topics = [f"{BASE}/#", "homeassistant/#"]
-    async with Recorder(local, [f"{BASE}/+/state"]) as rec:
-        await rec.wait_for(lambda: all(rec.state(BASE, d) for d in sim.devices), what="states")
+    configs = {f"homeassistant/device/{BASE}/flespi_{d}/config" for d in sim.devices}
+    async with Recorder(local, [f"{BASE}/+/state", "homeassistant/device/#"]) as rec:
+        await rec.wait_for(lambda: all(rec.state(BASE, d) for d in sim.devices)
+                           and configs <= set(rec.latest), what="states and discovery")
     before = set(await retained(local, topics))
-    assert len(before) > 10 * len(sim.devices)
+    assert configs <= before
+    assert len(before) >= 4 * len(sim.devices)  # state, availability, info, config
     local.kill()
     await wait_until(lambda: not bridge.stats.up["local"], what="local down")
     assert not bridge.ready()
