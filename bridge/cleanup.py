@@ -31,6 +31,8 @@ from bridge.state import Device, Store
 from bridge.transport import Publication
 
 log = logging.getLogger(__name__)
+# Seconds between clearing a deleted device's discovery configs and its state topics.
+TOPICS_DELAY = 5.0
 
 
 class Cleanup:
@@ -47,7 +49,21 @@ class Cleanup:
         self._task: asyncio.Task[None] | None = None
 
     def device_removed(self, dev: Device) -> None:
-        self.outbox.add(self.renderer.clear(dev))
+        """A device deleted in flespi: its discovery configs are cleared at once, its state
+        topics `TOPICS_DELAY` seconds later. Home Assistant removes an entity a moment after
+        its empty config; a state topic cleared before that reaches the entity's template as
+        an empty payload and fills Home Assistant's log with errors. (Were the bridge to stop
+        meanwhile, the next start's inventory finds and clears them.)"""
+        self.outbox.add(self.renderer.clear_discovery(dev))
+        topics = self.renderer.clear_topics(dev)
+        if not self.settings.homeassistant.discovery:
+            self.outbox.add(topics)
+            return
+        asyncio.get_running_loop().call_later(TOPICS_DELAY, self._clear_topics, dev.id, topics)
+
+    def _clear_topics(self, device_id: int, topics: list[Publication]) -> None:
+        if device_id not in self.store.devices:  # not back meanwhile: nothing live behind them
+            self.outbox.add(topics)
 
     def on_local_connect(self) -> None:
         """Take stock of the retained topics now on the broker; clear the stale ones once

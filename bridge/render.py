@@ -1,7 +1,7 @@
 """What a device looks like on the local broker: its retained topics, built from the store.
 
 `Renderer.render(dev, flags)` turns a dirty device into publications (state, info,
-availability, per-attribute topics, discovery configs); `Renderer.clear(dev)` lists what a
+availability, per-attribute topics, discovery configs); `Renderer.clear_discovery(dev)` and `clear_topics(dev)` list what a
 removed device leaves behind. Pure but for two memories that save republishing what did not
 change: the discovery configs published (`Discovery`) and each device's `sent` attributes.
 """
@@ -94,11 +94,14 @@ class Renderer:
                 pubs.append(Publication(self.topics.device(dev.id, "position"), pos))
         return pubs
 
-    def clear(self, dev: Device) -> list[Publication]:
-        """Empty retained payloads for every topic a removed device had."""
+    def clear_discovery(self, dev: Device) -> list[Publication]:
+        """What removes a removed device from Home Assistant."""
+        return self.discovery.forget(device_owner(dev.id))
+
+    def clear_topics(self, dev: Device) -> list[Publication]:
+        """Empty retained payloads for every device topic a removed device had."""
         leaves = ["state", "availability", "info", *dev.values, "last_seen", "position"]
-        pubs = [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
-        return pubs + self.discovery.forget(device_owner(dev.id))
+        return [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
 
     def reset(self) -> None:
         """After a local reconnect nothing can be assumed published."""
