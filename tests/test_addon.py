@@ -29,8 +29,9 @@ ADDON = ADDONS / "flespi-bridge"
 CONFIG = yaml.safe_load((ADDON / "config.yaml").read_text(encoding="utf-8"))
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
     "version"]
-SERVICE: dict[str, Any] = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protocol": "3.1.1",
-           "username": "addons", "password": "Supervisor-Generated-Pw"}
+SERVICE: dict[str, Any] = {"host": "core-mosquitto", "port": 1883, "ssl": False,
+                           "protocol": "3.1.1", "username": "addons",
+                           "password": "Supervisor-Generated-Pw"}
 TOKEN = "AddonTestToken0123456789abcdefSECRET"
 
 # The Supervisor's option types (developers.home-assistant.io, add-on configuration).
