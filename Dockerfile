@@ -9,10 +9,16 @@
 # file flespi__token in the secrets directory (/run/secrets/flespi-bridge by default).
 #
 # To pin the base image by digest too: --build-arg PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:...
+# Where Docker Hub is out of reach, an equivalent base built from Debian packages (bookworm's
+# python3 3.11): --build-arg PYTHON_IMAGE="$(tools/debian-python-base)" (see the README).
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
+# The builder's base: the same image unless the build machine needs something the runtime
+# must not carry (e.g. the CA of a TLS-inspecting proxy to reach PyPI; see
+# tools/debian-python-base --builder-ca). Nothing of the builder but /opt/venv reaches the image.
+ARG BUILDER_IMAGE=${PYTHON_IMAGE}
 
 # --- builder: a wheel of the project, and a virtualenv with it and its dependencies --------
-FROM ${PYTHON_IMAGE} AS builder
+FROM ${BUILDER_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -26,8 +32,10 @@ RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY bridge ./bridge
 
-RUN pip wheel --no-deps --wheel-dir /dist . \
-    && /opt/venv/bin/pip install "$(ls /dist/flespi_bridge-*.whl)[fast]"
+# The virtualenv's own pip: a base built from Debian packages has no pip of its own.
+RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /dist . \
+    && /opt/venv/bin/pip install "$(ls /dist/flespi_bridge-*.whl)[fast]" \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools
 
 # --- runtime: the virtualenv only, run by an unprivileged user -----------------------------
 FROM ${PYTHON_IMAGE} AS runtime

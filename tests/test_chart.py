@@ -27,7 +27,7 @@ from bridge import config
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "flespi-bridge"
 CI = CHART / "ci"
-GET_HELM = REPO.parent / "shared" / "tools" / "get-helm"
+GET_HELM = REPO / "tools" / "get_helm.py"
 MONITORING = REPO / "monitoring"
 RELEASE, NAMESPACE = "fleet", "telematics"
 FULLNAME = f"{RELEASE}-flespi-bridge"
@@ -56,32 +56,17 @@ SECTIONS = ("flespi", "local", "homeassistant", "commands", "reconnect", "metric
 
 # --- helm ---------------------------------------------------------------------------------
 
-def _works(binary: str) -> bool:
-    try:
-        proc = subprocess.run([binary, "version", "--short"], capture_output=True, text=True,
-                              timeout=60)
-    except OSError:
-        return False
-    return proc.returncode == 0 and proc.stdout.startswith("v3.")
-
-
 @functools.cache
 def helm_binary() -> str:
-    tried = []
-    if GET_HELM.is_file():
-        proc = subprocess.run(["bash", str(GET_HELM)], capture_output=True, text=True,
-                              timeout=600)
-        lines = proc.stdout.strip().splitlines()
-        if proc.returncode == 0 and lines and _works(lines[-1]):
-            return lines[-1]
-        tried.append(f"{GET_HELM} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
-    else:
-        tried.append(f"{GET_HELM} does not exist")
-    on_path = shutil.which("helm")
-    if on_path and _works(on_path):
-        return on_path
-    tried.append("no working Helm 3 `helm` on PATH")
-    pytest.fail("cannot test the chart without Helm 3: " + "; ".join(tried))
+    """Helm 3 through the project's own tools/get_helm.py (PATH first, then the pinned,
+    checksummed, cached binary)."""
+    proc = subprocess.run([sys.executable, str(GET_HELM)], capture_output=True, text=True,
+                          timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"cannot test the chart without Helm 3: {GET_HELM} exited "
+                    f"{proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return lines[-1]
 
 
 def helm(command: str, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
