@@ -1,8 +1,8 @@
 """What a device looks like on the local broker: its retained topics, built from the store.
 
 `Renderer.render(dev, flags)` turns a dirty device into publications (state, info,
-availability, per-attribute topics, discovery configs); `Renderer.clear_discovery(dev)` and `clear_topics(dev)` list what a
-removed device leaves behind. Pure but for two memories that save republishing what did not
+availability, per-attribute topics, discovery configs); `clear_discovery(dev)` and
+`clear_topics(dev)` list what a removed device leaves behind. Pure but for two memories that save republishing what did not
 change: the discovery configs published (`Discovery`) and each device's `sent` attributes.
 """
 
