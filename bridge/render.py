@@ -2,8 +2,9 @@
 
 `Renderer.render(dev, flags)` turns a dirty device into publications (state, info,
 availability, per-attribute topics, discovery configs); `clear_discovery(dev)` and
-`clear_topics(dev)` list what a removed device leaves behind. Pure but for two memories that save republishing what did not
-change: the discovery configs published (`Discovery`) and each device's `sent` attributes.
+`clear_topics(dev)` list what a removed device leaves behind. Pure but for two memories that
+save republishing what did not change: the discovery configs published (`Discovery`) and
+each device's `sent` attributes.
 """
 
 from __future__ import annotations
