@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from bench.procs import REPO
-from bridge import mosquitto
+from bridge import mosquitto, tomlwrite
 from bridge.config import _merge
 
 TOKEN = "BenchToken0123456789abcdef"
@@ -58,54 +56,5 @@ merge = _merge
 
 def write(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_toml(data))
+    path.write_text(tomlwrite.dumps(data))
     return path
-
-
-# -- a small TOML writer (tables, arrays of tables, scalars, arrays, inline tables) -------
-
-_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(key: str) -> str:
-    return key if _BARE.match(key) else json.dumps(key)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _is_table_array(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    lines: list[str] = []
-
-    def table(prefix: str, body: dict[str, Any], header: str | None) -> None:
-        scalars = {k: v for k, v in body.items()
-                   if not isinstance(v, dict) and not _is_table_array(v)}
-        if header is not None:
-            lines.append("")
-            lines.append(header)
-        lines.extend(f"{_key(k)} = {_value(v)}" for k, v in scalars.items())
-        for k, v in body.items():
-            name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-            if isinstance(v, dict):
-                table(name, v, f"[{name}]")
-            elif _is_table_array(v):
-                for item in v:
-                    table(name, item, f"[[{name}]]")
-
-    table("", data, None)
-    return "\n".join(lines).lstrip("\n") + "\n"

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bridge import tomlwrite
+
 OPTIONS_FILE = Path("/data/options.json")
 SUPERVISOR_URL = "http://supervisor"
 METRICS_PORT = 9871  # config.yaml's watchdog and ports use the same
@@ -101,38 +103,6 @@ def bridge_config(options: Mapping[str, Any], mqtt_service: Mapping[str, Any] | 
     return sections, secrets
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
-                               for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    """TOML of the sections; `commands.profiles.<type>.<entity>` become tables."""
-    lines: list[str] = []
-
-    def table(path: list[str], values: Mapping[str, Any], depth: int) -> None:
-        lines.append("[" + ".".join(json.dumps(p) for p in path) + "]")
-        nested = {k: v for k, v in values.items() if isinstance(v, dict) and depth < 3
-                  and k != "properties"}
-        lines.extend(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in values.items()
-                     if k not in nested)
-        lines.append("")
-        for key, value in nested.items():
-            table([*path, key], value, depth + 1)
-
-    for name, values in sections.items():
-        table([name], values, 0)
-    return "\n".join(lines)
 
 
 def mqtt_service(url: str, token: str | None) -> dict[str, Any] | None:
@@ -173,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, AddonError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    args.config_out.write_text(to_toml(sections), encoding="utf-8")
+    args.config_out.write_text(tomlwrite.dumps(sections), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLESPI_BRIDGE_")}
     env.update(secrets)
     command = "check-config" if args.check else "run"

@@ -18,7 +18,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import config, mosquitto
+from bridge import config, mosquitto, tomlwrite
 from bridge.service import Bridge
 
 T = TypeVar("T")
@@ -148,36 +148,6 @@ def bridge_env() -> dict[str, str]:
 
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return orjson.dumps(value).decode()  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
-
-
-def to_toml(sections: dict[str, dict[str, Any]]) -> str:
-    """TOML for nested sections: dicts become (sub-)tables, keys quoted."""
-    lines: list[str] = []
-
-    def table(path: list[str], options: dict[str, Any]) -> None:
-        lines.append("[" + ".".join(orjson.dumps(p).decode() for p in path) + "]")
-        nested = {k: v for k, v in options.items() if isinstance(v, dict)}
-        lines.extend(f"{orjson.dumps(key).decode()} = {_toml_value(value)}"
-                     for key, value in options.items() if key not in nested)
-        lines.append("")
-        for key, value in nested.items():
-            table([*path, key], value)
-
-    for name, options in sections.items():
-        table([name], options)
-    return "\n".join(lines)
-
-
 class BridgeProcess:
     """`python -m bridge run` as a child process, stopped (by PID) when the test ends."""
 
@@ -196,7 +166,7 @@ class BridgeProcess:
         for name, values in sections.items():
             conf[name] = {**conf.get(name, {}), **values}
         self.config = tmp / "bridge.toml"
-        self.config.write_text(to_toml(conf))
+        self.config.write_text(tomlwrite.dumps(conf))
         self.log_path = tmp / "bridge.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

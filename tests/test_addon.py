@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge import addon, config
+from bridge import addon, config, tomlwrite
 from bridge.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +145,7 @@ def load(sections: dict[str, dict[str, Any]], secrets: dict[str, str], tmp_path:
          ) -> config.Settings:
     """The bridge's own loader on what the add-on writes (TOML) and passes (environment)."""
     path = tmp_path / "addon.toml"
-    path.write_text(addon.to_toml(sections), encoding="utf-8")
+    path.write_text(tomlwrite.dumps(sections), encoding="utf-8")
     overrides: dict[str, dict[str, Any]] = {"flespi": {"token": secrets[
         "FLESPI_BRIDGE_FLESPI__TOKEN"]}}
     if "FLESPI_BRIDGE_LOCAL__PASSWORD" in secrets:
@@ -155,8 +155,8 @@ def load(sections: dict[str, dict[str, Any]], secrets: dict[str, str], tmp_path:
 
 def test_defaults_with_the_supervisor_broker(tmp_path: Path) -> None:
     sections, secrets = addon.bridge_config(options(), SERVICE)
-    assert TOKEN not in addon.to_toml(sections)
-    assert SERVICE["password"] not in addon.to_toml(sections)
+    assert TOKEN not in tomlwrite.dumps(sections)
+    assert SERVICE["password"] not in tomlwrite.dumps(sections)
     settings = load(sections, secrets, tmp_path)
     assert settings.flespi.token.get_secret_value() == TOKEN
     assert (settings.local.host, settings.local.port) == ("core-mosquitto", 1883)

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from helpers import PYTHON, TOKEN, bridge_env, to_toml
+from helpers import PYTHON, TOKEN, bridge_env
 
-from bridge import config
+from bridge import config, tomlwrite
 from bridge.exceptions import ConfigError
 
 OPTIONS = ["local.ca_file", "local.cert_file", "local.key_file", "flespi.ca_file",
@@ -82,7 +82,7 @@ def sections(files: Files, **changes: Any) -> dict[str, dict[str, Any]]:
 
 def write_config(tmp_path: Path, conf: dict[str, dict[str, Any]]) -> Path:
     path = tmp_path / "bridge.toml"
-    path.write_text(to_toml(conf))
+    path.write_text(tomlwrite.dumps(conf))
     return path
 
 

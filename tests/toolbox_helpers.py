@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers import PYTHON, TOKEN, bridge_env, to_toml
+from helpers import PYTHON, TOKEN, bridge_env
 
+from bridge import tomlwrite
 from bridge.sim import Simulator
 from bridge.sim.responder import Responder
 
@@ -53,7 +54,7 @@ async def start_api(tmp: Path, extra: dict[str, dict[str, object]] | None = None
     for name, values in (extra or {}).items():
         sections.setdefault(name, {}).update(values)
     config = tmp / "config.toml"
-    config.write_text(to_toml(sections))
+    config.write_text(tomlwrite.dumps(sections))
     try:
         yield Api(responder, sim, url, config, tmp)
     finally:

@@ -23,6 +23,7 @@ import orjson
 
 from bridge.exceptions import RestError, UpstreamError
 from bridge.flespi.topics import rest_topic
+from bridge.flespi.upstream import UpstreamPublisher
 
 MAX_RESPONSE = 4 * 1024 * 1024  # bytes; a command answer is a few hundred
 
@@ -113,28 +114,10 @@ class _Pending:
     size: int = 0
 
 
-class RestUpstream(Protocol):
-    """What `MqttRest` needs of the upstream connection (an `Upstream` has it)."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        qos: int = 1,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-        user_properties: Sequence[tuple[str, str]] = (),
-    ) -> None: ...
-
-
 class MqttRest:
     """REST over MQTT. `on_reply` must see every message under `reply_prefix`."""
 
-    def __init__(self, upstream: Callable[[], RestUpstream | None], reply_prefix: str) -> None:
+    def __init__(self, upstream: Callable[[], UpstreamPublisher | None], reply_prefix: str) -> None:
         self._upstream = upstream
         self._prefix = reply_prefix + "rest/"
         self._pending: dict[str, _Pending] = {}

@@ -73,18 +73,11 @@ class ConnectOptions:
     timeout: float = 30.0
 
 
-class Upstream(Protocol):
-    """The bridge's view of an upstream MQTT 5 connection."""
+class UpstreamPublisher(Protocol):
+    """What publishing on the upstream connection needs (REST over MQTT uses only this)."""
 
     @property
     def connected(self) -> bool: ...
-
-    @property
-    def session_present(self) -> bool: ...
-
-    async def connect(self) -> None: ...
-
-    async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None: ...
 
     def publish(
         self,
@@ -96,6 +89,17 @@ class Upstream(Protocol):
         correlation_data: bytes | None = None,
         user_properties: Sequence[tuple[str, str]] = (),
     ) -> None: ...
+
+
+class Upstream(UpstreamPublisher, Protocol):
+    """The bridge's view of an upstream MQTT 5 connection."""
+
+    @property
+    def session_present(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None: ...
 
     def ack(self, tokens: Iterable[Ack]) -> None: ...
 
