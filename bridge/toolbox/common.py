@@ -53,5 +53,8 @@ def run(args: argparse.Namespace,
         return asyncio.run(wrapped())
     except RestError as exc:
         return fail(settings, str(exc.message))
+    except ModuleNotFoundError as exc:  # an optional dependency of the toolbox
+        return fail(settings, f"this command needs the tools extra (missing {exc.name}): "
+                    "pip install 'flespi-bridge[tools]'")
     except OSError as exc:
         return fail(settings, f"cannot write the output: {exc}")

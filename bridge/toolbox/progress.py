@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
@@ -18,6 +19,8 @@ class Progress:
         self._bar: tqdm[Any] | None = None
         self._total = max(1, round(end - start))
         if self.stream.isatty():
+            from tqdm import tqdm  # the `tools` extra; the CLI itself must load without it
+
             self._bar = tqdm(total=self._total, file=self.stream, unit="s",
                              desc=label, leave=False, dynamic_ncols=True, mininterval=mininterval,
                              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
