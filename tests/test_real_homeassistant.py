@@ -84,6 +84,7 @@ EXPECTED: dict[str, Expected] = {
                      lambda dev: "locked" if dev.value("lock.status") else "unlocked"),
     "restart": Expected("button"),
     "upload_interval": Expected("number", None, "s"),
+    "last_command": Expected("sensor"),
 }
 
 
@@ -300,6 +301,11 @@ async def test_scooter_in_a_real_home_assistant(
     assert request.body[0]["properties"]["lock"] == 0
     await api.wait_state(ids["lock"], lambda s: s is not None and s["state"] == "unlocked",
                          what="unlocked")
+    # ... and its result is on the device's Last command sensor
+    await api.wait_state(ids["last_command"],
+                         lambda s: s is not None and s["state"] == "ok"
+                         and s["attributes"].get("command") == "lock",
+                         what="Last command: ok")
     # The device locks itself (no command): Home Assistant follows the telemetry.
     await sim.set_values(seed.id, {"lock.status": True})
     await api.wait_state(ids["lock"], lambda s: s is not None and s["state"] == "locked",
