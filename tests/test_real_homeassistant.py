@@ -204,8 +204,10 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
 def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | None) -> bool:
     if state is None or state["state"] == "unavailable":
         return False
-    if state["state"] == "unknown" and want.domain not in ("button", "number"):
-        return False  # a button has no state until pressed, the number none from the device
+    if state["state"] == "unknown" and want.domain not in ("button", "number") \
+            and key != "last_command":
+        return False  # a button has no state until pressed, the number none from the device,
+        # Last command none before the first command
     attrs = state["attributes"]
     if attrs.get("device_class") != want.device_class or \
             attrs.get("unit_of_measurement") != want.unit:
