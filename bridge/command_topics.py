@@ -1,5 +1,8 @@
 """Local command topics: `<base>/<id>/set` and `<base>/<id>/<entity>/set` in, one result per
-request out on `<base>/<id>/result`.
+request out on `<base>/<id>/result`, and the latest (without flespi's `response`) retained on
+`<base>/<id>/last_command` for Home Assistant's "Last command" sensor. A lock command going
+to flespi is recorded on the device (`Device.pending`) and the device marked for a state
+render, so the lock shows `LOCKING`/`UNLOCKING` until flespi's answer is in.
 
 What may run is decided here before the gateway sees a request: a command that arrives with
 the retain flag never runs (the broker replays retained messages on every subscription, so
@@ -11,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from bridge.commands import INVALID_INPUT, CommandGateway, peek_transaction, result
+from bridge.commands import INVALID_INPUT, CommandGateway, Request, peek_transaction, result
 from bridge.config import Settings
 from bridge.exceptions import CommandError, LocalUnavailableError
 from bridge.flespi.rest import Rest
 from bridge.logs import RateLimitedLog
 from bridge.metrics import Stats
 from bridge.outbox import Outbox
-from bridge.state import Device, Store
+from bridge.state import STATE, Device, Store
 from bridge.topics import LocalTopics
 from bridge.transport import LocalTransport, Publication
 
@@ -31,15 +35,18 @@ log = logging.getLogger(__name__)
 
 class CommandTopics:
     def __init__(self, settings: Settings, rest: Rest, store: Store, stats: Stats,
-                 transport: LocalTransport, outbox: Outbox) -> None:
+                 transport: LocalTransport, outbox: Outbox,
+                 wake: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.store = store
         self.stats = stats
         self.transport = transport
         self.outbox = outbox
+        self.wake = wake  # the publisher: a device was marked for rendering
         self.topics = LocalTopics(settings.local.base_topic)
         self.gateway = CommandGateway(settings.commands, rest, device=self._commandable,
-                                      publish_result=self.publish_result, count=self.count)
+                                      publish_result=self.publish_result, count=self.count,
+                                      in_flight=self._in_flight)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._bad = RateLimitedLog(log)
@@ -91,19 +98,37 @@ class CommandTopics:
             return None
         return self.store.devices.get(device_id)
 
+    def _in_flight(self, device_id: int, request: Request, begun: bool) -> None:
+        """A lock command went to flespi (or its answer is in): the lock's state shows it."""
+        dev = self.store.devices.get(device_id)
+        if dev is None or request.spec.component != "lock":
+            return
+        targets = dev.pending.setdefault(request.entity, [])
+        if begun:
+            targets.append(bool(request.value))
+        elif bool(request.value) in targets:
+            targets.remove(bool(request.value))
+        if not targets:
+            del dev.pending[request.entity]
+        self.store.mark(dev, STATE)
+        self.wake()
+
     def count(self, outcome: str) -> None:
         self.stats.commands[outcome] += 1
         if outcome in INVALID_INPUT:
             self.stats.invalid["command", outcome] += 1
 
     async def publish_result(self, device_id: int, outcome: dict[str, Any]) -> None:
-        pub = Publication(self.topics.device(device_id, "result"), orjson.dumps(outcome),
-                          False)
-        try:
-            await self.transport.publish(pub.topic, pub.payload, retain=False)
-            self.stats.publications["result"] += 1
-        except LocalUnavailableError:
-            self.outbox.add_result(pub)  # published once the local broker is back
+        last = {k: v for k, v in outcome.items() if k != "response"}
+        for pub in (Publication(self.topics.device(device_id, "result"),
+                                orjson.dumps(outcome), False),
+                    Publication(self.topics.device(device_id, "last_command"),
+                                orjson.dumps(last), True)):
+            try:
+                await self.transport.publish(pub.topic, pub.payload, retain=pub.retain)
+                self.stats.publications[pub.topic.rsplit("/", 1)[-1]] += 1
+            except LocalUnavailableError:
+                self.outbox.add_result(pub)  # published once the local broker is back
 
     async def drain(self, timeout: float) -> None:
         """Stop taking commands; wait for those in flight."""

@@ -280,12 +280,15 @@ class CommandGateway:
         device: Callable[[int], Device | None],
         publish_result: Callable[[int, dict[str, Any]], Awaitable[None]],
         count: Callable[[str], None],
+        in_flight: Callable[[int, Request, bool], None] | None = None,
     ) -> None:
         self.settings = settings
         self.rest = rest
         self._device = device
         self._publish_result = publish_result
         self._count = count
+        # told when a request goes to flespi (True) and when its answer is in (False)
+        self._in_flight = in_flight or (lambda device_id, request, begun: None)
         self.limits = Limits(settings)
         self._bad = RateLimitedLog(log)
 
@@ -340,6 +343,7 @@ class CommandGateway:
         timeout = self.settings.timeout
         sent = True  # unless the transport knows better: may have reached flespi
         limits.begin(device_id, transaction)
+        self._in_flight(device_id, request, True)
         try:
             answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
                                           timeout + min(5.0, timeout))
@@ -349,6 +353,7 @@ class CommandGateway:
             raise CommandError(exc.code, exc.message) from None
         finally:
             limits.end(device_id, transaction, sent=sent, now=limits.clock())
+            self._in_flight(device_id, request, False)
 
     def _check(self, device_id: int, entity: str | None, payload: bytes) -> Request:
         if self.settings.read_only:

@@ -36,6 +36,9 @@ MIGRATE = b'{"migrate_discovery":true}'
 METRES_PER_HDOP = 5.0
 TRACKER_FIELDS = ("latitude", "longitude", "altitude", "speed", "direction", "satellites",
                   "hdop")
+LAST_COMMAND = "last_command"
+LOCK_STATES = {"state_locked": "LOCKED", "state_unlocked": "UNLOCKED",
+               "state_locking": "LOCKING", "state_unlocking": "UNLOCKING"}
 # (platform, entity key, options): an entity before the layout adds device and origin
 Entity = tuple[str, str, dict[str, Any]]
 
@@ -273,8 +276,9 @@ def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
 
 def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpec]
                      ) -> list[tuple[str, str, dict[str, Any]]]:
-    """lock/button/number entities for the device type's command profile. A lock's state
-    comes from telemetry (`state_attribute`), never from assuming the command worked."""
+    """lock/button/number entities for the device type's command profile, and the "Last
+    command" sensor. A lock's state comes from telemetry (`state_attribute`), never from
+    assuming the command worked, and shows a command in flight (`lock_state`)."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for key, spec in profile.items():
         cfg: dict[str, Any] = {
@@ -282,19 +286,16 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
             "command_topic": f"{ctx.base}/{dev.id}/{key}/set",
         }
         state = spec.state_attribute
-        if state is not None:
-            cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + ("state" if _uses_json(ctx) else state)
         if spec.component == "lock":
             cfg.update(payload_lock="LOCK", payload_unlock="UNLOCK", optimistic=state is None)
-            if state is not None and _uses_json(ctx):
-                cfg.update(value_template=(
-                    f"{{{{ 'LOCKED' if value_json.{state} else 'UNLOCKED' }}}}"),
-                    state_locked="LOCKED", state_unlocked="UNLOCKED")
-            elif state is not None:
-                cfg.update(state_locked="true", state_unlocked="false")
+            if state is not None:  # the bridge's lock state topic (`lock_state`)
+                cfg.update(state_topic=f"{ctx.base}/{dev.id}/{key}/state", **LOCK_STATES)
         elif spec.component == "button":
             cfg["payload_press"] = "PRESS"
         else:
+            if state is not None:
+                cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + (
+                    "state" if _uses_json(ctx) else state)
             cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
                        optimistic=state is None)
             if spec.unit:
@@ -302,7 +303,35 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
             if state is not None and _uses_json(ctx):
                 cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
         out.append((spec.component, key, cfg))
+    if profile:
+        out.append(("sensor", LAST_COMMAND, last_command_sensor(ctx, dev)))
     return out
+
+
+def last_command_sensor(ctx: Context, dev: Device) -> dict[str, Any]:
+    """The latest command result (retained `<base>/<id>/last_command`): its status as the
+    state, code, error, command and transaction as attributes. Available with the bridge,
+    whether or not the device is connected (a timeout is worth seeing)."""
+    topic = f"{ctx.base}/{dev.id}/{LAST_COMMAND}"
+    fields = ", ".join(f"'{f}': value_json.get('{f}')"
+                       for f in ("code", "error", "command", "transaction"))
+    return {"name": "Last command", "availability": [{"topic": ctx.bridge_state}],
+            "state_topic": topic, "value_template": "{{ value_json.status }}",
+            "json_attributes_topic": topic,
+            "json_attributes_template": "{{ {" + fields + "} | tojson }}",
+            "entity_category": "diagnostic", "icon": "mdi:console-line"}
+
+
+def lock_state(dev: Device, key: str, spec: CommandSpec) -> str | None:
+    """What the lock `key` shows on `<base>/<id>/<key>/state`: `LOCKING`/`UNLOCKING` while a
+    command of it is in flight (the newest one's direction), else the telemetry state;
+    None while neither is known."""
+    targets = dev.pending.get(key)
+    if targets:
+        return "LOCKING" if targets[-1] else "UNLOCKING"
+    if spec.state_attribute is None or spec.state_attribute not in dev.values:
+        return None
+    return "LOCKED" if dev.values[spec.state_attribute] else "UNLOCKED"
 
 
 def tracker_position(dev: Device) -> dict[str, Any]:

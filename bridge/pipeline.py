@@ -212,5 +212,6 @@ class Publisher:
 def _kind(topic: str) -> str:
     """Metric label of a local publication: the last topic level, `config` for discovery."""
     leaf = topic.rsplit("/", 1)[-1]
-    known = ("state", "availability", "info", "message", "config", "result")
+    known = ("state", "availability", "info", "message", "config", "result",
+             "last_command")
     return leaf if leaf in known else "attribute"

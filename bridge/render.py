@@ -18,11 +18,13 @@ from bridge.catalog import Attribute
 from bridge.config import Settings
 from bridge.discovery import Discovery
 from bridge.homeassistant import (
+    LAST_COMMAND,
     Context,
     Names,
     bridge_configs,
     device_configs,
     device_owner,
+    lock_state,
     tracker_position,
 )
 from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device
@@ -78,6 +80,22 @@ class Renderer:
                 pubs.append(Publication(t.state(dev.id), orjson.dumps(dev.state())))
             if output != "json":
                 pubs.extend(self._attributes(dev))
+        if flags & STATE:
+            pubs.extend(self._locks(dev))
+        return pubs
+
+    def _locks(self, dev: Device) -> list[Publication]:
+        """Each lock's `<base>/<id>/<key>/state` (telemetry, or a command in flight), when
+        it changed since last published."""
+        pubs = []
+        for key, spec in self.settings.commands.profile(dev.info.device_type_id).items():
+            if spec.component != "lock" or spec.state_attribute is None:
+                continue
+            shown = lock_state(dev, key, spec)
+            leaf = f"{key}/state"
+            if shown is not None and dev.sent.get(leaf) != shown:
+                dev.sent[leaf] = shown
+                pubs.append(Publication(self.topics.device(dev.id, leaf), shown.encode()))
         return pubs
 
     def _attributes(self, dev: Device) -> list[Publication]:
@@ -101,7 +119,11 @@ class Renderer:
 
     def clear_topics(self, dev: Device) -> list[Publication]:
         """Empty retained payloads for every device topic a removed device had."""
-        leaves = ["state", "availability", "info", *dev.values, "last_seen", "position"]
+        locks = [f"{key}/state" for key, spec
+                 in self.settings.commands.profile(dev.info.device_type_id).items()
+                 if spec.component == "lock"]
+        leaves = ["state", "availability", "info", *dev.values, "last_seen", "position",
+                  LAST_COMMAND, *locks]
         return [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
 
     def reset(self) -> None:

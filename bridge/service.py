@@ -76,7 +76,8 @@ class Bridge:
         if settings.commands.transport == "http":
             rest = self._http_rest = HttpRest(settings.commands.http_url,
                                               settings.flespi.token.get_secret_value())
-        self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox)
+        self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox,
+                                      publisher.wake)
         self.local.subscribe(self.commands.subscriptions
                              + ([self.republisher.status_topic] if ha.discovery else []))
         stats.queues.update({

@@ -51,6 +51,8 @@ class Device:
     sent: dict[str, Any] = field(default_factory=dict)
     # monotonic time of the oldest unpublished value change (the latency histogram)
     changed_at: float | None = None
+    # lock entity -> targets of its commands in flight (True: locking), oldest first
+    pending: dict[str, list[bool]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 import orjson
 import pytest
-from helpers import TOKEN, BridgeFactory, Recorder, make_settings
+from helpers import TOKEN, BridgeFactory, Recorder, make_settings, retained
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,8 +184,8 @@ async def commanding(request: pytest.FixtureRequest, upstream: mosquitto.Broker,
         commands["http_url"] = await responder.serve_http()
     bridge = await bridge_factory(make_settings(upstream, local, commands=commands))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
-    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/state",
-                                "homeassistant/device/#"]) as rec:
+    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/state", f"{BASE}/+/lock/state",
+                                f"{BASE}/+/last_command", "homeassistant/device/#"]) as rec:
         yield bridge, rec
 
 
@@ -203,6 +203,12 @@ async def command(rec: Recorder, device_id: int, payload: bytes | str, entity: s
     return result
 
 
+def lock_states(rec: Recorder, device_id: int) -> list[str]:
+    """Every payload the device's lock state topic carried, in order."""
+    topic = f"{BASE}/{device_id}/lock/state"
+    return [m.payload.decode() for m in rec.messages if m.topic == topic]
+
+
 async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
         commanding: tuple[Bridge, Recorder], sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
@@ -212,9 +218,12 @@ async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
     assert cfg["cmps"]["lock"]["p"] == "lock"
     cfg = cfg["cmps"]["lock"]
     assert cfg["command_topic"] == f"{BASE}/{device_id}/lock/set"
-    template = jinja2.Environment().from_string(cfg["value_template"])
+    assert cfg["state_topic"] == f"{BASE}/{device_id}/lock/state"
+    assert (cfg["state_locked"], cfg["state_unlocked"], cfg["state_locking"],
+            cfg["state_unlocking"]) == ("LOCKED", "UNLOCKED", "LOCKING", "UNLOCKING")
     state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="the state")
     assert state["locked"] is True
+    await rec.wait_for(lambda: lock_states(rec, device_id) == ["LOCKED"], what="LOCKED")
 
     result = await command(rec, device_id, "UNLOCK", entity="lock")
     assert result["status"] == "ok", result
@@ -225,13 +234,59 @@ async def test_lock_from_home_assistant_reaches_flespi_and_state_follows(
     assert request.body == [{"name": "setting.r0.set",
                              "properties": {"key_time": 1, "user_id": "", "lock": 0},
                              "timeout": 1}]
-    # The lock's state comes from telemetry the device reports, not from the command.
+    # The lock's state comes from telemetry the device reports, not from the command (an
+    # UNLOCKING in flight may be coalesced away by so quick an answer: see the next test).
     await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["locked"] is False, what="unlocked")
-    assert template.render(value_json=rec.state(BASE, device_id)) == "UNLOCKED"
+    await rec.wait_for(lambda: lock_states(rec, device_id)[-1] == "UNLOCKED", what="UNLOCKED")
     result = await command(rec, device_id, "LOCK", entity="lock")
     assert result["status"] == "ok"
     await rec.wait_for(lambda: rec.seen_state(BASE, device_id)["locked"] is True, what="locked")
-    assert template.render(value_json=rec.state(BASE, device_id)) == "LOCKED"
+    await rec.wait_for(lambda: lock_states(rec, device_id)[-1] == "LOCKED", what="LOCKED")
+
+
+async def test_a_failed_lock_command_is_visible(commanding: tuple[Bridge, Recorder],
+                                                sim: Simulator, responder: Responder,
+                                                local: mosquitto.Broker) -> None:
+    """A silent flespi: the lock shows UNLOCKING, then the telemetry state again; the Last
+    command sensor (retained `last_command`) carries the timeout, then a refusal."""
+    _, rec = commanding
+    device_id = next(iter(sim.devices))
+    cfg_topic = f"homeassistant/device/flespi/flespi_{device_id}/config"
+    cfg = (await rec.wait_for(lambda: rec.latest.get(cfg_topic), what="config")).json()
+    sensor = cfg["cmps"]["last_command"]
+    last_topic = f"{BASE}/{device_id}/last_command"
+    assert (sensor["p"], sensor["state_topic"], sensor["json_attributes_topic"],
+            sensor["entity_category"]) == ("sensor", last_topic, last_topic, "diagnostic")
+    await rec.wait_for(lambda: lock_states(rec, device_id) == ["LOCKED"], what="LOCKED")
+
+    responder.silent = True
+    await rec.publish(f"{BASE}/{device_id}/lock/set", "UNLOCK", qos=1)
+    await rec.wait_for(lambda: lock_states(rec, device_id)[-1] == "UNLOCKING", what="UNLOCKING")
+    last = await rec.wait_for(lambda: rec.latest.get(last_topic), what="last command")
+    # back to what telemetry says (the simulated device did unlock; only flespi is silent)
+    telemetry = "LOCKED" if sim.devices[device_id].value("lock.status") else "UNLOCKED"
+    await rec.wait_for(lambda: lock_states(rec, device_id) == ["LOCKED", "UNLOCKING", telemetry],
+                       what="back to the telemetry state")
+    outcome = last.json()
+    assert "response" not in outcome
+    assert (outcome["status"], outcome["code"], outcome["command"]) == (
+        "error", "timeout", "lock")
+    env = jinja2.Environment()
+    assert env.from_string(sensor["value_template"]).render(value_json=outcome) == "error"
+    attrs = orjson.loads(env.from_string(sensor["json_attributes_template"]).render(
+        value_json=outcome))
+    assert attrs == {"code": "timeout", "error": outcome["error"], "command": "lock",
+                     "transaction": None}
+
+    result = await command(rec, device_id, b'{"upload_interval": 0, "transaction": "x"}')
+    assert result["code"] == "invalid_value"
+    await rec.wait_for(lambda: rec.latest[last_topic].json()["transaction"] == "x",
+                       what="the refusal as last command")
+    assert rec.latest[last_topic].json()["code"] == "invalid_value"
+    found = await retained(local, [last_topic, f"{BASE}/{device_id}/lock/state"])
+    assert orjson.loads(found[last_topic])["code"] == "invalid_value"
+    assert found[f"{BASE}/{device_id}/lock/state"] == telemetry.encode()
+    assert lock_states(rec, device_id) == ["LOCKED", "UNLOCKING", telemetry]
 
 
 async def test_set_topic_commands_with_transactions(commanding: tuple[Bridge, Recorder],

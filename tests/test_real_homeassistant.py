@@ -84,6 +84,7 @@ EXPECTED: dict[str, Expected] = {
                      lambda dev: "locked" if dev.value("lock.status") else "unlocked"),
     "restart": Expected("button"),
     "upload_interval": Expected("number", None, "s"),
+    "last_command": Expected("sensor"),
 }
 
 
@@ -203,8 +204,10 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
 def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | None) -> bool:
     if state is None or state["state"] == "unavailable":
         return False
-    if state["state"] == "unknown" and want.domain not in ("button", "number"):
-        return False  # a button has no state until pressed, the number none from the device
+    if state["state"] == "unknown" and want.domain not in ("button", "number") \
+            and key != "last_command":
+        return False  # a button has no state until pressed, the number none from the device,
+        # Last command none before the first command
     attrs = state["attributes"]
     if attrs.get("device_class") != want.device_class or \
             attrs.get("unit_of_measurement") != want.unit:
@@ -300,6 +303,11 @@ async def test_scooter_in_a_real_home_assistant(
     assert request.body[0]["properties"]["lock"] == 0
     await api.wait_state(ids["lock"], lambda s: s is not None and s["state"] == "unlocked",
                          what="unlocked")
+    # ... and its result is on the device's Last command sensor
+    await api.wait_state(ids["last_command"],
+                         lambda s: s is not None and s["state"] == "ok"
+                         and s["attributes"].get("command") == "lock",
+                         what="Last command: ok")
     # The device locks itself (no command): Home Assistant follows the telemetry.
     await sim.set_values(seed.id, {"lock.status": True})
     await api.wait_state(ids["lock"], lambda s: s is not None and s["state"] == "locked",
