@@ -28,7 +28,7 @@ from bridge.metrics import Stats
 from bridge.outbox import Outbox
 from bridge.state import STATE, Device, Store
 from bridge.topics import LocalTopics
-from bridge.transport import LocalTransport, Publication
+from bridge.transport import LocalTransport, Publication, publication_kind
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ class CommandTopics:
     def subscriptions(self) -> list[str]:
         return [self.topics.device_filter("set"), self.topics.device_filter("+/set")]
 
-    def handle(self, topic: str, payload: bytes, retain: bool) -> bool:
-        """Take a local message; False if it is not a command topic."""
+    def handle(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Take a local message on the command subscriptions."""
         parsed = self.topics.parse_device(topic)
         if parsed is None:
-            return False
+            return
         device_id, rest = parsed
         if rest != "set" and not rest.endswith("/set"):
-            return False
+            return
         entity = None if rest == "set" else rest.removesuffix("/set")
         refusal = None
         if retain:
@@ -79,7 +79,6 @@ class CommandTopics:
             self._spawn(self.publish_result(device_id, result(tx, entity, error=refusal)))
         else:
             self._spawn(self.gateway.handle(device_id, entity, payload))
-        return True
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -126,7 +125,7 @@ class CommandTopics:
                                 orjson.dumps(last), True)):
             try:
                 await self.transport.publish(pub.topic, pub.payload, retain=pub.retain)
-                self.stats.publications[pub.topic.rsplit("/", 1)[-1]] += 1
+                self.stats.publications[publication_kind(pub.topic)] += 1
             except LocalUnavailableError:
                 self.outbox.add_result(pub)  # published once the local broker is back
 

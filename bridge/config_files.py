@@ -53,18 +53,8 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
 
 
 def ca_problem(path: Path) -> str | None:
-    """Why `path` is not a usable CA bundle (PEM), or None."""
-    try:
-        ssl.create_default_context(cafile=str(path))
-    except ssl.SSLError as exc:
-        return f"not a PEM certificate: {path} ({_ssl_reason(exc)})"
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror or exc}"
-    return None
-
-
-def cert_problem(path: Path) -> str | None:
-    """Why `path` holds no PEM certificate, or None."""
+    """Why `path` holds no usable PEM certificate (a CA bundle, or a client certificate),
+    or None."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         ctx.load_verify_locations(cafile=str(path))
@@ -73,6 +63,10 @@ def cert_problem(path: Path) -> str | None:
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
     return None
+
+
+# A client certificate is read the same way; its key is checked against it by key_problem.
+cert_problem = ca_problem
 
 
 def key_problem(key: Path, cert: Path) -> str | None:

@@ -48,14 +48,6 @@ def node_id(base_topic: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Names:
-    """Readable names of a device's type and protocol (flespi's, fetched over REST)."""
-
-    model: str | None = None
-    manufacturer: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Context:
     prefix: str
     base: str
@@ -139,25 +131,17 @@ def bridge_configs(ctx: Context) -> dict[str, dict[str, Any]]:
     return layout(ctx, ctx.bridge_identifier, bridge_device(ctx), None, bridge_entities(ctx))
 
 
-def device_block(ctx: Context, dev: Device, names: Names | None = None) -> dict[str, Any]:
-    names = names or Names()
+def device_block(ctx: Context, dev: Device) -> dict[str, Any]:
     block: dict[str, Any] = {
         "identifiers": [device_owner(dev.id)],
         "name": dev.name,
         "via_device": ctx.bridge_identifier,
         "configuration_url": PANEL_URL.format(id=dev.id),
     }
-    if names.manufacturer:
-        block["manufacturer"] = names.manufacturer
-    if names.model:
-        block["model"] = names.model
-    elif dev.info.device_type_id is not None:
+    if dev.info.device_type_id is not None:
         block["model"] = f"flespi device type {dev.info.device_type_id}"
     if dev.info.ident:
         block["serial_number"] = dev.info.ident
-    firmware = dev.values.get("firmware")
-    if isinstance(firmware, str | int | float) and not isinstance(firmware, bool):
-        block["sw_version"] = str(firmware)
     return block
 
 
@@ -267,10 +251,10 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
 
 
 def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
-                   profile: Mapping[str, CommandSpec] | None = None,
-                   names: Names | None = None) -> dict[str, dict[str, Any]]:
+                   profile: Mapping[str, CommandSpec] | None = None
+                   ) -> dict[str, dict[str, Any]]:
     """Config topic -> payload of the device's entities, in the context's layout."""
-    return layout(ctx, device_owner(dev.id), device_block(ctx, dev, names),
+    return layout(ctx, device_owner(dev.id), device_block(ctx, dev),
                   availability(ctx, dev), device_entities(ctx, dev, attrs, profile))
 
 

@@ -154,14 +154,14 @@ class LocalBroker:
         return found
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = True,
-                      qos: int | None = None) -> None:
+) -> None:
         client = self._client
         if client is None or not self.connected.is_set():
             raise LocalUnavailableError("local broker not connected")
         async with self._window:
             try:
                 await client.publish(
-                    topic, payload, qos=self.settings.qos if qos is None else qos, retain=retain
+                    topic, payload, qos=self.settings.qos, retain=retain
                 )
             except aiomqtt.MqttError as exc:
                 raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None

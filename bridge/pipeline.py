@@ -27,7 +27,7 @@ from bridge.logs import RateLimitedLog
 from bridge.metrics import LatencyHistogram, Stats
 from bridge.outbox import Outbox
 from bridge.state import Device, Store
-from bridge.transport import LocalTransport, Publication
+from bridge.transport import LocalTransport, Publication, publication_kind
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class Publisher:
     def _handed(self, batch: _Batch) -> None:
         publications = self.stats.publications
         for pub in batch.publications:
-            publications[_kind(pub.topic)] += 1
+            publications[publication_kind(pub.topic)] += 1
         self._inflight.append(batch)
         self._inflight_size += len(batch.publications)
         batch.future.add_done_callback(self._reap)
@@ -207,11 +207,3 @@ class Publisher:
                     dev.changed_at = min(batch.since)
             self.ledger.settle(batch.claim, False)
         self._wake.set()
-
-
-def _kind(topic: str) -> str:
-    """Metric label of a local publication: the last topic level, `config` for discovery."""
-    leaf = topic.rsplit("/", 1)[-1]
-    known = ("state", "availability", "info", "message", "config", "result",
-             "last_command")
-    return leaf if leaf in known else "attribute"

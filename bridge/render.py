@@ -9,7 +9,6 @@ each device's `sent` attributes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -20,7 +19,6 @@ from bridge.discovery import Discovery
 from bridge.homeassistant import (
     LAST_COMMAND,
     Context,
-    Names,
     bridge_configs,
     device_configs,
     device_owner,
@@ -44,13 +42,11 @@ class Renderer:
         self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
                           ha.discovery_mode)
         self.discovery = Discovery(self.ha)
-        # device type/protocol names, when known (bridge.device_types fills it in)
-        self.names: Callable[[Device], Names | None] = lambda dev: None
 
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
         profile = self.settings.commands.profile(dev.info.device_type_id)
-        return device_configs(self.ha, dev, self.attributes, profile, self.names(dev))
+        return device_configs(self.ha, dev, self.attributes, profile)
 
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""

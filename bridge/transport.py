@@ -17,6 +17,13 @@ class Publication(NamedTuple):
     retain: bool = True
 
 
+def publication_kind(topic: str) -> str:
+    """Metric label of a local publication: the last topic level, `config` for discovery."""
+    leaf = topic.rsplit("/", 1)[-1]
+    known = ("state", "availability", "info", "message", "config", "result", "last_command")
+    return leaf if leaf in known else "attribute"
+
+
 class LocalTransport(Protocol):
     @property
     def connected(self) -> asyncio.Event:
