@@ -1,8 +1,13 @@
 """The parameter catalogue: which flespi parameters the bridge understands, as data.
 
-One row per flespi telemetry parameter. A row says which state attribute(s) the value
-becomes, how it is validated, and how Home Assistant should present it. Adding a parameter
-is adding a row; nothing else in the bridge branches on parameter names.
+One row per flespi telemetry parameter, named as in flespi's parameter dictionary (one
+naming across its protocols: `engine.ignition.status`, `vehicle.mileage`, `can.fuel.level`,
+...). A row says which state attribute(s) the value becomes, how it is validated, and how
+Home Assistant should present it (component, device class, state class, unit and entity
+category, all valid for current Home Assistant: `bridge.ha_classes`). Adding a parameter is
+adding a row; nothing else in the bridge branches on parameter names. Parameters outside the
+catalogue are named by `bridge.rules` (with `flespi.parameters = "all"`), and any row can be
+changed by the configuration's `flespi.overrides` (`bridge.parameters`).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Attribute:
     maximum: float | None = None
     # Home Assistant binary_sensor is "on" when the value is false (the lock class: on=unlocked)
     invert: bool = False
+    # False: Home Assistant creates the entity disabled (rule-made diagnostics)
+    enabled_by_default: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +85,42 @@ _POSITION_FIELDS = {
     "valid": _binary("position_valid", "Position valid", entity_category="diagnostic"),
 }
 
+_DIAG = "diagnostic"
+
+
+def _io(prefix: str, label: str, count: int) -> tuple[Parameter, ...]:
+    """Numbered digital inputs/outputs (`din.1`, ...): booleans, one entity each."""
+    return tuple(Parameter(f"{prefix}.{i}", _binary(f"{prefix}_{i}", f"{label} {i}",
+                                                    icon="mdi:electric-switch"))
+                 for i in range(1, count + 1))
+
+
+def _ain(count: int) -> tuple[Parameter, ...]:
+    return tuple(Parameter(f"ain.{i}", _sensor(f"ain_{i}", f"Analog input {i}", unit="V",
+                                               device_class="voltage",
+                                               state_class="measurement"))
+                 for i in range(1, count + 1))
+
+
+def _temperature(name: str, label: str, **kw: Any) -> Attribute:
+    return _sensor(name, label, unit="°C", device_class="temperature",
+                   state_class="measurement", minimum=-273.15, **kw)
+
+
+def _counter(name: str, label: str, unit: str, device_class: str, **kw: Any) -> Attribute:
+    """A total that only grows (mileage, engine hours, fuel consumed): Home Assistant's
+    long-term statistics sum it (`total_increasing`)."""
+    return _sensor(name, label, unit=unit, device_class=device_class,
+                   state_class="total_increasing", minimum=0, **kw)
+
+
+def _percent(name: str, label: str, **kw: Any) -> Attribute:
+    return _sensor(name, label, unit="%", state_class="measurement", minimum=0, maximum=100,
+                   **kw)
+
+
 CATALOG: tuple[Parameter, ...] = (
+    # the e-scooter of the reference
     Parameter("battery.level", _sensor("battery", "Battery", "int", unit="%",
               device_class="battery", state_class="measurement", minimum=0, maximum=100)),
     Parameter("battery.voltage", _sensor("voltage", "Voltage", unit="V", device_class="voltage",
@@ -86,15 +128,92 @@ CATALOG: tuple[Parameter, ...] = (
     Parameter("battery.charging.status", _binary("charging", "Charging",
               device_class="battery_charging")),
     Parameter("gsm.signal.level", _sensor("signal", "Signal", "int", unit="%",
-              state_class="measurement", entity_category="diagnostic",
+              state_class="measurement", entity_category=_DIAG,
               icon="mdi:signal", minimum=0, maximum=100)),
     Parameter("lock.status", _binary("locked", "Locked", device_class="lock", invert=True)),
     Parameter("position", fields=_POSITION_FIELDS),
     Parameter("position.speed", _POSITION_FIELDS["speed"]),
+    Parameter("position.satellites", _POSITION_FIELDS["satellites"]),
+    # engine and motion
     Parameter("engine.ignition.status", _binary("ignition", "Ignition", icon="mdi:engine")),
+    Parameter("movement.status", _binary("movement", "Movement", device_class="moving")),
+    Parameter("engine.blocked.status", _binary("engine_blocked", "Engine blocked",
+              icon="mdi:engine-off")),
+    Parameter("vehicle.mileage", _counter("mileage", "Mileage", "km", "distance",
+              icon="mdi:counter")),
+    Parameter("can.vehicle.mileage", _counter("can_mileage", "CAN mileage", "km", "distance",
+              icon="mdi:counter")),
+    Parameter("engine.motorhours", _counter("engine_hours", "Engine hours", "h", "duration",
+              icon="mdi:engine-outline")),
+    Parameter("can.engine.motorhours", _counter("can_engine_hours", "CAN engine hours", "h",
+              "duration", icon="mdi:engine-outline")),
+    Parameter("engine.rpm", _sensor("rpm", "Engine RPM", unit="rpm", state_class="measurement",
+              icon="mdi:gauge", minimum=0)),
+    Parameter("can.engine.rpm", _sensor("can_rpm", "CAN engine RPM", unit="rpm",
+              state_class="measurement", icon="mdi:gauge", minimum=0)),
+    Parameter("can.vehicle.speed", _sensor("can_speed", "CAN speed", unit="km/h",
+              device_class="speed", state_class="measurement", minimum=0)),
+    Parameter("can.throttle.pedal.level", _percent("throttle", "Throttle pedal",
+              icon="mdi:car-speed-limiter")),
+    Parameter("can.engine.load.level", _percent("engine_load", "Engine load", icon="mdi:engine")),
+    # fuel
+    Parameter("fuel.level", _percent("fuel_level", "Fuel level", icon="mdi:gas-station")),
+    Parameter("can.fuel.level", _percent("can_fuel_level", "CAN fuel level",
+              icon="mdi:gas-station")),
+    Parameter("can.fuel.volume", _sensor("can_fuel_volume", "CAN fuel volume", unit="L",
+              device_class="volume_storage", state_class="measurement", minimum=0)),
+    Parameter("fuel.consumed", _counter("fuel_consumed", "Fuel consumed", "L", "volume",
+              icon="mdi:fuel")),
+    Parameter("can.fuel.consumed", _counter("can_fuel_consumed", "CAN fuel consumed", "L",
+              "volume", icon="mdi:fuel")),
+    Parameter("can.fuel.consumption", _sensor("can_fuel_rate", "CAN fuel rate", unit="L/h",
+              state_class="measurement", icon="mdi:fuel", minimum=0)),
+    Parameter("can.adblue.level", _percent("adblue_level", "AdBlue level", icon="mdi:water")),
+    # temperatures
+    Parameter("can.engine.temperature", _temperature("engine_temperature",
+              "Engine temperature")),
+    Parameter("can.engine.coolant.temperature", _temperature("coolant_temperature",
+              "Coolant temperature")),
+    Parameter("can.engine.oil.temperature", _temperature("oil_temperature",
+              "Oil temperature")),
+    Parameter("can.ambient.air.temperature", _temperature("ambient_temperature",
+              "Ambient temperature")),
+    Parameter("device.temperature", _temperature("device_temperature", "Device temperature",
+              entity_category=_DIAG)),
+    Parameter("battery.temperature", _temperature("battery_temperature", "Battery temperature",
+              entity_category=_DIAG)),
+    # power
     Parameter("external.powersource.voltage", _sensor("external_voltage", "External voltage",
               unit="V", device_class="voltage", state_class="measurement")),
-    Parameter("movement.status", _binary("movement", "Movement", device_class="moving")),
+    Parameter("external.powersource.status", _binary("external_power", "External power",
+              device_class="power")),
+    Parameter("battery.current", _sensor("battery_current", "Battery current", unit="A",
+              device_class="current", state_class="measurement", entity_category=_DIAG)),
+    # inputs and outputs: `din`/`dout` are bitmasks of all of them, `din.N` one each
+    Parameter("din", _sensor("din", "Digital inputs", "int", entity_category=_DIAG,
+              icon="mdi:import", minimum=0)),
+    Parameter("dout", _sensor("dout", "Digital outputs", "int", entity_category=_DIAG,
+              icon="mdi:export", minimum=0)),
+    *_io("din", "Digital input", 4),
+    *_io("dout", "Digital output", 4),
+    *_ain(2),
+    # events and alarms
+    Parameter("alarm.event", _binary("alarm", "Alarm", device_class="safety")),
+    Parameter("crash.event", _binary("crash", "Crash", device_class="safety")),
+    Parameter("towing.alarm.status", _binary("towing", "Towing", device_class="safety")),
+    Parameter("overspeeding.status", _binary("overspeeding", "Overspeeding",
+              device_class="problem", icon="mdi:speedometer")),
+    Parameter("can.doors.status", _binary("doors", "Doors", device_class="door")),
+    # GNSS and GSM
+    Parameter("gnss.status", _binary("gnss", "GNSS fix", entity_category=_DIAG,
+              icon="mdi:crosshairs-gps")),
+    Parameter("gsm.operator.code", _sensor("operator", "Operator", "str", component="sensor",
+              entity_category=_DIAG, icon="mdi:sim")),
+    Parameter("gsm.network.roaming.status", _binary("roaming", "Roaming",
+              entity_category=_DIAG, icon="mdi:earth")),
+    # the vehicle
+    Parameter("vehicle.vin", _sensor("vin", "VIN", "str", entity_category=_DIAG,
+              icon="mdi:car-info")),
 )
 
 # The attribute every state carries: the time of the newest value, ISO 8601 UTC.

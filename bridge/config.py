@@ -73,7 +73,6 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     log: LogSettings = Field(default_factory=LogSettings)
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -208,6 +207,11 @@ def summary(settings: Settings) -> list[str]:
     lines.append(
         f"homeassistant: discovery={ha.discovery_mode if ha.discovery else 'off'} "
         f"include={ha.include or 'all'} exclude={ha.exclude or '-'}"
+    )
+    ignored = sum(1 for o in f.overrides.values() if o.ignore)
+    lines.append(
+        f"parameters: {f.parameters} extra={len(f.extra_parameters)} "
+        f"overrides={len(f.overrides) - ignored} ignored={ignored}"
     )
     c = settings.commands
     profiles = ", ".join(f"{k}: {'/'.join(v)}" for k, v in c.profiles.items()) or "none"

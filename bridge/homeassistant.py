@@ -197,6 +197,8 @@ def _value_entity(ctx: Context, dev: Device, attr: Attribute) -> Entity:
                        ("entity_category", attr.entity_category), ("icon", attr.icon)):
         if value is not None:
             cfg[key] = value
+    if not attr.enabled_by_default:
+        cfg["enabled_by_default"] = False
     if ctx.expire_after:
         cfg["expire_after"] = ctx.expire_after
     return component, attr.name, cfg
@@ -243,6 +245,8 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
             "availability": [{"topic": ctx.bridge_state}],
             "state_topic": f"{ctx.base}/{dev.id}/availability", "payload_on": "online",
             "payload_off": "offline", "device_class": "connectivity",
+            # flespi's connections (source, transport, established, secondary, the list)
+            "json_attributes_topic": f"{ctx.base}/{dev.id}/connections",
             "entity_category": "diagnostic"}))
     for component, key, specific in command_entities(ctx, dev, profile):
         out.append((component, key, {"name": specific.pop("name"),

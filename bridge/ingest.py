@@ -13,11 +13,13 @@ from typing import Any
 import orjson
 
 from bridge import catalog
+from bridge.catalog import Parameter
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.topics import Kind
 from bridge.flespi.upstream import UserProperties, timestamp
 from bridge.logs import RateLimitedLog
 from bridge.metrics import Stats
+from bridge.parameters import Parameters
 from bridge.state import Device, Store
 from bridge.topics import LocalTopics
 from bridge.transport import Publication
@@ -33,7 +35,7 @@ DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 class Ingest:
     def __init__(
         self,
-        table: dict[str, catalog.Parameter],
+        params: Parameters,
         store: Store,
         stats: Stats,
         topics: LocalTopics,
@@ -43,7 +45,8 @@ class Ingest:
         on_removed: Callable[[Device], None],
         on_message: Callable[[Publication], None],
     ) -> None:
-        self.catalog = table
+        self.params = params
+        self.catalog = params.table  # read on every message: one attribute lookup less
         self.store = store
         self.stats = stats
         self.topics = topics
@@ -67,10 +70,17 @@ class Ingest:
         self.stats.upstream_messages[kind.value] += 1
         param = self.catalog.get(name) if kind is Kind.TELEMETRY else None
         if kind is Kind.TELEMETRY and param is None:
-            return  # not in the catalogue: ignored, but still acknowledged
+            skipped = self.params.skipped.get(name)
+            if skipped is not None:
+                self.stats.skipped[skipped] += 1
+                return
+            if not self.params.wants(name):
+                return  # not in the catalogue: ignored, but still acknowledged
         if not payload:
             if kind is Kind.DEVICE:  # flespi clears a deleted device's retained object
                 self._remove(device_id)
+            elif kind is Kind.CONNECTION:  # the connection closed
+                self.store.apply_connection(device_id, name, None)
             return
         if len(payload) > MAX_UPSTREAM_PAYLOAD:
             self.invalid("oversized", topic, f"{len(payload)} bytes")
@@ -80,7 +90,14 @@ class Ingest:
         except orjson.JSONDecodeError as exc:
             self.invalid("bad_json", topic, str(exc))
             return
-        if param is not None:
+        if kind is Kind.TELEMETRY:
+            if param is None:
+                resolved = self.params.resolve(name, value)
+                if not isinstance(resolved, Parameter):
+                    if resolved is not None:
+                        self.stats.skipped[resolved] += 1
+                    return
+                param = resolved
             self._telemetry(topic, device_id, param, value, props)
         elif kind is Kind.DEVICE:
             if isinstance(value, dict):
@@ -89,6 +106,11 @@ class Ingest:
                 self.invalid("bad_value", topic, "device object is not a JSON object")
         elif kind is Kind.PROPERTY:
             self._property(topic, device_id, name, value)
+        elif kind is Kind.CONNECTION:
+            if isinstance(value, dict):
+                self.store.apply_connection(device_id, name, value)
+            else:
+                self.invalid("bad_value", topic, "connection is not a JSON object")
         elif kind is Kind.MESSAGE:
             if isinstance(value, dict):
                 self._on_message(Publication(self.topics.device(device_id, "message"), payload,
@@ -96,7 +118,7 @@ class Ingest:
             else:
                 self.invalid("bad_value", topic, "message is not a JSON object")
 
-    def _telemetry(self, topic: str, device_id: int, param: catalog.Parameter, value: Any,
+    def _telemetry(self, topic: str, device_id: int, param: Parameter, value: Any,
                    props: UserProperties) -> None:
         # only object values (position) can be partly rejected: no list for the rest
         rejected: list[str] | None = [] if param.fields else None

@@ -15,7 +15,7 @@ import logging
 import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -35,6 +35,7 @@ from bridge import __version__
 from bridge.catalog import Attribute
 from bridge.flespi.topics import Kind
 from bridge.httpserver import HttpServer, Response
+from bridge.rules import SKIP_REASONS
 from bridge.state import Store
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,19 @@ INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstre
 UNITS: dict[str | None, tuple[str, float]] = {
     "%": ("percent", 1.0),
     "V": ("volts", 1.0),
+    "A": ("amperes", 1.0),
     "km/h": ("meters_per_second", 1 / 3.6),
     "m": ("meters", 1.0),
+    "km": ("meters", 1000.0),
     "°": ("degrees", 1.0),
+    "°C": ("celsius", 1.0),
+    "s": ("seconds", 1.0),
+    "h": ("seconds", 3600.0),
+    "L": ("liters", 1.0),
+    "L/h": ("liters_per_second", 1 / 3600),
+    "kg": ("grams", 1000.0),
+    "rpm": ("rpm", 1.0),
+    "dBm": ("dbm", 1.0),
     None: ("", 1.0),
 }
 FLEET_LABELS = ["device_id", "device_name"]
@@ -81,6 +92,9 @@ class Stats:
     commands: Counter[str] = field(default_factory=Counter)
     reconnects: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(SIDES, 0)))
     dropped: Counter[str] = field(default_factory=Counter)
+    # flespi parameters that make no entity, by reason (bridge.rules.SKIP_REASONS)
+    skipped: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(SKIP_REASONS, 0)))
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
@@ -137,12 +151,25 @@ def fleet_attributes(fleet: Iterable[Attribute]) -> list[tuple[str, Attribute]]:
 
 class BridgeCollector(Collector):
     def __init__(self, stats: Stats, latency: LatencyHistogram, store: Store,
-                 fleet: Iterable[Attribute], max_devices: int) -> None:
+                 fleet: Sequence[str], attributes: Mapping[str, Attribute],
+                 max_devices: int) -> None:
         self.stats = stats
         self.latency = latency
         self.store = store
-        self.fleet = fleet_attributes(fleet)
+        self.fleet_names = list(fleet)
+        # live: rule-made attributes join it as devices report them
+        self.attributes = attributes
+        self._resolved: list[Attribute] = []
+        self.fleet: list[tuple[str, Attribute]] = []
         self.max_devices = max_devices
+
+    def _fleet_gauges(self) -> list[tuple[str, Attribute]]:
+        """(metric name, attribute) of `metrics.fleet_parameters` that exist by now."""
+        resolved = [self.attributes[n] for n in self.fleet_names if n in self.attributes]
+        if resolved != self._resolved:
+            self._resolved = resolved
+            self.fleet = fleet_attributes(resolved)
+        return self.fleet
 
     def collect(self) -> Iterator[Metric]:
         yield from self._bridge()
@@ -170,6 +197,9 @@ class BridgeCollector(Collector):
                             ["side"], {side: s.reconnects[side] for side in SIDES})
         yield self._counter("dropped", "Updates dropped (never silently), by reason.",
                             ["reason"], s.dropped)
+        yield self._counter("skipped_parameters",
+                            "flespi parameter values that make no entity, by reason.",
+                            ["reason"], s.skipped)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:
@@ -199,7 +229,7 @@ class BridgeCollector(Collector):
                                  labels=FLEET_LABELS)
         extra = [(attr, UNITS.get(attr.unit, ("", 1.0))[1],
                   GaugeMetricFamily(name, f"{attr.label} of the device.", labels=FLEET_LABELS))
-                 for name, attr in self.fleet]
+                 for name, attr in self._fleet_gauges()]
         devices = self.store.devices
         ids = sorted(devices)
         for device_id in ids[: self.max_devices]:
@@ -234,12 +264,13 @@ class BridgeCollector(Collector):
 class Metrics:
     """One registry per bridge, so tests (and several bridges in one process) stay apart."""
 
-    def __init__(self, store: Store, fleet: Iterable[Attribute], max_devices: int) -> None:
+    def __init__(self, store: Store, fleet: Sequence[str], attributes: Mapping[str, Attribute],
+                 max_devices: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.stats = Stats()
         self.latency = LatencyHistogram()
-        self.registry.register(
-            BridgeCollector(self.stats, self.latency, store, fleet, max_devices))
+        self.registry.register(BridgeCollector(self.stats, self.latency, store, fleet,
+                                               attributes, max_devices))
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition the scraper asked for (`Accept`): OpenMetrics or Prometheus text."""

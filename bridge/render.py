@@ -25,7 +25,15 @@ from bridge.homeassistant import (
     lock_state,
     tracker_position,
 )
-from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device
+from bridge.state import (
+    AVAILABILITY,
+    CONNECTIONS,
+    DISCOVERY,
+    INFO,
+    STATE,
+    Device,
+    connections_document,
+)
 from bridge.topics import LocalTopics
 from bridge.transport import Publication
 
@@ -70,6 +78,9 @@ class Renderer:
         if flags & AVAILABILITY and dev.online is not None:
             pubs.append(Publication(t.availability(dev.id),
                                     b"online" if dev.online else b"offline"))
+        if flags & CONNECTIONS and dev.connections is not None:
+            pubs.append(Publication(t.connections(dev.id),
+                                    orjson.dumps(connections_document(dev))))
         if flags & STATE and (dev.values or dev.last_seen is not None):
             output = self.settings.local.output
             if output != "attribute":
@@ -119,7 +130,7 @@ class Renderer:
                  in self.settings.commands.profile(dev.info.device_type_id).items()
                  if spec.component == "lock"]
         leaves = ["state", "availability", "info", *dev.values, "last_seen", "position",
-                  LAST_COMMAND, *locks]
+                  LAST_COMMAND, "connections", *locks]
         return [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]
 
     def reset(self) -> None:

@@ -25,6 +25,8 @@ from bridge.config_files import (
     key_problem,
     refuse,
 )
+from bridge.overrides import ParameterOverride
+from bridge.overrides import problems as override_problems
 
 TopicLevel = Annotated[str, Field(min_length=1, pattern=r"^[^#+\x00]+$")]
 
@@ -60,6 +62,15 @@ class FlespiSettings(Section):
         default_factory=list, description="flespi parameters outside the catalogue to publish"
     )
     messages: bool = Field(False, description="republish every full message on <base>/<id>/message")
+    parameters: Literal["catalogue", "all"] = Field(
+        "catalogue", description="all: every parameter a device sends becomes an attribute, "
+        "by the naming rules where the catalogue has no row"
+    )
+    # flespi parameter -> how it is published instead (bridge/overrides.py)
+    overrides: dict[str, ParameterOverride] = Field(
+        default_factory=dict, description="per flespi parameter: attribute, label, unit, "
+        "device_class, state_class, component, entity_category, enabled_by_default or ignore"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -111,6 +122,15 @@ class FlespiSettings(Section):
         for name in value:
             if not name or any(c in name for c in "/+#,") or name != name.strip():
                 raise ValueError(f"{name!r} is not a flespi parameter name")
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides_work(cls, value: dict[str, ParameterOverride]
+                        ) -> dict[str, ParameterOverride]:
+        found = override_problems(value)
+        if found:
+            raise ValueError("; ".join(found))
         return value
 
     @property

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from bridge import catalog
+from bridge import parameters
 from bridge.acks import AckLedger
 from bridge.cleanup import Cleanup
 from bridge.command_topics import CommandTopics
@@ -39,15 +39,17 @@ class Bridge:
     def __init__(self, settings: Settings, *,
                  upstream_factory: UpstreamFactory = GmqttUpstream) -> None:
         self.settings = settings
-        table = catalog.build(settings.flespi.extra_parameters)
-        attrs = catalog.attributes(table)
+        self.parameters = params = parameters.from_settings(settings)
+        attrs = params.attributes  # grows with rule-made attributes
         self.store = store = Store()
         unknown = [n for n in settings.metrics.fleet_parameters if n not in attrs]
         if unknown:
-            log.warning("metrics.fleet_parameters: no such attribute %s (known: %s)",
-                        ", ".join(unknown), ", ".join(attrs))
-        self.metrics = Metrics(store, [attrs[n] for n in settings.metrics.fleet_parameters
-                                       if n in attrs], settings.metrics.max_devices)
+            later = (": exported once a device reports it (flespi.parameters = \"all\")"
+                     if params.open else "")
+            log.warning("metrics.fleet_parameters: no such attribute %s%s (known: %s)",
+                        ", ".join(unknown), later, ", ".join(attrs))
+        self.metrics = Metrics(store, settings.metrics.fleet_parameters, attrs,
+                               settings.metrics.max_devices)
         stats = self.stats = self.metrics.stats
         self.ledger = AckLedger()
         self.renderer = renderer = Renderer(settings, attrs)
@@ -60,11 +62,11 @@ class Bridge:
             coalesce_window=settings.local.coalesce_window)
         outbox = publisher.outbox
         self.session = session = UpstreamSession(
-            settings, list(table), self.ledger, stats, factory=upstream_factory,
+            settings, params.subscribed(), self.ledger, stats, factory=upstream_factory,
             wake=publisher.wake)
         self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded,
                                rediscover=lambda: self.republisher.discovery_only())
-        self.ingest = Ingest(table, store, stats, renderer.topics,
+        self.ingest = Ingest(params, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
         session.ingest = self.ingest.handle

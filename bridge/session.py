@@ -41,7 +41,7 @@ class UpstreamSession:
     def __init__(
         self,
         settings: Settings,
-        parameters: list[str],
+        parameters: list[str] | None,
         ledger: AckLedger,
         stats: Stats,
         *,

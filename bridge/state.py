@@ -17,7 +17,10 @@ STATE = 1
 INFO = 2
 AVAILABILITY = 4
 DISCOVERY = 8  # the set of entities or the device block changed
-ALL = STATE | INFO | AVAILABILITY | DISCOVERY
+CONNECTIONS = 16  # the device's connections to flespi
+ALL = STATE | INFO | AVAILABILITY | DISCOVERY | CONNECTIONS
+# What the bridge keeps of a flespi connection object (its `ident` is the device's, known).
+CONNECTION_FIELDS = ("source", "transport", "established", "secondary")
 
 
 @dataclass(slots=True)
@@ -53,6 +56,8 @@ class Device:
     changed_at: float | None = None
     # lock entity -> targets of its commands in flight (True: locking), oldest first
     pending: dict[str, list[bool]] = field(default_factory=dict)
+    # flespi connection id -> its CONNECTION_FIELDS; None until flespi reported any
+    connections: dict[str, dict[str, Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -64,6 +69,30 @@ class Device:
         if self.last_seen is not None:
             doc["last_seen"] = iso(self.last_seen)
         return doc
+
+
+def connections_document(dev: Device) -> dict[str, Any]:
+    """`<base>/<id>/connections`: the primary connection's fields at the top (what Home
+    Assistant shows as the connectivity entity's attributes), every connection in a list,
+    primary ones first, newest first."""
+    conns = dev.connections or {}
+
+    def order(item: tuple[str, dict[str, Any]]) -> tuple[bool, float]:
+        established = item[1].get("established")
+        newest = established if isinstance(established, int | float) else 0.0
+        return bool(item[1].get("secondary")), -newest
+
+    listed = []
+    for conn_id, conn in sorted(conns.items(), key=order):
+        entry: dict[str, Any] = {"id": conn_id, **conn}
+        established = conn.get("established")
+        if isinstance(established, int | float) and not isinstance(established, bool):
+            entry["established"] = iso(established)
+        listed.append(entry)
+    doc: dict[str, Any] = {k: v for k, v in listed[0].items() if k != "id"} if listed else {}
+    doc["connections"] = listed
+    doc["count"] = len(listed)
+    return doc
 
 
 def iso(ts: float) -> str:
@@ -182,6 +211,28 @@ class Store:
             return False
         self.mark(dev, AVAILABILITY if dev.online is not None else AVAILABILITY | DISCOVERY)
         dev.online = online
+        return True
+
+    def apply_connection(self, device_id: int, conn_id: str,
+                         obj: dict[str, Any] | None) -> bool:
+        """A connection object (None: flespi removed it); True if the device's connections
+        changed. Only its CONNECTION_FIELDS with JSON scalar values are kept."""
+        dev = self.devices.get(device_id) if obj is None else self.device(device_id)
+        if dev is None:
+            return False
+        conns = dev.connections if dev.connections is not None else {}
+        if obj is None:
+            if conn_id not in conns:
+                return False
+            del conns[conn_id]
+        else:
+            kept = {k: obj[k] for k in CONNECTION_FIELDS
+                    if isinstance(obj.get(k), str | int | float | bool)}
+            if conns.get(conn_id) == kept and dev.connections is not None:
+                return False
+            conns[conn_id] = kept
+        dev.connections = conns
+        self.mark(dev, CONNECTIONS)
         return True
 
     def remove(self, device_id: int) -> Device | None:

@@ -26,6 +26,9 @@ class LocalTopics:
     def info(self, device_id: int) -> str:
         return f"{self.base}/{device_id}/info"
 
+    def connections(self, device_id: int) -> str:
+        return f"{self.base}/{device_id}/connections"
+
     def device_filter(self, leaf: str) -> str:
         """`<base>/+/<leaf>`: a subscription for one leaf of every device."""
         return f"{self.base}/+/{leaf}"

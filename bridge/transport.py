@@ -20,7 +20,8 @@ class Publication(NamedTuple):
 def publication_kind(topic: str) -> str:
     """Metric label of a local publication: the last topic level, `config` for discovery."""
     leaf = topic.rsplit("/", 1)[-1]
-    known = ("state", "availability", "info", "message", "config", "result", "last_command")
+    known = ("state", "availability", "info", "message", "config", "result", "last_command",
+             "connections")
     return leaf if leaf in known else "attribute"
 
 

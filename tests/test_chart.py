@@ -488,6 +488,7 @@ SCHEMA_DEVIATIONS = {
     ("metrics", "port"): "a fixed port >= 1024 for a non-root container",
     ("log", "level"): "case-insensitive, as the bridge upper-cases it",
     ("commands", "profiles"): "nested command specs written out in the chart's schema",
+    ("flespi", "overrides"): "nested override specs written out in the chart's schema",
 }
 
 

@@ -114,15 +114,15 @@ async def test_unknown_parameters_ignored_unless_configured(upstream: mosquitto.
                                                             local: mosquitto.Broker, sim: Simulator,
                                                             bridge_factory: BridgeFactory) -> None:
     device_id = next(iter(sim.devices))
-    await sim.set_values(device_id, {"can.fuel.level": 42.5, "din.1": True})
+    await sim.set_values(device_id, {"custom.fuel.gauge": 42.5, "custom.param.77": True})
     await sim.flush()
     async with Recorder(local, [f"{BASE}/+/state"]) as rec:
         await bridge_factory(make_settings(upstream, local,
-                                           flespi={"extra_parameters": ["can.fuel.level"]}))
+                                           flespi={"extra_parameters": ["custom.fuel.gauge"]}))
         state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="state")
-        assert state["can_fuel_level"] == 42.5
-        assert "din_1" not in state
-        assert "din.1" not in state
+        assert state["custom_fuel_gauge"] == 42.5
+        assert "custom_param_77" not in state
+        assert "custom.param.77" not in state
 
 
 async def test_killed_bridge_leaves_offline_will(upstream: mosquitto.Broker,

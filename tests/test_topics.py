@@ -16,6 +16,8 @@ from bridge.flespi.topics import Kind, Topic, parse, rest_topic, subscriptions
     ("flespi/state/gw/devices/5537057/connected", Topic(Kind.PROPERTY, 5537057, "connected")),
     ("flespi/state/gw/devices/5537057/name", Topic(Kind.PROPERTY, 5537057, "name")),
     ("flespi/message/gw/devices/42", Topic(Kind.MESSAGE, 42, "")),
+    ("flespi/state/gw/devices/5537057/connections/3492206331502027",
+     Topic(Kind.CONNECTION, 5537057, "3492206331502027")),
 ])
 def test_parse_known_topics(topic: str, expected: Topic) -> None:
     assert parse(topic) == expected
@@ -30,6 +32,8 @@ def test_parse_known_topics(topic: str, expected: Topic) -> None:
     "flespi/state/gw/devices/1/telemetry/",  # empty parameter
     "flespi/state/gw/devices/1/telemetry/a/b",
     "flespi/state/gw/devices/1/settings/x",  # not followed
+    "flespi/state/gw/devices/1/connections/",  # no connection id
+    "flespi/state/gw/devices/1/connections/a/b",
     "flespi/state/gw/devices/1/last_active",
     "flespi/state/gw/devices/",
     "flespi/message/gw/devices/1/extra",
@@ -47,6 +51,7 @@ def test_subscriptions_all_devices_every_parameter() -> None:
         "flespi/state/gw/devices/+/connected",
         "flespi/state/gw/devices/+/name",
         "flespi/state/gw/devices/+/telemetry/+",
+        "flespi/state/gw/devices/+/connections/+",
     ]
 
 
@@ -55,7 +60,8 @@ def test_subscriptions_use_flespi_comma_lists() -> None:
                             messages=True)
     assert "flespi/state/gw/devices/3,1/telemetry/battery.level,position" in filters
     assert "flespi/message/gw/devices/3,1" in filters
-    assert len(filters) == 5
+    assert "flespi/state/gw/devices/3,1/connections/+" in filters
+    assert len(filters) == 6
 
 
 def test_subscriptions_standard_fallback_one_filter_per_item() -> None:
@@ -63,7 +69,7 @@ def test_subscriptions_standard_fallback_one_filter_per_item() -> None:
     assert "flespi/state/gw/devices/1/telemetry/position" in filters
     assert "flespi/state/gw/devices/3/telemetry/battery.level" in filters
     assert not any("," in f for f in filters)
-    assert len(filters) == 2 * (3 + 2)
+    assert len(filters) == 2 * (3 + 2 + 1)
 
 
 def test_rest_topic() -> None:

@@ -23,12 +23,13 @@ class Kind(Enum):
     DEVICE = "device"
     PROPERTY = "property"
     MESSAGE = "message"
+    CONNECTION = "connection"  # flespi/state/gw/devices/{id}/connections/{conn_id}
 
 
 class Topic(NamedTuple):
     kind: Kind
     device_id: int
-    name: str  # parameter or property name; "" for the device object and messages
+    name: str  # parameter, property or connection id; "" for the device object and messages
 
 
 def _device_id(text: str) -> int | None:
@@ -50,6 +51,8 @@ def parse(topic: str) -> Topic | None:
             return Topic(Kind.DEVICE, device_id, "")
         if n == 3 and parts[1] == "telemetry" and parts[2]:
             return Topic(Kind.TELEMETRY, device_id, parts[2])
+        if n == 3 and parts[1] == "connections" and parts[2]:
+            return Topic(Kind.CONNECTION, device_id, parts[2])
         if n == 2 and parts[1] in PROPERTIES:
             return Topic(Kind.PROPERTY, device_id, parts[1])
         return None
@@ -84,6 +87,7 @@ def subscriptions(
         filters.append(f"{STATE_PREFIX}{dev}")
         filters.extend(f"{STATE_PREFIX}{dev}/{prop}" for prop in PROPERTIES)
         filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
+        filters.append(f"{STATE_PREFIX}{dev}/connections/+")
         if messages:
             filters.append(f"{MESSAGE_PREFIX}{dev}")
     return filters

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge import catalog
+from bridge import parameters
 from bridge.config import Settings
 from bridge.flespi import topics
 
@@ -18,7 +18,7 @@ def subscriptions(settings: Settings) -> list[str]:
     """The flespi topic filters `run` subscribes upstream (as the session builds them),
     besides its reply prefix."""
     f = settings.flespi
-    params = list(catalog.build(f.extra_parameters)) if f.use_comma_lists else None
+    params = parameters.from_settings(settings).subscribed() if f.use_comma_lists else None
     return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
                                 messages=f.messages)
 
