@@ -19,6 +19,8 @@ from bridge.exceptions import BrokerUnavailableError, ConfigError
 if TYPE_CHECKING:
     from bridge.service import Bridge
 
+# the simulator's fleets (bridge.sim.fleet.FLEETS; not imported: the CLI starts fast)
+FLEETS = ("scooters", "vans", "mixed")
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
@@ -122,10 +124,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     logs.setup("INFO", "text")
 
     async def main() -> None:
-        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed)
+        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed,
+                        kind=args.fleet)
         await sim.start()
-        print(f"simulating {args.devices} devices on {args.broker} at {args.rate} messages/s",
-              flush=True)
+        print(f"simulating {args.devices} devices ({args.fleet}) on {args.broker} at "
+              f"{args.rate} messages/s", flush=True)
         stop = asyncio.Event()
         _install_signals(stop)
         runner = asyncio.create_task(sim.run(args.rate, args.duration))
@@ -144,7 +147,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
-                                    duration=args.duration))
+                                    duration=args.duration, fleet=args.fleet))
     except BrokerUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -183,12 +186,16 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--rate", type=float, default=5.0, help="device messages per second")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--fleet", choices=FLEETS, default="scooters",
+                     help="e-scooters, delivery vans, or every other device a van")
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="the whole pipeline on this machine, no flespi account")
     demo.add_argument("--devices", type=int, default=5)
     demo.add_argument("--rate", type=float, default=2.0, help="device messages per second")
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.add_argument("--fleet", choices=FLEETS, default="scooters",
+                      help="e-scooters, delivery vans, or every other device a van")
     demo.set_defaults(func=cmd_demo)
 
     from bridge.toolbox.commands import add_subcommands

@@ -21,7 +21,8 @@ DEMO_TOKEN = "demo-token-not-a-secret"
 def _describe(state: dict[str, Any]) -> str:
     parts = []
     for key, fmt in (("battery", "battery {}%"), ("charging", "charging={}"),
-                     ("locked", "locked={}"), ("signal", "signal {}%"),
+                     ("locked", "locked={}"), ("ignition", "ignition={}"),
+                     ("fuel_level", "fuel {}%"), ("mileage", "{} km"), ("signal", "signal {}%"),
                      ("latitude", "lat {}"), ("longitude", "lon {}"), ("speed", "{} km/h")):
         if key in state:
             parts.append(fmt.format(state[key]))
@@ -60,31 +61,33 @@ def demo_settings(upstream: mosquitto.Broker, local: mosquitto.Broker) -> config
     })
 
 
-async def run(*, devices: int, rate: float, duration: float | None) -> int:
+async def run(*, devices: int, rate: float, duration: float | None,
+              fleet: str = "scooters") -> int:
     logs.setup("WARNING", "text", [DEMO_TOKEN])
     with (
         mosquitto.start(extra_config=mosquitto.FLESPI_LIKE) as upstream,
         mosquitto.start() as local,
     ):
         settings = demo_settings(upstream, local)
-        sim = Simulator(upstream.host, upstream.port, devices=devices)
+        sim = Simulator(upstream.host, upstream.port, devices=devices, kind=fleet)
         await sim.start()
         responder = Responder(sim)
         await responder.attach()
         bridge = Bridge(settings)
         await bridge.start()
         base = settings.local.base_topic
-        print(f"simulated flespi broker: {upstream.address} ({devices} devices, "
+        print(f"simulated flespi broker: {upstream.address} ({devices} devices: {fleet}, "
               f"{rate} messages/s)")
         print(f"local broker:            {local.address}")
         if bridge.health is not None:
             print(f"metrics:                 http://127.0.0.1:{bridge.health.port}/metrics")
         print("watch the local side with:")
         print(f"  mosquitto_sub -h {local.host} -p {local.port} -t '{base}/#' -v")
-        first = next(iter(sim.devices))
-        print("unlock a scooter with:")
-        print(f"  mosquitto_pub -h {local.host} -p {local.port} -t '{base}/{first}/set' "
-              """-m '{"lock": false, "transaction": "demo-1"}'""")
+        scooters = [d.id for d in sim.devices.values() if d.profile == "scooter"]
+        if scooters:
+            print("unlock a scooter with:")
+            print(f"  mosquitto_pub -h {local.host} -p {local.port} -t '{base}/{scooters[0]}/set' "
+                  """-m '{"lock": false, "transaction": "demo-1"}'""")
         print("Ctrl-C stops everything. Local broker receives:", flush=True)
 
         stop = asyncio.Event()

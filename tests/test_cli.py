@@ -63,7 +63,7 @@ async def test_simulate_publishes_retained_telemetry(upstream: mosquitto.Broker)
         assert proc.returncode == 0, stderr.decode()
         assert 3 <= elapsed < 30  # it stops by itself after --duration
         assert stdout.decode().startswith(
-            f"simulating 2 devices on 127.0.0.1:{upstream.port} at 10.0 messages/s")
+            f"simulating 2 devices (scooters) on 127.0.0.1:{upstream.port} at 10.0 messages/s")
         assert b"Traceback" not in stderr
         found = await retained(upstream, [TELEMETRY])
         # everything published has reached the live subscriber once a marker sent now has

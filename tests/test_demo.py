@@ -29,6 +29,25 @@ def test_demo_shows_states_arriving_on_the_local_broker() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_demo_runs_a_mixed_fleet_of_scooters_and_vans() -> None:
+    """`--fleet mixed`: every other device is a van, whose state shows its ignition, fuel and
+    mileage (the scooters their battery)."""
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "4", "--duration", "5",
+         "--fleet", "mixed"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "2 devices: mixed" in out
+    assert re.search(r"flespi/5537000/state: battery \d+%", out)
+    van = re.findall(r"flespi/5537001/state: ignition=(True|False), fuel ([\d.]+)%, "
+                     r"([\d.]+) km", out)
+    assert van, out
+    assert all(0 <= float(fuel) <= 100 and float(km) > 0 for _, fuel, km in van)
+    assert "Traceback" not in result.stderr
+
+
 def test_no_broker_available_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mosquitto, "find_binary", lambda: None)
     monkeypatch.setattr(mosquitto, "_docker_available", lambda: False)

@@ -1,4 +1,5 @@
-"""The simulated fleet as plain data: e-scooters like the one in the reference documents.
+"""The simulated fleet as plain data: e-scooters like the one in the reference documents,
+delivery vans (`bridge.sim.van`), or both (`FLEETS`).
 
 Pure and deterministic for a given seed, so tests can compare what the bridge publishes
 with what the fleet says.
@@ -11,6 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.sim import van as van_model
+
+FLEETS = ("scooters", "vans", "mixed")
 DEVICE_TYPE_ID = 1272  # the "Omni" e-scooter of the reference documents
 PROTOCOL_ID = 200
 FIRST_ID = 5537000
@@ -38,7 +42,9 @@ class SimDevice:
     connected: bool = True
     # flespi parameter name -> (value, timestamp), as flespi keeps telemetry
     telemetry: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    # setting name -> value, as flespi keeps them (settings/{name})
     settings: dict[str, Any] = field(default_factory=dict)
+    profile: str = "scooter"  # scooter | van
 
     def device_object(self) -> dict[str, Any]:
         return {
@@ -57,14 +63,33 @@ class SimDevice:
 
 
 class Fleet:
-    def __init__(self, size: int, *, seed: int = 0, first_id: int = FIRST_ID) -> None:
+    def __init__(self, size: int, *, seed: int = 0, first_id: int = FIRST_ID,
+                 kind: str = "scooters") -> None:
+        """`kind`: scooters, vans, or mixed (every other device a van)."""
+        if kind not in FLEETS:
+            raise ValueError(f"unknown fleet {kind!r} (one of {', '.join(FLEETS)})")
         self.rng = random.Random(seed)
         self.devices: dict[int, SimDevice] = {}
+        self.vans: dict[int, van_model.Van] = {}
+        counts = {"scooter": 0, "van": 0}
         for i in range(size):
             dev_id = first_id + i
-            dev = SimDevice(dev_id, f"scooter-{i + 1:03d}", f"01513600{dev_id:07d}")
-            self.devices[dev_id] = dev
-            self._initial(dev)
+            is_van = kind == "vans" or (kind == "mixed" and i % 2 == 1)
+            profile = "van" if is_van else "scooter"
+            counts[profile] += 1
+            if is_van:
+                dev = SimDevice(dev_id, f"van-{counts[profile]:03d}", f"35262533{dev_id:07d}",
+                                device_type_id=van_model.DEVICE_TYPE_ID,
+                                protocol_id=van_model.PROTOCOL_ID,
+                                settings=dict(van_model.SETTINGS), profile="van")
+                self.devices[dev_id] = dev
+                self.vans[dev_id] = van_model.Van.start(self.rng)
+                self.apply(dev, self.vans[dev_id].telemetry(self.rng), time.time())
+            else:
+                dev = SimDevice(dev_id, f"scooter-{counts[profile]:03d}",
+                                f"01513600{dev_id:07d}")
+                self.devices[dev_id] = dev
+                self._initial(dev)
 
     def _initial(self, dev: SimDevice) -> None:
         rng = self.rng
@@ -97,9 +122,14 @@ class Fleet:
         return updates
 
     def step(self, dev: SimDevice, ts: float | None = None) -> dict[str, Any]:
-        """One new device message: the scooter rides (if unlocked) and its battery moves."""
+        """One new device message: a scooter rides (if unlocked) and its battery moves; a
+        van drives its round or stays parked (`bridge.sim.van`)."""
         rng = self.rng
         ts = time.time() if ts is None else ts
+        van = self.vans.get(dev.id)
+        if van is not None:
+            van.step(rng)
+            return self.apply(dev, van.telemetry(rng), ts)
         level = dev.value("battery.level")
         charging = dev.value("battery.charging.status")
         if charging:
@@ -139,8 +169,9 @@ class Fleet:
             "channel.id": 1190401,
             "server.timestamp": ts,
             "timestamp": ts,
-            "vendor.code": "OM",
         })
+        if dev.profile == "scooter":
+            msg["vendor.code"] = "OM"
         return dict(sorted(msg.items()))
 
 

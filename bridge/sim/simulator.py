@@ -43,9 +43,10 @@ class Simulator:
         first_id: int | None = None,
         fleet: Fleet | None = None,
         messages: bool = True,
+        kind: str = "scooters",
     ) -> None:
         self.host, self.port = host, port
-        kwargs: dict[str, Any] = {"seed": seed}
+        kwargs: dict[str, Any] = {"seed": seed, "kind": kind}
         if first_id is not None:
             kwargs["first_id"] = first_id
         self.fleet = fleet or Fleet(devices, **kwargs)
