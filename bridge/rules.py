@@ -142,7 +142,7 @@ def label(name: str) -> str:
     words = [WORDS.get(p, p) for p in parts if p != "status" or len(parts) == 1]
     if index is not None:
         words.append(index)
-    text = " ".join(words)[:MAX_ATTRIBUTE] or name[:MAX_ATTRIBUTE]
+    text = " ".join(words)[:MAX_ATTRIBUTE] or name[:MAX_ATTRIBUTE] or "Parameter"
     return text[:1].upper() + text[1:]
 
 

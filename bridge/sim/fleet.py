@@ -58,6 +58,19 @@ class SimDevice:
             "media_ttl": 31536000,
         }
 
+    @property
+    def connection_id(self) -> str:
+        return str(3492206331500000 + self.id)
+
+    def connection(self) -> dict[str, Any]:
+        """The device's TCP connection as flespi shows it on `connections/{id}`."""
+        return {
+            "channel_id": 1190401, "device_id": self.id, "established": 1706877098.857462,
+            "id": int(self.connection_id), "ident": self.ident, "meta": None,
+            "secondary": False, "transport": "tcp",
+            "source": f"198.51.100.{self.id % 250 + 1}:{40000 + self.id % 9999}",
+        }
+
     def value(self, param: str) -> Any:
         return self.telemetry[param][0]
 

@@ -102,6 +102,8 @@ class Simulator:
         await self._publish(base, dev.device_object())
         await self._publish(f"{base}/name", dev.name)
         await self._publish(f"{base}/connected", dev.connected)
+        if dev.connected:
+            await self._publish(f"{base}/connections/{dev.connection_id}", dev.connection())
         for param, (value, ts) in dev.telemetry.items():
             await self._publish(f"{base}/telemetry/{param}", value, ts=ts)
 
@@ -132,6 +134,9 @@ class Simulator:
         dev = self.devices[device_id]
         dev.connected = connected
         await self._publish(f"{STATE_PREFIX}{device_id}/connected", connected)
+        # flespi removes a closed connection's retained object
+        await self._publish(f"{STATE_PREFIX}{device_id}/connections/{dev.connection_id}",
+                            dev.connection() if connected else b"")
 
     async def rename(self, device_id: int, name: str) -> None:
         dev = self.devices[device_id]
@@ -145,7 +150,7 @@ class Simulator:
         base = f"{STATE_PREFIX}{device_id}"
         for param in dev.telemetry:
             await self._publish(f"{base}/telemetry/{param}", b"")
-        for leaf in ("/name", "/connected", ""):
+        for leaf in (f"/connections/{dev.connection_id}", "/name", "/connected", ""):
             await self._publish(base + leaf, b"")
 
     async def run(self, rate: float, duration: float | None = None) -> int:
