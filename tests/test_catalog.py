@@ -95,7 +95,8 @@ def test_every_row_is_valid_for_home_assistant(param: catalog.Parameter) -> None
     attr = param.attribute
     assert attr is not None
     assert attr.component in ("sensor", "binary_sensor")
-    assert attr.label and attr.name.isidentifier()
+    assert attr.label
+    assert attr.name.isidentifier()
     assert ha_classes.problems(attr.component, attr.device_class, attr.unit,
                                attr.state_class, attr.type in ("int", "float")) == []
     assert attr.entity_category in (None, "diagnostic")
@@ -163,7 +164,8 @@ def test_fleet_values_normalize(param: str, value: object, expected: object) -> 
     attr = TABLE[param].attribute
     assert attr is not None
     got = normalize(TABLE[param], value)[attr.name]
-    assert got == expected and type(got) is type(expected)
+    assert got == expected
+    assert type(got) is type(expected)
 
 
 @pytest.mark.parametrize(("param", "value"), [
@@ -183,7 +185,8 @@ def test_readme_table_is_the_catalogue() -> None:
     `python tools/catalog_table.py --write`."""
     spec = importlib.util.spec_from_file_location("catalog_table",
                                                   REPO / "tools" / "catalog_table.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     readme = (REPO / "README.md").read_text(encoding="utf-8")

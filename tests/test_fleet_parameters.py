@@ -26,6 +26,13 @@ async def vans(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
     await simulator.stop()
 
 
+def having(rec: Recorder, device_id: int, keys: set[str] | Any
+           ) -> dict[str, dict[str, Any]] | None:
+    """The device's entities once `keys` are all among them."""
+    cmps = components(rec, device_id)
+    return cmps if set(keys) <= cmps.keys() else None
+
+
 def components(rec: Recorder, device_id: int) -> dict[str, dict[str, Any]]:
     item = rec.latest.get(f"{PREFIX}/device/{BASE}/flespi_{device_id}/config")
     cmps: dict[str, dict[str, Any]] = item.json()["cmps"] if item else {}
@@ -72,7 +79,7 @@ async def test_a_simulated_van_comes_out_in_home_assistant_discovery(
     async with Recorder(local, [f"{PREFIX}/#", f"{BASE}/#"]) as rec:
         await bridge_factory(make_settings(upstream, local))
         cmps = await rec.wait_for(
-            lambda: (c := components(rec, van.id)) and VAN_ENTITIES.keys() <= c.keys() and c,
+            lambda: having(rec, van.id, VAN_ENTITIES.keys()),
             what="the van's entities")
         for key, (platform, unit, device_class, state_class) in VAN_ENTITIES.items():
             cfg = cmps[key]
@@ -139,7 +146,7 @@ async def test_all_parameters_become_entities_by_the_rules(
         wanted = {"can_engine_oil_temperature_2", "can_hood_status", "custom_io_77",
                   "can_tracker_counted_mileage", "custom_param_10800", "tank", "mileage"}
         cmps = await rec.wait_for(
-            lambda: (c := components(rec, van.id)) and wanted <= c.keys() and c,
+            lambda: having(rec, van.id, wanted),
             what="rule-made entities", timeout=5)
         oil = cmps["can_engine_oil_temperature_2"]
         assert (oil["p"], oil["name"], oil["unit_of_measurement"], oil["device_class"]) == (
@@ -149,7 +156,8 @@ async def test_all_parameters_become_entities_by_the_rules(
         assert (hood["p"], hood["device_class"]) == ("binary_sensor", "opening")
         io = cmps["custom_io_77"]
         assert (io["enabled_by_default"], io["entity_category"]) == (False, "diagnostic")
-        assert "unit_of_measurement" not in io and "state_class" not in io
+        assert "unit_of_measurement" not in io
+        assert "state_class" not in io
         counted = cmps["can_tracker_counted_mileage"]
         assert (counted["unit_of_measurement"], counted["state_class"]) == (
             "km", "total_increasing")
@@ -157,14 +165,19 @@ async def test_all_parameters_become_entities_by_the_rules(
         assert (probe["name"], probe["unit_of_measurement"], probe["device_class"]) == (
             "Probe", "L", "volume_storage")
         assert probe.get("enabled_by_default", True) is True
-        assert cmps["tank"]["name"] == "Tank" and "fuel_level" not in cmps
+        assert cmps["tank"]["name"] == "Tank"
+        assert "fuel_level" not in cmps
         assert "operator" not in cmps  # ignored
-        assert not any("acceleration" in k or "ident" == k or "timestamp" == k for k in cmps)
-        state = await rec.wait_for(lambda: (s := rec.state(BASE, van.id)) and "tank" in s
-                                   and s, what="state")
+        assert not any("acceleration" in k or k in ("ident", "timestamp") for k in cmps)
+
+        def with_tank() -> dict[str, Any] | None:
+            found = rec.state(BASE, van.id)
+            return found if found is not None and "tank" in found else None
+        state = await rec.wait_for(with_tank, what="state")
         assert state["custom_io_77"] == 5
         assert state["tank"] == van.value("fuel.level")
-        assert "operator" not in state and "acceleration_array" not in state
+        assert "operator" not in state
+        assert "acceleration_array" not in state
     assert bridge.health is not None
     port = bridge.health.port
     await wait_metric(port, P + "skipped_parameters_total", lambda v: v >= 1,

@@ -4,6 +4,7 @@ name or value crashes them."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -95,7 +96,8 @@ def test_attribute_names_are_the_flespi_name_made_safe(name: str, expected: str)
 def test_a_taken_or_reserved_name_gets_a_stable_suffix() -> None:
     taken = {"ignition"}
     first = rules.attribute_name("ignition", taken)
-    assert first.startswith("ignition_") and first != "ignition"
+    assert first.startswith("ignition_")
+    assert first != "ignition"
     assert rules.attribute_name("ignition", taken) == first  # the same on every run
     for reserved in ("state", "position", "items", "values", "last_seen"):
         assert rules.attribute_name(reserved) != reserved
@@ -111,7 +113,8 @@ def test_diagnostics_are_disabled_by_default() -> None:
         assert attr.enabled_by_default is False, name
     for name in ("can.engine.hours", "din.3", "fuel.tank.level"):
         attr = made(name, 3)
-        assert attr.entity_category is None and attr.enabled_by_default, name
+        assert attr.entity_category is None
+        assert attr.enabled_by_default, name
 
 
 @pytest.mark.parametrize(("name", "value", "reason"), [
@@ -145,15 +148,14 @@ names = st.text(max_size=80) | st.lists(
 def test_no_name_or_value_crashes_the_rules(name: str, value: Any) -> None:
     result = rules.rule_attribute(name, value, {"battery", "ignition"})
     if isinstance(result, Attribute):
-        assert result.name.isidentifier() and result.name.isascii()
+        assert result.name.isidentifier()
+        assert result.name.isascii()
         assert 0 < len(result.name) <= rules.MAX_ATTRIBUTE
         assert result.name not in rules.RESERVED | {"battery", "ignition"}
         assert result.label
         # the value normalizes or is rejected with a reason, never anything else
-        try:
+        with contextlib.suppress(catalog.ValueRejected):
             catalog.normalize(catalog.Parameter(name, result), value)
-        except catalog.ValueRejected:
-            pass
     else:
         assert result is None or result in rules.SKIP_REASONS
 
@@ -178,7 +180,7 @@ def test_parameters_take_only_the_catalogue_unless_all() -> None:
     closed = Parameters()
     assert closed.resolve("can.engine.torque", 300) is None
     assert "can.engine.torque" not in closed.table
-    assert closed.subscribed() is not None and "vehicle.mileage" in closed.subscribed()
+    assert "vehicle.mileage" in (closed.subscribed() or [])
     opened = Parameters(all_parameters=True)
     assert opened.subscribed() is None
     torque = opened.resolve("can.engine.torque", 300)
@@ -220,7 +222,8 @@ def test_none_removes_and_component_changes_the_type() -> None:
     assert mileage is not None
     assert (mileage.unit, mileage.device_class, mileage.state_class) == (None, None, None)
     din = params.table["din"].attribute
-    assert din is not None and (din.component, din.type) == ("binary_sensor", "bool")
+    assert din is not None
+    assert (din.component, din.type) == ("binary_sensor", "bool")
     assert catalog.normalize(params.table["din"], 1) == {"din": True}
 
 
@@ -229,9 +232,11 @@ def test_an_override_makes_a_parameter_outside_the_catalogue_known() -> None:
         label="Tank probe", unit="L", device_class="volume_storage",
         state_class="measurement")})
     assert "custom.param.10800" in (params.subscribed() or [])
-    assert params.wants("custom.param.10800") and not params.wants("custom.param.1")
+    assert params.wants("custom.param.10800")
+    assert not params.wants("custom.param.1")
     probe = params.resolve("custom.param.10800", 41.5)
-    assert isinstance(probe, catalog.Parameter) and probe.attribute is not None
+    assert isinstance(probe, catalog.Parameter)
+    assert probe.attribute is not None
     assert (probe.attribute.label, probe.attribute.unit, probe.attribute.device_class) == (
         "Tank probe", "L", "volume_storage")
 
