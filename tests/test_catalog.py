@@ -79,8 +79,8 @@ def test_position_keeps_good_fields_of_a_partly_bad_object() -> None:
 
 
 def test_extra_parameters_pass_through_untyped() -> None:
-    table = catalog.build(["custom.fuel.gauge", "battery.level"])
-    assert normalize(table["custom.fuel.gauge"], {"a": 1}) == {"custom_fuel_gauge": {"a": 1}}
+    table = catalog.build(["custom.fuel.tank", "battery.level"])
+    assert normalize(table["custom.fuel.tank"], {"a": 1}) == {"custom_fuel_tank": {"a": 1}}
     # a listed parameter that the catalogue knows keeps its catalogue row
     assert table["battery.level"] is TABLE["battery.level"]
 

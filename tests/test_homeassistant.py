@@ -359,9 +359,9 @@ async def test_removed_from_selection_and_ghosts_are_cleared_on_restart(
         upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
         bridge_factory: BridgeFactory) -> None:
     ids = list(sim.devices)
-    await sim.set_values(ids[0], {"custom.fuel.gauge": 40.0})
+    await sim.set_values(ids[0], {"custom.fuel.tank": 40.0})
     first = await bridge_factory(make_settings(
-        upstream, local, flespi={"extra_parameters": ["custom.fuel.gauge"]}))
+        upstream, local, flespi={"extra_parameters": ["custom.fuel.tank"]}))
     async with Recorder(local, [CFG]) as rec:
         want = expected_uids(sim)
         await rec.wait_for(lambda: device_uids(rec) == want, what="first run configs")

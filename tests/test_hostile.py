@@ -33,14 +33,14 @@ from bridge.state import ALL
 
 BASE = "flespi"
 PREFIX = "homeassistant"
-EXTRA_NUMBER = "custom.fuel.gauge"
+EXTRA_NUMBER = "custom.fuel.tank"
 EXTRA_OBJECT = "custom.blob"
 SETTINGS = config.load(overrides={
     "flespi": {"token": TOKEN, "host": "127.0.0.1", "tls": False,
                "extra_parameters": [EXTRA_NUMBER, EXTRA_OBJECT], "messages": True},
     "metrics": {"enabled": False,
                 "fleet_parameters": ["voltage", "signal", "speed", "charging",
-                                     "custom_fuel_gauge", "custom_blob"]},
+                                     "custom_fuel_tank", "custom_blob"]},
 })
 CATALOG = catalog.build(SETTINGS.flespi.extra_parameters)
 ATTRIBUTES = catalog.attributes(CATALOG)

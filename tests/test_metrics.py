@@ -257,18 +257,18 @@ async def test_unknown_fleet_parameters_do_not_break_the_scrape(
     """A fleet parameter that would clash with a built-in gauge, or be listed twice, must not
     produce a duplicate metric family (Prometheus rejects the whole scrape then)."""
     device_id = next(iter(sim.devices))
-    await sim.set_values(device_id, {"battery.percent": 12, "custom.fuel.gauge": 42.5})
+    await sim.set_values(device_id, {"battery.percent": 12, "custom.fuel.tank": 42.5})
     await sim.flush()
     settings = make_settings(
         upstream, local,
-        flespi={"extra_parameters": ["battery.percent", "custom.fuel.gauge"]},
-        metrics={"fleet_parameters": ["battery_percent", "custom_fuel_gauge", "custom_fuel_gauge",
+        flespi={"extra_parameters": ["battery.percent", "custom.fuel.tank"]},
+        metrics={"fleet_parameters": ["battery_percent", "custom_fuel_tank", "custom_fuel_tank",
                                       "signal", "battery"]})
     bridge = await bridge_factory(settings)
     result = await scrape_until(
-        http, bridge, lambda s: device_id in s.by_device(P + "device_custom_fuel_gauge")
+        http, bridge, lambda s: device_id in s.by_device(P + "device_custom_fuel_tank")
         and len(s.by_device(BATTERY)) == 3, "the extra parameter")
-    assert result.by_device(P + "device_custom_fuel_gauge") == {device_id: 42.5}
+    assert result.by_device(P + "device_custom_fuel_tank") == {device_id: 42.5}
     assert result.by_device(BATTERY)[device_id] == sim.devices[device_id].value("battery.level")
     assert len(re.findall(r"^# TYPE (\S+)", result.text, re.M)) == len(result.types)
     promtool_lint(result.text)

@@ -114,13 +114,13 @@ async def test_unknown_parameters_ignored_unless_configured(upstream: mosquitto.
                                                             local: mosquitto.Broker, sim: Simulator,
                                                             bridge_factory: BridgeFactory) -> None:
     device_id = next(iter(sim.devices))
-    await sim.set_values(device_id, {"custom.fuel.gauge": 42.5, "custom.param.77": True})
+    await sim.set_values(device_id, {"custom.fuel.tank": 42.5, "custom.param.77": True})
     await sim.flush()
     async with Recorder(local, [f"{BASE}/+/state"]) as rec:
         await bridge_factory(make_settings(upstream, local,
-                                           flespi={"extra_parameters": ["custom.fuel.gauge"]}))
+                                           flespi={"extra_parameters": ["custom.fuel.tank"]}))
         state = await rec.wait_for(lambda: rec.state(BASE, device_id), what="state")
-        assert state["custom_fuel_gauge"] == 42.5
+        assert state["custom_fuel_tank"] == 42.5
         assert "custom_param_77" not in state
         assert "custom.param.77" not in state
 
