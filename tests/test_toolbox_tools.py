@@ -101,7 +101,9 @@ async def test_least_privilege_acl_is_what_the_configuration_needs(commanding: A
     assert {"uri": "mqtt", "topic": "flespi-bridge/garage-bridge/#",  # its reply prefix
             "actions": ["publish", "subscribe"]} in acl
     assert any(t.startswith("flespi/state/gw/devices/5537000") for t in subscribed)
-    assert not any("/+/" in t or t.endswith("/+") for t in subscribed)  # only its devices
+    # only its devices (every connection of each: `connections/+`)
+    assert not any(t.split("/")[4] == "+" for t in subscribed)
+    assert "flespi/state/gw/devices/5537000,5537001/connections/+" in subscribed
     published = {e["topic"] for e in acl if e.get("actions") == ["publish"]}
     assert "flespi/rest/post/gw/devices/5537000,5537001/commands" in published
     rest = [e for e in acl if e.get("uri") == "gw/devices"]
