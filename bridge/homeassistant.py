@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from bridge import __version__
 from bridge.catalog import LAST_SEEN, Attribute
 from bridge.config import CommandSpec
@@ -262,7 +264,9 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
                      ) -> list[tuple[str, str, dict[str, Any]]]:
     """lock/button/number entities for the device type's command profile, and the "Last
     command" sensor. A lock's state comes from telemetry (`state_attribute`), never from
-    assuming the command worked, and shows a command in flight (`lock_state`)."""
+    assuming the command worked, and shows a command in flight (`lock_state`); a number's
+    from the device setting it changes (`setting`, see `setting_state`) or telemetry, so a
+    refused command never leaves it showing the value Home Assistant sent."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for key, spec in profile.items():
         cfg: dict[str, Any] = {
@@ -277,14 +281,16 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
         elif spec.component == "button":
             cfg["payload_press"] = "PRESS"
         else:
-            if state is not None:
+            if spec.setting is not None:  # the bridge's setting state topic (`setting_state`)
+                cfg["state_topic"] = f"{ctx.base}/{dev.id}/{key}/state"
+            elif state is not None:
                 cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + (
                     "state" if _uses_json(ctx) else state)
             cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
-                       optimistic=state is None)
+                       optimistic="state_topic" not in cfg)
             if spec.unit:
                 cfg["unit_of_measurement"] = spec.unit
-            if state is not None and _uses_json(ctx):
+            if state is not None and spec.setting is None and _uses_json(ctx):
                 cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
         out.append((spec.component, key, cfg))
     if profile:
@@ -316,6 +322,14 @@ def lock_state(dev: Device, key: str, spec: CommandSpec) -> str | None:
     if spec.state_attribute is None or spec.state_attribute not in dev.values:
         return None
     return "LOCKED" if dev.values[spec.state_attribute] else "UNLOCKED"
+
+
+def setting_state(dev: Device, spec: CommandSpec) -> bytes | None:
+    """What a number showing a device setting has on `<base>/<id>/<key>/state`: the
+    setting's value, or None while flespi has not told it."""
+    if spec.setting is None or spec.setting not in dev.settings:
+        return None
+    return orjson.dumps(dev.settings[spec.setting])
 
 
 def tracker_position(dev: Device) -> dict[str, Any]:

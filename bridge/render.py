@@ -23,9 +23,10 @@ from bridge.homeassistant import (
     device_configs,
     device_owner,
     lock_state,
+    setting_state,
     tracker_position,
 )
-from bridge.state import AVAILABILITY, DISCOVERY, INFO, STATE, Device
+from bridge.state import AVAILABILITY, DISCOVERY, INFO, SETTINGS, STATE, Device
 from bridge.topics import LocalTopics
 from bridge.transport import Publication
 
@@ -78,6 +79,27 @@ class Renderer:
                 pubs.extend(self._attributes(dev))
         if flags & STATE:
             pubs.extend(self._locks(dev))
+        if flags & SETTINGS:
+            pubs.extend(self._settings(dev))
+        return pubs
+
+    def _settings(self, dev: Device) -> list[Publication]:
+        """`<base>/<id>/<key>/state` of each number showing a device setting, when it
+        changed since last published; `None` (Home Assistant's unknown) once flespi has
+        removed a setting that was shown."""
+        pubs = []
+        for key, spec in self.settings.commands.profile(dev.info.device_type_id).items():
+            if spec.setting is None:
+                continue
+            leaf = f"{key}/state"
+            shown = setting_state(dev, spec)
+            if shown is None:
+                if leaf not in dev.sent:
+                    continue
+                shown = b"None"
+            if dev.sent.get(leaf) != shown:
+                dev.sent[leaf] = shown
+                pubs.append(Publication(self.topics.device(dev.id, leaf), shown))
         return pubs
 
     def _locks(self, dev: Device) -> list[Publication]:
@@ -117,7 +139,7 @@ class Renderer:
         """Empty retained payloads for every device topic a removed device had."""
         locks = [f"{key}/state" for key, spec
                  in self.settings.commands.profile(dev.info.device_type_id).items()
-                 if spec.component == "lock"]
+                 if spec.component == "lock" or spec.setting is not None]
         leaves = ["state", "availability", "info", *dev.values, "last_seen", "position",
                   LAST_COMMAND, *locks]
         return [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]

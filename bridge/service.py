@@ -66,7 +66,8 @@ class Bridge:
                                rediscover=lambda: self.republisher.discovery_only())
         self.ingest = Ingest(table, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
-                             on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
+                             on_removed=self.cleanup.device_removed, on_message=outbox.add_one,
+                             settings=setting_properties(settings))
         session.ingest = self.ingest.handle
         ha = settings.homeassistant
         self.republisher = Republisher(store, renderer, outbox, publisher.wake,
@@ -165,6 +166,18 @@ class Bridge:
             await self._http_rest.close()
         if self.health is not None:
             await self.health.stop()
+
+
+def setting_properties(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Setting name -> the value properties the profiles' numbers read from it."""
+    out: dict[str, tuple[str, ...]] = {}
+    for profile in settings.commands.profiles.values():
+        for spec in profile.values():
+            if spec.setting is not None and spec.value_property is not None:
+                known = out.get(spec.setting, ())
+                if spec.value_property not in known:
+                    out[spec.setting] = (*known, spec.value_property)
+    return out
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 10.0) -> None:

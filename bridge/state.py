@@ -17,7 +17,8 @@ STATE = 1
 INFO = 2
 AVAILABILITY = 4
 DISCOVERY = 8  # the set of entities or the device block changed
-ALL = STATE | INFO | AVAILABILITY | DISCOVERY
+SETTINGS = 16  # a device setting a number entity shows
+ALL = STATE | INFO | AVAILABILITY | DISCOVERY | SETTINGS
 
 
 @dataclass(slots=True)
@@ -53,6 +54,8 @@ class Device:
     changed_at: float | None = None
     # lock entity -> targets of its commands in flight (True: locking), oldest first
     pending: dict[str, list[bool]] = field(default_factory=dict)
+    # flespi setting name -> its current value (only settings a command profile shows)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -164,8 +167,12 @@ class Store:
             info.name = dev.info.name
         if info == dev.info:
             return False
+        # another device type: another command profile, whose locks and settings show
+        flags = INFO | DISCOVERY
+        if info.device_type_id != dev.info.device_type_id:
+            flags |= STATE | SETTINGS
         dev.info = info
-        self.mark(dev, INFO | DISCOVERY)
+        self.mark(dev, flags)
         return True
 
     def apply_name(self, device_id: int, name: str) -> bool:
@@ -174,6 +181,21 @@ class Store:
             return False
         dev.info.name = name
         self.mark(dev, INFO | DISCOVERY)
+        return True
+
+    def apply_setting(self, device_id: int, name: str, value: Any) -> bool:
+        """A device setting's current value (None: flespi removed it); True if it changed."""
+        dev = self.device(device_id)
+        if value is None:
+            if name not in dev.settings:
+                return False
+            del dev.settings[name]
+        elif name in dev.settings and dev.settings[name] == value \
+                and type(dev.settings[name]) is type(value):
+            return False
+        else:
+            dev.settings[name] = value
+        self.mark(dev, SETTINGS)
         return True
 
     def apply_connected(self, device_id: int, online: bool) -> bool:

@@ -299,7 +299,7 @@ async def test_set_topic_commands_with_transactions(commanding: tuple[Bridge, Re
     assert responder.requests[-1].body[0]["properties"] == {"event_code": 2}
     result = await command(rec, device_id, b'{"upload_interval": 10, "transaction": 2}')
     assert (result["transaction"], result["status"]) == (2, "ok")
-    assert sim.devices[device_id].settings["upload_interval"] == 10
+    assert sim.devices[device_id].settings["upload_interval"] == {"upload_interval": 10}
 
 
 ERRORS = [

@@ -24,7 +24,29 @@ SCOOTER_PROFILE: dict[str, dict[str, Any]] = {
                 "properties": {"event_code": 2}, "label": "Restart"},
     "upload_interval": {"component": "number", "command": "setting.d1.set",
                         "value_property": "upload_interval", "min": 5, "max": 3600,
-                        "step": 1, "unit": "s", "label": "Report interval"},
+                        "step": 1, "unit": "s", "label": "Report interval",
+                        "setting": "upload_interval"},
+}
+
+
+@dataclass(frozen=True)
+class SimSetting:
+    """A device setting of a simulated device type: flespi publishes its current value
+    retained on `flespi/state/gw/devices/{id}/settings/{name}` as an object of the
+    setting's properties, and `command` (with the new value in `property`) changes it."""
+
+    command: str
+    property: str
+    initial: Any
+
+    def value(self, current: Any) -> dict[str, Any]:
+        return {self.property: current}
+
+
+# device type id -> setting name -> setting: each simulated device type's settings (a
+# profile added to the simulator adds its own entry here)
+SETTINGS: dict[int, dict[str, SimSetting]] = {
+    DEVICE_TYPE_ID: {"upload_interval": SimSetting("setting.d1.set", "upload_interval", 30)},
 }
 
 
@@ -38,7 +60,12 @@ class SimDevice:
     connected: bool = True
     # flespi parameter name -> (value, timestamp), as flespi keeps telemetry
     telemetry: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    # setting name -> its current value object, as flespi publishes it
     settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, setting in SETTINGS.get(self.device_type_id, {}).items():
+            self.settings.setdefault(name, setting.value(setting.initial))
 
     def device_object(self) -> dict[str, Any]:
         return {
