@@ -95,7 +95,13 @@ CATALOG: tuple[Parameter, ...] = (
     Parameter("external.powersource.voltage", _sensor("external_voltage", "External voltage",
               unit="V", device_class="voltage", state_class="measurement")),
     Parameter("movement.status", _binary("movement", "Movement", device_class="moving")),
+    # no entities: Home Assistant shows them in the device info (DEVICE_INFO)
+    Parameter("firmware.version", _sensor("firmware", "Firmware", "str", component=None)),
+    Parameter("hardware.version", _sensor("hardware", "Hardware", "str", component=None)),
 )
+
+# Attributes that are part of the device's info in Home Assistant: attribute -> device key.
+DEVICE_INFO: Mapping[str, str] = {"firmware": "sw_version", "hardware": "hw_version"}
 
 # The attribute every state carries: the time of the newest value, ISO 8601 UTC.
 LAST_SEEN = Attribute("last_seen", "str", "Last seen", device_class="timestamp",

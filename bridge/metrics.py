@@ -49,6 +49,7 @@ SIDES = ("upstream", "local")
 # alerts see a series before the first event (https://prometheus.io/docs/practices/instrumentation/#avoid-missing-metrics).
 UPSTREAM_KINDS = (*(k.value for k in Kind), "ignored")
 PUBLICATION_KINDS = ("state", "info", "availability")
+LOOKUPS = ("device_type", "protocol")
 INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstream", "bad_value"),
                    ("upstream", "bad_topic"))
 
@@ -81,6 +82,9 @@ class Stats:
     commands: Counter[str] = field(default_factory=Counter)
     reconnects: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(SIDES, 0)))
     dropped: Counter[str] = field(default_factory=Counter)
+    # failed REST look-ups of flespi names, by what was looked up (bridge.device_types)
+    lookup_failures: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(LOOKUPS, 0)))
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
@@ -170,6 +174,9 @@ class BridgeCollector(Collector):
                             ["side"], {side: s.reconnects[side] for side in SIDES})
         yield self._counter("dropped", "Updates dropped (never silently), by reason.",
                             ["reason"], s.dropped)
+        yield self._counter("lookup_failures",
+                            "Failed REST look-ups of flespi device type and protocol names.",
+                            ["what"], s.lookup_failures)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:

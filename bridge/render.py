@@ -9,12 +9,14 @@ each device's `sent` attributes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from bridge.catalog import Attribute
 from bridge.config import Settings
+from bridge.device_types import Names
 from bridge.discovery import Discovery
 from bridge.homeassistant import (
     LAST_COMMAND,
@@ -34,9 +36,12 @@ _UNSENT = object()
 
 
 class Renderer:
-    def __init__(self, settings: Settings, attributes: dict[str, Attribute]) -> None:
+    def __init__(self, settings: Settings, attributes: dict[str, Attribute],
+                 names: Callable[[int | None, int | None], Names] | None = None) -> None:
         self.settings = settings
         self.attributes = attributes
+        # flespi's names of a device type and protocol (bridge.device_types)
+        self.names = names
         loc = settings.local
         self.topics = LocalTopics(loc.base_topic)
         ha = settings.homeassistant
@@ -47,7 +52,9 @@ class Renderer:
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
         profile = self.settings.commands.profile(dev.info.device_type_id)
-        return device_configs(self.ha, dev, self.attributes, profile)
+        names = self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
+            else None
+        return device_configs(self.ha, dev, self.attributes, profile, names)
 
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""

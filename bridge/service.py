@@ -21,6 +21,7 @@ from bridge.acks import AckLedger
 from bridge.cleanup import Cleanup
 from bridge.command_topics import CommandTopics
 from bridge.config import Settings
+from bridge.device_types import DeviceTypes
 from bridge.flespi.rest import HttpRest, Rest
 from bridge.flespi.upstream import GmqttUpstream
 from bridge.ingest import Ingest
@@ -30,7 +31,7 @@ from bridge.pipeline import Publisher
 from bridge.render import Renderer
 from bridge.republish import Republisher
 from bridge.session import UpstreamFactory, UpstreamSession
-from bridge.state import Store
+from bridge.state import DISCOVERY, Store
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ class Bridge:
                                               settings.flespi.token.get_secret_value())
         self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox,
                                       publisher.wake)
+        # flespi's names for the device info, looked up through the same REST client
+        self.device_types = DeviceTypes(rest, stats, on_learned=self._learned)
+        renderer.names = self.device_types.names
         self.local.subscribe(self.commands.subscriptions
                              + ([self.republisher.status_topic] if ha.discovery else []))
         stats.queues.update({
@@ -103,6 +107,15 @@ class Bridge:
 
     def alive(self) -> bool:
         return not self.failed.is_set()
+
+    def _learned(self, what: str, id_: int) -> None:
+        """flespi's name of a device type or protocol is known: its devices are announced
+        again with it."""
+        for dev in self.store.devices.values():
+            info = dev.info
+            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
+                self.store.mark(dev, DISCOVERY)
+        self.publisher.wake()
 
     def _set_up(self, side: str, up: bool) -> None:
         self.stats.up[side] = up
@@ -157,6 +170,7 @@ class Bridge:
         if not self.publisher.idle() or self.commands.tasks:
             log.warning("stopping with work left: %d command(s), %d device state(s)",
                         len(self.commands.tasks), self.store.dirty_count)
+        self.device_types.stop()  # before the session: its look-ups would fail and retry
         await self.local.publish_offline()
         await self.session.stop()
         self.republisher.stop()

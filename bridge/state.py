@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.catalog import DEVICE_INFO
+
 _MISSING = object()
 STATE = 1
 INFO = 2
@@ -147,8 +149,8 @@ class Store:
             old = current.get(name, _MISSING)
             # type matters too: 1 == True, but the state must say `true`
             if old != value or type(old) is not type(value):
-                if old is _MISSING:
-                    flags |= DISCOVERY  # a new entity
+                if old is _MISSING or name in DEVICE_INFO:
+                    flags |= DISCOVERY  # a new entity, or the device info changed
                 current[name] = value
                 changed = True
         if dev.last_seen is None or ts > dev.last_seen:

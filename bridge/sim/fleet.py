@@ -43,6 +43,16 @@ class SimSetting:
         return {self.property: current}
 
 
+# What flespi's REST API says of the simulated device types and protocols
+# (`gw/channel-protocols/all/device-types/{id}`, `gw/channel-protocols/{id}`); a profile added
+# to the simulator adds its own entries.
+DEVICE_TYPES: dict[int, dict[str, Any]] = {
+    DEVICE_TYPE_ID: {"id": DEVICE_TYPE_ID, "name": "omni-scooter", "title": "OMNI e-scooter",
+                     "protocol_id": PROTOCOL_ID, "protocol_name": "omni"},
+}
+PROTOCOLS: dict[int, dict[str, Any]] = {
+    PROTOCOL_ID: {"id": PROTOCOL_ID, "name": "omni", "title": "OMNI"},
+}
 # device type id -> setting name -> setting: each simulated device type's settings (a
 # profile added to the simulator adds its own entry here)
 SETTINGS: dict[int, dict[str, SimSetting]] = {
