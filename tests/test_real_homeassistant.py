@@ -330,6 +330,10 @@ async def test_scooter_in_a_real_home_assistant(
     assert await api.template(f"{{{{ device_attr('{device_id}', 'name') }}}}") == seed.name
     assert await api.template(f"{{{{ device_attr('{device_id}', 'model') }}}}") == MODEL
 
+    # (each bridge looked flespi's names up once: the failure injected next hits a command)
+    await wait_until(lambda: sum(r.uri.startswith("gw/channel-protocols/")
+                                 for r in responder.requests) >= 4, what="the look-ups")
+
     # An unlock flespi fails: the lock stays where telemetry says, Last command says why.
     responder.fail_next = (400, "device refused the command")
     await api.call("lock", "unlock", entity_id=ids["lock"])
