@@ -214,7 +214,13 @@ CATALOG: tuple[Parameter, ...] = (
     # the vehicle
     Parameter("vehicle.vin", _sensor("vin", "VIN", "str", entity_category=_DIAG,
               icon="mdi:car-info")),
+    # no entities: Home Assistant shows them in the device info (DEVICE_INFO)
+    Parameter("firmware.version", _sensor("firmware", "Firmware", "str", component=None)),
+    Parameter("hardware.version", _sensor("hardware", "Hardware", "str", component=None)),
 )
+
+# Attributes that are part of the device's info in Home Assistant: attribute -> device key.
+DEVICE_INFO: Mapping[str, str] = {"firmware": "sw_version", "hardware": "hw_version"}
 
 # The attribute every state carries: the time of the newest value, ISO 8601 UTC.
 LAST_SEEN = Attribute("last_seen", "str", "Last seen", device_class="timestamp",

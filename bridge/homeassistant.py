@@ -21,13 +21,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from bridge import __version__
-from bridge.catalog import LAST_SEEN, Attribute
+from bridge.catalog import DEVICE_INFO, LAST_SEEN, Attribute
 from bridge.config import CommandSpec
+from bridge.device_types import Names
 from bridge.state import Device
 
 PROJECT_URL = "https://github.com/flespi-bridge/flespi-bridge"
-PANEL_URL = "https://flespi.io/#/panel/open/gw/devices/{id}"
+# The flespi panel opens an item from `#/panel/open/<items>/<id>` (as flespi's webhook
+# examples link a channel or stream: `.../open/channels/<id>`).
+PANEL_URL = "https://flespi.io/#/panel/open/devices/{id}"
 # the origin in each layout: device-based discovery uses the abbreviations of its docs
 ORIGIN = {"name": "flespi-bridge", "sw_version": __version__, "support_url": PROJECT_URL}
 ORIGIN_SHORT = {"name": "flespi-bridge", "sw": __version__, "url": PROJECT_URL}
@@ -131,17 +136,31 @@ def bridge_configs(ctx: Context) -> dict[str, dict[str, Any]]:
     return layout(ctx, ctx.bridge_identifier, bridge_device(ctx), None, bridge_entities(ctx))
 
 
-def device_block(ctx: Context, dev: Device) -> dict[str, Any]:
+def device_block(ctx: Context, dev: Device, names: Names | None = None) -> dict[str, Any]:
+    """The device as Home Assistant shows it: flespi's names for its type and protocol
+    (`names`, once looked up; the generic model until then), its ident as the serial
+    number, the firmware and hardware versions it reports, a link to the flespi panel."""
+    names = names or Names()
     block: dict[str, Any] = {
         "identifiers": [device_owner(dev.id)],
         "name": dev.name,
         "via_device": ctx.bridge_identifier,
         "configuration_url": PANEL_URL.format(id=dev.id),
     }
-    if dev.info.device_type_id is not None:
+    if names.manufacturer:
+        block["manufacturer"] = names.manufacturer
+    if names.model:
+        block["model"] = names.model
+        if names.model_id and names.model_id != names.model:
+            block["model_id"] = names.model_id
+    elif dev.info.device_type_id is not None:
         block["model"] = f"flespi device type {dev.info.device_type_id}"
     if dev.info.ident:
         block["serial_number"] = dev.info.ident
+    for attribute, key in DEVICE_INFO.items():
+        value = dev.values.get(attribute)
+        if isinstance(value, str) and value:
+            block[key] = value
     return block
 
 
@@ -255,10 +274,10 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
 
 
 def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
-                   profile: Mapping[str, CommandSpec] | None = None
-                   ) -> dict[str, dict[str, Any]]:
+                   profile: Mapping[str, CommandSpec] | None = None,
+                   names: Names | None = None) -> dict[str, dict[str, Any]]:
     """Config topic -> payload of the device's entities, in the context's layout."""
-    return layout(ctx, device_owner(dev.id), device_block(ctx, dev),
+    return layout(ctx, device_owner(dev.id), device_block(ctx, dev, names),
                   availability(ctx, dev), device_entities(ctx, dev, attrs, profile))
 
 
@@ -266,7 +285,9 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
                      ) -> list[tuple[str, str, dict[str, Any]]]:
     """lock/button/number entities for the device type's command profile, and the "Last
     command" sensor. A lock's state comes from telemetry (`state_attribute`), never from
-    assuming the command worked, and shows a command in flight (`lock_state`)."""
+    assuming the command worked, and shows a command in flight (`lock_state`); a number's
+    from the device setting it changes (`setting`, see `setting_state`) or telemetry, so a
+    refused command never leaves it showing the value Home Assistant sent."""
     out: list[tuple[str, str, dict[str, Any]]] = []
     for key, spec in profile.items():
         cfg: dict[str, Any] = {
@@ -281,14 +302,16 @@ def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpe
         elif spec.component == "button":
             cfg["payload_press"] = "PRESS"
         else:
-            if state is not None:
+            if spec.setting is not None:  # the bridge's setting state topic (`setting_state`)
+                cfg["state_topic"] = f"{ctx.base}/{dev.id}/{key}/state"
+            elif state is not None:
                 cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + (
                     "state" if _uses_json(ctx) else state)
             cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
-                       optimistic=state is None)
+                       optimistic="state_topic" not in cfg)
             if spec.unit:
                 cfg["unit_of_measurement"] = spec.unit
-            if state is not None and _uses_json(ctx):
+            if state is not None and spec.setting is None and _uses_json(ctx):
                 cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
         out.append((spec.component, key, cfg))
     if profile:
@@ -320,6 +343,14 @@ def lock_state(dev: Device, key: str, spec: CommandSpec) -> str | None:
     if spec.state_attribute is None or spec.state_attribute not in dev.values:
         return None
     return "LOCKED" if dev.values[spec.state_attribute] else "UNLOCKED"
+
+
+def setting_state(dev: Device, spec: CommandSpec) -> bytes | None:
+    """What a number showing a device setting has on `<base>/<id>/<key>/state`: the
+    setting's value, or None while flespi has not told it."""
+    if spec.setting is None or spec.setting not in dev.settings:
+        return None
+    return orjson.dumps(dev.settings[spec.setting])
 
 
 def tracker_position(dev: Device) -> dict[str, Any]:

@@ -7,7 +7,8 @@ Runs once per flespi message, synchronously, on the hot path.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -44,9 +45,13 @@ class Ingest:
         on_reply: Callable[[str, bytes, UserProperties], None],
         on_removed: Callable[[Device], None],
         on_message: Callable[[Publication], None],
+        settings: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.params = params
         self.catalog = params.table  # read on every message: one attribute lookup less
+        # setting name -> the keys of its value object that may hold the number (the
+        # profiles' value_property); settings not named here are ignored
+        self.settings = dict(settings or {})
         self.store = store
         self.stats = stats
         self.topics = topics
@@ -76,11 +81,15 @@ class Ingest:
                 return
             if not self.params.wants(name):
                 return  # not in the catalogue: ignored, but still acknowledged
+        if kind is Kind.SETTING and name not in self.settings:
+            return
         if not payload:
             if kind is Kind.DEVICE:  # flespi clears a deleted device's retained object
                 self._remove(device_id)
             elif kind is Kind.CONNECTION:  # the connection closed
                 self.store.apply_connection(device_id, name, None)
+            elif kind is Kind.SETTING:
+                self.store.apply_setting(device_id, name, None)
             return
         if len(payload) > MAX_UPSTREAM_PAYLOAD:
             self.invalid("oversized", topic, f"{len(payload)} bytes")
@@ -111,6 +120,8 @@ class Ingest:
                 self.store.apply_connection(device_id, name, value)
             else:
                 self.invalid("bad_value", topic, "connection is not a JSON object")
+        elif kind is Kind.SETTING:
+            self._setting(topic, device_id, name, value)
         elif kind is Kind.MESSAGE:
             if isinstance(value, dict):
                 self._on_message(Publication(self.topics.device(device_id, "message"), payload,
@@ -136,6 +147,22 @@ class Ingest:
         if dev is not None:
             log.info("device %s (%s) was deleted in flespi", device_id, dev.name)
             self._on_removed(dev)
+
+    def _setting(self, topic: str, device_id: int, name: str, value: Any) -> None:
+        """A setting's current value: a number, or flespi's object of the setting's
+        properties holding it under the profile's `value_property`."""
+        if isinstance(value, dict):
+            keys = [k for k in self.settings[name] if k in value]
+            if not keys:
+                self.invalid("bad_value", topic, "setting has none of the properties "
+                             f"{', '.join(self.settings[name])}")
+                return
+            value = value[keys[0]]
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not math.isfinite(value) or abs(value) > catalog.MAX_ABS_NUMBER:
+            self.invalid("bad_value", topic, f"setting value is not a number: {value!r:.40}")
+            return
+        self.store.apply_setting(device_id, name, value)
 
     def _property(self, topic: str, device_id: int, name: str, value: Any) -> None:
         if name == "connected":

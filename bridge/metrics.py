@@ -50,6 +50,7 @@ SIDES = ("upstream", "local")
 # alerts see a series before the first event (https://prometheus.io/docs/practices/instrumentation/#avoid-missing-metrics).
 UPSTREAM_KINDS = (*(k.value for k in Kind), "ignored")
 PUBLICATION_KINDS = ("state", "info", "availability")
+LOOKUPS = ("device_type", "protocol")
 INVALID_REASONS = (("upstream", "oversized"), ("upstream", "bad_json"), ("upstream", "bad_value"),
                    ("upstream", "bad_topic"))
 
@@ -95,6 +96,9 @@ class Stats:
     # flespi parameters that make no entity, by reason (bridge.rules.SKIP_REASONS)
     skipped: Counter[str] = field(
         default_factory=lambda: Counter(dict.fromkeys(SKIP_REASONS, 0)))
+    # failed REST look-ups of flespi names, by what was looked up (bridge.device_types)
+    lookup_failures: Counter[str] = field(
+        default_factory=lambda: Counter(dict.fromkeys(LOOKUPS, 0)))
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
@@ -200,6 +204,9 @@ class BridgeCollector(Collector):
         yield self._counter("skipped_parameters",
                             "flespi parameter values that make no entity, by reason.",
                             ["reason"], s.skipped)
+        yield self._counter("lookup_failures",
+                            "Failed REST look-ups of flespi device type and protocol names.",
+                            ["what"], s.lookup_failures)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:

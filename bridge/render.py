@@ -9,12 +9,14 @@ each device's `sent` attributes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from bridge.catalog import Attribute
 from bridge.config import Settings
+from bridge.device_types import Names
 from bridge.discovery import Discovery
 from bridge.homeassistant import (
     LAST_COMMAND,
@@ -23,6 +25,7 @@ from bridge.homeassistant import (
     device_configs,
     device_owner,
     lock_state,
+    setting_state,
     tracker_position,
 )
 from bridge.state import (
@@ -30,6 +33,7 @@ from bridge.state import (
     CONNECTIONS,
     DISCOVERY,
     INFO,
+    SETTINGS,
     STATE,
     Device,
     connections_document,
@@ -41,9 +45,12 @@ _UNSENT = object()
 
 
 class Renderer:
-    def __init__(self, settings: Settings, attributes: dict[str, Attribute]) -> None:
+    def __init__(self, settings: Settings, attributes: dict[str, Attribute],
+                 names: Callable[[int | None, int | None], Names] | None = None) -> None:
         self.settings = settings
         self.attributes = attributes
+        # flespi's names of a device type and protocol (bridge.device_types)
+        self.names = names
         loc = settings.local
         self.topics = LocalTopics(loc.base_topic)
         ha = settings.homeassistant
@@ -54,7 +61,9 @@ class Renderer:
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
         profile = self.settings.commands.profile(dev.info.device_type_id)
-        return device_configs(self.ha, dev, self.attributes, profile)
+        names = self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
+            else None
+        return device_configs(self.ha, dev, self.attributes, profile, names)
 
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""
@@ -89,6 +98,27 @@ class Renderer:
                 pubs.extend(self._attributes(dev))
         if flags & STATE:
             pubs.extend(self._locks(dev))
+        if flags & SETTINGS:
+            pubs.extend(self._settings(dev))
+        return pubs
+
+    def _settings(self, dev: Device) -> list[Publication]:
+        """`<base>/<id>/<key>/state` of each number showing a device setting, when it
+        changed since last published; `None` (Home Assistant's unknown) once flespi has
+        removed a setting that was shown."""
+        pubs = []
+        for key, spec in self.settings.commands.profile(dev.info.device_type_id).items():
+            if spec.setting is None:
+                continue
+            leaf = f"{key}/state"
+            shown = setting_state(dev, spec)
+            if shown is None:
+                if leaf not in dev.sent:
+                    continue
+                shown = b"None"
+            if dev.sent.get(leaf) != shown:
+                dev.sent[leaf] = shown
+                pubs.append(Publication(self.topics.device(dev.id, leaf), shown))
         return pubs
 
     def _locks(self, dev: Device) -> list[Publication]:
@@ -128,7 +158,7 @@ class Renderer:
         """Empty retained payloads for every device topic a removed device had."""
         locks = [f"{key}/state" for key, spec
                  in self.settings.commands.profile(dev.info.device_type_id).items()
-                 if spec.component == "lock"]
+                 if spec.component == "lock" or spec.setting is not None]
         leaves = ["state", "availability", "info", *dev.values, "last_seen", "position",
                   LAST_COMMAND, "connections", *locks]
         return [Publication(self.topics.device(dev.id, leaf), b"") for leaf in leaves]

@@ -238,11 +238,21 @@ class CommandSpec(Section):
     state_attribute: str | None = Field(
         None, description="state attribute that confirms the command (e.g. locked)"
     )
+    setting: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._-]{1,128}$",
+        description="flespi device setting whose current value is the number's state "
+        "(flespi/state/gw/devices/{id}/settings/{name}); its change confirms the command",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CommandSpec:
         if self.component in ("lock", "number") and not self.value_property:
             raise ValueError(f"a {self.component} command needs value_property")
+        if self.setting is not None and self.component != "number":
+            raise ValueError("only a number takes its state from a setting")
+        if self.setting is not None and self.state_attribute is not None:
+            raise ValueError("a number's state comes from a setting or a state attribute, "
+                             "not both")
         if self.component == "number" and not (self.min < self.max and self.step > 0):
             raise ValueError("a number needs min < max and step > 0")
         return self
@@ -276,6 +286,12 @@ class CommandSettings(Section):
         if device_type_id is not None and str(device_type_id) in self.profiles:
             return self.profiles[str(device_type_id)]
         return self.profiles.get("default", {})
+
+    @property
+    def settings(self) -> list[str]:
+        """The flespi device settings some profile's number shows (what to subscribe)."""
+        return sorted({spec.setting for profile in self.profiles.values()
+                       for spec in profile.values() if spec.setting is not None})
 
 
 class ReconnectSettings(Section):

@@ -21,6 +21,7 @@ from bridge.acks import AckLedger
 from bridge.cleanup import Cleanup
 from bridge.command_topics import CommandTopics
 from bridge.config import Settings
+from bridge.device_types import DeviceTypes
 from bridge.flespi.rest import HttpRest, Rest
 from bridge.flespi.upstream import GmqttUpstream
 from bridge.ingest import Ingest
@@ -30,7 +31,7 @@ from bridge.pipeline import Publisher
 from bridge.render import Renderer
 from bridge.republish import Republisher
 from bridge.session import UpstreamFactory, UpstreamSession
-from bridge.state import Store
+from bridge.state import DISCOVERY, Store
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class Bridge:
                                rediscover=lambda: self.republisher.discovery_only())
         self.ingest = Ingest(params, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
-                             on_removed=self.cleanup.device_removed, on_message=outbox.add_one)
+                             on_removed=self.cleanup.device_removed, on_message=outbox.add_one,
+                             settings=setting_properties(settings))
         session.ingest = self.ingest.handle
         ha = settings.homeassistant
         self.republisher = Republisher(store, renderer, outbox, publisher.wake,
@@ -80,6 +82,9 @@ class Bridge:
                                               settings.flespi.token.get_secret_value())
         self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox,
                                       publisher.wake)
+        # flespi's names for the device info, looked up through the same REST client
+        self.device_types = DeviceTypes(rest, stats, on_learned=self._learned)
+        renderer.names = self.device_types.names
         self.local.subscribe(self.commands.subscriptions
                              + ([self.republisher.status_topic] if ha.discovery else []))
         stats.queues.update({
@@ -104,6 +109,15 @@ class Bridge:
 
     def alive(self) -> bool:
         return not self.failed.is_set()
+
+    def _learned(self, what: str, id_: int) -> None:
+        """flespi's name of a device type or protocol is known: its devices are announced
+        again with it."""
+        for dev in self.store.devices.values():
+            info = dev.info
+            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
+                self.store.mark(dev, DISCOVERY)
+        self.publisher.wake()
 
     def _set_up(self, side: str, up: bool) -> None:
         self.stats.up[side] = up
@@ -158,6 +172,7 @@ class Bridge:
         if not self.publisher.idle() or self.commands.tasks:
             log.warning("stopping with work left: %d command(s), %d device state(s)",
                         len(self.commands.tasks), self.store.dirty_count)
+        self.device_types.stop()  # before the session: its look-ups would fail and retry
         await self.local.publish_offline()
         await self.session.stop()
         self.republisher.stop()
@@ -167,6 +182,18 @@ class Bridge:
             await self._http_rest.close()
         if self.health is not None:
             await self.health.stop()
+
+
+def setting_properties(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Setting name -> the value properties the profiles' numbers read from it."""
+    out: dict[str, tuple[str, ...]] = {}
+    for profile in settings.commands.profiles.values():
+        for spec in profile.values():
+            if spec.setting is not None and spec.value_property is not None:
+                known = out.get(spec.setting, ())
+                if spec.value_property not in known:
+                    out[spec.setting] = (*known, spec.value_property)
+    return out
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 10.0) -> None:

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.catalog import DEVICE_INFO
+
 _MISSING = object()
 STATE = 1
 INFO = 2
 AVAILABILITY = 4
 DISCOVERY = 8  # the set of entities or the device block changed
 CONNECTIONS = 16  # the device's connections to flespi
-ALL = STATE | INFO | AVAILABILITY | DISCOVERY | CONNECTIONS
+SETTINGS = 32  # a device setting a number entity shows
+ALL = STATE | INFO | AVAILABILITY | DISCOVERY | CONNECTIONS | SETTINGS
 # What the bridge keeps of a flespi connection object (its `ident` is the device's, known).
 CONNECTION_FIELDS = ("source", "transport", "established", "secondary")
 
@@ -58,6 +61,8 @@ class Device:
     pending: dict[str, list[bool]] = field(default_factory=dict)
     # flespi connection id -> its CONNECTION_FIELDS; None until flespi reported any
     connections: dict[str, dict[str, Any]] | None = None
+    # flespi setting name -> its current value (only settings a command profile shows)
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -173,8 +178,8 @@ class Store:
             old = current.get(name, _MISSING)
             # type matters too: 1 == True, but the state must say `true`
             if old != value or type(old) is not type(value):
-                if old is _MISSING:
-                    flags |= DISCOVERY  # a new entity
+                if old is _MISSING or name in DEVICE_INFO:
+                    flags |= DISCOVERY  # a new entity, or the device info changed
                 current[name] = value
                 changed = True
         if dev.last_seen is None or ts > dev.last_seen:
@@ -193,8 +198,12 @@ class Store:
             info.name = dev.info.name
         if info == dev.info:
             return False
+        # another device type: another command profile, whose locks and settings show
+        flags = INFO | DISCOVERY
+        if info.device_type_id != dev.info.device_type_id:
+            flags |= STATE | SETTINGS
         dev.info = info
-        self.mark(dev, INFO | DISCOVERY)
+        self.mark(dev, flags)
         return True
 
     def apply_name(self, device_id: int, name: str) -> bool:
@@ -203,6 +212,21 @@ class Store:
             return False
         dev.info.name = name
         self.mark(dev, INFO | DISCOVERY)
+        return True
+
+    def apply_setting(self, device_id: int, name: str, value: Any) -> bool:
+        """A device setting's current value (None: flespi removed it); True if it changed."""
+        dev = self.device(device_id)
+        if value is None:
+            if name not in dev.settings:
+                return False
+            del dev.settings[name]
+        elif name in dev.settings and dev.settings[name] == value \
+                and type(dev.settings[name]) is type(value):
+            return False
+        else:
+            dev.settings[name] = value
+        self.mark(dev, SETTINGS)
         return True
 
     def apply_connected(self, device_id: int, online: bool) -> bool:

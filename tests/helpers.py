@@ -141,6 +141,20 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
         await asyncio.sleep(0.02)
 
 
+def commands_sent(requests: list[Any]) -> list[Any]:
+    """The command requests among a simulated flespi's REST requests (`Responder.requests`:
+    besides commands, the bridge looks up device type and protocol names)."""
+    return [r for r in requests if r.uri.endswith("/commands")]
+
+
+async def names_looked_up(requests: list[Any], timeout: float = 10.0) -> None:
+    """Until the bridge has asked a simulated flespi for its device type and protocol names
+    (so a failure a test injects next hits the command it means)."""
+    await wait_until(lambda: sum(r.uri.startswith("gw/channel-protocols/")
+                                 for r in requests) >= 2,
+                     timeout, what="the device type and protocol look-ups")
+
+
 def bridge_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLESPI_BRIDGE_")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

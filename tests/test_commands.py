@@ -10,7 +10,15 @@ from typing import Any
 import jinja2
 import orjson
 import pytest
-from helpers import TOKEN, BridgeFactory, Recorder, make_settings, retained
+from helpers import (
+    TOKEN,
+    BridgeFactory,
+    Recorder,
+    commands_sent,
+    make_settings,
+    names_looked_up,
+    retained,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -184,6 +192,7 @@ async def commanding(request: pytest.FixtureRequest, upstream: mosquitto.Broker,
         commands["http_url"] = await responder.serve_http()
     bridge = await bridge_factory(make_settings(upstream, local, commands=commands))
     await asyncio.wait_for(bridge.loaded.wait(), 10)
+    await names_looked_up(responder.requests)
     async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/state", f"{BASE}/+/lock/state",
                                 f"{BASE}/+/last_command", "homeassistant/device/#"]) as rec:
         yield bridge, rec
@@ -299,7 +308,7 @@ async def test_set_topic_commands_with_transactions(commanding: tuple[Bridge, Re
     assert responder.requests[-1].body[0]["properties"] == {"event_code": 2}
     result = await command(rec, device_id, b'{"upload_interval": 10, "transaction": 2}')
     assert (result["transaction"], result["status"]) == (2, "ok")
-    assert sim.devices[device_id].settings["upload_interval"] == 10
+    assert sim.devices[device_id].settings["upload_interval"] == {"upload_interval": 10}
 
 
 ERRORS = [
@@ -315,7 +324,7 @@ async def test_every_error_yields_one_result_and_nothing_upstream(
         commanding: tuple[Bridge, Recorder], sim: Simulator, responder: Responder) -> None:
     _, rec = commanding
     device_id = list(sim.devices)[2]
-    before = len(responder.requests)
+    before = len(commands_sent(responder.requests))
     for payload, entity, code in ERRORS:
         result = await command(rec, device_id, payload, entity)
         assert (result["status"], result["code"]) == ("error", code), result
@@ -328,7 +337,7 @@ async def test_every_error_yields_one_result_and_nothing_upstream(
     assert ok["status"] == "ok"
     again = await command(rec, device_id, b'{"command": "restart", "transaction": "dup"}')
     assert (again["status"], again["code"]) == ("error", "duplicate")
-    assert len(responder.requests) == before + 1
+    assert len(commands_sent(responder.requests)) == before + 1
     # exactly one result per request: the results so far match the requests one to one
     results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
     assert len(results) == len(ERRORS) + 3
@@ -372,7 +381,7 @@ async def test_read_only_refuses_everything(upstream: mosquitto.Broker, local: m
     async with Recorder(local, [f"{BASE}/+/result"]) as rec:
         result = await command(rec, next(iter(sim.devices)), b'{"lock": false}')
     assert result["code"] == "read_only"
-    assert responder.requests == []
+    assert commands_sent(responder.requests) == []
 
 
 async def test_upstream_disconnected(upstream: mosquitto.Broker, local: mosquitto.Broker,
@@ -396,12 +405,12 @@ async def test_malformed_local_payloads_never_crash_the_bridge(commanding: tuple
         b'{"command": ["restart"]}', b'{"transaction": "only"}', "{\"lock\": \"\u202e\"}".encode(),
         b'{"command": "restart", "value": {"deep": [[[[[[1]]]]]]}}', b"{" * 500,
     ]
-    before = len(responder.requests)
+    before = len(commands_sent(responder.requests))
     for payload in corpus:
         for entity in (None, "lock", "upload_interval"):
             result = await command(rec, device_id, payload, entity)
             assert result["status"] == "error", (payload, entity, result)
-    assert len(responder.requests) == before
+    assert len(commands_sent(responder.requests)) == before
     bridge.commands.gateway.limits.devices.clear()  # many requests: refill its bucket
     ok = await command(rec, device_id, b'{"command": "restart"}')
     assert ok["status"] == "ok", ok  # still answering, and still executing
@@ -456,10 +465,10 @@ async def test_clearing_a_retained_command_executes_nothing(commanding: tuple[Br
     """`mosquitto_pub -r -n` on a command topic delivers an empty payload: never a PRESS."""
     _, rec = commanding
     device_id = next(iter(sim.devices))
-    before = len(responder.requests)
+    before = len(commands_sent(responder.requests))
     for entity in ("restart", "lock", "upload_interval", None):
         result = await command(rec, device_id, b"", entity, retain=True)
         assert (result["code"], result["error"]) == ("invalid_payload", "empty payload")
     result = await command(rec, device_id, b"PRESS", entity="restart")
     assert result["status"] == "ok"
-    assert len(responder.requests) == before + 1
+    assert len(commands_sent(responder.requests)) == before + 1

@@ -33,13 +33,17 @@ from homeassistant_harness import (
 )
 
 from bridge import mosquitto
+from bridge.service import Bridge
 from bridge.sim import Responder, Simulator
-from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE, SimDevice
+from bridge.sim.fleet import DEVICE_TYPE_ID, DEVICE_TYPES, PROTOCOLS, SCOOTER_PROFILE, SimDevice
 
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(1800)]
 
 BASE = "flespi"
 BRIDGE_IDENTIFIER = f"flespi_bridge_{BASE}"
+# flespi's names of the scooter's device type and protocol (the simulator's REST API)
+MODEL = DEVICE_TYPES[DEVICE_TYPE_ID]["title"]
+MANUFACTURER = PROTOCOLS[DEVICE_TYPES[DEVICE_TYPE_ID]["protocol_id"]]["title"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,8 @@ EXPECTED: dict[str, Expected] = {
     "lock": Expected("lock", None, None,
                      lambda dev: "locked" if dev.value("lock.status") else "unlocked"),
     "restart": Expected("button"),
-    "upload_interval": Expected("number", None, "s"),
+    "upload_interval": Expected("number", None, "s", lambda dev: float(
+        dev.settings["upload_interval"]["upload_interval"])),  # the device's setting
     "last_command": Expected("sensor"),
 }
 
@@ -170,10 +175,21 @@ async def wait_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, dict[s
     """Until the registries on disk hold the device and its expected entities (Home
     Assistant saves them a few seconds after a change)."""
     wanted = {f"flespi_{dev.id}_{key}" for key in EXPECTED}
-    await wait_until(lambda: wanted <= set(mqtt_entities(ha))
-                     and f"flespi_{dev.id}" in devices_by_identifier(ha),
-                     timeout=60, what="the scooter in the registries on disk")
+
+    def saved() -> bool:
+        device = devices_by_identifier(ha).get(f"flespi_{dev.id}")
+        return wanted <= set(mqtt_entities(ha)) and device is not None \
+            and device["model"] == MODEL  # flespi's names are looked up after the first config
+    await wait_until(saved, timeout=60, what="the scooter in the registries on disk")
     return mqtt_entities(ha)
+
+
+def check_no_orphans(ha: HomeAssistant, sim: Simulator) -> None:
+    """Exactly the entities and devices of the fleet and the bridge, each once."""
+    assert set(mqtt_entities(ha)) == {f"flespi_{i}_{key}" for i in sim.devices
+                                      for key in EXPECTED} | {f"{BRIDGE_IDENTIFIER}_connection"}
+    assert set(devices_by_identifier(ha)) == {f"flespi_{i}" for i in sim.devices} | {
+        BRIDGE_IDENTIFIER}
 
 
 def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
@@ -184,8 +200,9 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
     device = devices[f"flespi_{dev.id}"]
     bridge = devices[BRIDGE_IDENTIFIER]
     assert device["name"] == dev.name
-    assert device["model"] == f"flespi device type {DEVICE_TYPE_ID}"
+    assert (device["manufacturer"], device["model"]) == (MANUFACTURER, MODEL)
     assert device["serial_number"] == dev.ident
+    assert device["configuration_url"] == f"https://flespi.io/#/panel/open/devices/{dev.id}"
     assert device["via_device_id"] == bridge["id"]
     mine = {uid: e for uid, e in entities.items() if uid.startswith(f"flespi_{dev.id}_")}
     assert set(mine) == {f"flespi_{dev.id}_{key}" for key in EXPECTED}, \
@@ -204,10 +221,9 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
 def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | None) -> bool:
     if state is None or state["state"] == "unavailable":
         return False
-    if state["state"] == "unknown" and want.domain not in ("button", "number") \
-            and key != "last_command":
-        return False  # a button has no state until pressed, the number none from the device,
-        # Last command none before the first command
+    if state["state"] == "unknown" and want.domain != "button" and key != "last_command":
+        return False  # a button has no state until pressed, Last command none before the
+        # first command
     attrs = state["attributes"]
     if attrs.get("device_class") != want.device_class or \
             attrs.get("unit_of_measurement") != want.unit:
@@ -220,9 +236,9 @@ def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | N
         return bool(attrs.get("source_type") == "gps") \
             and abs(attrs["latitude"] - dev.value("position.latitude")) < 1e-6 \
             and abs(attrs["longitude"] - dev.value("position.longitude")) < 1e-6
-    if key == "upload_interval":
-        return (attrs.get("min"), attrs.get("max")) == (SCOOTER_PROFILE[key]["min"],
-                                                        SCOOTER_PROFILE[key]["max"])
+    if key == "upload_interval" and (attrs.get("min"), attrs.get("max")) != (
+            SCOOTER_PROFILE[key]["min"], SCOOTER_PROFILE[key]["max"]):
+        return False
     if want.state is None:
         return True
     expected = want.state(dev)
@@ -277,21 +293,57 @@ async def start_homeassistant(ha: HomeAssistant, broker: mosquitto.Broker) -> No
 async def test_scooter_in_a_real_home_assistant(
         homeassistant: HomeAssistant, upstream: mosquitto.Broker, local: mosquitto.Broker,
         fleet: tuple[Simulator, Responder], bridge_factory: BridgeFactory) -> None:
+    """One Home Assistant session: per-entity discovery first, the migration to device-based
+    discovery, commands that work, fail and are refused, and a restart of Home Assistant."""
     ha = homeassistant
     sim, responder = fleet
     api = Api(ha)
     await start_homeassistant(ha, local)
-    bridge = await bridge_factory(make_settings(
-        upstream, local, commands={"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}))
-    await asyncio.wait_for(bridge.loaded.wait(), 30)
+    profiles = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
     seed = next(iter(sim.devices.values()))
 
-    # Every entity, with its class, unit and state; the device and its bridge.
-    await wait_registries(ha, seed)
-    ids = check_registries(ha, seed)
+    # An installation from before device-based discovery: one config per entity.
+    legacy = Bridge(make_settings(upstream, local, commands=profiles,
+                                  homeassistant={"discovery_mode": "entity"}))
+    await legacy.start()
+    try:
+        await asyncio.wait_for(legacy.loaded.wait(), 30)
+        await wait_registries(ha, seed)
+        ids = check_registries(ha, seed)
+        await check_states(api, ids, seed)
+    finally:
+        await legacy.stop()
+
+    # Upgraded to device-based discovery: the same entities, the same entity ids, no
+    # duplicate, no orphan; the per-entity configs are gone from the broker.
+    bridge = await bridge_factory(make_settings(upstream, local, commands=profiles))
+    await asyncio.wait_for(bridge.loaded.wait(), 30)
+    await wait_until_async(lambda: retained(local, ["homeassistant/+/flespi/+/config"]),
+                           lambda found: set(found) == {
+                               f"homeassistant/device/flespi/{owner}/config" for owner in
+                               [BRIDGE_IDENTIFIER, *(f"flespi_{i}" for i in sim.devices)]},
+                           what="one config per device, none per entity")
     await check_states(api, ids, seed)
+    assert check_registries(ha, seed) == ids
+    check_no_orphans(ha, sim)
     device_id = (await api.template(f"{{{{ device_id('{ids['battery']}') }}}}")).strip()
     assert await api.template(f"{{{{ device_attr('{device_id}', 'name') }}}}") == seed.name
+    assert await api.template(f"{{{{ device_attr('{device_id}', 'model') }}}}") == MODEL
+
+    # (each bridge looked flespi's names up once: the failure injected next hits a command)
+    await wait_until(lambda: sum(r.uri.startswith("gw/channel-protocols/")
+                                 for r in responder.requests) >= 4, what="the look-ups")
+
+    # An unlock flespi fails: the lock stays where telemetry says, Last command says why.
+    responder.fail_next = (400, "device refused the command")
+    await api.call("lock", "unlock", entity_id=ids["lock"])
+    await api.wait_state(ids["last_command"],
+                         lambda s: s is not None and s["state"] == "error"
+                         and s["attributes"].get("code") == "flespi_error"
+                         and "device refused" in s["attributes"].get("error", ""),
+                         what="Last command: the failure")
+    await api.wait_state(ids["lock"], lambda s: s is not None and s["state"] == "locked",
+                         what="still locked after the failure")
 
     # Unlock from Home Assistant: REST over MQTT to flespi; the state follows telemetry.
     before = len(responder.requests)
@@ -314,9 +366,28 @@ async def test_scooter_in_a_real_home_assistant(
                          what="locked by telemetry")
     assert len(responder.requests) == before + 1
 
+    # The report interval shows the device's setting: a refused set leaves it there, a
+    # set flespi executes shows once the device's setting has changed.
+    interval = float(seed.settings["upload_interval"]["upload_interval"])
+    responder.fail_next = (400, "setting rejected")
+    await api.call("number", "set_value", entity_id=ids["upload_interval"], value=120)
+    await api.wait_state(ids["last_command"],
+                         lambda s: s is not None and s["state"] == "error"
+                         and s["attributes"].get("command") == "upload_interval",
+                         what="Last command: the refused set")
+    await api.wait_state(ids["upload_interval"],
+                         lambda s: shows_number(s, interval),
+                         what="the device's setting, not the value sent")
+    await api.call("number", "set_value", entity_id=ids["upload_interval"], value=60)
+    await api.wait_state(ids["upload_interval"],
+                         lambda s: shows_number(s, 60),
+                         what="the new setting")
+    assert seed.settings["upload_interval"] == {"upload_interval": 60}
+
     # A restart of Home Assistant: registries saved, entities and states back.
     ha.stop()
     assert check_registries(ha, seed) == ids
+    check_no_orphans(ha, sim)
     ha.start()
     await wait_api(ha)
     await check_states(api, ids, seed)
@@ -365,6 +436,13 @@ async def test_device_deleted_in_flespi_leaves_home_assistant(
     assert f"flespi_{other.id}" not in devices_by_identifier(ha)
     assert check_registries(ha, seed) == ids
     assert mqtt_problems(ha) == [], "MQTT warnings or errors in Home Assistant's log"
+
+
+def shows_number(state: dict[str, Any] | None, value: float) -> bool:
+    try:
+        return state is not None and float(state["state"]) == value
+    except ValueError:  # unknown, unavailable
+        return False
 
 
 async def wait_until_async(get: Callable[[], Any], predicate: Callable[[Any], bool],

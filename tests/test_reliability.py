@@ -18,6 +18,7 @@ from helpers import (
     Brokers,
     Procs,
     Recorder,
+    commands_sent,
     make_settings,
     retained,
     wait_until,
@@ -257,7 +258,8 @@ async def test_sigterm_finishes_in_flight_commands(upstream: mosquitto.Broker,
                                timeout=30, what="bridge up")
             await rec.publish(f"{BASE}/{device_id}/set",
                               b'{"command": "restart", "transaction": "last"}', qos=1)
-            await wait_until(lambda: responder.requests, what="the request reached flespi")
+            await wait_until(lambda: commands_sent(responder.requests),
+                             what="the request reached flespi")
             bridge.signal(signal.SIGTERM)
             result = await rec.wait_for(
                 lambda: rec.latest.get(f"{BASE}/{device_id}/result"), what="result")

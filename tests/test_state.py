@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.state import ALL, AVAILABILITY, DISCOVERY, INFO, STATE, Store, iso
+from bridge.state import ALL, AVAILABILITY, DISCOVERY, INFO, SETTINGS, STATE, Store, iso
 
 
 def test_merge_and_last_seen() -> None:
@@ -50,7 +50,8 @@ def test_dirty_flags_coalesce_per_device() -> None:
     assert [d.id for d in devs] == [2, 1]
     # new attributes, a first availability and a new name change the entities too
     assert devs[0].dirty == STATE | DISCOVERY
-    assert devs[1].dirty == STATE | AVAILABILITY | INFO | DISCOVERY
+    # (a device type: its command profile's settings too)
+    assert devs[1].dirty == STATE | AVAILABILITY | INFO | DISCOVERY | SETTINGS
     for dev in devs:
         dev.dirty = 0
     store.apply_values(2, {"signal": 6}, 3.0)

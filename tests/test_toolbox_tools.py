@@ -118,10 +118,15 @@ async def test_read_only_bridge_gets_no_command_rights(api: Api) -> None:
     run = await cli(api, "token", "create", "--ttl", "600", "--least-privilege")
     assert run.code == 0, run.err
     acl = api.responder.tools.tokens[-1]["access"]["acl"]
-    # no command profiles: its subscriptions and its reply prefix, nothing else
-    assert all(e.get("actions") == ["subscribe"] for e in acl[:-1])
-    assert acl[-1] == {"uri": "mqtt", "topic": "flespi-bridge/flespi-bridge/#",
-                       "actions": ["publish", "subscribe"]}
+    # no command profiles: its subscriptions, its reply prefix, and reading device type
+    # and protocol names for Home Assistant's device info; nothing else
+    *subscribed, reply, names_topic, names = acl
+    assert all(e.get("actions") == ["subscribe"] for e in subscribed)
+    assert reply == {"uri": "mqtt", "topic": "flespi-bridge/flespi-bridge/#",
+                     "actions": ["publish", "subscribe"]}
+    assert names_topic == {"uri": "mqtt", "topic": "flespi/rest/get/gw/channel-protocols/#",
+                           "actions": ["publish"]}
+    assert names == {"uri": "gw/channel-protocols", "methods": ["GET"]}
 
 
 async def test_a_rejected_token_request_never_echoes_a_token(api: Api) -> None:

@@ -18,6 +18,8 @@ from bridge.flespi.topics import Kind, Topic, parse, rest_topic, subscriptions
     ("flespi/message/gw/devices/42", Topic(Kind.MESSAGE, 42, "")),
     ("flespi/state/gw/devices/5537057/connections/3492206331502027",
      Topic(Kind.CONNECTION, 5537057, "3492206331502027")),
+    ("flespi/state/gw/devices/42/settings/upload_interval",
+     Topic(Kind.SETTING, 42, "upload_interval")),
 ])
 def test_parse_known_topics(topic: str, expected: Topic) -> None:
     assert parse(topic) == expected
@@ -31,7 +33,8 @@ def test_parse_known_topics(topic: str, expected: Topic) -> None:
     "flespi/state/gw/devices/1234567890123456",  # longer than any flespi id
     "flespi/state/gw/devices/1/telemetry/",  # empty parameter
     "flespi/state/gw/devices/1/telemetry/a/b",
-    "flespi/state/gw/devices/1/settings/x",  # not followed
+    "flespi/state/gw/devices/1/settings/",  # empty setting name
+    "flespi/state/gw/devices/1/settings/x/current",  # a setting's fields: not followed
     "flespi/state/gw/devices/1/connections/",  # no connection id
     "flespi/state/gw/devices/1/connections/a/b",
     "flespi/state/gw/devices/1/last_active",
@@ -70,6 +73,16 @@ def test_subscriptions_standard_fallback_one_filter_per_item() -> None:
     assert "flespi/state/gw/devices/3/telemetry/battery.level" in filters
     assert not any("," in f for f in filters)
     assert len(filters) == 2 * (3 + 2 + 1)
+
+
+def test_subscriptions_follow_only_the_settings_named() -> None:
+    assert subscriptions("all", ["position"], comma_lists=True,
+                         settings=["upload_interval", "apn"])[-1] == \
+        "flespi/state/gw/devices/+/settings/apn,upload_interval"
+    filters = subscriptions([1], ["position"], comma_lists=False, settings=["a", "b"])
+    assert [f for f in filters if "/settings/" in f] == [
+        "flespi/state/gw/devices/1/settings/a", "flespi/state/gw/devices/1/settings/b"]
+    assert not any("/settings/" in f for f in subscriptions("all", None, comma_lists=False))
 
 
 def test_rest_topic() -> None:

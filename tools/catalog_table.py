@@ -38,7 +38,9 @@ def table() -> str:
             continue
         a = param.attribute
         kind = TYPES[a.type] + (f", {a.unit}" if a.unit else "")
-        ha = [_cell(a.component)]
+        device_key = catalog.DEVICE_INFO.get(a.name)
+        ha = [_cell(a.component) if a.component else
+              f"no entity: the device's `{device_key}`" if device_key else "no entity"]
         ha += [f"{k} {_cell(v)}" for k, v in (("class", a.device_class),
                                                ("state", a.state_class),
                                                ("category", a.entity_category)) if v]

@@ -24,12 +24,14 @@ class Kind(Enum):
     PROPERTY = "property"
     MESSAGE = "message"
     CONNECTION = "connection"  # flespi/state/gw/devices/{id}/connections/{conn_id}
+    SETTING = "setting"  # flespi/state/gw/devices/{id}/settings/{name}
 
 
 class Topic(NamedTuple):
     kind: Kind
     device_id: int
-    name: str  # parameter, property or connection id; "" for the device object and messages
+    name: str  # parameter, property, connection id or setting name; "" for the device
+    # object and messages
 
 
 def _device_id(text: str) -> int | None:
@@ -53,6 +55,8 @@ def parse(topic: str) -> Topic | None:
             return Topic(Kind.TELEMETRY, device_id, parts[2])
         if n == 3 and parts[1] == "connections" and parts[2]:
             return Topic(Kind.CONNECTION, device_id, parts[2])
+        if n == 3 and parts[1] == "settings" and parts[2]:
+            return Topic(Kind.SETTING, device_id, parts[2])
         if n == 2 and parts[1] in PROPERTIES:
             return Topic(Kind.PROPERTY, device_id, parts[1])
         return None
@@ -73,21 +77,25 @@ def subscriptions(
     *,
     comma_lists: bool,
     messages: bool = False,
+    settings: Sequence[str] = (),
 ) -> list[str]:
     """Topic filters for the selection.
 
     `parameters` None subscribes to every telemetry parameter (`+`). With `comma_lists`
     (flespi only) a list of ids or parameters is one topic level `1,2,3`; a standard broker
-    gets one filter per item instead.
+    gets one filter per item instead. `settings` are the device settings to follow (only
+    those a command profile shows: a device has dozens, most of no use here).
     """
     ids = ["+"] if devices == "all" else _levels([str(d) for d in devices], comma_lists)
     params = ["+"] if parameters is None else _levels(sorted(set(parameters)), comma_lists)
+    names = _levels(sorted(set(settings)), comma_lists) if settings else []
     filters: list[str] = []
     for dev in ids:
         filters.append(f"{STATE_PREFIX}{dev}")
         filters.extend(f"{STATE_PREFIX}{dev}/{prop}" for prop in PROPERTIES)
         filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
         filters.append(f"{STATE_PREFIX}{dev}/connections/+")
+        filters.extend(f"{STATE_PREFIX}{dev}/settings/{name}" for name in names)
         if messages:
             filters.append(f"{MESSAGE_PREFIX}{dev}")
     return filters

@@ -28,7 +28,46 @@ SCOOTER_PROFILE: dict[str, dict[str, Any]] = {
                 "properties": {"event_code": 2}, "label": "Restart"},
     "upload_interval": {"component": "number", "command": "setting.d1.set",
                         "value_property": "upload_interval", "min": 5, "max": 3600,
-                        "step": 1, "unit": "s", "label": "Report interval"},
+                        "step": 1, "unit": "s", "label": "Report interval",
+                        "setting": "upload_interval"},
+}
+
+
+@dataclass(frozen=True)
+class SimSetting:
+    """A device setting of a simulated device type: flespi publishes its current value
+    retained on `flespi/state/gw/devices/{id}/settings/{name}` as an object of the
+    setting's properties, and `command` (with the new value in `property`) changes it."""
+
+    command: str
+    property: str
+    initial: Any
+
+    def value(self, current: Any) -> dict[str, Any]:
+        return {self.property: current}
+
+
+# What flespi's REST API says of the simulated device types and protocols
+# (`gw/channel-protocols/all/device-types/{id}`, `gw/channel-protocols/{id}`); a profile added
+# to the simulator adds its own entries.
+DEVICE_TYPES: dict[int, dict[str, Any]] = {
+    DEVICE_TYPE_ID: {"id": DEVICE_TYPE_ID, "name": "omni-scooter", "title": "OMNI e-scooter",
+                     "protocol_id": PROTOCOL_ID, "protocol_name": "omni"},
+    van_model.DEVICE_TYPE_ID: {"id": van_model.DEVICE_TYPE_ID, "name": "simcan-van",
+                               "title": "CAN van tracker", "protocol_id": van_model.PROTOCOL_ID,
+                               "protocol_name": "simcan"},
+}
+PROTOCOLS: dict[int, dict[str, Any]] = {
+    PROTOCOL_ID: {"id": PROTOCOL_ID, "name": "omni", "title": "OMNI"},
+    van_model.PROTOCOL_ID: {"id": van_model.PROTOCOL_ID, "name": "simcan",
+                            "title": "Simulated CAN tracker"},
+}
+# device type id -> setting name -> setting: each simulated device type's settings (a
+# profile added to the simulator adds its own entry here)
+SETTINGS: dict[int, dict[str, SimSetting]] = {
+    DEVICE_TYPE_ID: {"upload_interval": SimSetting("setting.d1.set", "upload_interval", 30)},
+    van_model.DEVICE_TYPE_ID: {name: SimSetting(f"setting.{name}.set", name, initial)
+                               for name, initial in van_model.SETTINGS.items()},
 }
 
 
@@ -42,9 +81,13 @@ class SimDevice:
     connected: bool = True
     # flespi parameter name -> (value, timestamp), as flespi keeps telemetry
     telemetry: dict[str, tuple[Any, float]] = field(default_factory=dict)
-    # setting name -> value, as flespi keeps them (settings/{name})
+    # setting name -> its current value object, as flespi publishes it (settings/{name})
     settings: dict[str, Any] = field(default_factory=dict)
     profile: str = "scooter"  # scooter | van
+
+    def __post_init__(self) -> None:
+        for name, setting in SETTINGS.get(self.device_type_id, {}).items():
+            self.settings.setdefault(name, setting.value(setting.initial))
 
     def device_object(self) -> dict[str, Any]:
         return {
@@ -94,7 +137,7 @@ class Fleet:
                 dev = SimDevice(dev_id, f"van-{counts[profile]:03d}", f"35262533{dev_id:07d}",
                                 device_type_id=van_model.DEVICE_TYPE_ID,
                                 protocol_id=van_model.PROTOCOL_ID,
-                                settings=dict(van_model.SETTINGS), profile="van")
+                                profile="van")
                 self.devices[dev_id] = dev
                 self.vans[dev_id] = van_model.Van.start(self.rng)
                 self.apply(dev, self.vans[dev_id].telemetry(self.rng), time.time())

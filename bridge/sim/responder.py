@@ -4,7 +4,8 @@ flespi reference describes, and the same API over HTTP for the httpx transport.
 Over MQTT: the answer goes to the request's response topic (or the request topic when it
 has none), echoes the correlation data, and carries the `http_code` user property; with
 `response_chunked=true` it comes as several messages of which only the last has
-`http_code`. Successful commands change the simulated device (locking sets `lock.status`).
+`http_code`. Successful commands change the simulated device (locking sets `lock.status`; a
+command that changes a setting of the device type, `fleet.SETTINGS`, publishes its new value).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import orjson
 
 from bridge.httpserver import HttpServer, Response
 from bridge.sim import rest_api
+from bridge.sim.fleet import SETTINGS
 from bridge.sim.simulator import Simulator
 
 # flespi command name -> whether the device confirms it (executed false until it answers)
@@ -171,22 +173,27 @@ class Responder:
             return 400, _errors("invalid request: expected a list of commands", 400)
         if not dev.connected:
             return 400, _errors("device is not connected", 400)
-        results = []
+        results: list[dict[str, Any]] = []
         for cmd in body:
             name, props = cmd["name"], cmd.get("properties", {})
-            if name not in COMMANDS:
+            settings = {n: s for n, s in SETTINGS.get(dev.device_type_id, {}).items()
+                        if s.command == name}
+            if name not in COMMANDS and not settings:
                 return 400, _errors(f"unknown command {name}", 400)
             if name == "setting.r0.set":
                 if props.get("lock") not in (0, 1):
                     return 400, _errors("lock must be 0 or 1", 400)
                 await self.sim.set_values(dev.id, {"lock.status": props["lock"] == 1})
-            elif name == "setting.d1.set":
-                dev.settings["upload_interval"] = props.get("upload_interval")
+            for setting_name, setting in settings.items():
+                value = props.get(setting.property)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    return 400, _errors(f"{setting.property} must be a number", 400)
+                await self.sim.set_setting(dev.id, setting_name, setting.value(value))
             self._next_id += 1
             results.append({
                 "id": self._next_id, "name": name, "device_id": dev.id, "position": 1,
-                "properties": props, "executed": COMMANDS[name],
-                "response": EXECUTED if COMMANDS[name] else None,
+                "properties": props, "executed": COMMANDS.get(name, True),
+                "response": EXECUTED if COMMANDS.get(name, True) else None,
                 "timestamp": int(time.time()), "expires": 0,
             })
         return 200, {"result": results}

@@ -1,7 +1,7 @@
-"""The simulator's REST API beyond commands: device history, telemetry, MQTT sessions and
-tokens, answered from the simulated fleet. Handlers are plain functions of
-(api, method, path, query, body) -> (http_code, body), free of any server, so any HTTP
-framework (or REST over MQTT) can call them."""
+"""The simulator's REST API beyond commands: device history, telemetry, device type and
+protocol names, MQTT sessions and tokens, answered from the simulated fleet. Handlers are
+plain functions of (api, method, path, query, body) -> (http_code, body), free of any
+server, so any HTTP framework (or REST over MQTT) can call them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from bridge.sim import history
+from bridge.sim import fleet, history
 from bridge.sim.fleet import Fleet
 
 MAX_LIMIT = 1000  # messages per answer at most (flespi pages large ranges too)
@@ -108,6 +108,23 @@ def devices(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) ->
                             for o in objects]}
 
 
+def _selected(selector: str, table: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    if selector == "all":
+        return list(table.values())
+    return [table[int(i)] for i in selector.split(",") if i.isdigit() and int(i) in table]
+
+
+def device_types(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -> Answer:
+    """`gw/channel-protocols/{protocols}/device-types/{types}`."""
+    found = [t for t in _selected(path[4], fleet.DEVICE_TYPES)
+             if path[2] == "all" or str(t["protocol_id"]) in path[2].split(",")]
+    return 200, {"result": found}
+
+
+def protocols(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -> Answer:
+    return 200, {"result": _selected(path[2], fleet.PROTOCOLS)}
+
+
 def sessions(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -> Answer:
     return 200, {"result": list(api.sessions)}
 
@@ -142,6 +159,9 @@ ROUTES: list[tuple[str, Callable[[list[str]], bool], Handler]] = [
      telemetry),
     ("get", lambda p: len(p) == 3 and p[:2] == ["gw", "devices"], devices),
     ("get", lambda p: p == ["mqtt", "sessions", "all"], sessions),
+    ("get", lambda p: len(p) == 5 and p[:2] == ["gw", "channel-protocols"]
+     and p[3] == "device-types", device_types),
+    ("get", lambda p: len(p) == 3 and p[:2] == ["gw", "channel-protocols"], protocols),
     ("post", lambda p: p == ["platform", "tokens"], create_tokens),
 ]
 

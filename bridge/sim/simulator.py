@@ -1,9 +1,9 @@
 """The simulator's I/O: publishes a `Fleet` to a real MQTT broker exactly as flespi would.
 
 Per device: the retained device object and its `name` and `connected` properties, retained
-per-parameter telemetry with the MQTT 5 `timestamp` user property, and each full message on
-`flespi/message/gw/devices/{id}`. All at QoS 1, so a persistent session that is away keeps
-what it missed, as on flespi.
+per-parameter telemetry with the MQTT 5 `timestamp` user property, its retained settings
+(`settings/{name}`), and each full message on `flespi/message/gw/devices/{id}`. All at
+QoS 1, so a persistent session that is away keeps what it missed, as on flespi.
 """
 
 from __future__ import annotations
@@ -106,6 +106,14 @@ class Simulator:
             await self._publish(f"{base}/connections/{dev.connection_id}", dev.connection())
         for param, (value, ts) in dev.telemetry.items():
             await self._publish(f"{base}/telemetry/{param}", value, ts=ts)
+        for name, setting in dev.settings.items():
+            await self._publish(f"{base}/settings/{name}", setting)
+
+    async def set_setting(self, device_id: int, name: str, value: Any) -> None:
+        """A device setting's new current value (a command changed it, or a test)."""
+        dev = self.devices[device_id]
+        dev.settings[name] = value
+        await self._publish(f"{STATE_PREFIX}{device_id}/settings/{name}", value)
 
     async def publish_values(self, dev: SimDevice, values: dict[str, Any], ts: float) -> None:
         """Publish one device message: one retained publication per parameter, then the
@@ -150,6 +158,8 @@ class Simulator:
         base = f"{STATE_PREFIX}{device_id}"
         for param in dev.telemetry:
             await self._publish(f"{base}/telemetry/{param}", b"")
+        for name in dev.settings:
+            await self._publish(f"{base}/settings/{name}", b"")
         for leaf in (f"/connections/{dev.connection_id}", "/name", "/connected", ""):
             await self._publish(base + leaf, b"")
 

@@ -31,7 +31,7 @@ ROUTE: tuple[tuple[float, float], ...] = (
     (-17.7215, -63.1590), (-17.7337, -63.1488), (-17.7502, -63.1470),
     (-17.7634, -63.1553), (-17.7712, -63.1680),
 )
-# Device settings as flespi keeps them (`flespi/state/gw/devices/{id}/settings/{name}`).
+# Device settings: name -> initial value (fleet.SETTINGS makes them flespi settings).
 SETTINGS: dict[str, Any] = {
     "report_interval_moving": 10,
     "report_interval_parked": 300,

@@ -1,5 +1,6 @@
 """The least-privilege ACL of a bridge's configuration: exactly the topics it subscribes,
-its reply prefix, and the REST calls of its command profiles. Pure functions."""
+its reply prefix, the REST calls of its command profiles, and (with Home Assistant
+discovery) the read-only look-up of device type and protocol names. Pure functions."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def subscriptions(settings: Settings) -> list[str]:
     f = settings.flespi
     params = parameters.from_settings(settings).subscribed() if f.use_comma_lists else None
     return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
-                                messages=f.messages)
+                                messages=f.messages, settings=settings.commands.settings)
 
 
 def acl(settings: Settings) -> list[dict[str, Any]]:
@@ -41,4 +42,9 @@ def acl(settings: Settings) -> list[dict[str, Any]]:
         entries.append({"uri": "gw/devices", "methods": ["POST"],
                         "ids": "all" if devices == "all" else list(devices),
                         "submodules": [{"name": "commands", "methods": ["POST"]}]})
+    if settings.homeassistant.discovery:  # device type and protocol names (device info)
+        if c.transport == "mqtt":
+            entries.append({"uri": "mqtt", "topic": "flespi/rest/get/gw/channel-protocols/#",
+                            "actions": ["publish"]})
+        entries.append({"uri": "gw/channel-protocols", "methods": ["GET"]})
     return entries
