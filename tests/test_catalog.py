@@ -87,7 +87,17 @@ def test_extra_parameters_pass_through_untyped() -> None:
 
 # --- the wide catalogue: every row -----------------------------------------------------------
 
-ROWS = [p for p in catalog.CATALOG if p.attribute is not None]
+ROWS = [p for p in catalog.CATALOG
+        if p.attribute is not None and p.attribute.name not in catalog.DEVICE_INFO]
+
+
+def test_device_info_rows_make_no_entity() -> None:
+    """Firmware and hardware versions are shown in the device info, not as entities."""
+    rows = {p.attribute.name: p for p in catalog.CATALOG
+            if p.attribute is not None and p.attribute.name in catalog.DEVICE_INFO}
+    assert set(rows) == set(catalog.DEVICE_INFO)
+    assert all(p.attribute is not None and p.attribute.component is None
+               for p in rows.values())
 
 
 @pytest.mark.parametrize("param", ROWS, ids=lambda p: p.flespi)
