@@ -82,6 +82,9 @@ class Stats:
     commands: Counter[str] = field(default_factory=Counter)
     reconnects: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(SIDES, 0)))
     dropped: Counter[str] = field(default_factory=Counter)
+    # the HTTP stream: answers by status code, messages of its batches by outcome
+    stream_requests: Counter[str] = field(default_factory=Counter)
+    stream_messages: Counter[str] = field(default_factory=Counter)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
@@ -171,6 +174,11 @@ class BridgeCollector(Collector):
                             ["side"], {side: s.reconnects[side] for side in SIDES})
         yield self._counter("dropped", "Updates dropped (never silently), by reason.",
                             ["reason"], s.dropped)
+        yield self._counter("stream_requests", "flespi HTTP stream batches, by answer.",
+                            ["code"], s.stream_requests)
+        yield self._counter("stream_messages",
+                            "Messages of flespi HTTP stream batches, by outcome.",
+                            ["outcome"], s.stream_messages)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:
