@@ -138,6 +138,8 @@ class Ingest:
         values that do not fit are left out and counted, the rest is kept."""
         if mapped.problems:
             self.invalid("bad_value", where, "; ".join(mapped.problems), source)
+        if not mapped.values:
+            return  # nothing the catalogue knows: like telemetry outside it, no news
         self.store.apply_values(device_id, mapped.values, mapped.timestamp)
         if mapped.name is not None and self.store.device(device_id).info.name is None:
             self.store.apply_name(device_id, mapped.name)  # until flespi's device object says

@@ -6,6 +6,7 @@ bridge in-process or as a process, the simulator's stream as a process."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 import subprocess
@@ -200,7 +201,8 @@ async def test_refusals_change_nothing_and_never_log_the_authorization(
     assert await metric(port, P + "stream_requests_total", code="401") == 3
     assert (await post(url, good)).status_code == 200
     assert (await states(local))[21]["battery"] == 64
-    assert AUTH not in caplog.text and wrong not in caplog.text
+    assert AUTH not in caplog.text
+    assert wrong not in caplog.text
     assert "unauthorized" in caplog.text
 
 
@@ -305,6 +307,10 @@ hostile_messages = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=12),
     lambda m: {**m, "device.id": 1} if m.get("device.id") == CANARY else m)
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()  # orjson writes 64-bit integers only
+
+
 def _a_batch(body: bytes) -> bool:
     try:
         batch = orjson.loads(body)
@@ -315,9 +321,9 @@ def _a_batch(body: bytes) -> bool:
 
 malformed = st.one_of(
     st.binary(max_size=200).filter(lambda b: not _a_batch(b)),
-    json_values.filter(lambda v: not isinstance(v, list)).map(orjson.dumps),
+    json_values.filter(lambda v: not isinstance(v, list)).map(_dumps),
     st.lists(json_values, min_size=1, max_size=5).filter(
-        lambda items: any(not isinstance(i, dict) for i in items)).map(orjson.dumps),
+        lambda items: any(not isinstance(i, dict) for i in items)).map(_dumps),
     st.just(b'[{"battery.level": NaN}]'), st.just(b"[" * 5000),
 )
 
@@ -347,7 +353,7 @@ def running(brokers: Any, procs: Procs, tmp_path: Path) -> tuple[str, mosquitto.
 _last = [0.0]
 
 
-@settings(max_examples=120, deadline=None,
+@settings(max_examples=100, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batch=st.lists(hostile_messages, max_size=6), at=st.integers(min_value=0),
        body=st.none() | malformed)
@@ -363,7 +369,7 @@ def test_hostile_batches_never_crash_and_never_ack_partly(
     voltage = round(ts % 1000, 3)
     canary = message(CANARY, ts, external__powersource__voltage=voltage)
     batch.insert(at % (len(batch) + 1), canary)
-    sent = orjson.dumps(batch) if body is None else body
+    sent = _dumps(batch) if body is None else body
     answer = httpx.post(url, content=sent, headers={"Authorization": AUTH}, timeout=20)
     state = asyncio.run(retained(local, [f"flespi/{CANARY}/state"])).get(
         f"flespi/{CANARY}/state")
