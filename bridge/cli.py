@@ -150,6 +150,9 @@ async def _simulate_stream(args: argparse.Namespace) -> int:
     from bridge.sim.fleet import Fleet
     from bridge.sim.stream import HttpStream, feed, final_telemetry
 
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
     verify: ssl.SSLContext | bool = True
     if args.ca_file is not None:
         verify = ssl.create_default_context(cafile=str(args.ca_file))

@@ -132,12 +132,16 @@ async def test_a_batch_becomes_state_discovery_and_metrics(
     assert got[5537002] == {"battery": 55, "ignition": True, "signal": 70,
                             "last_seen": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                        time.gmtime(now - 4))}
-    configs = await retained(local, ["homeassistant/device/flespi/+/config"])
-    config = orjson.loads(configs["homeassistant/device/flespi/flespi_5537001/config"])
-    assert config["dev"]["name"] == "scooter-a"  # the message's device.name
-    assert {"battery", "locked"} <= set(config["cmps"])
-    assert "flespi_5537002_battery" in configs[
-        "homeassistant/device/flespi/flespi_5537002/config"].decode()
+    # discovery follows (at start-up it waits for the inventory of retained topics)
+    topic = "homeassistant/device/flespi/flespi_{}/config"
+    async with Recorder(local, ["homeassistant/device/flespi/+/config"]) as rec:
+        configs = await rec.wait_for(
+            lambda: {d: rec.latest[topic.format(d)].json() for d in (5537001, 5537002)}
+            if all(topic.format(d) in rec.latest for d in (5537001, 5537002)) else None,
+            what="both devices' discovery configs")
+    assert configs[5537001]["dev"]["name"] == "scooter-a"  # the message's device.name
+    assert {"battery", "locked"} <= set(configs[5537001]["cmps"])
+    assert configs[5537002]["cmps"]["battery"]["unique_id"] == "flespi_5537002_battery"
     assert bridge.health is not None
     port = bridge.health.port
     assert await metric(port, P + "stream_requests_total", code="200") == 1
@@ -257,7 +261,7 @@ async def test_503_while_the_local_broker_is_away_and_nothing_lost(
          f"http://127.0.0.1:{stream_port}{PATH}", "--authorization", AUTH, "--devices", "6",
          "--rate", "150", "--duration", "5", "--limit-messages", "40", "--retry-delay", "0.2",
          "--seed", "11", "--report", str(report)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=bridge_env())
+        stdout=(tmp_path / "sim.log").open("wb"), stderr=subprocess.STDOUT, env=bridge_env())
     try:
         async with Recorder(local, ["flespi/+/state"]) as rec:
             await rec.wait_for(lambda: len({m.topic for m in rec.messages}) >= 6, 20,
@@ -267,12 +271,11 @@ async def test_503_while_the_local_broker_is_away_and_nothing_lost(
                           code="503")
         local.start()
         await wait_until(lambda: sim.poll() is not None, 60, "the stream to deliver all")
-        output = sim.stdout.read().decode() if sim.stdout else ""
-        assert sim.returncode == 0, output
     finally:
         if sim.poll() is None:
             sim.kill()
             sim.wait()
+    assert sim.returncode == 0, (tmp_path / "sim.log").read_text()[-3000:]
     result = orjson.loads(report.read_bytes())
     assert result["pending"] == 0
     assert result["answers"].get("503", 0) >= 3
