@@ -145,12 +145,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 async def _simulate_stream(args: argparse.Namespace) -> int:
     """`simulate --http-stream URL`: the fleet's messages pushed as flespi's HTTP stream;
     after `--duration`, waits until every message is delivered (or Ctrl-C)."""
+    import logging
+
     import orjson
 
     from bridge.sim.fleet import Fleet
     from bridge.sim.stream import HttpStream, feed, final_telemetry
-
-    import logging
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
     verify: ssl.SSLContext | bool = True
