@@ -59,7 +59,18 @@ class FlespiSettings(Section):
     extra_parameters: list[str] = Field(
         default_factory=list, description="flespi parameters outside the catalogue to publish"
     )
-    messages: bool = Field(False, description="republish every full message on <base>/<id>/message")
+    messages: bool = Field(
+        False, description="full device messages: republished on <base>/<id>/message, and "
+        "their parameters drive the state")
+    telemetry: bool = Field(
+        True, description="subscribe to telemetry; off: the state comes from messages only")
+
+    @model_validator(mode="after")
+    def _some_values(self) -> FlespiSettings:
+        if not (self.telemetry or self.messages):
+            raise ValueError("telemetry = false needs messages = true (or nothing drives "
+                             "the state)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -79,6 +79,7 @@ class UpstreamSession:
             self._parameters if f.use_comma_lists else None,
             comma_lists=f.use_comma_lists,
             messages=f.messages,
+            telemetry=f.telemetry,
         )
         return [*filters, self.reply_prefix + "#"]
 

@@ -383,3 +383,36 @@ def test_hostile_batches_never_crash_and_never_ack_partly(
     else:
         assert answer.status_code == 400, answer.text
         assert not published
+
+
+# -- messages on the MQTT path ---------------------------------------------------------------
+
+async def test_messages_alone_drive_the_state_over_mqtt(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    """`flespi.messages` with `flespi.telemetry = false`: flespi/message/gw/devices/+ is the
+    only source, mapped by the same catalogue (and still republished as it is)."""
+    from bridge.sim import Simulator
+
+    bridge = await started(bridge_factory, make_settings(
+        upstream, local, flespi={"messages": True, "telemetry": False}))
+    assert not any("/telemetry/" in f for f in bridge.session.subscriptions())
+    sim = Simulator(upstream.host, upstream.port, devices=2, seed=3, first_id=7100)
+    await sim.start()
+    try:
+        async with Recorder(local, ["flespi/+/state", "flespi/+/message"]) as rec:
+            for dev in sim.devices.values():
+                await sim.set_values(dev.id, {"lock.status": False})
+                await sim.step(dev)
+            await sim.flush()
+            want = {dev.id: expected_state({p: v for p, (v, _) in dev.telemetry.items()})
+                    for dev in sim.devices.values()}
+
+            def matches() -> bool:
+                return all((s := rec.state("flespi", d)) is not None
+                           and {k: s.get(k) for k in w} == w for d, w in want.items())
+
+            await rec.wait_for(matches, 20, "states from messages alone")
+            assert "flespi/7100/message" in rec.latest
+    finally:
+        await sim.stop()

@@ -20,7 +20,7 @@ def subscriptions(settings: Settings) -> list[str]:
     f = settings.flespi
     params = list(catalog.build(f.extra_parameters)) if f.use_comma_lists else None
     return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
-                                messages=f.messages)
+                                messages=f.messages, telemetry=f.telemetry)
 
 
 def acl(settings: Settings) -> list[dict[str, Any]]:
