@@ -416,3 +416,21 @@ async def test_messages_alone_drive_the_state_over_mqtt(
             assert "flespi/7100/message" in rec.latest
     finally:
         await sim.stop()
+
+
+def test_check_config_masks_the_authorization(tmp_path: Path) -> None:
+    secret = tmp_path / "auth"
+    secret.write_text(AUTH + "\n")
+    conf = tmp_path / "bridge.toml"
+    conf.write_text('[flespi]\ntoken = "FlespiTestToken0123456789"\n[stream]\nenabled = true\n'
+                    f'authorization_file = "{secret}"\n')
+    result = subprocess.run([PYTHON, "-m", "bridge", "check-config", "--config", str(conf)],
+                            capture_output=True, text=True, env=bridge_env(), check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"authorization=<set, {len(AUTH)} characters>" in result.stdout
+    assert AUTH not in result.stdout + result.stderr
+    conf.write_text('[flespi]\ntoken = "FlespiTestToken0123456789"\n[stream]\nenabled = true\n')
+    result = subprocess.run([PYTHON, "-m", "bridge", "check-config", "--config", str(conf)],
+                            capture_output=True, text=True, env=bridge_env(), check=False)
+    assert result.returncode == 2
+    assert "the stream needs an authorization" in result.stderr
