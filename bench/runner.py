@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import bridgecfg, scenarios
+from bench import stream as stream_bench
 from bench.procs import REPO
 from bench.scenarios import BRIDGE, ECHO, Measurement, Settings, command_contestant
 
-SCENARIOS = ("ingest", "latency", "startup", "commands")
+SCENARIOS = ("ingest", "latency", "startup", "commands", "stream")
 README = REPO / "bench" / "README.md"
 TABLE_START = "<!-- bench:table:start -->"
 TABLE_END = "<!-- bench:table:end -->"
@@ -37,6 +38,7 @@ TARGETS = {
     "startup_s": 15.0,
     "startup_rss_mb": 250.0,
     "command_p99_ms": 25.0,
+    "stream": 0.5,  # stream ingest >= 0.5x a minimal receiver on the same server (issue 15)
 }
 
 
@@ -164,6 +166,17 @@ def verdicts(ms: list[Measurement]) -> list[dict[str, Any]]:
                 "no echo baseline" if echo is None or echo.value is None else
                 f"local echo without any bridge on the same stock broker: p99 "
                 f"{echo.value:.1f} ms (the broker's Nagle delay)")})
+    for size in stream_bench.BATCH_SIZES:
+        mine = _find(ms, "stream", f"flespi-bridge, batches of {size:,}", exact=True)
+        base = _find(ms, "stream", f"minimal aiohttp receiver, batches of {size:,}",
+                     exact=True)
+        value = None
+        if mine and base and mine.value and base.value:
+            value = mine.value / base.value
+        rows.append({"target": f"stream ingest, batches of {size:,}: bridge / minimal "
+                     "receiver", "goal": f">= {TARGETS['stream']:.2f}x",
+                     "measured": None if value is None else round(value, 2), "unit": "x",
+                     "met": None if value is None else value >= TARGETS["stream"]})
     return rows
 
 
@@ -208,6 +221,9 @@ def notes_text(m: Measurement) -> str:
         parts.append(", ".join(f"{v}/{e['commands']} {k}" for k, v in e["statuses"].items()))
         if e.get("lost"):
             parts.append(f"{e['lost']} without a result")
+    if m.scenario == "stream" and m.value is not None:
+        parts.append(f"{e['messages']:,} messages in {e['seconds']:.2f} s, "
+                     f"{e['retries']} batches resent")
     if m.note:
         parts.append(m.note)
     return "; ".join(parts)
@@ -237,7 +253,7 @@ def tables(ms: list[Measurement], vs: list[dict[str, Any]]) -> tuple[str, str]:
     vrows = [(v["target"], v["goal"],
               "—" if v["measured"] is None else f"{v['measured']:g} {v['unit']}",
               _verdict_text(v), v.get("note", "")) for v in vs]
-    vhead = ("target (issue 8)", "goal", "measured", "verdict", "")
+    vhead = ("target (issues 8, 15)", "goal", "measured", "verdict", "")
     vw = [max(len(r[i]) for r in [vhead, *vrows]) for i in range(4)]
     text.append("")
     text += ["  ".join(c.ljust(w) for c, w in zip(r[:4], vw, strict=True)) + "  " + r[4]
@@ -245,7 +261,7 @@ def tables(ms: list[Measurement], vs: list[dict[str, Any]]) -> tuple[str, str]:
     md = ["| scenario | contestant | `set_tcp_nodelay true` on | figure | notes |",
           "|---|---|---|---|---|"]
     md += [f"| {' | '.join(r)} |" for r in rows]
-    md += ["", "| target (issue 8) | goal | measured | verdict |", "|---|---|---|---|"]
+    md += ["", "| target (issues 8, 15) | goal | measured | verdict |", "|---|---|---|---|"]
     md += [f"| {r[0]} | {r[1]} | {r[2]} | {_verdict_cell(r[3], r[4])} |" for r in vrows]
     return "\n".join(text), "\n".join(md)
 
@@ -326,7 +342,7 @@ async def run(args: argparse.Namespace) -> int:
     for name in SCENARIOS:
         if name not in chosen:
             continue
-        func = getattr(scenarios, name)
+        func = stream_bench.stream if name == "stream" else getattr(scenarios, name)
         if time.monotonic() - began > args.budget:
             log(f"{name}: skipped, the run has used its {args.budget:.0f} s budget")
             measurements.append(Measurement(name, "flespi-bridge", None, "",

@@ -13,10 +13,14 @@ publication that covers it has been acknowledged by the local broker, and never 
   (work of a failed batch is requeued and covered by a later claim, never by an older one).
 - `void` forgets everything when the upstream connection is lost: flespi redelivers what
   was not acknowledged, and packet ids are reused on the new connection.
+- `waiter` is the same guarantee for work that is not an MQTT message (a batch of flespi's
+  HTTP stream): a future at the next sequence number, resolved by the claim that releases
+  it. It belongs to no upstream connection, so neither `void` nor the epoch touch it.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -43,6 +47,7 @@ class AckLedger:
         self._failures = 0
         self._claims: deque[Claim] = deque()
         self._send: Sender | None = None
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
     @property
     def pending(self) -> int:
@@ -63,6 +68,22 @@ class AckLedger:
         self._seq += 1
         self._acks.append((self._seq, ack))
 
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved once every local publication made for what was applied to the
+        store before this call has been acknowledged by the local broker. Cancel it to
+        give up (it is then forgotten)."""
+        while self._waiters and self._waiters[0][1].done():
+            self._waiters.popleft()  # given up on
+        self._seq += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._seq, future))
+        return future
+
+    @property
+    def waiting(self) -> int:
+        """Waiters not yet resolved (nor given up on)."""
+        return sum(1 for _, future in self._waiters if not future.done())
+
     def watermark(self) -> int:
         return self._seq
 
@@ -81,8 +102,17 @@ class AckLedger:
         claims = self._claims
         while claims and claims[0].outcome is not None:
             done = claims.popleft()
-            if done.outcome and done.epoch == self._epoch and done.failures == self._failures:
-                self._release(done.upto)
+            if done.outcome and done.failures == self._failures:
+                self._wake_waiters(done.upto)
+                if done.epoch == self._epoch:
+                    self._release(done.upto)
+
+    def _wake_waiters(self, upto: int) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= upto:
+            future = waiters.popleft()[1]
+            if not future.done():
+                future.set_result(None)
 
     def _release(self, upto: int) -> None:
         if self._send is None:

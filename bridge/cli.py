@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge import __version__, config
-from bridge.exceptions import BrokerUnavailableError, ConfigError
+from bridge.exceptions import BrokerUnavailableError, ConfigError, ListenError
 
 if TYPE_CHECKING:
     from bridge.service import Bridge
@@ -66,6 +66,8 @@ def _secrets(settings: config.Settings) -> list[str]:
     values = [settings.flespi.token.get_secret_value()]
     if settings.local.password is not None:
         values.append(settings.local.password.get_secret_value())
+    if settings.stream.authorization is not None:
+        values.append(settings.stream.authorization.get_secret_value())
     return values
 
 
@@ -73,10 +75,8 @@ async def serve(bridge: Bridge, stop: asyncio.Event) -> int:
     """Run `bridge` until `stop` is set (0) or one of its essential tasks ends (1)."""
     try:
         await bridge.start()
-    except OSError as exc:  # the metrics port is taken or not ours to bind
-        m = bridge.settings.metrics
-        print(f"error: cannot serve metrics on {m.host}:{m.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+    except ListenError as exc:  # a port is taken or not ours to bind
+        print(f"error: {exc}", file=sys.stderr)
         await bridge.stop()
         return EXIT_FAILED
     stopped = asyncio.create_task(stop.wait())
@@ -118,10 +118,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from bridge import logs
+
+    logs.setup("INFO", "text", [args.authorization or ""])
+    if args.http_stream:
+        return asyncio.run(_simulate_stream(args))
     from bridge.sim import Simulator
 
     host, _, port = args.broker.rpartition(":")
-    logs.setup("INFO", "text")
 
     async def main() -> None:
         sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed,
@@ -140,6 +143,52 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+async def _simulate_stream(args: argparse.Namespace) -> int:
+    """`simulate --http-stream URL`: the fleet's messages pushed as flespi's HTTP stream;
+    after `--duration`, waits until every message is delivered (or Ctrl-C)."""
+    import logging
+
+    import orjson
+
+    from bridge.sim.fleet import Fleet
+    from bridge.sim.stream import HttpStream, feed, final_telemetry
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
+    verify: ssl.SSLContext | bool = True
+    if args.ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(args.ca_file))
+    fleet = Fleet(args.devices, seed=args.seed)
+    stream = HttpStream(args.http_stream, authorization=args.authorization,
+                        limit_messages=args.limit_messages, retry_delay=args.retry_delay,
+                        verify=verify)
+    print(f"streaming {args.devices} devices to {args.http_stream} at {args.rate} "
+          f"messages/s, batches of at most {args.limit_messages}", flush=True)
+    stop = asyncio.Event()
+    _install_signals(stop)
+    sender = asyncio.create_task(stream.run())
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        feeder = asyncio.create_task(feed(fleet, stream, args.rate, args.duration))
+        await asyncio.wait({feeder, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done():
+            drained = asyncio.create_task(stream.drain(timeout=24 * 3600))
+            await asyncio.wait({drained, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        feeder.cancel()
+    finally:
+        sender.cancel()
+        waiter.cancel()
+        await stream.close()
+    answers = ", ".join(f"{code}: {n}" for code, n in sorted(stream.answers.items()))
+    print(f"delivered {stream.delivered} messages in {stream.batches} batches "
+          f"({stream.pending} pending); answers {answers or 'none'}", flush=True)
+    if args.report is not None:
+        args.report.write_bytes(orjson.dumps({
+            "delivered": stream.delivered, "pending": stream.pending,
+            "answers": dict(stream.answers), "telemetry": final_telemetry(fleet)}))
+    return 0 if stream.pending == 0 else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -181,13 +230,24 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
-    sim.add_argument("--broker", required=True, help="HOST:PORT of the broker to publish to")
+    target = sim.add_mutually_exclusive_group(required=True)
+    target.add_argument("--broker", help="HOST:PORT of the broker to publish to")
+    target.add_argument("--http-stream", metavar="URL",
+                        help="push the messages to URL as flespi's HTTP stream does")
     sim.add_argument("--devices", type=int, default=10)
     sim.add_argument("--rate", type=float, default=5.0, help="device messages per second")
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--fleet", choices=FLEETS, default="scooters",
                      help="e-scooters, delivery vans, or every other device a van")
+    sim.add_argument("--authorization", help="--http-stream: the Authorization header value")
+    sim.add_argument("--limit-messages", type=int, default=1000,
+                     help="--http-stream: messages per batch at most (flespi's limit_messages)")
+    sim.add_argument("--retry-delay", type=float, default=1.0,
+                     help="--http-stream: seconds before a batch not answered 200 is resent")
+    sim.add_argument("--ca-file", type=Path, help="--http-stream: CA bundle for an https URL")
+    sim.add_argument("--report", type=Path,
+                     help="--http-stream: write a JSON report (counts, final telemetry) here")
     sim.set_defaults(func=cmd_simulate)
 
     demo = sub.add_parser("demo", help="the whole pipeline on this machine, no flespi account")

@@ -28,6 +28,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from bridge.config_files import CHECK_FILES
 from bridge.config_files import flespi_tls_context as flespi_tls_context
 from bridge.config_files import local_tls_context as local_tls_context
+from bridge.config_files import stream_tls_context as stream_tls_context
 from bridge.exceptions import ConfigError
 from bridge.sections import CommandSettings as CommandSettings
 from bridge.sections import CommandSpec as CommandSpec
@@ -38,6 +39,7 @@ from bridge.sections import LogSettings as LogSettings
 from bridge.sections import MetricsSettings as MetricsSettings
 from bridge.sections import ReconnectSettings as ReconnectSettings
 from bridge.sections import ShutdownSettings as ShutdownSettings
+from bridge.sections import StreamSettings as StreamSettings
 
 ENV_PREFIX = "FLESPI_BRIDGE_"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/flespi-bridge")
@@ -72,6 +74,7 @@ class Settings(BaseSettings):
     reconnect: ReconnectSettings = Field(default_factory=ReconnectSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     @classmethod
     def settings_customise_sources(
@@ -222,6 +225,11 @@ def summary(settings: Settings) -> list[str]:
     m = settings.metrics
     lines.append(
         f"metrics: http://{m.host}:{m.port}/metrics" if m.enabled else "metrics: disabled"
+    )
+    st = settings.stream
+    lines.append(
+        f"stream:  {'https' if st.tls else 'http'}://{st.host}:{st.port}{st.path} "
+        f"authorization={mask(st.authorization)}" if st.enabled else "stream:  disabled"
     )
     lines.append(f"log:     level={settings.log.level} format={settings.log.format}")
     return lines

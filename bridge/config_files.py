@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
-    from bridge.sections import FlespiSettings, LocalSettings
+    from bridge.sections import FlespiSettings, LocalSettings, StreamSettings
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -134,3 +134,13 @@ def flespi_tls_context(settings: FlespiSettings) -> ssl.SSLContext | None:
     return ssl.create_default_context(
         cafile=str(settings.ca_file) if settings.ca_file else None
     )
+
+
+def stream_tls_context(settings: StreamSettings) -> ssl.SSLContext | None:
+    """The server TLS context of the stream's ingest endpoint, or None (plain HTTP) without
+    `stream.cert_file`."""
+    if settings.cert_file is None or settings.key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(settings.cert_file), str(settings.key_file))
+    return ctx

@@ -21,6 +21,10 @@ class BrokerUnavailableError(BridgeError):
     """No Mosquitto broker could be started (neither the binary nor Docker is available)."""
 
 
+class ListenError(BridgeError):
+    """An HTTP listener (metrics, the stream's endpoint) cannot bind its address."""
+
+
 class LocalUnavailableError(BridgeError):
     """The local broker is not connected (or the connection dropped mid-publish)."""
 

@@ -1,6 +1,9 @@
 """Ingest: an upstream message becomes state. Topic -> catalogue -> store, and the
 accounting of invalid input (counted by reason, logged rate-limited, never raised).
 
+Full device messages (`flespi.messages`, and the HTTP stream's batches) go through
+`apply_message`: the same catalogue, read from flat dotted keys (`bridge.messages`).
+
 Runs once per flespi message, synchronously, on the hot path.
 """
 
@@ -13,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from bridge import catalog
+from bridge import catalog, messages
 from bridge.catalog import Parameter
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.topics import Kind
@@ -60,6 +63,7 @@ class Ingest:
         self._on_removed = on_removed
         self._on_message = on_message
         self._bad = RateLimitedLog(log)
+        self.keys = messages.flat_keys(params)
 
     def handle(self, topic: str, payload: bytes, props: UserProperties) -> None:
         parsed = flespi_topics.parse(topic)
@@ -126,6 +130,7 @@ class Ingest:
             if isinstance(value, dict):
                 self._on_message(Publication(self.topics.device(device_id, "message"), payload,
                                              False))
+                self.apply_message(device_id, messages.map_message(self.keys, value), topic)
             else:
                 self.invalid("bad_value", topic, "message is not a JSON object")
 
@@ -176,7 +181,19 @@ class Ingest:
             else:
                 self.invalid("bad_value", topic, "name is not a string")
 
-    def invalid(self, reason: str, topic: str, detail: str) -> None:
-        self.stats.invalid["upstream", reason] += 1
-        self._bad.warning(f"upstream:{reason}", "ignored upstream message on %.200r: %s: %.200s",
-                          topic, reason, detail)
+    def apply_message(self, device_id: int, mapped: messages.Mapped, where: str,
+                      source: str = "upstream") -> None:
+        """A device message's attributes become state, its time decides what is newer;
+        values that do not fit are left out and counted, the rest is kept."""
+        if mapped.problems:
+            self.invalid("bad_value", where, "; ".join(mapped.problems), source)
+        if not mapped.values:
+            return  # nothing the catalogue knows: like telemetry outside it, no news
+        self.store.apply_values(device_id, mapped.values, mapped.timestamp)
+        if mapped.name is not None and self.store.device(device_id).info.name is None:
+            self.store.apply_name(device_id, mapped.name)  # until flespi's device object says
+
+    def invalid(self, reason: str, topic: str, detail: str, source: str = "upstream") -> None:
+        self.stats.invalid[source, reason] += 1
+        self._bad.warning(f"{source}:{reason}", "ignored %s message on %.200r: %s: %.200s",
+                          source, topic, reason, detail)

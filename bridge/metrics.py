@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -34,9 +35,9 @@ from prometheus_client.registry import Collector
 from bridge import __version__
 from bridge.catalog import Attribute
 from bridge.flespi.topics import Kind
-from bridge.httpserver import HttpServer, Response
 from bridge.rules import SKIP_REASONS
 from bridge.state import Store
+from bridge.web import WebServer, add_get, text
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class Stats:
     # failed REST look-ups of flespi names, by what was looked up (bridge.device_types)
     lookup_failures: Counter[str] = field(
         default_factory=lambda: Counter(dict.fromkeys(LOOKUPS, 0)))
+    # the HTTP stream: answers by status code, messages of its batches by outcome
+    stream_requests: Counter[str] = field(default_factory=Counter)
+    stream_messages: Counter[str] = field(default_factory=Counter)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
 
@@ -207,6 +211,11 @@ class BridgeCollector(Collector):
         yield self._counter("lookup_failures",
                             "Failed REST look-ups of flespi device type and protocol names.",
                             ["what"], s.lookup_failures)
+        yield self._counter("stream_requests", "flespi HTTP stream batches, by answer.",
+                            ["code"], s.stream_requests)
+        yield self._counter("stream_messages",
+                            "Messages of flespi HTTP stream batches, by outcome.",
+                            ["outcome"], s.stream_messages)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:
@@ -285,13 +294,17 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-class HealthServer(HttpServer):
+class HealthServer(WebServer):
     """GET (or HEAD) /metrics, /healthz (alive() is true: every essential task runs) and
     /readyz (ready() is true)."""
 
     def __init__(self, metrics: Metrics, ready: Callable[[], bool], host: str, port: int,
                  alive: Callable[[], bool] = lambda: True) -> None:
-        super().__init__(self._respond, host, port)
+        app = web.Application()
+        add_get(app, "/metrics", self._metrics)
+        add_get(app, "/healthz", self._healthz)
+        add_get(app, "/readyz", self._readyz)
+        super().__init__(app, host, port)
         self.metrics = metrics
         self.ready = ready
         self.alive = alive
@@ -300,23 +313,20 @@ class HealthServer(HttpServer):
         await super().start()
         log.info("metrics on http://%s:%s/metrics", self.host, self.port)
 
-    async def _respond(self, method: str, path: str, headers: dict[str, str],
-                       _body: bytes) -> Response:
-        if method not in ("GET", "HEAD"):
-            return 405, {"Allow": "GET, HEAD"}, b"method not allowed\n"
-        if path == "/metrics":
-            try:
-                body, content_type = self.metrics.render(headers.get("accept", ""))
-            except Exception:
-                log.exception("rendering the metrics failed")
-                return 500, {}, b"metrics unavailable\n"
-            return 200, {"Content-Type": content_type}, body
-        if path == "/healthz":
-            if self.alive():
-                return 200, {}, b"ok\n"
-            return 503, {}, b"an essential task ended; restart the bridge\n"
-        if path == "/readyz":
-            if self.ready():
-                return 200, {}, b"ready\n"
-            return 503, {}, b"not ready\n"
-        return 404, {}, b"not found\n"
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            body, content_type = self.metrics.render(request.headers.get("Accept", ""))
+        except Exception:
+            log.exception("rendering the metrics failed")
+            return text(500, "metrics unavailable\n")
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        if self.alive():
+            return text(200, "ok\n")
+        return text(503, "an essential task ended; restart the bridge\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self.ready():
+            return text(200, "ready\n")
+        return text(503, "not ready\n")

@@ -96,8 +96,10 @@ class Publisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.window > 0 and self.store.has_dirty:
-                await asyncio.sleep(self.window)  # let the rest of the burst arrive
+            # let the rest of the burst arrive; a stream batch waiting to be answered is a
+            # whole burst already, and flespi sends no more until it is answered
+            if self.window > 0 and self.store.has_dirty and not self.ledger.waiting:
+                await asyncio.sleep(self.window)
             await self.transport.connected.wait()
             try:
                 await self._flush()

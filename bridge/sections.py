@@ -61,7 +61,11 @@ class FlespiSettings(Section):
     extra_parameters: list[str] = Field(
         default_factory=list, description="flespi parameters outside the catalogue to publish"
     )
-    messages: bool = Field(False, description="republish every full message on <base>/<id>/message")
+    messages: bool = Field(
+        False, description="full device messages: republished on <base>/<id>/message, and "
+        "their parameters drive the state")
+    telemetry: bool = Field(
+        True, description="subscribe to telemetry; off: the state comes from messages only")
     parameters: Literal["catalogue", "all"] = Field(
         "catalogue", description="all: every parameter a device sends becomes an attribute, "
         "by the naming rules where the catalogue has no row"
@@ -71,6 +75,13 @@ class FlespiSettings(Section):
         default_factory=dict, description="per flespi parameter: attribute, label, unit, "
         "device_class, state_class, component, entity_category, enabled_by_default or ignore"
     )
+
+    @model_validator(mode="after")
+    def _some_values(self) -> FlespiSettings:
+        if not (self.telemetry or self.messages):
+            raise ValueError("telemetry = false needs messages = true (or nothing drives "
+                             "the state)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -318,6 +329,98 @@ class MetricsSettings(Section):
         description="numeric state attributes exported per device",
     )
     max_devices: int = Field(10_000, ge=0, description="cap on devices with per-device series")
+
+
+def _secret_from_file(data: Any, key: str) -> Any:
+    """`<key>_file` supplies `<key>` when that is not set (a readable, non-empty file; a
+    problem with the file is reported on `<key>_file` by its own validator)."""
+    path_value = data.get(f"{key}_file") if isinstance(data, dict) else None
+    if path_value and not data.get(key):
+        path = Path(path_value)
+        if file_problem(path) is None:
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                secret = ""
+            if secret:
+                return {**data, key: secret}
+    return data
+
+
+class StreamSettings(Section):
+    """The ingest endpoint for flespi's HTTP stream (push): its own listener, off by default."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = Field(9872, ge=0, le=65535)
+    path: str = Field("/flespi/stream", pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
+    cert_file: Path | None = Field(None, description="TLS certificate (PEM, chain first)")
+    key_file: Path | None = Field(None, description="its unencrypted private key (PEM)")
+    authorization: SecretStr | None = Field(
+        None, description="the exact Authorization header value flespi sends")
+    authorization_file: Path | None = Field(None, description="read it from this file")
+    max_body: int = Field(32 * 1024 * 1024, ge=1024, le=1024**3, description="bytes")
+    timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds a batch waits for the local broker")
+    devices: dict[str, Annotated[int, Field(gt=0)]] = Field(
+        default_factory=dict, description="ident -> device id, for streams from a channel")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _authorization_from_file(cls, data: Any) -> Any:
+        return _secret_from_file(data, "authorization")
+
+    @field_validator("authorization_file")
+    @classmethod
+    def _authorization_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and CHECK_FILES.get():
+            refuse(file_problem(value))
+            try:
+                content = value.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                refuse(f"cannot read {value}: {exc}")
+            else:
+                if not content.strip():
+                    refuse(f"empty file: {value}")
+        return value
+
+    @field_validator("authorization")
+    @classmethod
+    def _header_value(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            text = value.get_secret_value()
+            if not text.strip() or any(c in text for c in "\r\n\x00"):
+                raise ValueError("must be a non-empty header value on one line")
+        return value
+
+    @field_validator("cert_file")
+    @classmethod
+    def _cert_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return checked(value, bool(info.data.get("enabled")), cert_problem)
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            refuse(file_problem(value))
+        cert = info.data.get("cert_file")
+        if value is not None and cert is not None and info.data.get("enabled"):
+            refuse(key_problem(value, cert))
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> StreamSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be set together")
+        if self.enabled and self.authorization is None:
+            raise ValueError("the stream needs an authorization (stream.authorization, "
+                             "stream.authorization_file, FLESPI_BRIDGE_STREAM__AUTHORIZATION "
+                             "or a secrets-dir file stream__authorization)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.cert_file is not None
 
 
 class ShutdownSettings(Section):

@@ -1,6 +1,7 @@
 """Wiring: builds the parts, connects them, starts and stops them. No logic of its own.
 
     flespi --> UpstreamSession --> Ingest --> Store --> Publisher --> LocalBroker
+    flespi HTTP stream --> StreamEndpoint --^
                  (AckLedger: what flespi may be told is done)     ^        |
                                           Republisher, Cleanup ---+        v
                  MqttRest/HttpRest <-- CommandTopics <-- command topics ---+
@@ -22,6 +23,7 @@ from bridge.cleanup import Cleanup
 from bridge.command_topics import CommandTopics
 from bridge.config import Settings
 from bridge.device_types import DeviceTypes
+from bridge.exceptions import ListenError
 from bridge.flespi.rest import HttpRest, Rest
 from bridge.flespi.upstream import GmqttUpstream
 from bridge.ingest import Ingest
@@ -32,6 +34,7 @@ from bridge.render import Renderer
 from bridge.republish import Republisher
 from bridge.session import UpstreamFactory, UpstreamSession
 from bridge.state import DISCOVERY, Store
+from bridge.stream import StreamEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,12 @@ class Bridge:
         renderer.names = self.device_types.names
         self.local.subscribe(self.commands.subscriptions
                              + ([self.republisher.status_topic] if ha.discovery else []))
+        self.stream: StreamEndpoint | None = None
+        if settings.stream.enabled:
+            self.stream = StreamEndpoint(settings.stream, settings.flespi.devices, self.ingest,
+                                         store, self.ledger, stats, wake=publisher.wake,
+                                         accepting=self._accepting)
+            stats.queues["stream_batches"] = lambda: self.ledger.waiting
         stats.queues.update({
             "upstream_acks": lambda: self.ledger.pending,
             "dirty_devices": lambda: store.dirty_count,
@@ -106,6 +115,16 @@ class Bridge:
     def ready(self) -> bool:
         return (self.session.connected and self.local.connected.is_set()
                 and self.loaded.is_set() and not self.failed.is_set())
+
+    def _accepting(self) -> str | None:
+        """Why a stream batch cannot be taken now (answered 503), or None."""
+        if not self.local.connected.is_set():
+            return "the local broker is not connected"
+        if self.publisher.in_flight >= self.publisher.pipeline:
+            return "the local broker is behind"
+        if self.failed.is_set():
+            return "the bridge is failing"
+        return None
 
     def alive(self) -> bool:
         return not self.failed.is_set()
@@ -140,7 +159,18 @@ class Bridge:
         if m.enabled:
             self.health = HealthServer(self.metrics, self.ready, m.host, m.port,
                                        alive=self.alive)
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:  # the port is taken or not ours to bind
+                raise ListenError(f"cannot serve metrics on {m.host}:{m.port}: "
+                                  f"{exc.strerror or exc}") from None
+        if self.stream is not None:
+            st = self.settings.stream
+            try:
+                await self.stream.start()
+            except OSError as exc:
+                raise ListenError(f"cannot serve the stream endpoint on {st.host}:{st.port}: "
+                                  f"{exc.strerror or exc}") from None
         self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
             ("local", self.local.run()), ("publisher", self.publisher.run()),
             ("upstream", self.session.run()))]
@@ -169,6 +199,8 @@ class Bridge:
                and loop.time() < deadline and not self.failed.is_set()):
             self.publisher.wake()
             await asyncio.sleep(0.02)
+        if self.stream is not None:  # batches settled meanwhile are answered; flespi retries
+            await self.stream.stop()  # the others
         if not self.publisher.idle() or self.commands.tasks:
             log.warning("stopping with work left: %d command(s), %d device state(s)",
                         len(self.commands.tasks), self.store.dirty_count)

@@ -80,6 +80,7 @@ class UpstreamSession:
             comma_lists=f.use_comma_lists,
             messages=f.messages,
             settings=self.settings.commands.settings,
+            telemetry=f.telemetry,
         )
         return [*filters, self.reply_prefix + "#"]
 

@@ -122,6 +122,7 @@ class Store:
     def __init__(self) -> None:
         self.devices: dict[int, Device] = {}
         self._dirty: dict[int, None] = {}  # insertion-ordered set
+        self._idents: dict[str, int] = {}  # ident (from device objects) -> device id
 
     def device(self, device_id: int) -> Device:
         dev = self.devices.get(device_id)
@@ -202,6 +203,10 @@ class Store:
         flags = INFO | DISCOVERY
         if info.device_type_id != dev.info.device_type_id:
             flags |= STATE | SETTINGS
+        if dev.info.ident != info.ident:
+            self._forget_ident(dev)
+            if info.ident is not None:
+                self._idents[info.ident] = device_id
         dev.info = info
         self.mark(dev, flags)
         return True
@@ -261,4 +266,16 @@ class Store:
 
     def remove(self, device_id: int) -> Device | None:
         self._dirty.pop(device_id, None)
-        return self.devices.pop(device_id, None)
+        dev = self.devices.pop(device_id, None)
+        if dev is not None:
+            self._forget_ident(dev)
+        return dev
+
+    def by_ident(self, ident: str) -> int | None:
+        """The device whose flespi device object has this ident (messages from a channel
+        name their device only by ident)."""
+        return self._idents.get(ident)
+
+    def _forget_ident(self, dev: Device) -> None:
+        if dev.info.ident is not None and self._idents.get(dev.info.ident) == dev.id:
+            del self._idents[dev.info.ident]

@@ -47,11 +47,13 @@ EXPECTED_KINDS = {
 CHART_KEYS = {
     "flespi": {"token", "existingSecret", "existingSecretKey"},
     "local": {"password", "existingSecret", "existingSecretKey", "tlsSecret"},
+    "stream": {"authorization", "existingSecret", "existingSecretKey"},
 }
 # Bridge options the chart supplies another way (a Secret mounted in the secrets dir).
-SECRET_OPTIONS = {("flespi", "token"), ("flespi", "token_file"), ("local", "password")}
+SECRET_OPTIONS = {("flespi", "token"), ("flespi", "token_file"), ("local", "password"),
+                  ("stream", "authorization"), ("stream", "authorization_file")}
 SECTIONS = ("flespi", "local", "homeassistant", "commands", "reconnect", "metrics", "shutdown",
-            "log")
+            "log", "stream")
 
 
 # --- helm ---------------------------------------------------------------------------------
@@ -131,7 +133,8 @@ def rendered_toml(docs: list[dict[str, Any]]) -> str:
 
 
 def secret_values(values: dict[str, Any]) -> list[str]:
-    found = [values.get("flespi", {}).get("token"), values.get("local", {}).get("password")]
+    found = [values.get("flespi", {}).get("token"), values.get("local", {}).get("password"),
+             values.get("stream", {}).get("authorization")]
     return [v for v in found if v]
 
 
@@ -208,9 +211,13 @@ def test_probes_and_ports_follow_the_metrics_port(scenario: str) -> None:
     docs = render(scenario)
     bridge = container(docs)
     cfg = tomllib.loads(rendered_toml(docs))
-    (port,) = bridge["ports"]
+    port, *stream = bridge["ports"]
     assert port == {"name": "metrics", "containerPort": cfg["metrics"]["port"],
                     "protocol": "TCP"}
+    # the stream's own port, with [stream] enabled
+    on = cfg.get("stream", {}).get("enabled", False)
+    assert stream == ([{"name": "stream", "containerPort": cfg["stream"]["port"],
+                        "protocol": "TCP"}] if on else [])
     assert cfg["metrics"]["enabled"] is True
     assert cfg["metrics"]["host"] == "0.0.0.0"
     assert bridge["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -218,7 +225,8 @@ def test_probes_and_ports_follow_the_metrics_port(scenario: str) -> None:
     env = {e["name"]: e.get("value") for e in bridge["env"]}
     assert env["FLESPI_BRIDGE_METRICS__HOST"] == cfg["metrics"]["host"]
     service = one(docs, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"] + (
+        ["stream"] if stream else [])
     assert service["spec"]["selector"].items() <= (
         one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"].items())
     assert bridge["resources"]["limits"]["memory"]
@@ -481,11 +489,14 @@ SCHEMA_DEVIATIONS = {
     ("local", "ca_file"): "an absolute path in the pod",
     ("local", "cert_file"): "an absolute path in the pod",
     ("local", "key_file"): "an absolute path in the pod",
+    ("stream", "cert_file"): "an absolute path in the pod",
+    ("stream", "key_file"): "an absolute path in the pod",
     ("flespi", "extra_parameters"): "the bridge's name check as a pattern",
     ("metrics", "fleet_parameters"): "non-empty names",
     ("metrics", "enabled"): "must be true: the probes use the metrics port",
     ("metrics", "host"): "all interfaces, for the kubelet and Prometheus",
     ("metrics", "port"): "a fixed port >= 1024 for a non-root container",
+    ("stream", "port"): "a fixed port >= 1024 for a non-root container",
     ("log", "level"): "case-insensitive, as the bridge upper-cases it",
     ("commands", "profiles"): "nested command specs written out in the chart's schema",
     ("flespi", "overrides"): "nested override specs written out in the chart's schema",

@@ -311,3 +311,35 @@ def test_quiet_end_acknowledges_everything(seed: int) -> None:
         machine.check_nothing_lost()
     finally:
         machine.teardown()
+
+
+# -- waiters: the same guarantee for HTTP stream batches ------------------------------------
+
+async def test_a_waiter_resolves_only_once_a_later_claim_succeeds() -> None:
+    """A stream batch's waiter: not by a claim made before it, not by a failed claim, not
+    lost when the upstream connection is; resolved by the claim that covers it."""
+    ledger = AckLedger()
+    earlier = ledger.claim(ledger.watermark())
+    waiter = ledger.waiter()
+    ledger.settle(earlier, True)
+    assert not waiter.done()  # that flush did not carry what the batch applied
+    failed = ledger.claim(ledger.watermark())
+    ledger.settle(failed, False)
+    ledger.void()  # the MQTT side reconnects: nothing to do with the stream
+    assert not waiter.done()
+    covering = ledger.claim(ledger.watermark())
+    assert ledger.waiting == 1
+    ledger.settle(covering, True)
+    assert waiter.done()
+    assert ledger.waiting == 0
+
+
+async def test_a_waiter_given_up_on_is_forgotten() -> None:
+    ledger = AckLedger()
+    gone = ledger.waiter()
+    gone.cancel()
+    kept = ledger.waiter()
+    assert ledger.waiting == 1
+    ledger.settle(ledger.claim(ledger.watermark()), True)  # never sets a cancelled future
+    assert kept.done()
+    assert gone.cancelled()

@@ -376,7 +376,7 @@ async def test_http_endpoint_details(upstream: mosquitto.Broker, local: mosquitt
     await writer.drain()
     reply = await asyncio.wait_for(reader.read(), TIMEOUT)
     writer.close()
-    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert reply.split(b" ", 2)[1] == b"400", reply  # aiohttp answers it as HTTP/1.0
 
 
 async def test_invalid_inputs_are_counted_by_reason(

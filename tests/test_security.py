@@ -144,7 +144,7 @@ def secrets_in(records: list[logging.LogRecord]) -> list[str]:
 
 async def http_status(port: int, path: str) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
     await writer.drain()
     reply = await asyncio.wait_for(reader.read(), 10)
     writer.close()

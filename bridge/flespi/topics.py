@@ -78,13 +78,15 @@ def subscriptions(
     comma_lists: bool,
     messages: bool = False,
     settings: Sequence[str] = (),
+    telemetry: bool = True,
 ) -> list[str]:
     """Topic filters for the selection.
 
     `parameters` None subscribes to every telemetry parameter (`+`). With `comma_lists`
     (flespi only) a list of ids or parameters is one topic level `1,2,3`; a standard broker
     gets one filter per item instead. `settings` are the device settings to follow (only
-    those a command profile shows: a device has dozens, most of no use here).
+    those a command profile shows: a device has dozens, most of no use here). `telemetry`
+    False leaves telemetry out (the state then comes from `messages`).
     """
     ids = ["+"] if devices == "all" else _levels([str(d) for d in devices], comma_lists)
     params = ["+"] if parameters is None else _levels(sorted(set(parameters)), comma_lists)
@@ -93,7 +95,8 @@ def subscriptions(
     for dev in ids:
         filters.append(f"{STATE_PREFIX}{dev}")
         filters.extend(f"{STATE_PREFIX}{dev}/{prop}" for prop in PROPERTIES)
-        filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
+        if telemetry:
+            filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
         filters.append(f"{STATE_PREFIX}{dev}/connections/+")
         filters.extend(f"{STATE_PREFIX}{dev}/settings/{name}" for name in names)
         if messages:

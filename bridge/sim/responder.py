@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
-from bridge.httpserver import HttpServer, Response
 from bridge.sim import rest_api
 from bridge.sim.fleet import SETTINGS
 from bridge.sim.simulator import Simulator
+from bridge.web import Response, WebServer, catch_all
 
 # flespi command name -> whether the device confirms it (executed false until it answers)
 COMMANDS = {"setting.r0.set": False, "setting.s1.set": True, "setting.d1.set": True}
@@ -68,7 +68,7 @@ class Responder:
         # history, telemetry, sessions and tokens (bridge/sim/rest_api.py)
         self.tools = rest_api.ToolsApi(sim.fleet)
         self._next_id = 1707247199664458
-        self._http: HttpServer | None = None
+        self._http: WebServer | None = None
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -80,9 +80,9 @@ class Responder:
 
     async def serve_http(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve the REST API over HTTP too; returns the base URL."""
-        self._http = HttpServer(self._on_http, host, port, keep_query=True)
+        self._http = WebServer(catch_all(self._on_http), host, port)
         await self._http.start()
-        return f"http://{host}:{self._http.port}"
+        return self._http.url
 
     async def close(self) -> None:
         self._closed.set()

@@ -21,7 +21,8 @@ def subscriptions(settings: Settings) -> list[str]:
     f = settings.flespi
     params = parameters.from_settings(settings).subscribed() if f.use_comma_lists else None
     return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
-                                messages=f.messages, settings=settings.commands.settings)
+                                messages=f.messages, telemetry=f.telemetry,
+                                settings=settings.commands.settings)
 
 
 def acl(settings: Settings) -> list[dict[str, Any]]:

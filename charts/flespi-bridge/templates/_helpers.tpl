@@ -59,7 +59,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{- define "flespi-bridge.createSecret" -}}
-{{- if or (and .Values.flespi.token (not .Values.flespi.existingSecret)) (and .Values.local.password (not .Values.local.existingSecret)) -}}
+{{- if or (and .Values.flespi.token (not .Values.flespi.existingSecret)) (and .Values.local.password (not .Values.local.existingSecret)) (and .Values.stream.authorization (not .Values.stream.existingSecret)) -}}
 true
 {{- end }}
 {{- end }}
@@ -103,6 +103,16 @@ Checks of values that the JSON schema cannot express: `helm install` fails with 
 {{- if ne (kindIs "invalid" $l.cert_file) (kindIs "invalid" $l.key_file) }}
 {{- fail "local.cert_file and local.key_file must be set together" }}
 {{- end }}
+{{- $s := .Values.stream }}
+{{- if and $s.authorization $s.existingSecret }}
+{{- fail "set either stream.authorization or stream.existingSecret, not both" }}
+{{- end }}
+{{- if and $s.enabled (not (or $s.authorization $s.existingSecret)) }}
+{{- fail "stream.enabled needs stream.authorization or stream.existingSecret" }}
+{{- end }}
+{{- if ne (kindIs "invalid" $s.cert_file) (kindIs "invalid" $s.key_file) }}
+{{- fail "stream.cert_file and stream.key_file must be set together" }}
+{{- end }}
 {{- if gt (float64 .Values.reconnect.min_delay) (float64 .Values.reconnect.max_delay) }}
 {{- fail "reconnect.max_delay must be >= reconnect.min_delay" }}
 {{- end }}
@@ -115,7 +125,8 @@ nulls (a missing key means the bridge's default).
 {{- define "flespi-bridge.configSections" -}}
 {{- $chartKeys := dict
       "flespi" (list "token" "existingSecret" "existingSecretKey")
-      "local" (list "password" "existingSecret" "existingSecretKey" "tlsSecret") }}
+      "local" (list "password" "existingSecret" "existingSecretKey" "tlsSecret")
+      "stream" (list "authorization" "existingSecret" "existingSecretKey") }}
 {{- $local := deepCopy .Values.local }}
 {{- $tls := .Values.local.tlsSecret }}
 {{- if $tls.name }}
@@ -127,7 +138,7 @@ nulls (a missing key means the bridge's default).
 {{- $values := dict
       "flespi" .Values.flespi "local" $local "homeassistant" .Values.homeassistant
       "commands" .Values.commands "reconnect" .Values.reconnect "metrics" .Values.metrics
-      "shutdown" .Values.shutdown "log" .Values.log }}
+      "shutdown" .Values.shutdown "log" .Values.log "stream" .Values.stream }}
 {{- $sections := dict }}
 {{- range $section, $options := $values }}
 {{- $kept := dict }}
@@ -173,7 +184,7 @@ Maps (commands.profiles) become inline tables; null entries in them are left out
 # flespi-bridge configuration rendered by the Helm chart from its values.
 # Secrets are not here: they are files in {{ include "flespi-bridge.secretsDir" . }}.
 {{- $sections := include "flespi-bridge.configSections" . | fromJson }}
-{{- range $section := list "flespi" "local" "homeassistant" "commands" "reconnect" "metrics" "shutdown" "log" }}
+{{- range $section := list "flespi" "local" "homeassistant" "commands" "reconnect" "metrics" "stream" "shutdown" "log" }}
 {{- $options := get $sections $section }}
 {{- if $options }}
 

@@ -1,0 +1,142 @@
+"""Stream ingest (issue 15): messages per second through flespi's HTTP stream into the bridge
+(each batch answered 200 only once its states are acknowledged by the local broker), against
+a minimal receiver on the same server library (aiohttp) that only parses the batch and
+answers 200, in the same run. The sender plays flespi: one batch in flight at a time.
+
+`python -m bench.stream receiver PORT` is the minimal receiver (a process, like the bridge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from bench.procs import PYTHON, Lab
+from bench.scenarios import Measurement, Settings, bridge_config
+from bridge import mosquitto
+from bridge.sim.fleet import Fleet
+
+PATH = "/flespi/stream"
+AUTH = "Bearer bench-stream-authorization"
+BATCH_SIZES = (100, 1_000)
+
+
+def batches(messages: int, devices: int, size: int) -> list[bytes]:
+    """`messages` simulated device messages (a fleet riding), as stream batch bodies."""
+    fleet = Fleet(devices, seed=1, first_id=6_000_000)
+    devs = list(fleet.devices.values())
+    ts = time.time() - messages
+    out: list[dict[str, Any]] = []
+    for i in range(messages):
+        dev = devs[i % len(devs)]
+        t = ts + i * 0.001
+        out.append(fleet.message(dev, fleet.step(dev, t), t))
+    return [orjson.dumps(out[i:i + size]) for i in range(0, len(out), size)]
+
+
+async def push(url: str, bodies: list[bytes], timeout: float) -> tuple[float, int]:
+    """Send the batches one at a time, each until answered 200; (seconds, retries)."""
+    retries = 0
+    headers = {"Authorization": AUTH, "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        start = time.perf_counter()
+        deadline = start + timeout
+        for body in bodies:
+            while True:
+                async with http.post(url, data=body) as response:
+                    await response.read()
+                    if response.status == 200:
+                        break
+                retries += 1
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"{url} never answered 200")
+                await asyncio.sleep(0.05)
+        return time.perf_counter() - start, retries
+
+
+async def _ready(url: str, timeout: float) -> None:
+    """Until the receiver answers an empty batch 200 (the bridge: connected and loaded)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(headers={"Authorization": AUTH}) as http:
+        while True:
+            try:
+                async with http.post(url, data=b"[]") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} not ready in {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+async def stream(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
+    n, devices = settings.ingest_messages, settings.ingest_devices
+    out: list[Measurement] = []
+    for size in BATCH_SIZES:
+        bodies = batches(max(n, 2 * size), devices, size)
+        count = max(n, 2 * size)
+        for contestant in ("minimal aiohttp receiver", "flespi-bridge"):
+            async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
+                port = mosquitto.free_port()
+                url = f"http://127.0.0.1:{port}{PATH}"
+                name = f"stream-{size}-" + ("bridge" if contestant == "flespi-bridge"
+                                            else "receiver")
+                if contestant == "flespi-bridge":
+                    up, local = lab.upstream(), lab.local()
+                    cfg = bridge_config(name, up, local, settings, extra={"stream": {
+                        "enabled": True, "host": "127.0.0.1", "port": port,
+                        "authorization": AUTH, "timeout": 60.0}})
+                    await lab.spawn(name, [PYTHON, "-m", "bridge", "run", "--config",
+                                           str(cfg)], pipe=False)
+                else:
+                    await lab.spawn(name, [PYTHON, "-m", "bench.stream", "receiver",
+                                           str(port)], pipe=False)
+                try:
+                    await _ready(url, 60)
+                    seconds, retries = await push(url, bodies, settings.contestant_timeout)
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    out.append(Measurement("stream", f"{contestant}, batches of {size:,}",
+                                           None, "msg/s", f"failed: {exc}",
+                                           brokers=lab.nodelay_brokers()))
+                    continue
+                rate = count / seconds
+                log(f"stream, batches of {size}: {contestant} {rate:,.0f} msg/s")
+                out.append(Measurement(
+                    "stream", f"{contestant}, batches of {size:,}", rate, "msg/s",
+                    extra={"messages": count, "batch": size, "seconds": round(seconds, 3),
+                           "retries": retries}, brokers=lab.nodelay_brokers()))
+    return out
+
+
+# -- the minimal receiver ------------------------------------------------------------------
+
+def receiver_app() -> web.Application:
+    async def receive(request: web.Request) -> web.Response:
+        orjson.loads(await request.read())
+        return web.Response(text="ok\n")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post(PATH, receive)
+    return app
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] != "receiver":
+        print("usage: python -m bench.stream receiver PORT", file=sys.stderr)
+        return 2
+    web.run_app(receiver_app(), host="127.0.0.1", port=int(argv[1]), access_log=None,
+                print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+

@@ -1,0 +1,89 @@
+"""HTTP listeners on aiohttp: the metrics and health port, the flespi HTTP stream's ingest
+endpoint and the simulator's REST API. One small wrapper, so each of them only says what it
+answers, and every listener starts (a port of 0 picks a free one) and stops the same way."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# A response: status, extra headers (Content-Type defaults to text/plain), body.
+Response = tuple[int, dict[str, str], bytes]
+# method, path with its query, headers (lower-case names), body -> response
+Handler = Callable[[str, str, dict[str, str], bytes], Awaitable[Response]]
+# Seconds a stopping listener gives requests in flight.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def text(status: int, body: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=body.encode(), headers=headers,
+                        content_type="text/plain", charset="utf-8")
+
+
+def add_get(app: web.Application, path: str,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> None:
+    """GET and HEAD on `path` (HEAD: the headers of a GET, no body); any other method 405
+    with `Allow: GET, HEAD`."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return text(405, "method not allowed\n", {"Allow": "GET, HEAD"})
+        return await handler(request)
+
+    app.router.add_route("*", path, serve)
+
+
+def catch_all(handler: Handler, *, max_body: int = 1024 * 1024) -> web.Application:
+    """An application handing every request to `handler` (the simulator's REST API)."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        status, extra, payload = await handler(request.method, request.path_qs, headers, body)
+        out = {"Content-Type": "text/plain; charset=utf-8", **extra}
+        return web.Response(status=status, body=payload, headers=out)
+
+    app = web.Application(client_max_size=max_body)
+    app.router.add_route("*", "/{tail:.*}", serve)
+    return app
+
+
+class WebServer:
+    """One aiohttp application on one address (TLS with `ssl_context`)."""
+
+    def __init__(self, app: web.Application, host: str, port: int, *,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.ssl_context is not None else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
