@@ -11,8 +11,12 @@ stops having are removed by `discovery.Discovery`, which compares with what it p
 Configs in the other discovery layout (an earlier run with the other
 `homeassistant.discovery_mode`) are not cleared here when a live device stands behind them:
 they are handed to `Discovery`, which migrates them with Home Assistant's `migrate_discovery`
-protocol. Until the inventory says whether there is anything to migrate (and, if there is,
-until the upstream state is loaded), discovery is held back.
+protocol. Discovery is held back until the inventory is taken and the upstream state is
+loaded: a device is then announced once, with every entity its retained state gives it, rather
+than once per replayed topic filter (flespi replays every device's object and `connected`
+before any telemetry, so an early announcement lacks the sensors and is published again).
+Were the start-up marker never to come back, discovery goes out after `DISCOVERY_HOLD`
+seconds anyway, unless configs of the other layout wait for their migration.
 """
 
 from __future__ import annotations
@@ -21,9 +25,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiomqtt
-
 from bridge.config import Settings
+from bridge.exceptions import LocalUnavailableError
 from bridge.local import LocalBroker
 from bridge.outbox import Outbox
 from bridge.render import Renderer
@@ -33,12 +36,15 @@ from bridge.transport import Publication
 log = logging.getLogger(__name__)
 # Seconds between clearing a deleted device's discovery configs and its state topics.
 TOPICS_DELAY = 5.0
+# Seconds discovery waits for the upstream state at most (when nothing is to be migrated).
+DISCOVERY_HOLD = 60.0
 
 
 class Cleanup:
     def __init__(self, settings: Settings, store: Store, renderer: Renderer, outbox: Outbox,
                  local: LocalBroker, loaded: asyncio.Event,
-                 rediscover: Callable[[], None] = lambda: None) -> None:
+                 rediscover: Callable[[], None] = lambda: None,
+                 discovery_hold: float = DISCOVERY_HOLD) -> None:
         self.settings = settings
         self.store = store
         self.renderer = renderer
@@ -46,6 +52,7 @@ class Cleanup:
         self.local = local
         self.loaded = loaded
         self._rediscover = rediscover
+        self.discovery_hold = discovery_hold
         self._task: asyncio.Task[None] | None = None
 
     def device_removed(self, dev: Device) -> None:
@@ -88,20 +95,24 @@ class Cleanup:
         discovery = self.renderer.discovery
         try:
             inventory = await self.local.retained(self._filters())
-        except (aiomqtt.MqttError, TimeoutError) as exc:
+        except (LocalUnavailableError, TimeoutError) as exc:
             log.warning("could not list retained topics on the local broker: %s", exc)
             self._release({})
             return
         legacy = self.legacy(inventory)
-        if not legacy:
-            self._release({})
-        elif discovery.held:
+        if legacy and discovery.held:
             log.info("discovery configs of the other layout found for %d devices: "
                      "migrating them once the upstream state is loaded", len(legacy))
+        if not legacy and not self.loaded.is_set():
+            try:
+                await asyncio.wait_for(self.loaded.wait(), self.discovery_hold)
+            except TimeoutError:
+                log.warning("the upstream state is not loaded after %ss: announcing the "
+                            "devices known so far to Home Assistant", self.discovery_hold)
+                self._release({})
         await self.loaded.wait()
         live = self.live_owners()
-        if legacy:
-            self._release({o: t for o, t in legacy.items() if o in live})
+        self._release({o: t for o, t in legacy.items() if o in live})
         stale = self.stale(inventory)
         if stale:
             log.info("clearing %d stale retained topics from an earlier run", len(stale))
