@@ -58,12 +58,19 @@ class Discovery:
         self.legacy = {owner: list(topics) for owner, topics in legacy.items()}
 
     def update(self, owner: str, configs: Mapping[str, dict[str, Any]],
-               force: bool = False) -> list[Publication]:
+               force: bool = False, encoded: Mapping[str, bytes] | None = None
+               ) -> list[Publication]:
+        """What announces `configs` now. `encoded`: the configs already serialized (the
+        renderer's templates); only for an owner with nothing `announced`, which has no
+        removals to add."""
         if self.legacy is None:
             return []
+        if encoded is not None and self.announced(owner):
+            raise ValueError(f"{owner}: serialized configs only for a first announcement")
         configs = self._with_removals(owner, configs)
         before = self.published.get(owner, {})
-        now = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
+        now = (dict(encoded) if encoded is not None else
+               {topic: orjson.dumps(cfg) for topic, cfg in configs.items()})
         old = [t for t in self.legacy.pop(owner, []) if t not in now]
         handed_over = [t for t in old if self._lives_on(t, configs)]
         pubs = [Publication(t, MIGRATE) for t in handed_over]
@@ -73,6 +80,10 @@ class Discovery:
         pubs += [Publication(t, b"") for t in old]
         self.published[owner] = {t: hash(p) for t, p in now.items()}
         return pubs
+
+    def announced(self, owner: str) -> bool:
+        """Whether components of `owner` were announced (their removal may be owed)."""
+        return owner in self.components
 
     def forget(self, owner: str) -> list[Publication]:
         """Empty retained payloads for every config of an owner that is gone."""

@@ -16,6 +16,7 @@ import orjson
 from bridge.catalog import Attribute
 from bridge.config import Settings
 from bridge.discovery import Discovery
+from bridge.discovery_templates import DiscoveryTemplates
 from bridge.homeassistant import (
     LAST_COMMAND,
     Context,
@@ -42,6 +43,7 @@ class Renderer:
         self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
                           ha.discovery_mode)
         self.discovery = Discovery(self.ha)
+        self.templates = DiscoveryTemplates(self.device_configs)
 
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
@@ -63,8 +65,9 @@ class Renderer:
     def render(self, dev: Device, flags: int) -> list[Publication]:
         pubs: list[Publication] = []
         t = self.topics
-        if flags & DISCOVERY and self.announces(dev):
-            pubs.extend(self.discovery.update(device_owner(dev.id), self.device_configs(dev)))
+        # while discovery is held its flag is dropped: the release marks every device again
+        if flags & DISCOVERY and not self.discovery.held and self.announces(dev):
+            pubs.extend(self._discovery(dev))
         if flags & INFO:
             pubs.append(Publication(t.info(dev.id), orjson.dumps(dev.info.as_dict(dev.id))))
         if flags & AVAILABILITY and dev.online is not None:
@@ -79,6 +82,13 @@ class Renderer:
         if flags & STATE:
             pubs.extend(self._locks(dev))
         return pubs
+
+    def _discovery(self, dev: Device) -> list[Publication]:
+        owner = device_owner(dev.id)
+        if self.discovery.announced(owner):  # removals may be owed: render in full
+            return self.discovery.update(owner, self.device_configs(dev))
+        configs, encoded = self.templates.render(dev)  # a first announcement: fast
+        return self.discovery.update(owner, configs, encoded=encoded)
 
     def _locks(self, dev: Device) -> list[Publication]:
         """Each lock's `<base>/<id>/<key>/state` (telemetry, or a command in flight), when
