@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from bridge.discovery import Serialized, components_of
 from bridge.state import Device, Info
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ Shape = tuple[tuple[str, ...], bool, bool, int | None, int | None, bool, bool]
 
 
 class _Template:
-    __slots__ = ("configs", "encoded", "uses")
+    __slots__ = ("components", "configs", "encoded", "uses")
 
     def __init__(self, configs: Configs) -> None:
         self.configs = configs
         self.encoded = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
+        self.components = components_of(configs)
         self.uses = 0
 
 
@@ -58,9 +60,9 @@ class DiscoveryTemplates:
                 info.device_type_id, info.protocol_id, info.ident is not None,
                 bool(info.name))  # an empty name shows as "flespi <id>" (`Device.name`)
 
-    def render(self, dev: Device) -> tuple[Configs, dict[str, bytes]]:
-        """(config topic -> a dictionary with the device's components, config topic ->
-        the device's serialized config)."""
+    def render(self, dev: Device) -> tuple[Configs, Serialized]:
+        """(config topic -> a dictionary with the device's components, the device's
+        configs serialized)."""
         key = self.shape(dev)
         if key not in self._shapes:
             self._shapes[key] = _Template(self._build(_stand_in(dev)))
@@ -72,11 +74,12 @@ class DiscoveryTemplates:
         if ((template.uses <= 2 or template.uses % CHECK_EVERY == 0)
                 and not self._check(key, dev, encoded)):
             return self._full(dev)
-        return configs, encoded
+        return configs, Serialized(encoded, template.components)
 
-    def _full(self, dev: Device) -> tuple[Configs, dict[str, bytes]]:
+    def _full(self, dev: Device) -> tuple[Configs, Serialized]:
         configs = self._build(dev)
-        return configs, {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
+        return configs, Serialized({topic: orjson.dumps(cfg) for topic, cfg in configs.items()},
+                                   components_of(configs))
 
     @staticmethod
     def _fill(template: _Template, dev: Device) -> tuple[Configs, dict[str, bytes]]:
@@ -99,7 +102,7 @@ class DiscoveryTemplates:
 
     def _check(self, key: Shape, dev: Device, encoded: dict[str, bytes]) -> bool:
         _, full = self._full(dev)
-        if full == encoded:
+        if full.payloads == encoded:
             return True
         self._shapes[key] = None
         log.warning("discovery templates disagree with the full rendering for device %s: "

@@ -87,8 +87,8 @@ class Renderer:
         owner = device_owner(dev.id)
         if self.discovery.announced(owner):  # removals may be owed: render in full
             return self.discovery.update(owner, self.device_configs(dev))
-        configs, encoded = self.templates.render(dev)  # a first announcement: fast
-        return self.discovery.update(owner, configs, encoded=encoded)
+        configs, serialized = self.templates.render(dev)  # a first announcement: fast
+        return self.discovery.update(owner, configs, serialized=serialized)
 
     def _locks(self, dev: Device) -> list[Publication]:
         """Each lock's `<base>/<id>/<key>/state` (telemetry, or a command in flight), when

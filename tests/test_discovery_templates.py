@@ -103,5 +103,5 @@ def test_a_rendering_that_reads_more_than_the_shape_falls_back_to_full() -> None
     for i in range(5):
         store.apply_values(7_200_000 + i, {"battery": 10 + i}, None)
         dev = store.devices[7_200_000 + i]
-        _, encoded = templates.render(dev)
-        assert encoded == {t: orjson.dumps(c) for t, c in build(dev).items()}
+        _, serialized = templates.render(dev)
+        assert serialized.payloads == {t: orjson.dumps(c) for t, c in build(dev).items()}
