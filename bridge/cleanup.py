@@ -146,12 +146,15 @@ class Cleanup:
         """Topics of `inventory` that nothing live stands behind, sorted."""
         renderer = self.renderer
         ha = renderer.ha
+        configs = [t for t in inventory if t.startswith(ha.prefix + "/")
+                   and renderer.topics.parse_device(t) is None]
         live: set[str] = set()
-        if self.settings.homeassistant.discovery:
-            live.update(renderer.bridge_configs())
-        for dev in self.store.devices.values():
-            if self.settings.homeassistant.announces(dev.id):
-                live.update(renderer.device_configs(dev))
+        if configs:  # (a fresh broker has none: no need to list a large fleet's)
+            if self.settings.homeassistant.discovery:
+                live.update(renderer.bridge_configs())
+            for dev in self.store.devices.values():
+                if self.settings.homeassistant.announces(dev.id):
+                    live.update(renderer.config_topics(dev))
         owners = self.live_owners()
         stale = []
         for topic in inventory:

@@ -32,6 +32,7 @@ Configs = dict[str, dict[str, Any]]
 _ID = "987654321012345"
 _NAME = "\x01name\x01"
 _IDENT = "\x01ident\x01"
+_ID_BYTES = _ID.encode()
 _NAME_JSON = orjson.dumps(_NAME)[1:-1]  # as it appears inside a JSON string
 _IDENT_JSON = orjson.dumps(_IDENT)[1:-1]
 CHECK_EVERY = 1_000
@@ -39,12 +40,20 @@ Shape = tuple[tuple[str, ...], bool, bool, int | None, int | None, bool, bool]
 
 
 class _Template:
-    __slots__ = ("components", "configs", "encoded", "uses")
+    """A shape's configs, each payload split at the stand-in's id (filled in with one
+    `join`), with the pieces that hold the name or the ident noted."""
+
+    __slots__ = ("components", "configs", "payloads", "uses")
 
     def __init__(self, configs: Configs) -> None:
         self.configs = configs
-        self.encoded = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
         self.components = components_of(configs)
+        self.payloads: list[tuple[str, list[bytes], list[int], list[int]]] = []
+        for topic, cfg in configs.items():
+            parts = orjson.dumps(cfg).split(_ID_BYTES)
+            self.payloads.append((topic, parts,
+                                  [i for i, part in enumerate(parts) if _IDENT_JSON in part],
+                                  [i for i, part in enumerate(parts) if _NAME_JSON in part]))
         self.uses = 0
 
 
@@ -85,19 +94,20 @@ class DiscoveryTemplates:
     def _fill(template: _Template, dev: Device) -> tuple[Configs, dict[str, bytes]]:
         device_id = str(dev.id)
         id_bytes = device_id.encode()
-        name = orjson.dumps(dev.info.name)[1:-1] if dev.info.name else None
-        ident = orjson.dumps(dev.info.ident)[1:-1] if dev.info.ident is not None else None
+        name = orjson.dumps(dev.info.name)[1:-1] if dev.info.name else b""
+        ident = orjson.dumps(dev.info.ident)[1:-1] if dev.info.ident is not None else b""
         configs: Configs = {}
         encoded: dict[str, bytes] = {}
-        for topic, payload in template.encoded.items():
+        for topic, parts, ident_at, name_at in template.payloads:
+            if ident_at or name_at:
+                parts = list(parts)
+                for i in ident_at:
+                    parts[i] = parts[i].replace(_IDENT_JSON, ident)
+                for i in name_at:
+                    parts[i] = parts[i].replace(_NAME_JSON, name)
             real = topic.replace(_ID, device_id)
-            payload = payload.replace(b"987654321012345", id_bytes)
-            if ident is not None:
-                payload = payload.replace(_IDENT_JSON, ident)
-            if name is not None:
-                payload = payload.replace(_NAME_JSON, name)
             configs[real] = template.configs[topic]
-            encoded[real] = payload
+            encoded[real] = id_bytes.join(parts)
         return configs, encoded
 
     def _check(self, key: Shape, dev: Device, encoded: dict[str, bytes]) -> bool:

@@ -50,6 +50,12 @@ class Renderer:
         profile = self.settings.commands.profile(dev.info.device_type_id)
         return device_configs(self.ha, dev, self.attributes, profile)
 
+    def config_topics(self, dev: Device) -> list[str]:
+        """The discovery config topics of the device's entities now (from the templates:
+        a large fleet's are listed in a moment)."""
+        configs, _ = self.templates.render(dev)
+        return list(configs)
+
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""
         return bridge_configs(self.ha)
