@@ -85,39 +85,43 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
 def parse_publish(raw: bytes, qos: int
                   ) -> tuple[str, int | None, list[tuple[str, str]], bytes] | None:
     """An MQTT 5 PUBLISH packet's variable header and payload: (topic, packet id, user
-    properties, payload); None for anything to leave to gmqtt (see the module's doc)."""
+    properties, payload); None for anything to leave to gmqtt (see the module's doc).
+    Runs once per upstream message: plain indexing, no `struct`."""
     try:
-        n = int.from_bytes(raw[:2], "big")
-        if not n or qos > 1 or 2 + n > len(raw):
-            return None
-        topic = raw[2:2 + n].decode()
+        n = raw[0] << 8 | raw[1]
         pos = 2 + n
+        if not n or qos > 1 or pos > len(raw):
+            return None
+        topic = raw[2:pos].decode()
         mid = None
         if qos:
-            mid = int.from_bytes(raw[pos:pos + 2], "big")
+            mid = raw[pos] << 8 | raw[pos + 1]
             pos += 2
-        length, pos = _varint(raw, pos)
+        length = raw[pos]
+        if length < 0x80:
+            pos += 1
+        else:
+            length, pos = _varint(raw, pos)
         end = pos + length
         if end > len(raw):
             return None
         users: list[tuple[str, str]] = []
         while pos < end:
             prop = raw[pos]
-            pos += 1
             if prop == _USER_PROPERTY:
-                k = int.from_bytes(raw[pos:pos + 2], "big")
-                key = raw[pos + 2:pos + 2 + k].decode()
-                pos += 2 + k
-                v = int.from_bytes(raw[pos:pos + 2], "big")
-                value = raw[pos + 2:pos + 2 + v].decode()
-                pos += 2 + v
-                users.append((key, value))
+                start = pos + 3
+                pos = start + (raw[pos + 1] << 8 | raw[pos + 2])
+                key = raw[start:pos].decode()
+                start = pos + 2
+                pos = start + (raw[pos] << 8 | raw[pos + 1])
+                users.append((key, raw[start:pos].decode()))
                 continue
             size = _SKIPPED_PROPERTIES.get(prop)
             if size is None:
                 return None
+            pos += 1
             if size == -1:
-                size = 2 + int.from_bytes(raw[pos:pos + 2], "big")
+                size = 2 + (raw[pos] << 8 | raw[pos + 1])
             elif size == -2:
                 size = _varint(raw, pos)[1] - pos
             pos += size
