@@ -235,10 +235,13 @@ def notes_text(m: Measurement) -> str:
             parts.append(f"discovery {e['discovery_s']:.2f} s ({e['discovery_configs']} configs)")
         if e.get("ratio") is not None:
             parts.append(f"{e['ratio']:.2f}x the gmqtt replay counter")
+        if e.get("cpu_s") is not None:
+            parts.append(f"CPU {e['cpu_s']:.1f} s")
     if m.scenario == "startup" and e.get("runs"):
         parts.append(f"{e['retained_messages']:,} retained messages; runs before / after "
                      "the bridge: " + " / ".join(
-                         f"{r['s']:.2f} s" if r["complete"] else "timeout" for r in e["runs"]))
+                         f"{r['s']:.2f} s (CPU {r['cpu_s']:.1f} s)" if r["complete"]
+                         else "timeout" for r in e["runs"]))
     if m.scenario == "commands" and m.value is not None:
         parts.append(", ".join(f"{v}/{e['commands']} {k}" for k, v in e["statuses"].items()))
         if e.get("lost"):

@@ -656,6 +656,7 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
     label = startup_label("flespi-bridge", d)
     discovery_module = importlib.util.find_spec("bridge.homeassistant") is not None
     configs: dict[int, int] = {}
+    first_config = [0.0]
     last_config = [0.0]
     config_messages = [0]
 
@@ -664,6 +665,7 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
             return
         config_messages[0] += 1
         last_config[0] = time.monotonic()
+        first_config[0] = first_config[0] or last_config[0]
         found = _DISCOVERY_ID.search(topic)
         if found is None:
             with contextlib.suppress(ValueError, AttributeError):
@@ -714,12 +716,14 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
     if spy is not None:
         await stop_profiler(spy)
     peak = await rss.stop()
+    cpu = _cpu_seconds(proc.pid)
     await scrape_metrics(proc, settings)
     await checker.close()
     await proc.stop()
     info: dict[str, Any] = {
         "devices": d, "peak_rss_mb": round(peak / MB, 1), "states_received": states.states,
-        "discovery_configs": config_messages[0],
+        "discovery_configs": config_messages[0], "cpu_s": cpu,
+        "discovery_first_s": round(first_config[0] - t0, 2) if first_config[0] else None,
         "states_s": None if states.done_at is None else round(states.done_at - t0, 2),
         "discovery_s": None if t_disc is None else round(t_disc, 2),
     }

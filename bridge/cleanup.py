@@ -11,12 +11,12 @@ stops having are removed by `discovery.Discovery`, which compares with what it p
 Configs in the other discovery layout (an earlier run with the other
 `homeassistant.discovery_mode`) are not cleared here when a live device stands behind them:
 they are handed to `Discovery`, which migrates them with Home Assistant's `migrate_discovery`
-protocol. Discovery is held back until the inventory is taken and the upstream state is
-loaded: a device is then announced once, with every entity its retained state gives it, rather
-than once per replayed topic filter (flespi replays every device's object and `connected`
-before any telemetry, so an early announcement lacks the sensors and is published again).
-Were the start-up marker never to come back, discovery goes out after `DISCOVERY_HOLD`
-seconds anyway, unless configs of the other layout wait for their migration.
+protocol. Until the inventory says whether there is anything to migrate (and, if there is,
+until the upstream state is loaded), discovery is held back.
+
+Until the upstream state is loaded, a device is announced once it has telemetry (see
+`Renderer.complete`); the devices still unannounced then are announced when it is, or after
+`DISCOVERY_HOLD` seconds were the start-up marker never to come back.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from bridge.transport import Publication
 log = logging.getLogger(__name__)
 # Seconds between clearing a deleted device's discovery configs and its state topics.
 TOPICS_DELAY = 5.0
-# Seconds discovery waits for the upstream state at most (when nothing is to be migrated).
+# Seconds devices without telemetry wait for the upstream state before being announced.
 DISCOVERY_HOLD = 60.0
 
 
@@ -44,6 +44,7 @@ class Cleanup:
     def __init__(self, settings: Settings, store: Store, renderer: Renderer, outbox: Outbox,
                  local: LocalBroker, loaded: asyncio.Event,
                  rediscover: Callable[[], None] = lambda: None,
+                 announce_owed: Callable[[], None] = lambda: None,
                  discovery_hold: float = DISCOVERY_HOLD) -> None:
         self.settings = settings
         self.store = store
@@ -52,6 +53,7 @@ class Cleanup:
         self.local = local
         self.loaded = loaded
         self._rediscover = rediscover
+        self._announce_owed = announce_owed
         self.discovery_hold = discovery_hold
         self._task: asyncio.Task[None] | None = None
 
@@ -98,25 +100,40 @@ class Cleanup:
         except (LocalUnavailableError, TimeoutError) as exc:
             log.warning("could not list retained topics on the local broker: %s", exc)
             self._release({})
+            await self._until_loaded()
             return
         legacy = self.legacy(inventory)
-        if legacy and discovery.held:
+        if not legacy:
+            self._release({})
+        elif discovery.held:
             log.info("discovery configs of the other layout found for %d devices: "
                      "migrating them once the upstream state is loaded", len(legacy))
-        if not legacy and not self.loaded.is_set():
-            try:
-                await asyncio.wait_for(self.loaded.wait(), self.discovery_hold)
-            except TimeoutError:
-                log.warning("the upstream state is not loaded after %ss: announcing the "
-                            "devices known so far to Home Assistant", self.discovery_hold)
-                self._release({})
-        await self.loaded.wait()
+        await self._until_loaded()
         live = self.live_owners()
-        self._release({o: t for o, t in legacy.items() if o in live})
+        if legacy:
+            self._release({o: t for o, t in legacy.items() if o in live})
         stale = self.stale(inventory)
         if stale:
             log.info("clearing %d stale retained topics from an earlier run", len(stale))
             self.outbox.add(Publication(topic, b"") for topic in stale)
+
+    async def _until_loaded(self) -> None:
+        """Wait for the upstream state; then devices without telemetry are announced too
+        (also after `discovery_hold` seconds without it)."""
+        if not self.loaded.is_set():
+            try:
+                await asyncio.wait_for(self.loaded.wait(), self.discovery_hold)
+            except TimeoutError:
+                log.warning("the upstream state is not loaded after %ss: announcing the "
+                            "devices without telemetry too", self.discovery_hold)
+                self._complete()
+        await self.loaded.wait()
+        self._complete()
+
+    def _complete(self) -> None:
+        if not self.renderer.complete:
+            self.renderer.complete = True
+            self._announce_owed()
 
     def _release(self, legacy: dict[str, list[str]]) -> None:
         discovery = self.renderer.discovery

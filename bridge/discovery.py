@@ -99,6 +99,10 @@ class Discovery:
         self.published[owner] = {t: hash(p) for t, p in now.items()}
         return pubs
 
+    def has_published(self, owner: str) -> bool:
+        """Whether configs of `owner` are out (since the last local connect)."""
+        return owner in self.published
+
     def announced(self, owner: str) -> bool:
         """Whether components of `owner` were announced (their removal may be owed)."""
         return owner in self.components

@@ -44,6 +44,11 @@ class Renderer:
                           ha.discovery_mode)
         self.discovery = Discovery(self.ha)
         self.templates = DiscoveryTemplates(self.device_configs)
+        # Set (by `Cleanup`) once the upstream state is known in full. Until then a device
+        # is announced once it has telemetry: flespi replays every device's object and
+        # `connected` before any telemetry, and an announcement without the sensors would
+        # be published again moments later.
+        self.complete = False
 
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
@@ -66,7 +71,7 @@ class Renderer:
 
     def announces(self, dev: Device) -> bool:
         return self.settings.homeassistant.announces(dev.id) and (
-            bool(dev.values) or dev.online is not None)
+            bool(dev.values) or (dev.online is not None and self.complete))
 
     def render(self, dev: Device, flags: int) -> list[Publication]:
         pubs: list[Publication] = []
