@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger("bridge.local.mqtt")
 
@@ -122,6 +123,7 @@ class MqttClient:
         # fails with the reason once the connection is lost (or closed by `disconnect`)
         self.closed: asyncio.Future[None] = loop.create_future()
         self._lost_handlers: list[Callable[[], None]] = []
+        self._bad = RateLimitedLog(log)
 
     @property
     def where(self) -> str:
@@ -373,9 +375,10 @@ class MqttClient:
                 self._write(bytes((PUBACK, 2)) + mid)
         try:
             self._messages.put_nowait((topic, body[start:], bool(first & 0x01)))
-        except asyncio.QueueFull:
-            log.warning("local broker %s: %d messages not yet handled: dropped the one on "
-                        "%.200r", self.where, MAX_QUEUED_MESSAGES, topic)
+        except asyncio.QueueFull:  # a flood: logged rate-limited
+            self._bad.warning("queue", "local broker %s: %d messages not yet handled: "
+                              "dropped the one on %.200r", self.where, MAX_QUEUED_MESSAGES,
+                              topic)
 
     def _protocol_error(self, what: str) -> None:
         log.warning("local broker %s: %s: closing the connection", self.where, what)
