@@ -3,7 +3,10 @@
 - `gmqtt-count`, `aiomqtt-count`: MQTT 5 subscribers at QoS 1 that only count (the
   ceilings of the client libraries on the stream the bridge receives);
 - `aiomqtt-relay`: the minimal relay, subscribe upstream (MQTT 5, QoS 1) and republish each
-  message locally (QoS 1, retained), one `await` at a time.
+  message locally (QoS 1, retained), one `await` at a time;
+- `gmqtt-replay`: the start-up baseline, a gmqtt MQTT 5 client (the bridge's upstream
+  library) that subscribes to the bridge's own topic filters (`--topic`, repeated), receives
+  the retained replay at QoS 1 with the bridge's receive maximum, and only counts it.
 
 They use uvloop when it is installed, as `flespi-bridge run` does. Each prints one JSON line
 `{"event": "ready"}` once subscribed and `{"event": "done", ...}` at the end, and stops by
@@ -80,6 +83,30 @@ async def gmqtt_count(host: str, port: int, expected: int, timeout: float) -> No
     await client.disconnect()
 
 
+async def gmqtt_replay(host: str, port: int, topics: list[str], expected: int,
+                       receive_maximum: int, timeout: float) -> None:
+    """Receive the retained replay of `topics` and count it: what any gmqtt client must
+    spend before a bridge can have published anything of it."""
+    from gmqtt import Client, Subscription
+    from gmqtt.mqtt.constants import MQTTv50
+
+    tally = Tally(expected)
+
+    def on_message(_c: Any, _topic: str, _payload: bytes, _qos: int, _props: Any) -> int:
+        tally.hit()
+        return 0
+
+    client = Client(f"bench-replay-{os.getpid()}", receive_maximum=receive_maximum)
+    client.on_message = on_message
+    await client.connect(host, port, version=MQTTv50)
+    client.subscribe([Subscription(t, qos=1) for t in topics])
+    tally.ready()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.done.wait(), timeout)
+    tally.report()
+    await client.disconnect()
+
+
 async def aiomqtt_count(host: str, port: int, expected: int, timeout: float) -> None:
     import aiomqtt
 
@@ -131,12 +158,17 @@ async def aiomqtt_relay(host: str, port: int, local_port: int, expected: int,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.clients")
-    p.add_argument("kind", choices=("gmqtt-count", "aiomqtt-count", "aiomqtt-relay"))
+    p.add_argument("kind", choices=("gmqtt-count", "aiomqtt-count", "aiomqtt-relay",
+                                    "gmqtt-replay"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True, help="upstream broker port")
     p.add_argument("--local-port", type=int, default=0, help="local broker port (relay)")
     p.add_argument("--count", type=int, required=True, help="stop after this many messages")
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--topic", action="append", default=[],
+                   help="gmqtt-replay: a topic filter (repeat for several)")
+    p.add_argument("--receive-maximum", type=int, default=5000,
+                   help="gmqtt-replay: MQTT 5 receive maximum (the bridge's default)")
     p.add_argument("--no-uvloop", action="store_true")
     args = p.parse_args(argv)
     if not args.no_uvloop:
@@ -148,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         coro = gmqtt_count(args.host, args.port, args.count, args.timeout)
     elif args.kind == "aiomqtt-count":
         coro = aiomqtt_count(args.host, args.port, args.count, args.timeout)
+    elif args.kind == "gmqtt-replay":
+        coro = gmqtt_replay(args.host, args.port, args.topic or [TOPIC], args.count,
+                            args.receive_maximum, args.timeout)
     else:
         coro = aiomqtt_relay(args.host, args.port, args.local_port, args.count, args.timeout)
     asyncio.run(coro)

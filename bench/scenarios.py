@@ -25,6 +25,7 @@ from bench import bridgecfg, loadgen, workload
 from bench.mqtt import RawClient
 from bench.procs import PYTHON, Lab, Proc, RssSampler
 from bridge import mosquitto
+from bridge.flespi import topics as flespi_topics
 
 BASE = "flespi"
 MB = 1024 * 1024
@@ -40,7 +41,8 @@ class Settings:
     latency_devices: int = 200
     latency_seconds: float = 15.0
     latency_warmup: float = 2.0
-    startup_devices: int = 10_000
+    # fleet sizes of the start-up scenario, each measured with its own baseline
+    startup_devices: list[int] = field(default_factory=lambda: [10_000, 40_000])
     startup_parameters: int = 10
     commands: int = 100
     command_devices: int = 20
@@ -555,32 +557,106 @@ async def latency(settings: Settings, log: Callable[[str], None]) -> list[Measur
 # -- start-up -------------------------------------------------------------------------------
 
 _DISCOVERY_ID = re.compile(r"flespi_(\d+)")
+# Row labels of the start-up scenario, one set per fleet size.
+REPLAY = "gmqtt replay counter"
+BRIDGE_RSS = "flespi-bridge peak RSS"
+
+
+def startup_label(who: str, devices: int) -> str:
+    return f"{who}, {devices:,} devices"
 
 
 async def startup(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
-    d = settings.startup_devices
-    w = workload.startup(d, settings.startup_parameters)
-    log(f"start-up: {d} devices x {settings.startup_parameters} retained parameters "
-        f"(+ object, name, connected) = {w.stream.count} retained messages upstream")
-    m, peak = await _startup_once(settings, w, profiled=False)
-    rss_m = Measurement("startup", "flespi-bridge peak RSS", round(peak / MB, 1), "MB",
-                        brokers=m.brokers)
-    log(f"  start-up: {_fmt(m)}; peak RSS {peak / MB:.0f} MB")
-    out = [m, rss_m]
-    if settings.profile:
-        log("  start-up: again under py-spy ...")
-        pm, _ = await _startup_once(settings, w, profiled=True)
-        pm.contestant = "flespi-bridge (profiled)"
-        log(f"  start-up under py-spy: {_fmt(pm)}")
-        out.append(pm)
+    """Per fleet size: the bridge's start-up against a gmqtt client that only receives the
+    same retained replay, both on one upstream broker loaded once."""
+    out: list[Measurement] = []
+    sizes = settings.startup_devices
+    for d in sizes:
+        out += await _startup_fleet(settings, d, log, profiled=settings.profile
+                                    and d == max(sizes))
     return out
 
 
-async def _startup_once(settings: Settings, w: workload.Workload,
-                        profiled: bool) -> tuple[Measurement, int]:
-    d = settings.startup_devices
+async def _startup_fleet(settings: Settings, d: int, log: Callable[[str], None],
+                         profiled: bool) -> list[Measurement]:
+    w = workload.startup(d, settings.startup_parameters)
+    n = w.stream.count
+    log(f"start-up: {d:,} devices x {settings.startup_parameters} retained parameters "
+        f"(+ object, name, connected) = {n:,} retained messages upstream")
+    timeout = max(60.0, d * 0.012)
+    async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
+        up = lab.upstream()
+        gen = await send_stream(lab, up, w.stream, f"startup-{d}-preload", settings,
+                                stream_name=f"startup-{d}", timeout=timeout)
+        w.stream = loadgen.Stream(b"", array("Q", [0]))  # loaded: free the bench's memory
+        # the baseline before and after the bridge; the faster run is the baseline
+        replays = [await _replay(lab, up, n, f"{d}-before", timeout)]
+        log(f"  start-up: {REPLAY}: {_replay_text(replays[0])}")
+        m, peak = await _bridge_startup(lab, up, w, settings, f"bridge-startup-{d}",
+                                        timeout)
+        log(f"  start-up: flespi-bridge: {_fmt(m)}; peak RSS {peak / MB:.0f} MB")
+        replays.append(await _replay(lab, up, n, f"{d}-after", timeout))
+        log(f"  start-up: {REPLAY} again: {_replay_text(replays[1])}")
+        profile_m = None
+        if profiled:
+            log("  start-up: flespi-bridge again under py-spy ...")
+            profile_m, _ = await _bridge_startup(lab, up, w, settings,
+                                                 f"bridge-startup-{d}-profiled", timeout,
+                                                 profiled=True)
+            profile_m.contestant = startup_label("flespi-bridge (profiled)", d)
+            log(f"  start-up under py-spy: {_fmt(profile_m)}")
+        brokers = lab.nodelay_brokers()
+    complete = [r["s"] for r in replays if r["complete"]]
+    baseline = min(complete) if complete else None
+    base_m = Measurement("startup", startup_label(REPLAY, d), baseline, "s",
+                         "" if complete else f"timeout: {replays[0]['count']}/{n}",
+                         {"devices": d, "retained_messages": n, "runs": replays,
+                          "preload": gen}, brokers=brokers)
+    m.extra["baseline_s"] = baseline
+    if m.value is not None and baseline:
+        m.extra["ratio"] = round(m.value / baseline, 2)
+    out = [base_m, m, Measurement("startup", startup_label(BRIDGE_RSS, d),
+                                  round(peak / MB, 1), "MB", extra={"devices": d},
+                                  brokers=brokers)]
+    if profile_m is not None:
+        out.append(profile_m)
+    return out
+
+
+def _replay_text(r: dict[str, Any]) -> str:
+    if not r["complete"]:
+        return f"timeout: {r['count']} messages"
+    return f"{r['s']:.2f} s (first message at {r['first_s']:.2f} s)"
+
+
+async def _replay(lab: Lab, up: mosquitto.Broker, n: int, name: str,
+                  timeout: float) -> dict[str, Any]:
+    """The baseline once: seconds from starting a gmqtt process subscribed to the bridge's
+    own upstream topic filters until it has received all `n` retained messages."""
+    filters = flespi_topics.subscriptions("all", None, comma_lists=False)
+    t0 = time.monotonic()
+    proc = await lab.spawn(f"gmqtt-replay-{name}", [
+        PYTHON, "-m", "bench.clients", "gmqtt-replay", "--port", str(up.port),
+        "--count", str(n), "--timeout", str(timeout),
+        *(arg for f in filters for arg in ("--topic", f))])
+    await proc.event(30)  # ready: subscribed
+    done = await proc.event(timeout + 30)
+    await proc.stop()
+    return {"s": round(done["last"] - t0, 2), "first_s": round(done["first"] - t0, 2),
+            "count": done["count"], "complete": done["complete"], "cpu_s": done["cpu_s"]}
+
+
+async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
+                          settings: Settings, name: str, timeout: float,
+                          profiled: bool = False) -> tuple[Measurement, int]:
+    """The bridge once, on a fresh local broker and a new upstream session: seconds from
+    starting its process until every device's state and discovery config are on the local
+    broker; its peak RSS."""
+    d = len(w.expected)
+    label = startup_label("flespi-bridge", d)
     discovery_module = importlib.util.find_spec("bridge.homeassistant") is not None
     configs: dict[int, int] = {}
+    first_config = [0.0]
     last_config = [0.0]
     config_messages = [0]
 
@@ -589,6 +665,7 @@ async def _startup_once(settings: Settings, w: workload.Workload,
             return
         config_messages[0] += 1
         last_config[0] = time.monotonic()
+        first_config[0] = first_config[0] or last_config[0]
         found = _DISCOVERY_ID.search(topic)
         if found is None:
             with contextlib.suppress(ValueError, AttributeError):
@@ -597,68 +674,64 @@ async def _startup_once(settings: Settings, w: workload.Workload,
             dev = int(found.group(1))
             configs[dev] = configs.get(dev, 0) + 1
 
-    name = "bridge-startup-profiled" if profiled else "bridge-startup"
-    async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
-        up, local = lab.upstream(), lab.local()
-        gen = await send_stream(lab, up, w.stream, f"{name}-preload", settings,
-                                stream_name="startup")
-        states = StateChecker(w.expected)
+    local = lab.local()
+    states = StateChecker(w.expected)
 
-        def on_message(topic: str, payload: bytes, retain: bool) -> None:
-            if topic.startswith("homeassistant/"):
-                on_discovery(topic, payload)
-            else:
-                states.on_message(topic, payload, retain)
+    def on_message(topic: str, payload: bytes, retain: bool) -> None:
+        if topic.startswith("homeassistant/"):
+            on_discovery(topic, payload)
+        else:
+            states.on_message(topic, payload, retain)
 
-        checker = await RawClient.open(local.host, local.port, "bench-startup", on_message)
-        await checker.subscribe([f"{BASE}/+/state", "homeassistant/#"])
-        t0 = time.monotonic()
-        proc = await start_bridge(lab, name, up, local, settings)
-        rss = RssSampler(proc.pid, interval=0.05).start()
-        spy = None
-        if profiled:
-            await asyncio.sleep(0.3)  # py-spy needs the interpreter up to attach
-            spy = await start_profiler(lab, proc.pid, settings.results / "startup-profile.txt")
-        timeout = max(60.0, d * 0.012)
-        await wait_or_exit(states.done, proc, timeout)
-        disc_note = ""
-        t_disc: float | None = None
-        if states.done_at is not None:
-            expect = discovery_module or config_messages[0] > 0
-            if expect:
-                # complete: every device has a config, then 1 s without a new one
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline:
-                    if len(configs) >= d and time.monotonic() - last_config[0] > 1.0:
-                        break
-                    if not config_messages[0] and time.monotonic() - states.done_at > 3.0:
-                        break
-                    await asyncio.sleep(0.1)
-                if len(configs) >= d:
-                    t_disc = last_config[0] - t0
-                else:
-                    disc_note = (f"discovery incomplete: configs for {len(configs)}/{d} "
-                                 f"devices ({config_messages[0]} config messages)")
+    checker = await RawClient.open(local.host, local.port, f"bench-check-{name}", on_message)
+    await checker.subscribe([f"{BASE}/+/state", "homeassistant/#"])
+    t0 = time.monotonic()
+    proc = await start_bridge(lab, name, up, local, settings)
+    rss = RssSampler(proc.pid, interval=0.05).start()
+    spy = None
+    if profiled:
+        await asyncio.sleep(0.3)  # py-spy needs the interpreter up to attach
+        spy = await start_profiler(lab, proc.pid, settings.results / "startup-profile.txt")
+    await wait_or_exit(states.done, proc, timeout)
+    disc_note = ""
+    t_disc: float | None = None
+    if states.done_at is not None:
+        expect = discovery_module or config_messages[0] > 0
+        if expect:
+            # complete: every device has a config, then 1 s without a new one
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if len(configs) >= d and time.monotonic() - last_config[0] > 1.0:
+                    break
+                if not config_messages[0] and time.monotonic() - states.done_at > 3.0:
+                    break
+                await asyncio.sleep(0.1)
+            if len(configs) >= d:
+                t_disc = last_config[0] - t0
             else:
-                disc_note = "no discovery published (bridge.homeassistant not present)"
-        if spy is not None:
-            await stop_profiler(spy)
-        peak = await rss.stop()
-        await scrape_metrics(proc, settings)
-        await checker.close()
+                disc_note = (f"discovery incomplete: configs for {len(configs)}/{d} "
+                             f"devices ({config_messages[0]} config messages)")
+        else:
+            disc_note = "no discovery published (bridge.homeassistant not present)"
+    if spy is not None:
+        await stop_profiler(spy)
+    peak = await rss.stop()
+    cpu = _cpu_seconds(proc.pid)
+    await scrape_metrics(proc, settings)
+    await checker.close()
+    await proc.stop()
     info: dict[str, Any] = {
-        "devices": d, "retained_messages": w.stream.count, "preload": gen,
-        "peak_rss_mb": round(peak / MB, 1), "states_received": states.states,
-        "discovery_configs": config_messages[0],
+        "devices": d, "peak_rss_mb": round(peak / MB, 1), "states_received": states.states,
+        "discovery_configs": config_messages[0], "cpu_s": cpu,
+        "discovery_first_s": round(first_config[0] - t0, 2) if first_config[0] else None,
         "states_s": None if states.done_at is None else round(states.done_at - t0, 2),
         "discovery_s": None if t_disc is None else round(t_disc, 2),
     }
     if states.done_at is None:
-        return Measurement("startup", "flespi-bridge", None, "s",
-                           "timeout: " + states.diagnosis(), info,
-                           brokers=lab.nodelay_brokers()), peak
+        return Measurement("startup", label, None, "s", "timeout: " + states.diagnosis(),
+                           info, brokers=lab.nodelay_brokers()), peak
     total = round(max(states.done_at - t0, t_disc or 0.0), 2)
-    return Measurement("startup", "flespi-bridge", total, "s", disc_note, info,
+    return Measurement("startup", label, total, "s", disc_note, info,
                        brokers=lab.nodelay_brokers()), peak
 
 

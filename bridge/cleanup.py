@@ -13,6 +13,10 @@ Configs in the other discovery layout (an earlier run with the other
 they are handed to `Discovery`, which migrates them with Home Assistant's `migrate_discovery`
 protocol. Until the inventory says whether there is anything to migrate (and, if there is,
 until the upstream state is loaded), discovery is held back.
+
+Until the upstream state is loaded, a device is announced once it has telemetry (see
+`Renderer.complete`); the devices still unannounced then are announced when it is, or after
+`DISCOVERY_HOLD` seconds were the start-up marker never to come back.
 """
 
 from __future__ import annotations
@@ -21,9 +25,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import aiomqtt
-
 from bridge.config import Settings
+from bridge.exceptions import LocalUnavailableError
 from bridge.local import LocalBroker
 from bridge.outbox import Outbox
 from bridge.render import Renderer
@@ -33,12 +36,16 @@ from bridge.transport import Publication
 log = logging.getLogger(__name__)
 # Seconds between clearing a deleted device's discovery configs and its state topics.
 TOPICS_DELAY = 5.0
+# Seconds devices without telemetry wait for the upstream state before being announced.
+DISCOVERY_HOLD = 60.0
 
 
 class Cleanup:
     def __init__(self, settings: Settings, store: Store, renderer: Renderer, outbox: Outbox,
                  local: LocalBroker, loaded: asyncio.Event,
-                 rediscover: Callable[[], None] = lambda: None) -> None:
+                 rediscover: Callable[[], None] = lambda: None,
+                 announce_owed: Callable[[], None] = lambda: None,
+                 discovery_hold: float = DISCOVERY_HOLD) -> None:
         self.settings = settings
         self.store = store
         self.renderer = renderer
@@ -46,6 +53,8 @@ class Cleanup:
         self.local = local
         self.loaded = loaded
         self._rediscover = rediscover
+        self._announce_owed = announce_owed
+        self.discovery_hold = discovery_hold
         self._task: asyncio.Task[None] | None = None
 
     def device_removed(self, dev: Device) -> None:
@@ -88,9 +97,10 @@ class Cleanup:
         discovery = self.renderer.discovery
         try:
             inventory = await self.local.retained(self._filters())
-        except (aiomqtt.MqttError, TimeoutError) as exc:
+        except (LocalUnavailableError, TimeoutError) as exc:
             log.warning("could not list retained topics on the local broker: %s", exc)
             self._release({})
+            await self._until_loaded()
             return
         legacy = self.legacy(inventory)
         if not legacy:
@@ -98,7 +108,7 @@ class Cleanup:
         elif discovery.held:
             log.info("discovery configs of the other layout found for %d devices: "
                      "migrating them once the upstream state is loaded", len(legacy))
-        await self.loaded.wait()
+        await self._until_loaded()
         live = self.live_owners()
         if legacy:
             self._release({o: t for o, t in legacy.items() if o in live})
@@ -106,6 +116,24 @@ class Cleanup:
         if stale:
             log.info("clearing %d stale retained topics from an earlier run", len(stale))
             self.outbox.add(Publication(topic, b"") for topic in stale)
+
+    async def _until_loaded(self) -> None:
+        """Wait for the upstream state; then devices without telemetry are announced too
+        (also after `discovery_hold` seconds without it)."""
+        if not self.loaded.is_set():
+            try:
+                await asyncio.wait_for(self.loaded.wait(), self.discovery_hold)
+            except TimeoutError:
+                log.warning("the upstream state is not loaded after %ss: announcing the "
+                            "devices without telemetry too", self.discovery_hold)
+                self._complete()
+        await self.loaded.wait()
+        self._complete()
+
+    def _complete(self) -> None:
+        if not self.renderer.complete:
+            self.renderer.complete = True
+            self._announce_owed()
 
     def _release(self, legacy: dict[str, list[str]]) -> None:
         discovery = self.renderer.discovery
@@ -135,12 +163,15 @@ class Cleanup:
         """Topics of `inventory` that nothing live stands behind, sorted."""
         renderer = self.renderer
         ha = renderer.ha
+        configs = [t for t in inventory if t.startswith(ha.prefix + "/")
+                   and renderer.topics.parse_device(t) is None]
         live: set[str] = set()
-        if self.settings.homeassistant.discovery:
-            live.update(renderer.bridge_configs())
-        for dev in self.store.devices.values():
-            if self.settings.homeassistant.announces(dev.id):
-                live.update(renderer.device_configs(dev))
+        if configs:  # (a fresh broker has none: no need to list a large fleet's)
+            if self.settings.homeassistant.discovery:
+                live.update(renderer.bridge_configs())
+            for dev in self.store.devices.values():
+                if self.settings.homeassistant.announces(dev.id):
+                    live.update(renderer.config_topics(dev))
         owners = self.live_owners()
         stale = []
         for topic in inventory:

@@ -32,6 +32,21 @@ from bridge.transport import Publication
 Components = frozenset[tuple[str, str]]  # (component id, platform)
 
 
+def components_of(configs: Mapping[str, dict[str, Any]]) -> Components:
+    """The components device-layout configs announce (none in the entity layout)."""
+    return frozenset((cid, c["p"]) for cfg in configs.values()
+                     if isinstance(cmps := cfg.get("cmps"), dict) for cid, c in cmps.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """Configs already serialized (the renderer's templates): config topic -> payload, and
+    the components they announce."""
+
+    payloads: Mapping[str, bytes]
+    components: Components
+
+
 @dataclass
 class Discovery:
     ctx: Context
@@ -58,12 +73,22 @@ class Discovery:
         self.legacy = {owner: list(topics) for owner, topics in legacy.items()}
 
     def update(self, owner: str, configs: Mapping[str, dict[str, Any]],
-               force: bool = False) -> list[Publication]:
+               force: bool = False, serialized: Serialized | None = None
+               ) -> list[Publication]:
+        """What announces `configs` now. `serialized`: the same configs serialized, for an
+        owner with nothing `announced` (so with no removals to add)."""
         if self.legacy is None:
             return []
-        configs = self._with_removals(owner, configs)
         before = self.published.get(owner, {})
-        now = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
+        now: Mapping[str, bytes]
+        if serialized is None:
+            configs = self._with_removals(owner, configs)
+            now = {topic: orjson.dumps(cfg) for topic, cfg in configs.items()}
+        elif self.announced(owner):
+            raise ValueError(f"{owner}: serialized configs only for a first announcement")
+        else:
+            self._remember(owner, serialized.components)
+            now = serialized.payloads
         old = [t for t in self.legacy.pop(owner, []) if t not in now]
         handed_over = [t for t in old if self._lives_on(t, configs)]
         pubs = [Publication(t, MIGRATE) for t in handed_over]
@@ -73,6 +98,14 @@ class Discovery:
         pubs += [Publication(t, b"") for t in old]
         self.published[owner] = {t: hash(p) for t, p in now.items()}
         return pubs
+
+    def has_published(self, owner: str) -> bool:
+        """Whether configs of `owner` are out (since the last local connect)."""
+        return owner in self.published
+
+    def announced(self, owner: str) -> bool:
+        """Whether components of `owner` were announced (their removal may be owed)."""
+        return owner in self.components
 
     def forget(self, owner: str) -> list[Publication]:
         """Empty retained payloads for every config of an owner that is gone."""
@@ -101,10 +134,12 @@ class Discovery:
             if gone:
                 out[topic] = {**cfg, "cmps": {**cmps, **gone}}
             shape |= current
-        if shape:
-            frozen = frozenset(shape)
-            self.components[owner] = self._shapes.setdefault(frozen, frozen)
+        self._remember(owner, frozenset(shape))
         return out
+
+    def _remember(self, owner: str, shape: Components) -> None:
+        if shape:  # one shared set per shape: a large fleet has few
+            self.components[owner] = self._shapes.setdefault(shape, shape)
 
     def _lives_on(self, old_topic: str, configs: Mapping[str, dict[str, Any]]) -> bool:
         """Whether an old-layout topic's entities are among the new configs."""

@@ -1,9 +1,10 @@
 """The publisher: dirty devices and the outbox become batches to the local broker, pipelined.
 
-It owns coalescing (the window), batches of at most `MAX_BATCH` publications, the bound on
-publications in flight (`PIPELINE`, applied before every batch, the first included), and
-requeueing what a failed batch carried. Each batch settles a claim with the ack ledger,
-which alone decides what flespi may be told is done (`bridge.acks`).
+It owns coalescing (the window, counted from the first change since the last flush),
+batches of at most `MAX_BATCH` publications, the bound on publications in flight
+(`PIPELINE`, applied before every batch, the first included), and requeueing what a failed
+batch carried. Each batch settles a claim with the ack ledger, which alone decides what
+flespi may be told is done (`bridge.acks`).
 
 Batches are handed over without waiting for the previous one's acknowledgement: waiting
 would stall on every broker that delays its acknowledgements (Nagle's algorithm: 40 ms a
@@ -76,8 +77,15 @@ class Publisher:
         self._inflight_size = 0
         self._claimed = 0  # the watermark last claimed
         self._bad = RateLimitedLog(log)
+        # monotonic time of the first `wake` since the last flush began: the coalescing
+        # window counts from there, so a flush that outlasted the window (a start-up's
+        # replay, while flespi waits for acknowledgements) is followed by the next at once
+        self._since: float | None = None
 
     def wake(self) -> None:
+        """New work (called once per upstream message)."""
+        if self._since is None:
+            self._since = time.monotonic()
         self._wake.set()
 
     @property
@@ -99,7 +107,10 @@ class Publisher:
             # let the rest of the burst arrive; a stream batch waiting to be answered is a
             # whole burst already, and flespi sends no more until it is answered
             if self.window > 0 and self.store.has_dirty and not self.ledger.waiting:
-                await asyncio.sleep(self.window)
+                since = self._since if self._since is not None else time.monotonic()
+                delay = self.window - (time.monotonic() - since)
+                if delay > 0:
+                    await asyncio.sleep(delay)
             await self.transport.connected.wait()
             try:
                 await self._flush()
@@ -116,6 +127,7 @@ class Publisher:
         mark = self.ledger.watermark()
         owed = len(self.outbox)  # what arrives meanwhile waits for the next flush
         devices = self.store.take_dirty()
+        self._since = None
         if not (owed or devices) and mark == self._claimed:
             return
         start = 0

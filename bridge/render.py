@@ -18,6 +18,7 @@ from bridge.catalog import Attribute
 from bridge.config import Settings
 from bridge.device_types import Names
 from bridge.discovery import Discovery
+from bridge.discovery_templates import DiscoveryTemplates
 from bridge.homeassistant import (
     LAST_COMMAND,
     Context,
@@ -57,13 +58,27 @@ class Renderer:
         self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
                           ha.discovery_mode)
         self.discovery = Discovery(self.ha)
+        self.templates = DiscoveryTemplates(self.device_configs, self._names)
+        # Set (by `Cleanup`) once the upstream state is known in full. Until then a device
+        # is announced once it has telemetry: flespi replays every device's object and
+        # `connected` before any telemetry, and an announcement without the sensors would
+        # be published again moments later.
+        self.complete = False
+
+    def _names(self, dev: Device) -> Names | None:
+        return self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
+            else None
 
     def device_configs(self, dev: Device) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the device's entities now."""
         profile = self.settings.commands.profile(dev.info.device_type_id)
-        names = self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
-            else None
-        return device_configs(self.ha, dev, self.attributes, profile, names)
+        return device_configs(self.ha, dev, self.attributes, profile, self._names(dev))
+
+    def config_topics(self, dev: Device) -> list[str]:
+        """The discovery config topics of the device's entities now (from the templates:
+        a large fleet's are listed in a moment)."""
+        configs, _ = self.templates.render(dev)
+        return list(configs)
 
     def bridge_configs(self) -> dict[str, dict[str, Any]]:
         """Discovery config topic -> payload of the bridge's own entities."""
@@ -75,13 +90,14 @@ class Renderer:
 
     def announces(self, dev: Device) -> bool:
         return self.settings.homeassistant.announces(dev.id) and (
-            bool(dev.values) or dev.online is not None)
+            bool(dev.values) or (dev.online is not None and self.complete))
 
     def render(self, dev: Device, flags: int) -> list[Publication]:
         pubs: list[Publication] = []
         t = self.topics
-        if flags & DISCOVERY and self.announces(dev):
-            pubs.extend(self.discovery.update(device_owner(dev.id), self.device_configs(dev)))
+        # while discovery is held its flag is dropped: the release marks every device again
+        if flags & DISCOVERY and not self.discovery.held and self.announces(dev):
+            pubs.extend(self._discovery(dev))
         if flags & INFO:
             pubs.append(Publication(t.info(dev.id), orjson.dumps(dev.info.as_dict(dev.id))))
         if flags & AVAILABILITY and dev.online is not None:
@@ -120,6 +136,13 @@ class Renderer:
                 dev.sent[leaf] = shown
                 pubs.append(Publication(self.topics.device(dev.id, leaf), shown))
         return pubs
+
+    def _discovery(self, dev: Device) -> list[Publication]:
+        owner = device_owner(dev.id)
+        if self.discovery.announced(owner):  # removals may be owed: render in full
+            return self.discovery.update(owner, self.device_configs(dev))
+        configs, serialized = self.templates.render(dev)  # a first announcement: fast
+        return self.discovery.update(owner, configs, serialized=serialized)
 
     def _locks(self, dev: Device) -> list[Publication]:
         """Each lock's `<base>/<id>/<key>/state` (telemetry, or a command in flight), when

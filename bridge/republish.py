@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 
+from bridge.homeassistant import device_owner
 from bridge.outbox import Outbox
 from bridge.render import Renderer
 from bridge.state import DISCOVERY, Store
@@ -48,6 +49,16 @@ class Republisher:
         if self.discovery:
             self.outbox.add(self.renderer.bridge_publications())
             self.store.mark_all(DISCOVERY)
+            self._wake()
+
+    def discovery_owed(self) -> None:
+        """Announce the devices not announced yet (held back until the upstream state was
+        complete, see `Renderer.complete`)."""
+        if self.discovery:
+            published = self.renderer.discovery.has_published
+            for dev in self.store.devices.values():
+                if not published(device_owner(dev.id)):
+                    self.store.mark(dev, DISCOVERY)
             self._wake()
 
     def on_status(self, payload: bytes, retain: bool) -> None:

@@ -69,7 +69,8 @@ class Bridge:
             settings, params.subscribed(), self.ledger, stats, factory=upstream_factory,
             wake=publisher.wake)
         self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded,
-                               rediscover=lambda: self.republisher.discovery_only())
+                               rediscover=lambda: self.republisher.discovery_only(),
+                               announce_owed=lambda: self.republisher.discovery_owed())
         self.ingest = Ingest(params, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one,

@@ -162,7 +162,7 @@ class Store:
 
     def apply_values(self, device_id: int, values: dict[str, Any], ts: float | None) -> bool:
         """Merge normalized attributes; True if the published state changes."""
-        dev = self.device(device_id)
+        dev = self.devices.get(device_id) or self.device(device_id)
         now = time.time()
         # A value stamped ahead of our clock (a device clock running fast) counts as arriving
         # now: at face value it would make every later value look older and lose, and
@@ -187,7 +187,8 @@ class Store:
             dev.last_seen = ts
             changed = True
         if changed:
-            self.mark(dev, flags)
+            dev.dirty |= flags  # `mark`, inlined: this runs once per upstream value
+            self._dirty[device_id] = None
             if dev.changed_at is None:
                 dev.changed_at = time.monotonic()
         return changed

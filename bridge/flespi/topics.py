@@ -34,6 +34,11 @@ class Topic(NamedTuple):
     # object and messages
 
 
+def _topic(fields: tuple[Kind, int, str]) -> Topic:
+    """`Topic(*fields)` without the generated `__new__`'s extra call (once per message)."""
+    return tuple.__new__(Topic, fields)
+
+
 def _device_id(text: str) -> int | None:
     if 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit():
         value = int(text)
@@ -49,10 +54,10 @@ def parse(topic: str) -> Topic | None:
         if device_id is None:
             return None
         n = len(parts)
+        if n == 3 and parts[1] == "telemetry" and parts[2]:  # the common case first
+            return _topic((Kind.TELEMETRY, device_id, parts[2]))
         if n == 1:
             return Topic(Kind.DEVICE, device_id, "")
-        if n == 3 and parts[1] == "telemetry" and parts[2]:
-            return Topic(Kind.TELEMETRY, device_id, parts[2])
         if n == 3 and parts[1] == "connections" and parts[2]:
             return Topic(Kind.CONNECTION, device_id, parts[2])
         if n == 3 and parts[1] == "settings" and parts[2]:
