@@ -132,4 +132,4 @@ def test_firmware_and_names_learnt_later_are_in_the_first_announcement() -> None
         assert {pub.topic: pub.payload} == full(renderer, dev)
     assert [shown[i]["sw_version"] for i in range(5)] == firmwares
     assert shown[3]["model"] == "flespi device type 1272"
-    assert shown[4]["model"] == "OMNI e-scooter" and shown[4]["manufacturer"] == "OMNI"
+    assert (shown[4]["model"], shown[4]["manufacturer"]) == ("OMNI e-scooter", "OMNI")
