@@ -16,20 +16,14 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
+from bridge.mqtt_wire import read_varint, varint
+
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, DISCONNECT = (
     0x10, 0x20, 0x30, 0x40, 0x80, 0x90, 0xC0, 0xE0,
 )
 PROP_RECEIVE_MAXIMUM = 0x21
 PROP_USER_PROPERTY = 0x26
 
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
 
 
 def utf8(text: str | bytes) -> bytes:
@@ -87,7 +81,7 @@ def connack_receive_maximum(body: bytes) -> int | None:
     """The Receive Maximum of an MQTT 5 CONNACK body (None: not sent, i.e. 65535)."""
     if len(body) < 3:
         return None
-    plen, pos = _read_varint(body, 2)
+    plen, pos = read_varint(body, 2)
     end = pos + plen
     while pos < end:
         prop = body[pos]
@@ -110,16 +104,6 @@ def connack_receive_maximum(body: bytes) -> int | None:
     return None
 
 
-def _read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
 
 class PacketReader:
     """Feed bytes, iterate complete packets as (first byte, body)."""
@@ -140,7 +124,7 @@ class PacketReader:
                 length, start = b1, pos + 2
             else:
                 try:
-                    length, start = _read_varint(buf, pos + 1)
+                    length, start = read_varint(buf, pos + 1)
                 except IndexError:
                     break  # the length itself is incomplete
             end = start + length
@@ -161,7 +145,7 @@ def parse_publish(first: int, body: bytes, *, v5: bool = False) -> tuple[str, by
         pid = (body[pos] << 8) | body[pos + 1]
         pos += 2
     if v5:
-        plen, pos = _read_varint(body, pos)
+        plen, pos = read_varint(body, pos)
         pos += plen
     return topic, body[pos:], pid
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
 from bridge.logs import RateLimitedLog
+from bridge.mqtt_wire import varint
 
 log = logging.getLogger("bridge.local.mqtt")
 
@@ -65,14 +66,6 @@ class _Single:
             self.future.set_result(None)
 
 
-def _length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
 
 def _string(data: bytes) -> bytes:
     return len(data).to_bytes(2, "big") + data
@@ -80,7 +73,7 @@ def _string(data: bytes) -> bytes:
 
 def publish_packet(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int) -> bytes:
     head = _string(topic) + (mid.to_bytes(2, "big") if qos else b"")
-    return (bytes((PUBLISH | qos << 1 | retain,)) + _length(len(head) + len(payload))
+    return (bytes((PUBLISH | qos << 1 | retain,)) + varint(len(head) + len(payload))
             + head + payload)
 
 
@@ -173,7 +166,7 @@ class MqttClient:
                 payload += _string(self.password.encode())
         body = _string(b"MQTT") + bytes((4, flags)) + self.keepalive.to_bytes(2, "big")
         body += payload
-        return bytes((CONNECT,)) + _length(len(body)) + body
+        return bytes((CONNECT,)) + varint(len(body)) + body
 
     async def _ping(self) -> None:
         """PINGREQ at half the keepalive; a broker silent for 1.5 keepalives is gone."""
@@ -289,7 +282,7 @@ class MqttClient:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = future
         body = mid.to_bytes(2, "big") + _string(topic.encode()) + bytes((qos,))
-        self._write(bytes((SUBSCRIBE,)) + _length(len(body)) + body)
+        self._write(bytes((SUBSCRIBE,)) + varint(len(body)) + body)
         codes = await self._until(future, self.timeout, f"no SUBACK for {topic}")
         if any(code >= 0x80 for code in codes):
             raise LocalUnavailableError(f"subscription to {topic} refused")

@@ -30,6 +30,18 @@ from bridge.overrides import problems as override_problems
 
 TopicLevel = Annotated[str, Field(min_length=1, pattern=r"^[^#+\x00]+$")]
 
+
+def key_checked(value: Path | None, info: ValidationInfo, active: str) -> Path | None:
+    """A private key file: readable; and, when the section's `active` flag is on, the key
+    of its cert_file (checked only once cert_file is valid: it is validated first, and a
+    bad one is reported there)."""
+    if value is not None:
+        refuse(file_problem(value))
+    cert = info.data.get("cert_file")
+    if value is not None and cert is not None and info.data.get(active):
+        refuse(key_problem(value, cert))
+    return value
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -186,13 +198,7 @@ class LocalSettings(Section):
     @field_validator("key_file")
     @classmethod
     def _key_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            refuse(file_problem(value))
-        # only once cert_file is valid (it is validated first): a bad one is reported there
-        cert = info.data.get("cert_file")
-        if value is not None and cert is not None and info.data.get("tls"):
-            refuse(key_problem(value, cert))
-        return value
+        return key_checked(value, info, "tls")
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> LocalSettings:
@@ -401,12 +407,7 @@ class StreamSettings(Section):
     @field_validator("key_file")
     @classmethod
     def _key_file_usable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            refuse(file_problem(value))
-        cert = info.data.get("cert_file")
-        if value is not None and cert is not None and info.data.get("enabled"):
-            refuse(key_problem(value, cert))
-        return value
+        return key_checked(value, info, "enabled")
 
     @model_validator(mode="after")
     def _complete(self) -> StreamSettings:

@@ -12,6 +12,7 @@ from helpers import BridgeFactory, BridgeProcess, Brokers, Procs
 from bridge import config, mosquitto
 from bridge.service import Bridge
 from bridge.sim import Simulator
+from bridge.sim.responder import Responder
 
 
 @pytest.fixture
@@ -46,6 +47,15 @@ async def sim(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.stop()
+
+
+@pytest.fixture
+async def responder(sim: Simulator) -> AsyncIterator[Responder]:
+    """The simulator's REST-over-MQTT responder (commands, device type look-ups)."""
+    r = Responder(sim)
+    await r.attach()
+    yield r
+    await r.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ reports, and a link to the device in the flespi panel."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -105,14 +104,6 @@ async def test_a_failed_lookup_is_counted_and_retried_never_blocking() -> None:
 
 
 # -- end to end: the bridge between real brokers, the simulator's REST API ---------------
-
-@pytest.fixture
-async def responder(sim: Simulator) -> AsyncIterator[Responder]:
-    r = Responder(sim)
-    await r.attach()
-    yield r
-    await r.close()
-
 
 def config_of(rec: Recorder, device_id: int) -> dict[str, Any] | None:
     item = rec.latest.get(f"homeassistant/device/flespi/flespi_{device_id}/config")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import pytest
 from helpers import Recorder, make_settings, retained, wait_until
 
 from bridge import config, mosquitto
@@ -22,14 +21,6 @@ from bridge.transport import Publication
 
 BridgeFactory = Callable[[config.Settings], Awaitable[Bridge]]
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
-
-
-@pytest.fixture
-async def responder(sim: Simulator) -> AsyncIterator[Responder]:
-    r = Responder(sim)
-    await r.attach()
-    yield r
-    await r.close()
 
 
 async def arrival(rec: Recorder, topic: str, sim: Simulator, device: int, level: int) -> float:

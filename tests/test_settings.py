@@ -22,14 +22,6 @@ INITIAL = SETTINGS[DEVICE_TYPE_ID]["upload_interval"].initial
 
 
 @pytest.fixture
-async def responder(sim: Simulator) -> AsyncIterator[Responder]:
-    r = Responder(sim)
-    await r.attach()
-    yield r
-    await r.close()
-
-
-@pytest.fixture
 async def bridged(upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
                   responder: Responder, bridge_factory: BridgeFactory
                   ) -> AsyncIterator[tuple[Bridge, Recorder]]:

@@ -6,23 +6,11 @@ import random
 
 import pytest
 
+from bench.mqtt import utf8
 from bridge.flespi.upstream import parse_publish
+from bridge.mqtt_wire import varint
 
 TOPIC = "flespi/state/gw/devices/5537057/telemetry/battery.level"
-
-
-def utf8(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
 
 
 def packet(topic: bytes, payload: bytes, props: bytes, mid: int | None = 7) -> bytes:

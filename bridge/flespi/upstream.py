@@ -48,6 +48,7 @@ from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
 from bridge.exceptions import UpstreamError
+from bridge.mqtt_wire import read_varint
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,6 @@ UNACKED_GUARD = 60_000
 _SKIPPED_PROPERTIES = {0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -2}
 _USER_PROPERTY = 0x26
 
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    """(value, position after it); IndexError or ValueError when malformed."""
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise ValueError("variable byte integer too long")
 
 
 def parse_publish(raw: bytes, qos: int
@@ -101,7 +89,7 @@ def parse_publish(raw: bytes, qos: int
         if length < 0x80:
             pos += 1
         else:
-            length, pos = _varint(raw, pos)
+            length, pos = read_varint(raw, pos)
         end = pos + length
         if end > len(raw):
             return None
@@ -123,7 +111,7 @@ def parse_publish(raw: bytes, qos: int
             if size == -1:
                 size = 2 + (raw[pos] << 8 | raw[pos + 1])
             elif size == -2:
-                size = _varint(raw, pos)[1] - pos
+                size = read_varint(raw, pos)[1] - pos
             pos += size
         if pos != end:
             return None
