@@ -197,14 +197,18 @@ def _timestamp(value: Any) -> float | None:
 
 
 def _identity(message: Mapping[str, Any], problems: list[str]) -> Mapped:
-    ident = message.get(IDENT)
-    name = message.get(DEVICE_NAME)
-    out = Mapped(_device_id(message.get(DEVICE_ID)), ident if isinstance(ident, str) else None,
-                 _timestamp(message.get(TIMESTAMP)), name if isinstance(name, str) else None,
-                 {}, problems)
-    if out.timestamp is None and TIMESTAMP in message:
-        problems.append(f"timestamp: {message[TIMESTAMP]!r:.40} is not a time")
-    return out
+    get = message.get
+    device_id, ts = get(DEVICE_ID), get(TIMESTAMP)
+    ident, name = get(IDENT), get(DEVICE_NAME)
+    # the usual types checked inline, the helpers decide the rest
+    if not (type(device_id) is int and 0 < device_id <= MAX_DEVICE_ID):
+        device_id = _device_id(device_id)
+    if not (type(ts) is float and 0.0 < ts < math.inf):
+        ts = _timestamp(ts)
+        if ts is None and TIMESTAMP in message:
+            problems.append(f"timestamp: {message[TIMESTAMP]!r:.40} is not a time")
+    return Mapped(device_id, ident if isinstance(ident, str) else None,
+                  ts, name if isinstance(name, str) else None, {}, problems)
 
 
 def map_message(keys: FlatKeys, message: Mapping[str, Any]) -> Mapped:

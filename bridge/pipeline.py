@@ -81,12 +81,19 @@ class Publisher:
         # window counts from there, so a flush that outlasted the window (a start-up's
         # replay, while flespi waits for acknowledgements) is followed by the next at once
         self._since: float | None = None
+        self._hurry = False  # `hurry` since the last flush began
 
     def wake(self) -> None:
         """New work (called once per upstream message)."""
         if self._since is None:
             self._since = time.monotonic()
         self._wake.set()
+
+    def hurry(self) -> None:
+        """New work someone waits for (a stream batch being applied): published at once,
+        without the coalescing window."""
+        self._hurry = True
+        self.wake()
 
     @property
     def in_flight(self) -> int:
@@ -106,7 +113,8 @@ class Publisher:
             self._wake.clear()
             # let the rest of the burst arrive; a stream batch waiting to be answered is a
             # whole burst already, and flespi sends no more until it is answered
-            if self.window > 0 and self.store.has_dirty and not self.ledger.waiting:
+            if self.window > 0 and self.store.has_dirty and not self._hurry \
+                    and not self.ledger.waiting:
                 since = self._since if self._since is not None else time.monotonic()
                 delay = self.window - (time.monotonic() - since)
                 if delay > 0:
@@ -128,6 +136,7 @@ class Publisher:
         owed = len(self.outbox)  # what arrives meanwhile waits for the next flush
         devices = self.store.take_dirty()
         self._since = None
+        self._hurry = False
         if not (owed or devices) and mark == self._claimed:
             return
         start = 0
