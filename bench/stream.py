@@ -3,6 +3,12 @@
 a minimal receiver on the same server library (aiohttp) that only parses the batch and
 answers 200, in the same run. The sender plays flespi: one batch in flight at a time.
 
+A third row is the ceiling the local broker sets: the states the bridge publishes for each
+batch (one per device the batch names), published by the bridge's own MQTT client straight
+to a fresh local broker configured like the bridge's, QoS 1 and retained, one batch at a
+time, each complete once the broker has acknowledged all of them. No HTTP, no mapping: what
+a 200 costs at least, whatever the bridge does.
+
 `python -m bench.stream receiver PORT` is the minimal receiver (a process, like the bridge).
 """
 
@@ -20,8 +26,13 @@ from aiohttp import web
 
 from bench.procs import PYTHON, Lab
 from bench.scenarios import Measurement, Settings, bridge_config
-from bridge import mosquitto
+from bridge import messages, mosquitto
+from bridge.exceptions import LocalUnavailableError
+from bridge.mqtt_client import MqttClient
+from bridge.parameters import Parameters
 from bridge.sim.fleet import Fleet
+from bridge.state import iso
+from bridge.transport import Publication
 
 PATH = "/flespi/stream"
 AUTH = "Bearer bench-stream-authorization"
@@ -77,12 +88,83 @@ async def _ready(url: str, timeout: float) -> None:
             await asyncio.sleep(0.1)
 
 
+def states(bodies: list[bytes]) -> list[list[Publication]]:
+    """Per batch, the state publications the bridge makes of it: one per device, its latest
+    values (mapped by the bridge's catalogue) with `last_seen`."""
+    keys = messages.flat_keys(Parameters())
+    out = []
+    for body in bodies:
+        latest: dict[int, dict[str, Any]] = {}
+        for raw in orjson.loads(body):
+            mapped = messages.map_message(keys, raw)
+            if mapped.device_id is not None:
+                doc = latest.setdefault(mapped.device_id, {})
+                doc.update(mapped.values)
+                doc["last_seen"] = iso(mapped.timestamp or time.time())
+        out.append([Publication(f"flespi/{device}/state", orjson.dumps(doc))
+                    for device, doc in latest.items()])
+    return out
+
+
+class _Acks:
+    """Counts a batch's PUBACKs (the `Waiter` of `MqttClient.publish_many`)."""
+
+    def __init__(self, expected: int) -> None:
+        self.left = expected
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set_result(None)
+
+
+async def broker_alone(host: str, port: int, pubs: list[list[Publication]],
+                       timeout: float) -> float:
+    """Seconds to publish every batch's states, one batch at a time, each until all are
+    acknowledged (QoS 1, retained), with the bridge's own client."""
+    client = MqttClient(host, port, client_id="bench-stream-broker-alone")
+    await client.connect()
+    try:
+        async with asyncio.timeout(timeout):
+            start = time.perf_counter()
+            for batch in pubs:
+                acks = _Acks(len(batch))
+                if client.publish_many(batch, 1, acks):
+                    await acks.done
+            return time.perf_counter() - start
+    finally:
+        await client.disconnect()
+
+
+LOCAL_ALONE = "local broker alone (the batches' states, QoS 1, no HTTP)"
+
+
 async def stream(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
     n, devices = settings.ingest_messages, settings.ingest_devices
     out: list[Measurement] = []
     for size in BATCH_SIZES:
         bodies = batches(max(n, 2 * size), devices, size)
         count = max(n, 2 * size)
+        async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
+            local = lab.local()
+            pubs = states(bodies)
+            try:
+                seconds = await broker_alone(local.host, local.port, pubs,
+                                             settings.contestant_timeout)
+            except (TimeoutError, LocalUnavailableError) as exc:
+                out.append(Measurement("stream", f"{LOCAL_ALONE}, batches of {size:,}", None,
+                                       "msg/s", f"failed: {exc}",
+                                       brokers=lab.nodelay_brokers()))
+            else:
+                published = sum(map(len, pubs))
+                log(f"stream, batches of {size}: local broker alone {count / seconds:,.0f} "
+                    "msg/s")
+                out.append(Measurement(
+                    "stream", f"{LOCAL_ALONE}, batches of {size:,}", count / seconds, "msg/s",
+                    extra={"messages": count, "batch": size, "seconds": round(seconds, 3),
+                           "retries": 0, "publications": published},
+                    brokers=lab.nodelay_brokers()))
         for contestant in ("minimal aiohttp receiver", "flespi-bridge"):
             async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
                 port = mosquitto.free_port()

@@ -44,10 +44,11 @@ SOURCE = "stream"
 # a time, so only several streams, or retries of abandoned requests, get here).
 MAX_WAITING = 64
 ANSWERS = ("200", "400", "401", "405", "413", "503")
-# Messages applied before the publisher gets a turn: the local broker acknowledges the
-# states of one chunk while the next is applied (on another core), instead of all of them
-# after the whole batch.
+# A batch is applied in CHUNKS chunks of at least CHUNK messages, the publisher getting a
+# turn after each: the local broker acknowledges the states of one chunk while the next is
+# applied (on another core), instead of all of them after the whole batch.
 CHUNK = 25
+CHUNKS = 8
 
 
 class BadBatch(ValueError):
@@ -144,11 +145,12 @@ class StreamEndpoint:
             busy = "too many batches waiting"
         if busy is not None:
             return self._answer(503, f"{busy}; retry later", {"Retry-After": "1"})
-        for start in range(0, len(batch), CHUNK):
+        chunk = max(CHUNK, len(batch) // CHUNKS)
+        for start in range(0, len(batch), chunk):
             if start:  # the publisher's turn: the broker takes these while we go on
                 self._wake()
                 await asyncio.sleep(0)
-            self._apply(batch, start)
+            self._apply(batch[start:start + chunk], start)
         settled = self.ledger.waiter()
         self._wake()
         try:
@@ -166,15 +168,14 @@ class StreamEndpoint:
             return None
         return self._idents.get(msg.ident) or self.store.by_ident(msg.ident)
 
-    def _apply(self, batch: list[dict[str, Any]], start: int) -> None:
-        """Messages `start` to `start + CHUNK` of the batch become state."""
+    def _apply(self, chunk: list[dict[str, Any]], start: int) -> None:
+        """A chunk of the batch, from its message `start` on, becomes state."""
         keys = self.ingest.keys
         apply = self.ingest.apply_message
         selected = self._selected
         applied = ignored = 0
         try:
-            for i in range(start, min(start + CHUNK, len(batch))):
-                raw = batch[i]
+            for i, raw in enumerate(chunk, start):
                 msg = messages.map_message(keys, raw)
                 device_id = msg.device_id
                 if device_id is None:
