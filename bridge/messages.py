@@ -36,6 +36,7 @@ IDENT = "ident"
 TIMESTAMP = "timestamp"
 DEVICE_NAME = "device.name"
 MAX_DEVICE_ID = 10**MAX_ID_DIGITS - 1
+WHO = (DEVICE_ID, TIMESTAMP, IDENT, DEVICE_NAME)
 # Shapes with a plan at most: hostile input with ever new keys only makes them start over.
 MAX_SHAPES = 256
 
@@ -53,6 +54,9 @@ class _Plan:
     numbers: Getter  # message -> the numeric values among them
     low: tuple[float, ...]
     high: tuple[float, ...]
+    # message -> (device.id, timestamp, ident, device.name) when the shape has all four
+    # with the usual types (int, float, str, str), else None: `_identity` reads them
+    who: Getter | None
 
 
 # Value types the fast path takes as they are, per attribute type (anything else, e.g. a
@@ -157,8 +161,12 @@ class FlatKeys:
                 numbers.append(key)
                 low.append(lo)
                 high.append(hi)
+        usual = (int, float, str, str)
+        who = _getter(WHO) if all(type(message.get(k)) is t for k, t in zip(WHO, usual,
+                                                                             strict=True)) \
+            else None
         return True, _Plan(tuple(attr.name for _, attr in plain), _getter([k for k, _ in plain]),
-                           _getter(numbers), tuple(low), tuple(high))
+                           _getter(numbers), tuple(low), tuple(high), who)
 
 
 def flat_keys(params: Parameters) -> FlatKeys:
@@ -219,9 +227,14 @@ def map_message(keys: FlatKeys, message: Mapping[str, Any]) -> Mapped:
     if plan is not None:
         numbers = plan.numbers(message)
         if all(map(le, plan.low, numbers)) and all(map(le, numbers, plan.high)):
+            values = dict(zip(plan.names, plan.values(message), strict=True))
+            if plan.who is not None:
+                device_id, ts, ident, name = plan.who(message)
+                if 0 < device_id <= MAX_DEVICE_ID and 0.0 < ts < math.inf:
+                    return Mapped(device_id, ident, ts, name, values)
             problems: list[str] = []
             out = _identity(message, problems)
-            out.values = dict(zip(plan.names, plan.values(message), strict=True))
+            out.values = values
             if not problems:
                 out.problems = ()
             return out

@@ -380,6 +380,12 @@ class MqttClient:
         acks = self._acks
         while end - pos >= 2:
             first = buf[pos]
+            if first == PUBACK and buf[pos + 1] == 2 and end - pos >= 4:  # most of what comes
+                waiter = acks.pop(buf[pos + 2] << 8 | buf[pos + 3], None)
+                if waiter is not None:
+                    waiter.set()
+                pos += 4
+                continue
             # remaining length: 1 to 4 bytes
             length, multiplier, i, complete = 0, 1, pos + 1, False
             while i < end:

@@ -10,6 +10,7 @@ each device's `sent` attributes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -44,6 +45,9 @@ from bridge.topics import LocalTopics
 from bridge.transport import Publication
 
 _UNSENT = object()
+# Publication(topic, payload, retain) without the NamedTuple's Python-level __new__: once
+# per device state, on the hot path.
+_publication = partial(tuple.__new__, Publication)
 
 
 class Renderer:
@@ -124,7 +128,8 @@ class Renderer:
         if dev.values or dev.last_seen is not None:
             output = self._output
             if output != "attribute":
-                pubs.append(Publication(self.topics.state(dev.id), orjson.dumps(dev.state())))
+                pubs.append(_publication((self.topics.state(dev.id),
+                                          orjson.dumps(dev.state()), True)))
             if output != "json":
                 pubs.extend(self._attributes(dev))
         locks = self._lock_specs.get(dev.info.device_type_id)
