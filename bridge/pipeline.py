@@ -39,6 +39,8 @@ MAX_BATCH = 1_000
 PIPELINE = 5_000
 # Seconds to wait before retrying after an unexpected error (a bug must not spin).
 ERROR_PAUSE = 1.0
+# Seconds to wait after the broker refused a batch (connection lost) before trying again.
+DEFER_PAUSE = 0.02
 
 Render = Callable[[Device, int], list[Publication]]
 
@@ -60,7 +62,8 @@ class Publisher:
     def __init__(self, store: Store, ledger: AckLedger, transport: LocalTransport,
                  render: Render, stats: Stats, latency: LatencyHistogram, *,
                  coalesce_window: float, max_batch: int = MAX_BATCH,
-                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE) -> None:
+                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE,
+                 defer_pause: float = DEFER_PAUSE) -> None:
         self.store = store
         self.ledger = ledger
         self.transport = transport
@@ -71,6 +74,7 @@ class Publisher:
         self.max_batch = max_batch
         self.pipeline = pipeline
         self.error_pause = error_pause
+        self.defer_pause = defer_pause
         self._wake = asyncio.Event()
         self.outbox = Outbox(self._wake.set, self._drop)
         self._inflight: deque[_Batch] = deque()
@@ -121,16 +125,20 @@ class Publisher:
                     await asyncio.sleep(delay)
             await self.transport.connected.wait()
             try:
-                await self._flush()
+                if not await self._flush() and self.transport.connected.is_set():
+                    # the connection is lost and the local side has not said so yet: let it
+                    # (retrying at once would never yield to it, and nothing else would run)
+                    await asyncio.sleep(self.defer_pause)
             except Exception:
                 log.exception("publishing failed; retrying in %ss", self.error_pause)
                 self._drop("internal_error")
                 await asyncio.sleep(self.error_pause)
                 self._wake.set()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Hand everything pending to the broker in batches; the last one carries the
-        watermark of every flespi message this flush covers."""
+        watermark of every flespi message this flush covers. False when the broker could
+        not take them (they wait for the next flush)."""
         self._reap()
         mark = self.ledger.watermark()
         owed = len(self.outbox)  # what arrives meanwhile waits for the next flush
@@ -138,7 +146,7 @@ class Publisher:
         self._since = None
         self._hurry = False
         if not (owed or devices) and mark == self._claimed:
-            return
+            return True
         start = 0
         try:
             while True:
@@ -153,11 +161,11 @@ class Publisher:
                     if not isinstance(exc, LocalUnavailableError):
                         raise
                     log.debug("publish deferred: %s", exc)
-                    return
+                    return False
                 self._handed(batch)
                 if last:
                     self._claimed = mark
-                    return
+                    return True
         finally:
             # devices not rendered (deferred, cancelled, or a bug) wait for the next flush;
             # their messages stay unacknowledged until a later claim covers them
