@@ -275,6 +275,10 @@ def notes_text(m: Measurement) -> str:
         else:
             parts.append(f"{e['messages']:,} messages in {e['seconds']:.2f} s, "
                          f"{e['retries']} batches resent")
+            if e.get("passes", 1) > 1:
+                parts.append(f"fastest of {e['passes']} passes")
+            if e.get("warm_rate"):
+                parts.append(f"warm (devices known) {e['warm_rate']:,} msg/s")
     if m.note:
         parts.append(m.note)
     return "; ".join(parts)

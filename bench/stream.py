@@ -3,11 +3,14 @@
 a minimal receiver on the same server library (aiohttp) that only parses the batch and
 answers 200, in the same run. The sender plays flespi: one batch in flight at a time.
 
-A third row is the ceiling the local broker sets: the states the bridge publishes for each
-batch (one per device the batch names), published by the bridge's own MQTT client straight
-to a fresh local broker configured like the bridge's, QoS 1 and retained, one batch at a
-time, each complete once the broker has acknowledged all of them. No HTTP, no mapping: what
-a 200 costs at least, whatever the bridge does.
+The baselines count their fastest of three passes; the bridge is timed once, fresh, so its
+figure includes announcing every device (the first message of each), then once more with as
+many later messages of the same devices (its warm rate, in the notes). A third row is the
+ceiling the local broker sets: the states the bridge publishes for each batch (one per
+device the batch names), published by the bridge's own MQTT client straight to a fresh
+local broker configured like the bridge's, QoS 1 and retained, one batch at a time, each
+complete once the broker has acknowledged all of them. No HTTP, no mapping: what a 200
+costs at least, whatever the bridge does.
 
 `python -m bench.stream receiver PORT` is the minimal receiver (a process, like the bridge).
 """
@@ -37,6 +40,9 @@ from bridge.transport import Publication
 PATH = "/flespi/stream"
 AUTH = "Bearer bench-stream-authorization"
 BATCH_SIZES = (100, 1_000)
+# The baselines (minimal receiver, local broker alone) are timed this many times over the
+# same batches and their fastest pass counts: the strictest comparison for the bridge.
+BASELINE_PASSES = 3
 
 
 def batches(messages: int, devices: int, size: int) -> list[bytes]:
@@ -144,14 +150,17 @@ async def stream(settings: Settings, log: Callable[[str], None]) -> list[Measure
     n, devices = settings.ingest_messages, settings.ingest_devices
     out: list[Measurement] = []
     for size in BATCH_SIZES:
-        bodies = batches(max(n, 2 * size), devices, size)
         count = max(n, 2 * size)
+        # the timed batches, then as many later ones for the bridge's warm pass
+        both = batches(2 * count, devices, size)
+        bodies, later = both[:len(both) // 2], both[len(both) // 2:]
         async with Lab(settings.logs, nodelay=settings.nodelay) as lab:
             local = lab.local()
             pubs = states(bodies)
             try:
-                seconds = await broker_alone(local.host, local.port, pubs,
-                                             settings.contestant_timeout)
+                seconds = min([await broker_alone(local.host, local.port, pubs,
+                                                  settings.contestant_timeout)
+                               for _ in range(BASELINE_PASSES)])
             except (TimeoutError, LocalUnavailableError) as exc:
                 out.append(Measurement("stream", f"{LOCAL_ALONE}, batches of {size:,}", None,
                                        "msg/s", f"failed: {exc}",
@@ -183,18 +192,30 @@ async def stream(settings: Settings, log: Callable[[str], None]) -> list[Measure
                                            str(port)], pipe=False)
                 try:
                     await _ready(url, 60)
-                    seconds, retries = await push(url, bodies, settings.contestant_timeout)
+                    # the bridge once, fresh (first messages announce their devices too);
+                    # the receiver's best of BASELINE_PASSES (a pass is some 50 ms: noisy)
+                    passes = 1 if contestant == "flespi-bridge" else BASELINE_PASSES
+                    seconds, retries = min([await push(url, bodies,
+                                                       settings.contestant_timeout)
+                                            for _ in range(passes)])
+                    warm = None
+                    if contestant == "flespi-bridge":  # devices known: the sustained rate
+                        warm = count / (await push(url, later,
+                                                   settings.contestant_timeout))[0]
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     out.append(Measurement("stream", f"{contestant}, batches of {size:,}",
                                            None, "msg/s", f"failed: {exc}",
                                            brokers=lab.nodelay_brokers()))
                     continue
                 rate = count / seconds
-                log(f"stream, batches of {size}: {contestant} {rate:,.0f} msg/s")
+                log(f"stream, batches of {size}: {contestant} {rate:,.0f} msg/s"
+                    + (f" (warm {warm:,.0f} msg/s)" if warm else ""))
                 out.append(Measurement(
                     "stream", f"{contestant}, batches of {size:,}", rate, "msg/s",
                     extra={"messages": count, "batch": size, "seconds": round(seconds, 3),
-                           "retries": retries}, brokers=lab.nodelay_brokers()))
+                           "retries": retries, "passes": passes,
+                           **({"warm_rate": round(warm)} if warm else {})},
+                    brokers=lab.nodelay_brokers()))
     return out
 
 
