@@ -196,7 +196,7 @@ class StreamEndpoint:
                 except Exception:  # a bug must not turn the rest of the batch away
                     log.exception("cannot apply stream message %d of device %s", i, device_id)
                     self.stats.dropped["internal_error"] += 1
-        finally:  # counted per batch: one message is a few microseconds
+        finally:  # counted per chunk: one message is a few microseconds
             counts = self.stats.stream_messages
             if applied:
                 counts["applied"] += applied
