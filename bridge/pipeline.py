@@ -21,6 +21,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from bridge.acks import AckLedger, Claim
 from bridge.exceptions import LocalUnavailableError
@@ -43,6 +44,7 @@ ERROR_PAUSE = 1.0
 DEFER_PAUSE = 0.02
 
 Render = Callable[[Device, int], list[Publication]]
+_topic = itemgetter(0)  # Publication.topic
 
 
 @dataclass(slots=True)
@@ -198,9 +200,8 @@ class Publisher:
         return batch, start, owed - len(work) - len(results)
 
     def _handed(self, batch: _Batch) -> None:
-        publications = self.stats.publications
-        for pub in batch.publications:
-            publications[publication_kind(pub.topic)] += 1
+        # counted in C: once per publication
+        self.stats.publications.update(map(publication_kind, map(_topic, batch.publications)))
         self._inflight.append(batch)
         self._inflight_size += len(batch.publications)
         batch.future.add_done_callback(self._reap)
