@@ -189,9 +189,10 @@ class Ingest:
             self.invalid("bad_value", where, "; ".join(mapped.problems), source)
         if not mapped.values:
             return  # nothing the catalogue knows: like telemetry outside it, no news
-        self.store.apply_values(device_id, mapped.values, mapped.timestamp)
-        if mapped.name is not None and self.store.device(device_id).info.name is None:
-            self.store.apply_name(device_id, mapped.name)  # until flespi's device object says
+        store = self.store
+        store.apply_values(device_id, mapped.values, mapped.timestamp)
+        if mapped.name is not None and store.devices[device_id].info.name is None:
+            store.apply_name(device_id, mapped.name)  # until flespi's device object says
 
     def invalid(self, reason: str, topic: str, detail: str, source: str = "upstream") -> None:
         self.stats.invalid[source, reason] += 1

@@ -21,6 +21,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from bridge.acks import AckLedger, Claim
 from bridge.exceptions import LocalUnavailableError
@@ -39,8 +40,11 @@ MAX_BATCH = 1_000
 PIPELINE = 5_000
 # Seconds to wait before retrying after an unexpected error (a bug must not spin).
 ERROR_PAUSE = 1.0
+# Seconds to wait after the broker refused a batch (connection lost) before trying again.
+DEFER_PAUSE = 0.02
 
 Render = Callable[[Device, int], list[Publication]]
+_topic = itemgetter(0)  # Publication.topic
 
 
 @dataclass(slots=True)
@@ -60,7 +64,8 @@ class Publisher:
     def __init__(self, store: Store, ledger: AckLedger, transport: LocalTransport,
                  render: Render, stats: Stats, latency: LatencyHistogram, *,
                  coalesce_window: float, max_batch: int = MAX_BATCH,
-                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE) -> None:
+                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE,
+                 defer_pause: float = DEFER_PAUSE) -> None:
         self.store = store
         self.ledger = ledger
         self.transport = transport
@@ -71,6 +76,7 @@ class Publisher:
         self.max_batch = max_batch
         self.pipeline = pipeline
         self.error_pause = error_pause
+        self.defer_pause = defer_pause
         self._wake = asyncio.Event()
         self.outbox = Outbox(self._wake.set, self._drop)
         self._inflight: deque[_Batch] = deque()
@@ -81,12 +87,19 @@ class Publisher:
         # window counts from there, so a flush that outlasted the window (a start-up's
         # replay, while flespi waits for acknowledgements) is followed by the next at once
         self._since: float | None = None
+        self._hurry = False  # `hurry` since the last flush began
 
     def wake(self) -> None:
         """New work (called once per upstream message)."""
         if self._since is None:
             self._since = time.monotonic()
         self._wake.set()
+
+    def hurry(self) -> None:
+        """New work someone waits for (a stream batch being applied): published at once,
+        without the coalescing window."""
+        self._hurry = True
+        self.wake()
 
     @property
     def in_flight(self) -> int:
@@ -106,30 +119,36 @@ class Publisher:
             self._wake.clear()
             # let the rest of the burst arrive; a stream batch waiting to be answered is a
             # whole burst already, and flespi sends no more until it is answered
-            if self.window > 0 and self.store.has_dirty and not self.ledger.waiting:
+            if self.window > 0 and self.store.has_dirty and not self._hurry \
+                    and not self.ledger.waiting:
                 since = self._since if self._since is not None else time.monotonic()
                 delay = self.window - (time.monotonic() - since)
                 if delay > 0:
                     await asyncio.sleep(delay)
             await self.transport.connected.wait()
             try:
-                await self._flush()
+                if not await self._flush() and self.transport.connected.is_set():
+                    # the connection is lost and the local side has not said so yet: let it
+                    # (retrying at once would never yield to it, and nothing else would run)
+                    await asyncio.sleep(self.defer_pause)
             except Exception:
                 log.exception("publishing failed; retrying in %ss", self.error_pause)
                 self._drop("internal_error")
                 await asyncio.sleep(self.error_pause)
                 self._wake.set()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
         """Hand everything pending to the broker in batches; the last one carries the
-        watermark of every flespi message this flush covers."""
+        watermark of every flespi message this flush covers. False when the broker could
+        not take them (they wait for the next flush)."""
         self._reap()
         mark = self.ledger.watermark()
         owed = len(self.outbox)  # what arrives meanwhile waits for the next flush
         devices = self.store.take_dirty()
         self._since = None
+        self._hurry = False
         if not (owed or devices) and mark == self._claimed:
-            return
+            return True
         start = 0
         try:
             while True:
@@ -144,11 +163,11 @@ class Publisher:
                     if not isinstance(exc, LocalUnavailableError):
                         raise
                     log.debug("publish deferred: %s", exc)
-                    return
+                    return False
                 self._handed(batch)
                 if last:
                     self._claimed = mark
-                    return
+                    return True
         finally:
             # devices not rendered (deferred, cancelled, or a bug) wait for the next flush;
             # their messages stay unacknowledged until a later claim covers them
@@ -181,9 +200,8 @@ class Publisher:
         return batch, start, owed - len(work) - len(results)
 
     def _handed(self, batch: _Batch) -> None:
-        publications = self.stats.publications
-        for pub in batch.publications:
-            publications[publication_kind(pub.topic)] += 1
+        # counted in C: once per publication
+        self.stats.publications.update(map(publication_kind, map(_topic, batch.publications)))
         self._inflight.append(batch)
         self._inflight_size += len(batch.publications)
         batch.future.add_done_callback(self._reap)

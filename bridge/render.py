@@ -10,6 +10,7 @@ each device's `sent` attributes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from bridge.homeassistant import (
     setting_state,
     tracker_position,
 )
+from bridge.sections import CommandSpec
 from bridge.state import (
     AVAILABILITY,
     CONNECTIONS,
@@ -43,6 +45,9 @@ from bridge.topics import LocalTopics
 from bridge.transport import Publication
 
 _UNSENT = object()
+# Publication(topic, payload, retain) without the NamedTuple's Python-level __new__: once
+# per device state, on the hot path.
+_publication = partial(tuple.__new__, Publication)
 
 
 class Renderer:
@@ -54,6 +59,9 @@ class Renderer:
         self.names = names
         loc = settings.local
         self.topics = LocalTopics(loc.base_topic)
+        self._output = loc.output
+        # device type -> its profile's locks shown from telemetry (profiles never change)
+        self._lock_specs: dict[int | None, list[tuple[str, CommandSpec]]] = {}
         ha = settings.homeassistant
         self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
                           ha.discovery_mode)
@@ -93,6 +101,8 @@ class Renderer:
             bool(dev.values) or (dev.online is not None and self.complete))
 
     def render(self, dev: Device, flags: int) -> list[Publication]:
+        if flags == STATE:
+            return self._state(dev, [])
         pubs: list[Publication] = []
         t = self.topics
         # while discovery is held its flag is dropped: the release marks every device again
@@ -106,16 +116,30 @@ class Renderer:
         if flags & CONNECTIONS and dev.connections is not None:
             pubs.append(Publication(t.connections(dev.id),
                                     orjson.dumps(connections_document(dev))))
-        if flags & STATE and (dev.values or dev.last_seen is not None):
-            output = self.settings.local.output
-            if output != "attribute":
-                pubs.append(Publication(t.state(dev.id), orjson.dumps(dev.state())))
-            if output != "json":
-                pubs.extend(self._attributes(dev))
         if flags & STATE:
-            pubs.extend(self._locks(dev))
+            self._state(dev, pubs)
         if flags & SETTINGS:
             pubs.extend(self._settings(dev))
+        return pubs
+
+    def _state(self, dev: Device, pubs: list[Publication]) -> list[Publication]:
+        """The state, per-attribute topics and locks: what new values change (the hot path:
+        once per device and flush)."""
+        if dev.values or dev.last_seen is not None:
+            output = self._output
+            if output != "attribute":
+                pubs.append(_publication((self.topics.state(dev.id),
+                                          orjson.dumps(dev.state()), True)))
+            if output != "json":
+                pubs.extend(self._attributes(dev))
+        locks = self._lock_specs.get(dev.info.device_type_id)
+        if locks is None:
+            locks = self._lock_specs[dev.info.device_type_id] = [
+                (key, spec) for key, spec
+                in self.settings.commands.profile(dev.info.device_type_id).items()
+                if spec.component == "lock" and spec.state_attribute is not None]
+        if locks:
+            pubs.extend(self._locks(dev, locks))
         return pubs
 
     def _settings(self, dev: Device) -> list[Publication]:
@@ -144,13 +168,11 @@ class Renderer:
         configs, serialized = self.templates.render(dev)  # a first announcement: fast
         return self.discovery.update(owner, configs, serialized=serialized)
 
-    def _locks(self, dev: Device) -> list[Publication]:
+    def _locks(self, dev: Device, locks: list[tuple[str, CommandSpec]]) -> list[Publication]:
         """Each lock's `<base>/<id>/<key>/state` (telemetry, or a command in flight), when
         it changed since last published."""
         pubs = []
-        for key, spec in self.settings.commands.profile(dev.info.device_type_id).items():
-            if spec.component != "lock" or spec.state_attribute is None:
-                continue
+        for key, spec in locks:
             shown = lock_state(dev, key, spec)
             leaf = f"{key}/state"
             if shown is not None and dev.sent.get(leaf) != shown:

@@ -94,7 +94,7 @@ class Bridge:
         self.stream: StreamEndpoint | None = None
         if settings.stream.enabled:
             self.stream = StreamEndpoint(settings.stream, settings.flespi.devices, self.ingest,
-                                         store, self.ledger, stats, wake=publisher.wake,
+                                         store, self.ledger, stats, wake=publisher.hurry,
                                          accepting=self._accepting)
             stats.queues["stream_batches"] = lambda: self.ledger.waiting
         stats.queues.update({

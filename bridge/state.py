@@ -101,7 +101,27 @@ def connections_document(dev: Device) -> dict[str, Any]:
 
 
 def iso(ts: float) -> str:
+    """`ts` as ISO 8601 UTC to the second. Every state carries one and strftime is slow
+    (a few microseconds), so the text of recent seconds is kept."""
+    second = int(ts)
+    if 0 <= ts - second < _LAST_MICROSECOND:  # never rounded up into the next second
+        text = _ISO.get(second)
+        if text is None:
+            if len(_ISO) >= _ISO_KEPT:
+                _ISO.clear()
+            text = _ISO[second] = _iso(second)
+        return text
+    return _iso(ts)
+
+
+def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# datetime rounds to the microsecond: from here on a time may round into the next second.
+_LAST_MICROSECOND = 0.9999995
+_ISO_KEPT = 4096  # seconds whose text is kept (over an hour of a live fleet)
+_ISO: dict[int, str] = {}
 
 
 def _info_from_object(obj: dict[str, Any]) -> Info:
@@ -169,6 +189,28 @@ class Store:
         # `last_seen` would lie in the future.
         if ts is None or ts > now:
             ts = now
+        last = dev.last_seen
+        if last is None or ts > last:
+            # newer than anything the device said (the usual case): no stamp can be newer,
+            # and `last_seen` moves, so the state changes whatever the values
+            current = dev.values
+            flags = STATE
+            for name in DEVICE_INFO:
+                if name in values:
+                    old, value = current.get(name, _MISSING), values[name]
+                    if old != value or type(old) is not type(value):
+                        flags |= DISCOVERY
+            known = len(current)
+            current.update(values)
+            if len(current) != known:
+                flags |= DISCOVERY  # a new entity
+            dev.stamps.update(dict.fromkeys(values, ts))
+            dev.last_seen = ts
+            dev.dirty |= flags
+            self._dirty[device_id] = None
+            if dev.changed_at is None:
+                dev.changed_at = time.monotonic()
+            return True
         changed = False
         flags = STATE
         stamps, current = dev.stamps, dev.values

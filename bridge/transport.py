@@ -17,12 +17,14 @@ class Publication(NamedTuple):
     retain: bool = True
 
 
+_KINDS = frozenset(("state", "availability", "info", "message", "config", "result",
+                    "last_command", "connections"))
+
+
 def publication_kind(topic: str) -> str:
     """Metric label of a local publication: the last topic level, `config` for discovery."""
-    leaf = topic.rsplit("/", 1)[-1]
-    known = ("state", "availability", "info", "message", "config", "result", "last_command",
-             "connections")
-    return leaf if leaf in known else "attribute"
+    leaf = topic[topic.rfind("/") + 1:]
+    return leaf if leaf in _KINDS else "attribute"
 
 
 class LocalTransport(Protocol):

@@ -6,7 +6,7 @@ local acknowledgements, local disconnects, upstream reconnects and failures."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from memory_transport import MemoryTransport
 
 from bridge.acks import AckLedger
+from bridge.exceptions import LocalUnavailableError
 from bridge.flespi.upstream import Ack
 from bridge.metrics import LatencyHistogram, Stats
 from bridge.pipeline import Publisher
@@ -140,6 +141,55 @@ async def test_the_pipeline_bound_holds_from_the_first_batch() -> None:
     assert max(transport.batch_sizes) <= 1000
     assert transport.peak_unacked <= 5000 + 1000
     assert [p.topic for p in transport.delivered] == [f"old/{i}" for i in range(30_000)]
+
+
+class LaggingTransport(MemoryTransport):
+    """The real local side's lag: the connection is gone, so publishing fails, but
+    `connected` is cleared only once the local side's own task gets a turn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gone = False
+        self.attempts = 0
+
+    def publish_nowait(self, publications: Sequence[Publication]) -> asyncio.Future[None]:
+        if self.gone:
+            self.attempts += 1
+            if self.attempts >= 1000:  # a publisher that never yields: break the spin
+                raise RuntimeError("retried 1000 times without yielding")
+            raise LocalUnavailableError("connection lost")
+        return super().publish_nowait(publications)
+
+
+async def test_a_loss_not_yet_noticed_never_starves_the_loop() -> None:
+    """A stream batch waits (no coalescing window) when the connection drops: the
+    publisher must not retry in a loop that never yields, or the local side would never
+    get to notice the loss, and nothing else (answers, metrics, timeouts) would run."""
+    store, ledger, transport = Store(), AckLedger(), LaggingTransport()
+    transport.connect()
+    publisher = Publisher(store, ledger, transport, render, Stats(), LatencyHistogram(),
+                          coalesce_window=0.1, error_pause=5.0)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await asyncio.sleep(0)
+        transport.gone = True
+        store.apply_values(1, {"n": 1}, None)
+        settled = ledger.waiter()  # a stream batch waits for its answer
+        publisher.hurry()
+        await asyncio.sleep(0)  # the publisher's turn: its batch is refused
+        transport.disconnect()  # the local side's turn, as soon as it gets one
+        assert transport.attempts < 10
+        transport.gone = False
+        transport.connect()
+        publisher.wake()
+        async with asyncio.timeout(5):  # then the state goes out: nothing was lost
+            while not (transport.retained and publisher.idle()):
+                transport.ack_one()
+                await asyncio.sleep(0.001)
+        assert transport.retained == {"s/1": b"1"}
+        await asyncio.wait_for(settled, 5)  # and the batch can be answered 200
+    finally:
+        task.cancel()
 
 
 # -- every interleaving -----------------------------------------------------------------------

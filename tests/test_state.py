@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bridge.state import ALL, AVAILABILITY, DISCOVERY, INFO, SETTINGS, STATE, Store, iso
 
 
@@ -84,3 +89,41 @@ def test_mark_all_after_reconnect() -> None:
     store.take_dirty()[0].dirty = 0
     store.mark_all()
     assert [d.dirty for d in store.take_dirty()] == [ALL]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.dictionaries(st.sampled_from(["battery", "locked", "firmware", "speed"]),
+                    st.sampled_from([0, 1, True, False, 1.0, 60, "1.2", "1.3"]), max_size=3),
+    st.sampled_from([100.0, 150.0, 150.0, 200.0, 250.0])), max_size=12))
+def test_per_attribute_times_decide_whatever_the_order(
+        updates: list[tuple[dict[str, Any], float]]) -> None:
+    """Each attribute holds the value of its newest update (of equal times the later), and
+    a device is marked for discovery exactly when an entity appears or its firmware
+    changes; whatever order updates come in (the newest-message fast path included)."""
+    store = Store()
+    held: dict[str, tuple[float, Any]] = {}
+    newest: float | None = None
+    for values, ts in updates:
+        store.take_dirty()
+        dev = store.device(1)
+        dev.dirty = 0
+        before = dict(held)
+        for name, value in values.items():
+            if name not in held or held[name][0] <= ts:
+                held[name] = (ts, value)
+        moved = newest is None or ts > newest
+        newest = ts if moved else newest
+        changed = store.apply_values(1, values, ts)
+        def shown(h: dict[str, tuple[float, Any]]) -> dict[str, tuple[type, Any]]:
+            return {k: (type(v), v) for k, (_, v) in h.items()}
+        assert changed == (moved or shown(before) != shown(held))
+        assert dev.values == {k: v for k, (_, v) in held.items()}
+        assert {k: type(v) for k, v in dev.values.items()} == \
+            {k: type(v) for k, (_, v) in held.items()}
+        assert dev.last_seen == newest
+        firmware = before.get("firmware"), held.get("firmware")
+        discovery = held.keys() != before.keys() or (
+            firmware[0] is not None and firmware[1] is not None
+            and (type(firmware[0][1]), firmware[0][1]) != (type(firmware[1][1]), firmware[1][1]))
+        assert bool(dev.dirty & DISCOVERY) == discovery

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import ssl
 import subprocess
 import time
@@ -291,6 +293,48 @@ async def test_503_while_the_local_broker_is_away_and_nothing_lost(
     while not await settled():
         assert loop.time() < deadline, (await states(local), expected)
         await asyncio.sleep(0.1)
+
+
+async def test_503_while_the_pipeline_is_full_and_nothing_lost(
+        brokers: Any, bridge_factory: BridgeFactory) -> None:
+    """A local broker that takes the connection but acknowledges nothing (stopped): one big
+    batch fills the publisher's pipeline, so the next one is answered 503 at once, saying
+    so; once the broker goes on, flespi's retries are answered 200 and every device of
+    both batches has its state."""
+    upstream = brokers(extra_config=mosquitto.FLESPI_LIKE)
+    local = brokers(extra_config=mosquitto.FLESPI_LIKE)  # hands a checker every retained state
+    bridge = await started(bridge_factory, make_settings(
+        upstream, local, stream=stream_options(timeout=1.0)))
+    url = endpoint(bridge)
+    now = time.time()
+    first = [message(7_000_000 + i, now - 10, battery__level=i % 100)
+             for i in range(bridge.publisher.pipeline + 200)]  # a state each: the pipeline
+    second = [message(7_100_000 + i, now - 5, battery__level=42) for i in range(50)]
+    assert local.pid is not None
+    os.kill(local.pid, signal.SIGSTOP)  # connected, reading nothing, acknowledging nothing
+    try:
+        answer = await post(url, orjson.dumps(first))
+        assert answer.status_code == 503
+        assert "did not acknowledge in time" in answer.text
+        answer = await post(url, orjson.dumps(second))
+        assert answer.status_code == 503
+        assert answer.text == "the local broker is behind; retry later\n"
+        assert answer.headers["Retry-After"] == "1"
+    finally:
+        os.kill(local.pid, signal.SIGCONT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    for batch in (first, second):  # flespi resends what was not answered 200, until it is
+        while (answer := await post(url, orjson.dumps(batch))).status_code != 200:
+            assert answer.status_code == 503, answer.text  # the broker still catching up
+            assert loop.time() < deadline, answer.text
+            await asyncio.sleep(0.05)
+    got = await states(local)
+    assert {d: got[d]["battery"] for d in range(7_000_000, 7_000_000 + len(first))} == {
+        7_000_000 + i: i % 100 for i in range(len(first))}
+    assert all(got[7_100_000 + i]["battery"] == 42 for i in range(len(second)))
+    assert bridge.health is not None
+    assert await metric(bridge.health.port, P + "stream_requests_total", code="503") == 2
 
 
 # -- hostile batches ------------------------------------------------------------------------
