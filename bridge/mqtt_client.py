@@ -74,7 +74,7 @@ def _fixed_header(first: int, length: int) -> bytes:
         return bytes((first, length))
     if length < 16384:
         return bytes((first, length & 0x7F | 0x80, length >> 7))
-    return bytes((first,)) + _length(length)
+    return bytes((first,)) + varint(length)
 
 
 def _string(data: bytes) -> bytes:
