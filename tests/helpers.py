@@ -241,17 +241,27 @@ async def metric(port: int, name: str, **labels: str) -> float | None:
     return None
 
 
-async def wait_metric(port: int, name: str, predicate: Callable[[float], bool],
-                      timeout: float = 10.0, **labels: str) -> float:
-    """Poll /metrics until the sample satisfies `predicate` (a process has no event to
-    wait on)."""
+async def poll(fetch: Callable[[], Awaitable[T]], predicate: Callable[[T], Any],
+               timeout: float, what: Callable[[T], str], interval: float = 0.05) -> T:
+    """Fetch until `predicate` holds of what was fetched, and return it; on timeout an
+    AssertionError says `what(last fetched)`. For state with no event to wait on (another
+    process, a broker's retained topics)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        value = await metric(port, name, **labels)
-        if value is not None and predicate(value):
+        value = await fetch()
+        if predicate(value):
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {name}{labels} "
-                                 f"(last: {value})")
-        await asyncio.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what(value)}")
+        await asyncio.sleep(interval)
+
+
+async def wait_metric(port: int, name: str, predicate: Callable[[float], bool],
+                      timeout: float = 10.0, **labels: str) -> float:
+    """Poll /metrics until the sample satisfies `predicate`."""
+    value = await poll(lambda: metric(port, name, **labels),
+                       lambda v: v is not None and predicate(v), timeout,
+                       lambda v: f"{name}{labels} (last: {v})")
+    assert value is not None
+    return value

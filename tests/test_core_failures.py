@@ -19,6 +19,7 @@ from helpers import (
     Brokers,
     Recorder,
     make_settings,
+    poll,
     retained,
     wait_metric,
     wait_until,
@@ -182,15 +183,8 @@ async def test_a_slow_start_up_clears_nothing_live(
 async def _wait_retained(broker: mosquitto.Broker, filters: list[str],
                          predicate: Callable[[dict[str, bytes]], bool],
                          timeout: float) -> dict[str, bytes]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        found = await retained(broker, filters)
-        if predicate(found):
-            return found
-        if loop.time() > deadline:
-            raise AssertionError("timed out waiting for the retained topics")
-        await asyncio.sleep(0.2)
+    return await poll(lambda: retained(broker, filters), predicate, timeout,
+                      lambda found: "the retained topics", interval=0.2)
 
 
 class BrokenUpstream:

@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
-from helpers import BridgeFactory, make_settings
+from helpers import BridgeFactory, make_settings, poll
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -100,30 +100,15 @@ async def scrape_until(http: httpx.AsyncClient, bridge: Bridge,
                        predicate: Callable[[Scrape], Any], what: str,
                        timeout: float = TIMEOUT) -> Scrape:
     """Scrape (every 50 ms) until the predicate holds; the last scrape is in the error."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await scrape(http, bridge)
-        if predicate(result):
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
-                                 f"last scrape:\n{result.text}")
-        await asyncio.sleep(0.05)
+    return await poll(lambda: scrape(http, bridge), predicate, timeout,
+                      lambda last: f"{what}; last scrape:\n{last.text}")
 
 
 async def status_until(http: httpx.AsyncClient, bridge: Bridge, path: str, status: int,
                        timeout: float = TIMEOUT) -> httpx.Response:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        response = await http.get(url(bridge, path))
-        if response.status_code == status:
-            return response
-        if loop.time() > deadline:
-            raise AssertionError(f"{path} still answers {response.status_code}, "
-                                 f"not {status}, after {timeout}s")
-        await asyncio.sleep(0.05)
+    return await poll(lambda: http.get(url(bridge, path)),
+                      lambda response: response.status_code == status, timeout,
+                      lambda last: f"{path} to answer {status} (last: {last.status_code})")
 
 
 # --- what the fleet gauges must say, from the simulator's own telemetry ------------------

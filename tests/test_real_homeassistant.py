@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import BridgeFactory, make_settings, retained, wait_until
+from helpers import BridgeFactory, make_settings, poll, retained, wait_until
 from homeassistant_harness import (
     HomeAssistant,
     add_mqtt,
@@ -135,16 +135,8 @@ class Api:
     async def wait_state(self, entity_id: str, predicate: Callable[[dict[str, Any] | None], bool],
                          timeout: float = 30, what: str = "") -> dict[str, Any] | None:
         """Poll /api/states (a child process has no event to wait on)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            state = await self.state(entity_id)
-            if predicate(state):
-                return state
-            if loop.time() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {entity_id} "
-                                     f"{what} (last: {state})")
-            await asyncio.sleep(0.2)
+        return await poll(lambda: self.state(entity_id), predicate, timeout,
+                          lambda last: f"{entity_id} {what} (last: {last})", interval=0.2)
 
 
 def mqtt_entities(ha: HomeAssistant) -> dict[str, dict[str, Any]]:
