@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import mqtt
+from bridge import mqtt_wire as wire
 
 CHUNK = 512  # packets per write in blast mode
 ACK_TIMEOUT = 120.0
@@ -96,11 +97,11 @@ class _Acks(threading.Thread):
                     raise ConnectionError("broker closed the connection")
                 n = 0
                 for first, body in reader.feed(data):
-                    if first & 0xF0 == mqtt.PUBACK:
+                    if first & 0xF0 == wire.PUBACK:
                         n += 1
                         if len(body) > 2 and body[2] >= 0x80:
                             self.errors += 1
-                    elif first & 0xF0 == mqtt.DISCONNECT:
+                    elif first & 0xF0 == wire.DISCONNECT:
                         raise ConnectionError(f"broker sent DISCONNECT {body[:1].hex()}")
                 if n:
                     with self.cond:
@@ -125,7 +126,7 @@ def _connect(host: str, port: int, client_id: str) -> tuple[socket.socket, int]:
         if not data:
             raise ConnectionError("no CONNACK")
         for first, body in reader.feed(data):
-            if first & 0xF0 == mqtt.CONNACK:
+            if first & 0xF0 == wire.CONNACK:
                 if body[1] != 0:
                     raise ConnectionError(f"CONNACK reason {body[1]}")
                 sock.settimeout(None)

@@ -16,23 +16,20 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
-from bridge.mqtt_wire import read_varint, varint
-
-CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK, PINGREQ, DISCONNECT = (
-    0x10, 0x20, 0x30, 0x40, 0x80, 0x90, 0xC0, 0xE0,
+from bridge.mqtt_wire import (
+    CONNACK,
+    CONNECT,
+    PUBLISH,
+    SUBACK,
+    SUBSCRIBE,
+    USER_PROPERTY,
+    packet,
+    read_varint,
+    utf8,
+    varint,
 )
+
 PROP_RECEIVE_MAXIMUM = 0x21
-PROP_USER_PROPERTY = 0x26
-
-
-
-def utf8(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + varint(len(body)) + body
 
 
 def connect(client_id: str, *, version: int = 5, keepalive: int = 60,
@@ -45,7 +42,7 @@ def connect(client_id: str, *, version: int = 5, keepalive: int = 60,
 
 
 def user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
-    return b"".join(bytes([PROP_USER_PROPERTY]) + utf8(k) + utf8(v) for k, v in pairs)
+    return b"".join(bytes([USER_PROPERTY]) + utf8(k) + utf8(v) for k, v in pairs)
 
 
 def publish5(topic: str, payload: bytes, *, packet_id: int = 0, qos: int = 1,
@@ -96,13 +93,12 @@ def connack_receive_maximum(body: bytes) -> int | None:
             pos += 4
         elif prop in (0x12, 0x1A, 0x1C, 0x1F, 0x15, 0x16):  # strings, binary data
             pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
-        elif prop == PROP_USER_PROPERTY:
+        elif prop == USER_PROPERTY:
             for _ in range(2):
                 pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
         else:
             return None
     return None
-
 
 
 class PacketReader:

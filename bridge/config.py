@@ -25,13 +25,13 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.command_profiles import CommandSettings as CommandSettings
+from bridge.command_profiles import CommandSpec as CommandSpec
 from bridge.config_files import CHECK_FILES
 from bridge.config_files import flespi_tls_context as flespi_tls_context
 from bridge.config_files import local_tls_context as local_tls_context
 from bridge.config_files import stream_tls_context as stream_tls_context
 from bridge.exceptions import ConfigError
-from bridge.sections import CommandSettings as CommandSettings
-from bridge.sections import CommandSpec as CommandSpec
 from bridge.sections import FlespiSettings as FlespiSettings
 from bridge.sections import HomeAssistantSettings as HomeAssistantSettings
 from bridge.sections import LocalSettings as LocalSettings

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -27,17 +26,24 @@ from typing import Any, Protocol, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
 from bridge.logs import RateLimitedLog
-from bridge.mqtt_wire import varint
+from bridge.mqtt_wire import (
+    CONNACK,
+    DISCONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBLISH,
+    REFUSED,
+    SUBACK,
+    SUBSCRIBE,
+    connect311,
+    fixed_header,
+    packet,
+    utf8,
+)
+from bridge.tcp import QuickAck
 
 log = logging.getLogger("bridge.local.mqtt")
 
-CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
-SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
-# CONNACK return codes of MQTT 3.1.1
-REFUSED = {1: "unacceptable protocol version", 2: "identifier rejected",
-           3: "server unavailable", 4: "bad user name or password", 5: "not authorized"}
-# TCP_QUICKACK where the platform has it (Linux), else None.
-QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # Received messages waiting for the reader at most; past it they are dropped (and logged).
 MAX_QUEUED_MESSAGES = 10_000
 T = TypeVar("T")
@@ -68,31 +74,12 @@ class _Single:
             self.future.set_result(None)
 
 
-
-def _fixed_header(first: int, length: int) -> bytes:
-    if length < 128:
-        return bytes((first, length))
-    if length < 16384:
-        return bytes((first, length & 0x7F | 0x80, length >> 7))
-    return bytes((first,)) + varint(length)
-
-
-def _string(data: bytes) -> bytes:
-    return len(data).to_bytes(2, "big") + data
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int, retain: bool, mid: int) -> bytes:
-    head = _string(topic) + (mid.to_bytes(2, "big") if qos else b"")
-    return (bytes((PUBLISH | qos << 1 | retain,)) + varint(len(head) + len(payload))
-            + head + payload)
-
-
 class _Protocol(asyncio.Protocol):
     def __init__(self, client: MqttClient) -> None:
         self.client = client
 
     def data_received(self, data: bytes) -> None:
-        self.client._quickack()
+        self.client._tcp.again()
         self.client._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -114,7 +101,7 @@ class MqttClient:
         self.tls = tls
         self.timeout = timeout
         self._transport: asyncio.Transport | None = None
-        self._sock: socket.socket | None = None  # where TCP_QUICKACK is set
+        self._tcp = QuickAck(None)
         self._buffer = bytearray()
         self._acks: dict[int, Waiter] = {}  # message id -> what its PUBACK completes
         self._subacks: dict[int, asyncio.Future[bytes]] = {}
@@ -145,17 +132,13 @@ class MqttClient:
                     lambda: _Protocol(self), self.host, self.port, ssl=self.tls,
                     server_hostname=self.host if self.tls else None)
                 self._transport = transport
-                sock = transport.get_extra_info("socket")
-                if sock is not None:  # small packets must not wait for Nagle's algorithm
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    if QUICKACK is not None:
-                        # our own handle on the socket (uvloop's would make a socket
-                        # object per call), closed with the connection
-                        with contextlib.suppress(OSError):
-                            self._sock = socket.fromfd(sock.fileno(), sock.family, sock.type)
-                    self._quickack()
-                transport.write(self._connect_packet())
+                self._tcp = QuickAck(transport.get_extra_info("socket"))
+                will = self.will
+                transport.write(connect311(
+                    self.client_id, keepalive=self.keepalive, username=self.username,
+                    password=self.password,
+                    will=None if will is None else (will.topic, will.payload, will.qos,
+                                                    will.retain)))
                 code = await self._connack
         except TimeoutError:
             self.abort()
@@ -170,22 +153,6 @@ class MqttClient:
                 f"connection refused: {REFUSED.get(code, f'return code {code}')}")
         self._pinger = asyncio.create_task(self._ping(), name="local-keepalive")
 
-    def _connect_packet(self) -> bytes:
-        flags = 0x02  # clean session
-        payload = _string(self.client_id.encode())
-        if self.will is not None:
-            flags |= 0x04 | self.will.qos << 3 | (0x20 if self.will.retain else 0)
-            payload += _string(self.will.topic.encode()) + _string(self.will.payload)
-        if self.username is not None:
-            flags |= 0x80
-            payload += _string(self.username.encode())
-            if self.password is not None:
-                flags |= 0x40
-                payload += _string(self.password.encode())
-        body = _string(b"MQTT") + bytes((4, flags)) + self.keepalive.to_bytes(2, "big")
-        body += payload
-        return bytes((CONNECT,)) + varint(len(body)) + body
-
     async def _ping(self) -> None:
         """PINGREQ at half the keepalive; a broker silent for 1.5 keepalives is gone."""
         interval = max(self.keepalive / 2, 0.5)
@@ -197,23 +164,6 @@ class MqttClient:
                 self.abort()
                 return
             self._write(bytes((PINGREQ, 0)))
-
-    def _quickack(self) -> None:
-        """Acknowledge the broker's segments at once (Linux). A stock Mosquitto keeps
-        Nagle's algorithm on: of the PUBACKs of a batch it sends the first, and holds the
-        rest until that one is acknowledged, which a delayed ACK puts off by up to 40 ms.
-        Linux leaves quick-ack mode by itself, so it is asked for again after each read."""
-        sock = self._sock
-        if sock is not None and QUICKACK is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 1)
-            except OSError:
-                self._close_sock()  # not supported here: never asked again
-
-    def _close_sock(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
 
     def on_lost(self, handler: Callable[[], None]) -> None:
         """Call `handler` once when the connection is lost or closed."""
@@ -228,7 +178,7 @@ class MqttClient:
 
     def _lost(self, exc: BaseException | None) -> None:
         self._transport = None
-        self._close_sock()
+        self._tcp.close()
         if self._pinger is not None:
             self._pinger.cancel()
         reason = LocalUnavailableError(
@@ -257,7 +207,7 @@ class MqttClient:
         transport = self._transport
         if transport is not None:
             transport.write(bytes((DISCONNECT, 0)))
-            self._close_sock()
+            self._tcp.close()
             transport.close()
             with contextlib.suppress(LocalUnavailableError, TimeoutError):
                 async with asyncio.timeout(2):
@@ -265,7 +215,7 @@ class MqttClient:
 
     def abort(self) -> None:
         """Drop the connection at once (no DISCONNECT: the broker publishes the will)."""
-        self._close_sock()  # else the socket would stay open until the transport says lost
+        self._tcp.close()  # else the socket would stay open until the transport says lost
         transport = self._transport
         if transport is not None:
             transport.abort()
@@ -298,7 +248,7 @@ class MqttClient:
         acks, subacks = self._acks, self._subacks
         mid = self._mid
         expected = 0
-        for topic, payload, retain in publications:  # publish_packet, inlined: the hot path
+        for topic, payload, retain in publications:  # encoded inline: the hot path
             encoded = topic.encode()
             size = len(encoded)
             first = PUBLISH | qos << 1 | retain
@@ -308,10 +258,10 @@ class MqttClient:
                     mid = mid % 65535 + 1
                 acks[mid] = waiter
                 expected += 1
-                add((_fixed_header(first, 4 + size + len(payload)), size.to_bytes(2, "big"),
+                add((fixed_header(first, 4 + size + len(payload)), size.to_bytes(2, "big"),
                      encoded, mid.to_bytes(2, "big"), payload))
             else:
-                add((_fixed_header(first, 2 + size + len(payload)), size.to_bytes(2, "big"),
+                add((fixed_header(first, 2 + size + len(payload)), size.to_bytes(2, "big"),
                      encoded, payload))
         self._mid = mid
         self._write(b"".join(parts))
@@ -330,8 +280,9 @@ class MqttClient:
         mid = self._next_mid()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = future
-        body = mid.to_bytes(2, "big") + _string(topic.encode()) + bytes((qos,))
-        self._write(bytes((SUBSCRIBE,)) + varint(len(body)) + body)
+        # SUBSCRIBE's fixed header flags are 0b0010 (MQTT 3.1.1, 3.8.1)
+        self._write(packet(SUBSCRIBE | 0x02, mid.to_bytes(2, "big") + utf8(topic)
+                           + bytes((qos,))))
         codes = await self._until(future, self.timeout, f"no SUBACK for {topic}")
         if any(code >= 0x80 for code in codes):
             raise LocalUnavailableError(f"subscription to {topic} refused")

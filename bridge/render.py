@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from bridge.catalog import Attribute
+from bridge.command_profiles import CommandSpec
 from bridge.config import Settings
 from bridge.device_types import Names
 from bridge.discovery import Discovery
@@ -30,7 +31,6 @@ from bridge.homeassistant import (
     setting_state,
     tracker_position,
 )
-from bridge.sections import CommandSpec
 from bridge.state import (
     AVAILABILITY,
     CONNECTIONS,

@@ -61,6 +61,15 @@ class Republisher:
                     self.store.mark(dev, DISCOVERY)
             self._wake()
 
+    def names_learned(self, what: str, id_: int) -> None:
+        """flespi's name of a device type or protocol is known: its devices are announced
+        again with it."""
+        for dev in self.store.devices.values():
+            info = dev.info
+            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
+                self.store.mark(dev, DISCOVERY)
+        self._wake()
+
     def on_status(self, payload: bytes, retain: bool) -> None:
         """`<prefix>/status`: after `online`, republish after a random delay (many bridges
         answering at once would flood Home Assistant)."""

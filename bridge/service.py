@@ -6,16 +6,15 @@
                                           Republisher, Cleanup ---+        v
                  MqttRest/HttpRest <-- CommandTopics <-- command topics ---+
 
-Every part that must run for the bridge to work is supervised: if one ends, `failed` is
-set (and `/healthz` answers 503), and `flespi-bridge run` exits non-zero so a supervisor
-restarts the process.
+Every part that must run for the bridge to work is supervised (`bridge/tasks.py`): if one
+ends, `failed` is set (and `/healthz` answers 503), and `flespi-bridge run` exits non-zero
+so a supervisor restarts the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from bridge import parameters
 from bridge.acks import AckLedger
@@ -33,8 +32,9 @@ from bridge.pipeline import Publisher
 from bridge.render import Renderer
 from bridge.republish import Republisher
 from bridge.session import UpstreamFactory, UpstreamSession
-from bridge.state import DISCOVERY, Store
+from bridge.state import Store
 from bridge.stream import StreamEndpoint
+from bridge.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Bridge:
         self.ingest = Ingest(params, store, stats, renderer.topics,
                              reply_prefix=session.reply_prefix, on_reply=session.on_reply,
                              on_removed=self.cleanup.device_removed, on_message=outbox.add_one,
-                             settings=setting_properties(settings))
+                             settings=settings.commands.setting_properties())
         session.ingest = self.ingest.handle
         ha = settings.homeassistant
         self.republisher = Republisher(store, renderer, outbox, publisher.wake,
@@ -87,7 +87,7 @@ class Bridge:
         self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox,
                                       publisher.wake)
         # flespi's names for the device info, looked up through the same REST client
-        self.device_types = DeviceTypes(rest, stats, on_learned=self._learned)
+        self.device_types = DeviceTypes(rest, stats, on_learned=self.republisher.names_learned)
         renderer.names = self.device_types.names
         self.local.subscribe(self.commands.subscriptions
                              + ([self.republisher.status_topic] if ha.discovery else []))
@@ -104,9 +104,8 @@ class Bridge:
             "local_in_flight": lambda: publisher.in_flight,
         })
         self.health: HealthServer | None = None
-        self.failed = asyncio.Event()  # an essential task ended: the process must restart
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._stopping = False
+        self.tasks = Supervisor()
+        self.failed = self.tasks.failed
 
     @property
     def loaded(self) -> asyncio.Event:
@@ -129,15 +128,6 @@ class Bridge:
 
     def alive(self) -> bool:
         return not self.failed.is_set()
-
-    def _learned(self, what: str, id_: int) -> None:
-        """flespi's name of a device type or protocol is known: its devices are announced
-        again with it."""
-        for dev in self.store.devices.values():
-            info = dev.info
-            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
-                self.store.mark(dev, DISCOVERY)
-        self.publisher.wake()
 
     def _set_up(self, side: str, up: bool) -> None:
         self.stats.up[side] = up
@@ -172,25 +162,13 @@ class Bridge:
             except OSError as exc:
                 raise ListenError(f"cannot serve the stream endpoint on {st.host}:{st.port}: "
                                   f"{exc.strerror or exc}") from None
-        self._tasks = [asyncio.create_task(coro, name=name) for name, coro in (
-            ("local", self.local.run()), ("publisher", self.publisher.run()),
-            ("upstream", self.session.run()))]
-        for task in self._tasks:
-            task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if self._stopping:
-            return
-        exc = None if task.cancelled() else task.exception()
-        log.error("essential task %r ended (%s): the bridge cannot go on", task.get_name(),
-                  f"{type(exc).__name__}: {exc}" if exc else "no error",
-                  exc_info=exc)
-        self.failed.set()
+        self.tasks.start(local=self.local.run(), publisher=self.publisher.run(),
+                         upstream=self.session.run())
 
     async def stop(self) -> None:
         """Graceful stop: take no new commands, finish in-flight commands and publications
         (within `shutdown.grace`), publish `offline`, disconnect from both brokers."""
-        self._stopping = True
+        self.tasks.stopping()
         grace = self.settings.shutdown.grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
@@ -210,34 +188,8 @@ class Bridge:
         await self.session.stop()
         self.republisher.stop()
         self.cleanup.stop()
-        await cancel_and_wait([*self._tasks, *self.commands.tasks])
+        await self.tasks.stop(*self.commands.tasks)
         if self._http_rest is not None:
             await self._http_rest.close()
         if self.health is not None:
             await self.health.stop()
-
-
-def setting_properties(settings: Settings) -> dict[str, tuple[str, ...]]:
-    """Setting name -> the value properties the profiles' numbers read from it."""
-    out: dict[str, tuple[str, ...]] = {}
-    for profile in settings.commands.profiles.values():
-        for spec in profile.values():
-            if spec.setting is not None and spec.value_property is not None:
-                known = out.get(spec.setting, ())
-                if spec.value_property not in known:
-                    out[spec.setting] = (*known, spec.value_property)
-    return out
-
-
-async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 10.0) -> None:
-    """Cancel tasks and wait for them, cancelling again when a cancellation was swallowed
-    (Python 3.11's `asyncio.wait_for`, used inside aiomqtt, can lose one)."""
-    pending = {t for t in tasks if not t.done()}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while pending and loop.time() < deadline:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    if pending:
-        log.warning("tasks still running at shutdown: %s", [t.get_name() for t in pending])

@@ -6,9 +6,7 @@ import random
 
 import pytest
 
-from bench.mqtt import utf8
-from bridge.flespi.upstream import parse_publish
-from bridge.mqtt_wire import varint
+from bridge.mqtt_wire import parse_publish, utf8, varint
 
 TOPIC = "flespi/state/gw/devices/5537057/telemetry/battery.level"
 

@@ -12,6 +12,7 @@ import pytest
 from helpers import TOKEN, wait_until
 
 from bench import mqtt
+from bridge import mqtt_wire as wire
 from bridge.exceptions import UpstreamError
 from bridge.flespi.upstream import Ack, ConnectOptions, GmqttUpstream
 
@@ -44,15 +45,15 @@ class FakeBroker:
             while data := await reader.read(65536):
                 for first, body in packets.feed(data):
                     kind = first & 0xF0
-                    if kind == mqtt.CONNECT and self.connack:
+                    if kind == wire.CONNECT and self.connack:
                         writer.write(CONNACK)
                         self.connected.set()
-                    elif kind == mqtt.SUBSCRIBE and self.suback:
-                        writer.write(mqtt.packet(mqtt.SUBACK, body[:2] + b"\x00\x01"))
-                    elif kind == mqtt.PINGREQ:
+                    elif kind == wire.SUBSCRIBE and self.suback:
+                        writer.write(wire.packet(wire.SUBACK, body[:2] + b"\x00\x01"))
+                    elif kind == wire.PINGREQ:
                         self.pings += 1
                         writer.write(PINGRESP)
-                    elif kind == mqtt.PUBACK:
+                    elif kind == wire.PUBACK:
                         self.pubacks.append(int.from_bytes(body[:2], "big"))
                 self.changed.set()
 

@@ -8,10 +8,10 @@ than aiomqtt here.
 Three gmqtt behaviours are replaced, through a few private gmqtt hooks, each isolated in one
 small function below (`_deliver_qos1_to`, `_receive_publish_with`, `_stop_auto_reconnect`,
 `_send_raw`, `_transport`):
-- PUBLISH packets are parsed by `parse_publish`, which reads only what the bridge uses (topic,
-  packet id, user properties, payload) at about a third of gmqtt's cost per message (a
-  start-up replays every retained value of the fleet); anything unusual (a topic alias,
-  QoS 2, a malformed property block) is left to gmqtt's own parser.
+- PUBLISH packets are parsed by `bridge.mqtt_wire.parse_publish`, which reads only what the
+  bridge uses (topic, packet id, user properties, payload) at about a third of gmqtt's cost
+  per message (a start-up replays every retained value of the fleet); anything unusual (a
+  topic alias, QoS 2, a malformed property block) is left to gmqtt's own parser.
 - QoS 1 messages are acknowledged by the bridge, not on receipt: the PUBACK goes out only
   once the local publish that carries the message has succeeded, so a crash never loses an
   acknowledged update. Acks are sent in receive order, as MQTT requires.
@@ -48,7 +48,7 @@ from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
 from bridge.exceptions import UpstreamError
-from bridge.mqtt_wire import read_varint
+from bridge.mqtt_wire import parse_publish
 
 log = logging.getLogger(__name__)
 
@@ -62,62 +62,6 @@ MessageHandler = Callable[[str, bytes, UserProperties, Ack | None], None]
 
 # Unacknowledged QoS 1 messages at which reading pauses, as a last resort (see above).
 UNACKED_GUARD = 60_000
-# MQTT 5 PUBLISH properties `parse_publish` skips: id -> fixed size, or -1 for a two-byte
-# length-prefixed string or binary, -2 for a variable byte integer. A topic alias (0x23) is
-# not among them: its state lives in gmqtt's parser.
-_SKIPPED_PROPERTIES = {0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -2}
-_USER_PROPERTY = 0x26
-
-
-
-def parse_publish(raw: bytes, qos: int
-                  ) -> tuple[str, int | None, list[tuple[str, str]], bytes] | None:
-    """An MQTT 5 PUBLISH packet's variable header and payload: (topic, packet id, user
-    properties, payload); None for anything to leave to gmqtt (see the module's doc).
-    Runs once per upstream message: plain indexing, no `struct`."""
-    try:
-        n = raw[0] << 8 | raw[1]
-        pos = 2 + n
-        if not n or qos > 1 or pos > len(raw):
-            return None
-        topic = raw[2:pos].decode()
-        mid = None
-        if qos:
-            mid = raw[pos] << 8 | raw[pos + 1]
-            pos += 2
-        length = raw[pos]
-        if length < 0x80:
-            pos += 1
-        else:
-            length, pos = read_varint(raw, pos)
-        end = pos + length
-        if end > len(raw):
-            return None
-        users: list[tuple[str, str]] = []
-        while pos < end:
-            prop = raw[pos]
-            if prop == _USER_PROPERTY:
-                start = pos + 3
-                pos = start + (raw[pos + 1] << 8 | raw[pos + 2])
-                key = raw[start:pos].decode()
-                start = pos + 2
-                pos = start + (raw[pos] << 8 | raw[pos + 1])
-                users.append((key, raw[start:pos].decode()))
-                continue
-            size = _SKIPPED_PROPERTIES.get(prop)
-            if size is None:
-                return None
-            pos += 1
-            if size == -1:
-                size = 2 + (raw[pos] << 8 | raw[pos + 1])
-            elif size == -2:
-                size = read_varint(raw, pos)[1] - pos
-            pos += size
-        if pos != end:
-            return None
-        return topic, mid, users, raw[end:]
-    except (IndexError, ValueError):  # UnicodeDecodeError included
-        return None
 
 
 @dataclass(frozen=True, slots=True)
