@@ -1,11 +1,14 @@
 """The failures users met on real processes (issue 11), each reproduced and now held off:
 retained commands running again, a future-stamped value freezing a device, a slow start-up
-deleting live Home Assistant entities, and a dead task behind a green /healthz."""
+deleting live Home Assistant entities (the local broker away at start, or flespi silent),
+and a dead task behind a green /healthz."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -176,6 +179,54 @@ async def test_a_slow_start_up_clears_nothing_live(
         # the first empty config): the one cleanup cleared the gone device's two topics
         cleanups = re.findall(r"clearing (\d+) stale retained topics", bridge.log())
         assert cleanups == ["2"], cleanups
+    finally:
+        await sim.stop()
+
+
+async def test_nothing_is_cleared_while_flespi_stalls_at_start(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    """flespi answers nothing at start (its broker frozen) while the local broker holds the
+    topics of a live fleet and of a device that is gone: the bridge takes its inventory of
+    retained topics at once, but clears nothing, not even for a moment, until the full
+    upstream state has arrived; then only the gone device's topics."""
+    sim = Simulator(upstream.host, upstream.port, devices=8, seed=4)
+    await sim.start()
+    try:
+        first = await bridge_factory(make_settings(upstream, local,
+                                                   flespi={"client_id": "earlier-run"}))
+        filters = [f"{BASE}/+/+", "homeassistant/+/flespi/+/config"]
+        await asyncio.wait_for(first.loaded.wait(), 20)
+        await _wait_retained(local, filters, lambda r: sum(
+            t.startswith("homeassistant/device/") for t in r) >= 8 + 1, timeout=20)
+        async with Recorder(local, []) as rec:
+            await rec.publish(f"{BASE}/999/state", b'{"battery": 1}', qos=1, retain=True)
+            await rec.publish("homeassistant/sensor/flespi/flespi_999_battery/config",
+                              b'{"name": "Battery"}', qos=1, retain=True)
+        await first.stop()
+        before = await retained(local, filters)
+        gone = {f"{BASE}/999/state", "homeassistant/sensor/flespi/flespi_999_battery/config"}
+        assert gone <= set(before)
+        live = set(before) - gone
+        assert upstream.pid is not None
+        async with Recorder(local, ["#"]) as rec:
+            os.kill(upstream.pid, signal.SIGSTOP)  # flespi accepts the connection, says nothing
+            try:
+                second = await bridge_factory(make_settings(
+                    upstream, local, flespi={"client_id": "stalled-start"}))
+                # its inventory of retained topics is taken (the marker on the local broker)
+                await rec.wait_for(lambda: any("/inventory-" in m.topic for m in rec.messages),
+                                   timeout=20, what="the second run's inventory")
+                assert not second.loaded.is_set()
+            finally:
+                os.kill(upstream.pid, signal.SIGCONT)
+            await asyncio.wait_for(second.loaded.wait(), 60)
+            await rec.wait_for(lambda: all(t not in rec.latest for t in gone) and all(
+                any(m.topic == t and not m.payload for m in rec.messages) for t in gone),
+                timeout=20, what="the gone device's topics cleared")
+            cleared = {m.topic for m in rec.messages if not m.payload}
+        assert not cleared & live, sorted(cleared & live)[:10]
+        assert live <= set(await retained(local, filters))
     finally:
         await sim.stop()
 
