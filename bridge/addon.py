@@ -5,7 +5,11 @@ bridge's configuration, then `flespi-bridge run`.
 /data/options.json, asks the Supervisor for the `mqtt` service (`GET http://supervisor/
 services/mqtt` with the add-on's SUPERVISOR_TOKEN, what `bashio::services mqtt` does) unless
 the options name a broker, writes the configuration without secrets and replaces itself with
-`flespi-bridge run`, the token and broker password passed in the environment.
+`flespi-bridge run`, the secrets (flespi token, broker password, stream authorization)
+passed in the environment.
+
+The add-on offers what a Home Assistant user tunes; everything else keeps the bridge's
+defaults (README, configuration reference).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from bridge import tomlwrite
 OPTIONS_FILE = Path("/data/options.json")
 SUPERVISOR_URL = "http://supervisor"
 METRICS_PORT = 9871  # config.yaml's watchdog and ports use the same
+STREAM_PORT = 9872  # config.yaml's ports
+SSL_DIR = Path("/ssl")  # config.yaml maps Home Assistant's certificates here (read-only)
+SHUTDOWN_GRACE = 10.0  # seconds; config.yaml's `timeout` (when Docker kills) is longer
 PROFILE_KEYS = ("component", "command", "value_property", "state_attribute", "min", "max",
-                "step", "unit", "label", "payload_lock", "payload_unlock")
+                "step", "unit", "label", "setting")
 
 
 class AddonError(Exception):
@@ -53,13 +60,15 @@ def _profiles(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[
     return profiles
 
 
-def bridge_config(options: Mapping[str, Any], mqtt_service: Mapping[str, Any] | None
+def bridge_config(options: Mapping[str, Any], mqtt_service: Mapping[str, Any] | None,
+                  ssl_dir: Path = SSL_DIR
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     """(configuration sections, secret environment) for `flespi-bridge run`.
 
     The broker: the options' `mqtt_host` (with `mqtt_port`, `mqtt_username`, `mqtt_password`,
     `mqtt_tls`) when set, else the Supervisor's `mqtt` service. Secrets (the flespi token, the
-    broker password) go into the environment, never into the configuration file."""
+    broker password, the stream's authorization) go into the environment, never into the
+    configuration file. `ssl_dir` holds the stream's certificate files."""
     token = str(options.get("token") or "")
     if not token:
         raise AddonError("set the add-on option `token` (your flespi token)")
@@ -86,12 +95,15 @@ def bridge_config(options: Mapping[str, Any], mqtt_service: Mapping[str, Any] | 
     if broker["username"]:
         local["username"] = str(broker["username"])
     sections: dict[str, dict[str, Any]] = {
-        "flespi": {"devices": [int(d) for d in devices] if devices else "all"},
+        "flespi": {"devices": [int(d) for d in devices] if devices else "all",
+                   "parameters": str(options.get("parameters") or "catalogue")},
         "local": local,
-        "homeassistant": {"discovery": bool(options.get("discovery", True))},
+        "homeassistant": {"discovery": bool(options.get("discovery", True)),
+                          "discovery_mode": str(options.get("discovery_mode") or "device")},
         "commands": {"read_only": bool(options.get("read_only", False))},
         # The Supervisor's watchdog reaches /healthz from outside the add-on's container.
         "metrics": {"host": "0.0.0.0", "port": METRICS_PORT},
+        "shutdown": {"grace": SHUTDOWN_GRACE},
         "log": {"level": str(options.get("log_level") or "info").upper()},
     }
     profiles = _profiles(options.get("command_profiles") or [])
@@ -100,9 +112,30 @@ def bridge_config(options: Mapping[str, Any], mqtt_service: Mapping[str, Any] | 
     secrets = {"FLESPI_BRIDGE_FLESPI__TOKEN": token}
     if broker["password"]:
         secrets["FLESPI_BRIDGE_LOCAL__PASSWORD"] = str(broker["password"])
+    if options.get("stream"):
+        sections["stream"], authorization = _stream(options, ssl_dir)
+        secrets["FLESPI_BRIDGE_STREAM__AUTHORIZATION"] = authorization
     return sections, secrets
 
 
+def _stream(options: Mapping[str, Any], ssl_dir: Path) -> tuple[dict[str, Any], str]:
+    """The HTTP stream's listener (section, authorization): the container's port 9872, TLS
+    from the certificate files named relative to /ssl (Home Assistant's convention)."""
+    authorization = str(options.get("stream_authorization") or "")
+    if not authorization:
+        raise AddonError("the option `stream` needs `stream_authorization` (the exact "
+                         "Authorization header your flespi stream sends)")
+    section: dict[str, Any] = {"enabled": True, "host": "0.0.0.0", "port": STREAM_PORT}
+    if options.get("stream_path"):
+        section["path"] = str(options["stream_path"])
+    certfile, keyfile = options.get("stream_certfile"), options.get("stream_keyfile")
+    if bool(certfile) != bool(keyfile):
+        raise AddonError("set both `stream_certfile` and `stream_keyfile` (files in /ssl), "
+                         "or neither")
+    if certfile and keyfile:
+        section["cert_file"] = str(ssl_dir / str(certfile))
+        section["key_file"] = str(ssl_dir / str(keyfile))
+    return section, authorization
 
 
 def mqtt_service(url: str, token: str | None) -> dict[str, Any] | None:

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import supervisor_schema
+import trustme
 import yaml
 
 from bridge import addon, config, tomlwrite
 from bridge.exceptions import ConfigError
+from bridge.sections import CommandSpec
 
 REPO = Path(__file__).resolve().parent.parent
 ADDONS = REPO / "homeassistant-addon"
@@ -34,16 +37,11 @@ SERVICE: dict[str, Any] = {"host": "core-mosquitto", "port": 1883, "ssl": False,
                            "password": "Supervisor-Generated-Pw"}
 TOKEN = "AddonTestToken0123456789abcdefSECRET"
 
-# The Supervisor's option types (developers.home-assistant.io, add-on configuration).
-SIMPLE_TYPES = {"str", "bool", "int", "float", "email", "url", "password", "port", "device"}
-TYPE = re.compile(r"^(?:(?:str|int|float)(?:\((-?[\d.]*),(-?[\d.]*)\))?|bool|email|url|password"
-                  r"|port|device(?:\(.*\))?|match\((.+)\)|list\(([^|()]+(?:\|[^|()]+)*)\))\??$")
-
-
-# --- the add-on's files -------------------------------------------------------------------
+# --- the add-on's files, as the Supervisor checks them (tests/supervisor_schema.py) -------
 
 def test_repository_and_addon_files() -> None:
     repo = yaml.safe_load((ADDONS / "repository.yaml").read_text(encoding="utf-8"))
+    supervisor_schema.validate_repository(repo)
     assert {"name", "url", "maintainer"} <= set(repo)
     for name in ("config.yaml", "build.yaml", "Dockerfile", "DOCS.md", "icon.png",
                  "translations/en.yaml"):
@@ -54,84 +52,93 @@ def test_repository_and_addon_files() -> None:
     assert width == height == 128, "Home Assistant shows a square 128x128 icon"
 
 
-def test_config_yaml_required_keys_and_version() -> None:
-    for key in ("name", "version", "slug", "description", "arch"):
-        assert key in CONFIG, f"config.yaml has no {key}"
-    assert re.fullmatch(r"[a-z0-9_]+", CONFIG["slug"])
-    assert CONFIG["version"] == VERSION, "the add-on version follows the package"
-    assert f"BRIDGE_VERSION={VERSION}" in (ADDON / "Dockerfile").read_text(encoding="utf-8")
-    assert set(CONFIG["arch"]) <= {"amd64", "aarch64", "armv7", "armhf", "i386"}
+def test_config_and_build_pass_the_supervisor_schema() -> None:
+    supervisor_schema.validate_config(CONFIG)
     build = yaml.safe_load((ADDON / "build.yaml").read_text(encoding="utf-8"))
-    assert set(build["build_from"]) == set(CONFIG["arch"])
+    supervisor_schema.validate_build(build, CONFIG["arch"])
+    assert CONFIG["version"] == VERSION, "the add-on version follows the package"
+    dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
+    assert f"BRIDGE_VERSION={VERSION}" in dockerfile
+    assert '"bridge.addon"' in dockerfile
     assert "mqtt:want" in CONFIG["services"] or "mqtt:need" in CONFIG["services"]
     assert CONFIG["watchdog"] == f"http://[HOST]:[PORT:{addon.METRICS_PORT}]/healthz"
     assert f"{addon.METRICS_PORT}/tcp" in CONFIG["ports"]
-    assert "bridge.addon" in (ADDON / "Dockerfile").read_text(encoding="utf-8")
+    assert f"{addon.STREAM_PORT}/tcp" in CONFIG["ports"]
+    assert {"type": "ssl"} in CONFIG["map"], "the stream's certificates come from /ssl"
 
 
-def _check_type(spec: str, value: Any, where: str) -> None:
-    match = TYPE.fullmatch(spec)
-    assert match, f"{where}: {spec!r} is not a Supervisor option type"
-    base = spec.rstrip("?").split("(")[0]
-    if value is None:
-        return
-    if base in ("str", "password", "email", "url", "device"):
-        assert isinstance(value, str), f"{where}: {value!r} is not a string"
-    elif base == "bool":
-        assert isinstance(value, bool), where
-    elif base in ("int", "port"):
-        assert isinstance(value, int), where
-        assert not isinstance(value, bool), where
-        low = match[1] if base == "int" else "1"
-        if low:
-            assert value >= float(low), where
-    elif base == "float":
-        assert isinstance(value, int | float), where
-    elif base == "match":
-        assert isinstance(value, str), where
-        assert re.fullmatch(match[3], value), f"{where}: {value!r} does not match {match[3]}"
-    elif base == "list":
-        assert value in match[4].split("|"), f"{where}: {value!r} not in {match[4]}"
+def test_docker_stop_leaves_the_shutdown_grace() -> None:
+    """The Supervisor stops the add-on with `docker stop -t <timeout>`: SIGTERM must reach the
+    bridge itself (Docker's init, not the base image's s6 /init, which kills a container
+    command S6_KILL_GRACETIME = 3 s after it), and the bridge's grace must end before
+    Docker's SIGKILL, or offline is never published."""
+    assert CONFIG["init"] is True
+    assert re.search(r"^ENTRYPOINT \[\]$", (ADDON / "Dockerfile").read_text("utf-8"), re.M)
+    sections, _ = addon.bridge_config(options(), SERVICE)
+    assert sections["shutdown"]["grace"] + 5 <= CONFIG["timeout"]
 
 
-def _check(schema: Any, value: Any, where: str) -> None:
-    if isinstance(schema, dict):
-        assert isinstance(value, dict), f"{where}: not an object"
-        for key, spec in schema.items():
-            if key in value:
-                _check(spec, value[key], f"{where}.{key}")
-            else:
-                assert isinstance(spec, str), f"{where}.{key} is required but has no default"
-                assert spec.endswith("?"), f"{where}.{key} is required but has no default"
-        assert not set(value) - set(schema), f"{where}: unknown {set(value) - set(schema)}"
-    elif isinstance(schema, list):
-        assert len(schema) == 1, where
-        assert isinstance(value, list), where
-        for i, item in enumerate(value):
-            _check(schema[0], item, f"{where}[{i}]")
-    else:
-        _check_type(schema, value, where)
-
-
-def test_options_match_their_schema() -> None:
-    _check(CONFIG["schema"], CONFIG["options"], "options")
+def test_options_pass_their_schema() -> None:
+    written = supervisor_schema.validate_options(CONFIG["schema"], CONFIG["options"])
+    assert written["command_profiles"][2]["setting"] == "upload_interval"
     assert CONFIG["schema"]["token"] == "password", "the token is a password field"
     assert CONFIG["schema"]["mqtt_password"] == "password?"
+    assert CONFIG["schema"]["stream_authorization"] == "password?"
+    # What a user sets in the UI passes too, the stream included.
+    supervisor_schema.validate_options(CONFIG["schema"], options(
+        devices=[5537057], discovery_mode="entity", parameters="all", stream=True,
+        stream_authorization="Bearer x", stream_path="/hook/flespi",
+        stream_certfile="fullchain.pem", stream_keyfile="privkey.pem",
+        mqtt_host="192.0.2.10", mqtt_port=8883))
 
 
-def test_schema_check_catches_bad_options() -> None:
-    """The validator above means something: it rejects what the Supervisor would."""
-    for bad in ({"devices": ["x"]}, {"log_level": "verbose"}, {"base_topic": "a/#"},
-                {"discovery": "yes"}, {"surprise": 1}):
-        with pytest.raises(AssertionError):
-            _check(CONFIG["schema"], {**CONFIG["options"], **bad}, "options")
+@pytest.mark.parametrize("bad", [
+    {"devices": ["x"]}, {"devices": [0]}, {"log_level": "verbose"}, {"base_topic": "a/#"},
+    {"discovery": "maybe"}, {"discovery_mode": "both"}, {"parameters": "some"},
+    {"surprise": 1}, {"mqtt_port": 70000}, {"stream_authorization": None},
+    {"stream_path": "no-slash"},
+    {"command_profiles": [{"device_type": "1272", "entity": "x", "component": "switch",
+                           "command": "c"}]},
+    {"command_profiles": [{"device_type": "1272", "component": "button", "command": "c"}]},
+])
+def test_the_supervisor_refuses_bad_options(bad: dict[str, Any]) -> None:
+    """The ported checks mean something: they refuse what the Supervisor refuses."""
+    with pytest.raises(supervisor_schema.Invalid):
+        supervisor_schema.validate_options(CONFIG["schema"], {**CONFIG["options"], **bad})
+
+
+@pytest.mark.parametrize("bad", [
+    {"watchdog": "http://localhost:9871/healthz"}, {"arch": ["amd64", "armv7"]},
+    {"services": ["mqtt"]}, {"ports": {"9871": 0}}, {"timeout": 5},
+    {"schema": {"token": "secret"}}, {"schema": {"devices": [["int"]]}},
+])
+def test_the_supervisor_refuses_a_bad_config(bad: dict[str, Any]) -> None:
+    with pytest.raises(supervisor_schema.Invalid):
+        supervisor_schema.validate_config({**CONFIG, **bad})
+
+
+def test_profiles_offer_what_the_bridge_takes() -> None:
+    """Every command-profile field of the bridge (CommandSpec) is an add-on option, but the
+    lock's payloads: a number or a string, which an add-on schema cannot say (the bridge's
+    defaults 1 / 0 stand)."""
+    profile = CONFIG["schema"]["command_profiles"][0]
+    bridge_fields = set(CommandSpec.model_fields) - {"payload_lock", "payload_unlock"}
+    assert set(profile) - {"device_type", "entity"} == bridge_fields
+    assert {*addon.PROFILE_KEYS, "properties"} == bridge_fields
 
 
 def test_every_option_is_translated_and_described() -> None:
     translations = yaml.safe_load((ADDON / "translations" / "en.yaml").read_text("utf-8"))
-    assert set(translations["configuration"]) == set(CONFIG["schema"])
+    supervisor_schema.validate_translations(translations)
+    configuration = translations["configuration"]
+    assert set(configuration) == set(CONFIG["schema"])
+    for option, entry in configuration.items():
+        assert entry.get("description"), f"translations/en.yaml: {option} has no description"
+    fields = configuration["command_profiles"]["fields"]
+    assert set(fields) == set(CONFIG["schema"]["command_profiles"][0])
+    assert set(translations["network"]) == set(CONFIG["ports"])
     docs = (ADDON / "DOCS.md").read_text(encoding="utf-8")
-    for option in CONFIG["schema"]:
+    for option in [*CONFIG["schema"], *CONFIG["schema"]["command_profiles"][0]]:
         assert f"`{option}`" in docs, f"DOCS.md does not describe {option}"
 
 
@@ -146,10 +153,10 @@ def load(sections: dict[str, dict[str, Any]], secrets: dict[str, str], tmp_path:
     """The bridge's own loader on what the add-on writes (TOML) and passes (environment)."""
     path = tmp_path / "addon.toml"
     path.write_text(tomlwrite.dumps(sections), encoding="utf-8")
-    overrides: dict[str, dict[str, Any]] = {"flespi": {"token": secrets[
-        "FLESPI_BRIDGE_FLESPI__TOKEN"]}}
-    if "FLESPI_BRIDGE_LOCAL__PASSWORD" in secrets:
-        overrides["local"] = {"password": secrets["FLESPI_BRIDGE_LOCAL__PASSWORD"]}
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, value in secrets.items():  # FLESPI_BRIDGE_<SECTION>__<KEY>, as the loader reads
+        section, key = name.removeprefix("FLESPI_BRIDGE_").lower().split("__")
+        overrides.setdefault(section, {})[key] = value
     return config.load(path, overrides=overrides, environment=False)
 
 
@@ -188,6 +195,62 @@ def test_options_reach_the_bridge(tmp_path: Path) -> None:
     assert settings.commands.read_only is True
     assert settings.commands.profiles == {}
     assert settings.log.level == "DEBUG"
+
+
+def test_discovery_layout_parameters_and_settings_reach_the_bridge(tmp_path: Path) -> None:
+    sections, secrets = addon.bridge_config(options(discovery_mode="entity", parameters="all"),
+                                            SERVICE)
+    settings = load(sections, secrets, tmp_path)
+    assert settings.homeassistant.discovery_mode == "entity"
+    assert settings.flespi.parameters == "all"
+    interval = settings.commands.profiles["1272"]["upload_interval"]
+    assert interval.setting == "upload_interval"  # Home Assistant shows the device's setting
+    assert settings.commands.settings == ["upload_interval"]
+    assert settings.commands.profiles["1272"]["restart"].label == "Restart"
+    default = load(*addon.bridge_config(options(), SERVICE), tmp_path)
+    assert default.homeassistant.discovery_mode == "device"
+    assert default.flespi.parameters == "catalogue"
+    assert default.stream.enabled is False
+
+
+def test_stream_with_tls_from_ssl(tmp_path: Path) -> None:
+    ssl = tmp_path / "ssl"
+    ssl.mkdir()
+    leaf = trustme.CA().issue_cert("ha.example.test")
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(ssl / "fullchain.pem"))
+    leaf.private_key_pem.write_to_path(str(ssl / "privkey.pem"))
+    authorization = "Bearer StreamAuthorizationSECRET0123456789"
+    sections, secrets = addon.bridge_config(
+        options(stream=True, stream_authorization=authorization, stream_path="/hook",
+                stream_certfile="fullchain.pem", stream_keyfile="privkey.pem"),
+        SERVICE, ssl_dir=ssl)
+    assert authorization not in tomlwrite.dumps(sections)
+    settings = load(sections, secrets, tmp_path)
+    stream = settings.stream
+    assert (stream.enabled, stream.host, stream.port, stream.path) == (
+        True, "0.0.0.0", addon.STREAM_PORT, "/hook")
+    assert (stream.cert_file, stream.key_file) == (ssl / "fullchain.pem", ssl / "privkey.pem")
+    assert stream.tls
+    assert stream.authorization is not None
+    assert stream.authorization.get_secret_value() == authorization
+
+
+def test_stream_without_tls_or_authorization(tmp_path: Path) -> None:
+    sections, secrets = addon.bridge_config(
+        options(stream=True, stream_authorization="Bearer x"), SERVICE)
+    stream = load(sections, secrets, tmp_path).stream
+    assert (stream.enabled, stream.path, stream.tls) == (True, "/flespi/stream", False)
+    with pytest.raises(addon.AddonError, match="stream_authorization"):
+        addon.bridge_config(options(stream=True), SERVICE)
+    with pytest.raises(addon.AddonError, match="stream_keyfile"):
+        addon.bridge_config(options(stream=True, stream_authorization="Bearer x",
+                                    stream_certfile="fullchain.pem"), SERVICE)
+    # A certificate missing from /ssl is the bridge's clear configuration error.
+    sections, secrets = addon.bridge_config(
+        options(stream=True, stream_authorization="Bearer x", stream_certfile="none.pem",
+                stream_keyfile="none.key"), SERVICE, ssl_dir=tmp_path)
+    with pytest.raises(ConfigError, match="cert_file"):
+        load(sections, secrets, tmp_path)
 
 
 def test_own_broker_overrides_the_supervisor(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from bridge import config
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+ADDON_DOCKERFILE = REPO / "homeassistant-addon" / "flespi-bridge" / "Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 
 
@@ -121,8 +122,9 @@ def hadolint(path: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_hadolint_clean(tmp_path: Path) -> None:
-    proc = hadolint(DOCKERFILE, tmp_path)
+@pytest.mark.parametrize("path", [DOCKERFILE, ADDON_DOCKERFILE], ids=["image", "add-on"])
+def test_hadolint_clean(path: Path, tmp_path: Path) -> None:
+    proc = hadolint(path, tmp_path)
     findings = f"hadolint findings:\n{proc.stdout}{proc.stderr}"
     assert proc.returncode == 0, findings
     assert not proc.stdout.strip(), findings

