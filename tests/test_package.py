@@ -100,11 +100,15 @@ def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
     modules = {p.relative_to(REPO).as_posix() for p in (REPO / "bridge").rglob("*.py")}
     assert modules - set(names) == set()
     assert "bridge/py.typed" in names
+    # The MIT licence the metadata declares travels with the wheel and the sdist.
+    assert f"flespi_bridge-{VERSION}.dist-info/licenses/LICENSE" in names or \
+        f"flespi_bridge-{VERSION}.dist-info/LICENSE" in names, names
     assert not [n for n in names if n.startswith(("tests/", "tools/", "bench/"))], names
     with tarfile.open(sdist) as tar:
         members = tar.getnames()
     assert f"flespi_bridge-{VERSION}/README.md" in members
     assert f"flespi_bridge-{VERSION}/config.example.toml" in members
+    assert f"flespi_bridge-{VERSION}/LICENSE" in members
     assert {f"flespi_bridge-{VERSION}/{m}" for m in modules} <= set(members)
     # No half test suite (setuptools would add tests/test_*.py without their helpers).
     assert not [m for m in members if m.startswith(f"flespi_bridge-{VERSION}/tests")], members
