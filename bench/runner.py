@@ -57,12 +57,13 @@ def scale(args: argparse.Namespace) -> Settings:
     s = Settings(results=args.results, profile=args.profile, nodelay=args.tcp_nodelay)
     if args.quick:
         s.ingest_messages, s.ingest_devices = 2_000, 200
+        s.ingest_publications = None
         s.latency_seconds, s.latency_warmup = 5.0, 1.0
         s.startup_devices = [2_000]
         s.commands = 20
         s.contestant_timeout = 60.0
     if args.messages:
-        s.ingest_messages = args.messages
+        s.ingest_messages, s.ingest_publications = args.messages, None
     if args.devices:
         s.ingest_devices = args.devices
     if args.startup_devices:
@@ -534,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="small scale (about 2 minutes)")
     p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
-    p.add_argument("--messages", type=int, help="ingest: device messages (x22 publications)")
+    p.add_argument("--messages", type=int,
+                   help="device messages of ingest (each one publication per catalogue "
+                   "parameter; default: as many as make 220,000 publications) and stream")
     p.add_argument("--devices", type=int, help="ingest: devices")
     p.add_argument("--startup-devices", type=fleet_sizes,
                    help="start-up: fleet sizes, comma-separated, each measured against its "

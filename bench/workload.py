@@ -141,6 +141,11 @@ class Workload:
     params_per_message: int
 
 
+def params_per_message() -> int:
+    """Publications per device message: one per parameter the workload sends."""
+    return len(device_message(random.Random(1), catalog.CATALOG).params)
+
+
 def ingest(n_messages: int, devices: int, *, seed: int = 1) -> Workload:
     """`n_messages` device messages round-robin over `devices` devices, each fanned out
     into one publication per parameter, as flespi does."""

@@ -23,8 +23,8 @@ import trustme
 import yaml
 
 from bridge import addon, config, tomlwrite
+from bridge.config import CommandSpec
 from bridge.exceptions import ConfigError
-from bridge.sections import CommandSpec
 
 REPO = Path(__file__).resolve().parent.parent
 ADDONS = REPO / "homeassistant-addon"
