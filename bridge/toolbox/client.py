@@ -1,6 +1,7 @@
 """The toolbox's flespi REST client (httpx, like `HttpRest`): `Authorization: FlespiToken`,
 GET parameters in the `data` query variable, 429 and 5xx retried with exponential backoff
-(honouring `Retry-After`), device messages paged by timestamp. Errors are `RestError`s
+(honouring `Retry-After`), device messages paged by timestamp (flespi's `count` caps a
+page; messages have no `limit`/`offset`). Errors are `RestError`s
 whose messages never hold the token."""
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class FlespiClient:
         reaches `end` (a server may cap a page below `page`)."""
         since, seen_at_since = start, 0
         while True:
-            data: dict[str, Any] = {"from": since, "to": end, "limit": page}
+            data: dict[str, Any] = {"from": since, "to": end, "count": page}
             if fields:
                 data["fields"] = fields
             result = await self.get(f"gw/devices/{device_id}/messages", data)
