@@ -5,12 +5,14 @@ PNG as an image, the HTML map parsed), trips, paging and retried 429/5xx answers
 from __future__ import annotations
 
 import csv
+import gc
 import io
 import itertools
 import json
 import math
 import re
 import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
@@ -24,6 +26,7 @@ from PIL import Image
 from toolbox_helpers import Api, cli, hours_ago, start_api
 
 from bridge.sim import history, van_history
+from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
 
 SCHEMA = Path(__file__).parent / "schemas" / "gpx-1.1.xsd"
@@ -306,3 +309,32 @@ async def test_a_vans_track_is_its_own_and_splits_on_ignition_off(vans: Api) -> 
     scooter = next(d for d in vans.sim.devices.values() if d.profile == "scooter")
     assert "lock.status" in _expected_positions_of(vans, scooter.id, start, end)[0]
     assert "lock.status" not in expected[0]
+
+
+async def _peak_while_paging(api: Api, seconds: float) -> tuple[int, int]:
+    """(messages, peak bytes allocated) while `FlespiClient.messages` pages through
+    `seconds` of 1-second history (the server runs in this process too: one page at a
+    time), with the cyclic garbage collector off: a long export may go a long while without
+    a full collection, so nothing of a page may wait for one."""
+    end = hours_ago(1)
+    count = 0
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        async with FlespiClient(api.url, TOKEN) as rest:
+            async for _ in rest.messages(api.device, end - seconds, end, page=1000):
+                count += 1
+        return count, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+async def test_paging_keeps_one_page_in_memory_whatever_the_range(api: Api) -> None:
+    api.responder.tools.history_period = 1.0
+    api.responder.tools.max_count = 1000
+    short, short_peak = await _peak_while_paging(api, 3_000)
+    long, long_peak = await _peak_while_paging(api, 15_000)
+    assert (short, long) == (3_001, 15_001)
+    assert long_peak < short_peak + 1_000_000  # five times the pages, the same peak
