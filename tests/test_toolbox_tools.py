@@ -48,6 +48,28 @@ async def test_telemetry_is_normalized_by_the_catalogue(api: Api) -> None:
     assert api.responder.requests[-1].uri == f"gw/devices/{api.device}/telemetry/battery.level"
 
 
+async def test_telemetry_follows_the_configurations_parameters(tmp_path: Path) -> None:
+    """The live path's table: overrides rename, ignores drop, `parameters = "all"` makes
+    attributes of what the catalogue does not know."""
+    extra: dict[str, dict[str, object]] = {"flespi": {
+        "parameters": "all",
+        "overrides": {"battery.level": {"attribute": "charge"},
+                      "gsm.signal.level": {"ignore": True}}}}
+    async for api in start_api(tmp_path, extra):
+        dev = api.sim.devices[api.device]
+        run = await cli(api, "telemetry", str(api.device), "--json")
+        assert run.code == 0, run.err
+        doc = json.loads(run.out)
+        attrs = doc["attributes"]
+        assert attrs["charge"] == dev.value("battery.level")
+        assert "battery" not in attrs
+        assert "gsm.signal.level" not in doc["unmapped"]
+        assert not any(v == dev.value("gsm.signal.level") and "signal" in k
+                       for k, v in attrs.items())
+        assert "message.type" not in doc["unmapped"]  # a rule-made attribute now
+        assert dev.value("message.type") in attrs.values()
+
+
 async def test_telemetry_of_an_unknown_device_fails_cleanly(api: Api) -> None:
     run = await cli(api, "telemetry", "999")
     assert run.code == 1
