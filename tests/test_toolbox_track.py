@@ -4,6 +4,7 @@ PNG as an image, the HTML map parsed), trips, paging and retried 429/5xx answers
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gc
 import io
@@ -21,10 +22,11 @@ from typing import Any
 
 import pytest
 import xmlschema
-from helpers import TOKEN
+from helpers import PYTHON, TOKEN, bridge_env
 from PIL import Image
 from toolbox_helpers import Api, cli, hours_ago, start_api
 
+from bridge import mosquitto, tomlwrite
 from bridge.sim import history, van_history
 from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
@@ -338,3 +340,40 @@ async def test_paging_keeps_one_page_in_memory_whatever_the_range(api: Api) -> N
     long, long_peak = await _peak_while_paging(api, 15_000)
     assert (short, long) == (3_001, 15_001)
     assert long_peak < short_peak + 1_000_000  # five times the pages, the same peak
+
+
+async def test_simulate_serves_the_tools_a_fleet_to_try_them_on(
+        upstream: mosquitto.Broker, tmp_path: Path) -> None:
+    """`simulate --rest-port`: what a user runs to try `track` without a flespi account."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "bridge", "simulate", "--broker", f"127.0.0.1:{upstream.port}",
+        "--devices", "2", "--fleet", "vans", "--rate", "1", "--rest-port", "0",
+        env=bridge_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        url = ""
+        while not url:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "simulate ended without serving REST"
+            found = re.match(r"REST API on (http://127\.0\.0\.1:\d+) ", line)
+            url = found.group(1) if found else ""
+        config = tmp_path / "config.toml"
+        config.write_text(tomlwrite.dumps({"flespi": {"token": TOKEN},
+                                           "commands": {"http_url": url}}))
+        day = (math.floor(time.time() / 86400) - 1) * 86400
+        track = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bridge", "track", "5537000", "--from", str(day + 12 * 3600),
+            "--to", str(day + 13 * 3600), "--summary", "--config", str(config),
+            env=bridge_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(track.communicate(), 60)
+        assert track.returncode == 0, err.decode()
+        lines = out.decode().splitlines()
+        assert 2 <= len([line for line in lines if line[:1].isdigit()]) <= 4  # its drives
+        assert lines[-1].split()[:1] == ["total"]
+        # the hour's distance, less each drive's last 10 s (a trip ends at its last point
+        # with the ignition on)
+        assert float(lines[-1].split()[2]) == pytest.approx(van_history.HOUR_KM, rel=0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
