@@ -21,6 +21,7 @@ from typing import Any
 
 from bench import bridgecfg, scenarios
 from bench import stream as stream_bench
+from bench import track as track_bench
 from bench.procs import REPO
 from bench.scenarios import (
     BRIDGE,
@@ -33,7 +34,7 @@ from bench.scenarios import (
     startup_label,
 )
 
-SCENARIOS = ("ingest", "latency", "startup", "commands", "stream")
+SCENARIOS = ("ingest", "latency", "startup", "commands", "stream", "track")
 README = REPO / "bench" / "README.md"
 TABLE_START = "<!-- bench:table:start -->"
 TABLE_END = "<!-- bench:table:end -->"
@@ -62,6 +63,7 @@ def scale(args: argparse.Namespace) -> Settings:
         s.startup_devices = [2_000]
         s.commands = 20
         s.contestant_timeout = 60.0
+        s.track_days = 3.0
     if args.messages:
         s.ingest_messages, s.ingest_publications = args.messages, None
     if args.devices:
@@ -70,6 +72,10 @@ def scale(args: argparse.Namespace) -> Settings:
         s.startup_devices = args.startup_devices
     if args.latency_seconds:
         s.latency_seconds = args.latency_seconds
+    if args.track_days:
+        s.track_days = args.track_days
+    if args.track_formats:
+        s.track_formats = args.track_formats
     if args.commands is not None:
         s.commands = args.commands
     if args.command_payload:
@@ -462,7 +468,8 @@ async def run(args: argparse.Namespace) -> int:
     for name in SCENARIOS:
         if name not in chosen:
             continue
-        func = stream_bench.stream if name == "stream" else getattr(scenarios, name)
+        func = {"stream": stream_bench.stream, "track": track_bench.track}.get(name) \
+            or getattr(scenarios, name)
         if time.monotonic() - began > args.budget:
             log(f"{name}: skipped, the run has used its {args.budget:.0f} s budget")
             measurements.append(Measurement(name, "flespi-bridge", None, "",
@@ -546,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", type=int, help="command round trips to measure")
     p.add_argument("--command-payload", help='JSON for <base>/<id>/set (default '
                    '{"command": "restart"}; a "transaction" is added)')
+    p.add_argument("--track-days", type=float,
+                   help="track: the long range in days, against one day (default 30, 3 with "
+                        "--quick)")
+    p.add_argument("--track-formats", nargs="+", choices=track_bench.FORMATS,
+                   help="track: only these formats (default all)")
     p.add_argument("--bridge-extra", type=Path,
                    help="TOML merged into every bridge configuration (the benchmark's "
                         "connection settings win)")

@@ -58,6 +58,8 @@ class Settings:
     profile: bool = False
     nodelay: str = "upstream"  # brokers with `set_tcp_nodelay true`: upstream | all | none
     contestant_timeout: float = 120.0
+    track_days: float = 30.0  # the long range of the track scenario (against one day)
+    track_formats: list[str] = field(default_factory=list)  # empty: every format
 
     @property
     def logs(self) -> Path:

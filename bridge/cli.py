@@ -132,6 +132,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         await sim.start()
         print(f"simulating {args.devices} devices ({args.fleet}) on {args.broker} at "
               f"{args.rate} messages/s", flush=True)
+        responder = None
+        if args.rest_port is not None:  # history, telemetry, sessions, tokens for the tools
+            from bridge.sim import Responder
+
+            responder = Responder(sim)
+            url = await responder.serve_http("127.0.0.1", args.rest_port)
+            print(f"REST API on {url} (commands.http_url for track, telemetry, sessions, "
+                  "token)", flush=True)
         stop = asyncio.Event()
         _install_signals(stop)
         runner = asyncio.create_task(sim.run(args.rate, args.duration))
@@ -139,6 +147,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
         runner.cancel()
         waiter.cancel()
+        if responder is not None:
+            await responder.close()
         await sim.stop()
 
     asyncio.run(main())
@@ -240,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--fleet", choices=FLEETS, default="scooters",
                      help="e-scooters, delivery vans, or every other device a van")
+    sim.add_argument("--rest-port", type=int, metavar="PORT",
+                     help="--broker: also serve flespi's REST API for the fleet (device "
+                          "history, telemetry, sessions, tokens) over HTTP on "
+                          "127.0.0.1:PORT (0: any free port), for track and the other tools")
     sim.add_argument("--authorization", help="--http-stream: the Authorization header value")
     sim.add_argument("--limit-messages", type=int, default=1000,
                      help="--http-stream: messages per batch at most (flespi's limit_messages)")

@@ -48,6 +48,28 @@ async def test_telemetry_is_normalized_by_the_catalogue(api: Api) -> None:
     assert api.responder.requests[-1].uri == f"gw/devices/{api.device}/telemetry/battery.level"
 
 
+async def test_telemetry_follows_the_configurations_parameters(tmp_path: Path) -> None:
+    """The live path's table: overrides rename, ignores drop, `parameters = "all"` makes
+    attributes of what the catalogue does not know."""
+    extra: dict[str, dict[str, object]] = {"flespi": {
+        "parameters": "all",
+        "overrides": {"battery.level": {"attribute": "charge"},
+                      "gsm.signal.level": {"ignore": True}}}}
+    async for api in start_api(tmp_path, extra):
+        dev = api.sim.devices[api.device]
+        run = await cli(api, "telemetry", str(api.device), "--json")
+        assert run.code == 0, run.err
+        doc = json.loads(run.out)
+        attrs = doc["attributes"]
+        assert attrs["charge"] == dev.value("battery.level")
+        assert "battery" not in attrs
+        assert "gsm.signal.level" not in doc["unmapped"]
+        assert not any(v == dev.value("gsm.signal.level") and "signal" in k
+                       for k, v in attrs.items())
+        assert "message.type" not in doc["unmapped"]  # a rule-made attribute now
+        assert dev.value("message.type") in attrs.values()
+
+
 async def test_telemetry_of_an_unknown_device_fails_cleanly(api: Api) -> None:
     run = await cli(api, "telemetry", "999")
     assert run.code == 1
@@ -97,18 +119,16 @@ async def test_least_privilege_acl_is_what_the_configuration_needs(commanding: A
     access = commanding.responder.tools.tokens[-1]["access"]
     assert access["type"] == 2
     acl = access["acl"]
-    subscribed = {e["topic"] for e in acl if e.get("actions") == ["subscribe"]}
+    # its devices only: read them and what it subscribes of them, send them commands
+    assert acl[0] == {"uri": "gw/devices", "methods": ["GET"], "ids": [5537000, 5537001],
+                      "submodules": [{"name": "telemetry", "methods": ["GET"]},
+                                     {"name": "connections", "methods": ["GET"]},
+                                     {"name": "settings", "methods": ["GET"]},
+                                     {"name": "commands", "methods": ["POST"]}]}
     assert {"uri": "mqtt", "topic": "flespi-bridge/garage-bridge/#",  # its reply prefix
             "actions": ["publish", "subscribe"]} in acl
-    assert any(t.startswith("flespi/state/gw/devices/5537000") for t in subscribed)
-    # only its devices (every connection of each: `connections/+`)
-    assert not any(t.split("/")[4] == "+" for t in subscribed)
-    assert "flespi/state/gw/devices/5537000,5537001/connections/+" in subscribed
-    published = {e["topic"] for e in acl if e.get("actions") == ["publish"]}
-    assert "flespi/rest/post/gw/devices/5537000,5537001/commands" in published
-    rest = [e for e in acl if e.get("uri") == "gw/devices"]
-    assert rest == [{"uri": "gw/devices", "methods": ["POST"], "ids": [5537000, 5537001],
-                     "submodules": [{"name": "commands", "methods": ["POST"]}]}]
+    # flespi takes no MQTT entries under flespi/: those topics follow the REST rights
+    assert not any(e.get("topic", "").startswith("flespi/") for e in acl)
     assert "ACL:" in run.out
     assert json.dumps("flespi-bridge/garage-bridge/#") in run.out
     assert commanding.responder.tools.tokens[-1]["key"] not in run.out
@@ -118,15 +138,16 @@ async def test_read_only_bridge_gets_no_command_rights(api: Api) -> None:
     run = await cli(api, "token", "create", "--ttl", "600", "--least-privilege")
     assert run.code == 0, run.err
     acl = api.responder.tools.tokens[-1]["access"]["acl"]
-    # no command profiles: its subscriptions, its reply prefix, and reading device type
+    # no command profiles: reading its devices, its reply prefix, and reading device type
     # and protocol names for Home Assistant's device info; nothing else
-    *subscribed, reply, names_topic, names = acl
-    assert all(e.get("actions") == ["subscribe"] for e in subscribed)
+    devices, reply, names = acl
+    assert devices == {"uri": "gw/devices", "methods": ["GET"], "ids": "all",
+                       "submodules": [{"name": "telemetry", "methods": ["GET"]},
+                                      {"name": "connections", "methods": ["GET"]}]}
     assert reply == {"uri": "mqtt", "topic": "flespi-bridge/flespi-bridge/#",
                      "actions": ["publish", "subscribe"]}
-    assert names_topic == {"uri": "mqtt", "topic": "flespi/rest/get/gw/channel-protocols/#",
-                           "actions": ["publish"]}
-    assert names == {"uri": "gw/channel-protocols", "methods": ["GET"]}
+    assert names == {"uri": "gw/channel-protocols", "methods": ["GET"],
+                     "submodules": [{"name": "device-types", "methods": ["GET"]}]}
 
 
 async def test_a_rejected_token_request_never_echoes_a_token(api: Api) -> None:

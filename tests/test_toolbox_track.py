@@ -4,23 +4,31 @@ PNG as an image, the HTML map parsed), trips, paging and retried 429/5xx answers
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import gc
 import io
+import itertools
 import json
 import math
 import re
+import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import xmlschema
-from helpers import TOKEN
+from helpers import PYTHON, TOKEN, bridge_env
 from PIL import Image
 from toolbox_helpers import Api, cli, hours_ago, start_api
 
-from bridge.sim import history
+from bridge import mosquitto, tomlwrite
+from bridge.sim import history, van_history
+from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
 
 SCHEMA = Path(__file__).parent / "schemas" / "gpx-1.1.xsd"
@@ -40,7 +48,12 @@ def _range(hours: int = 3) -> tuple[str, str]:
 
 
 def _expected_positions(api: Api, start: str, end: str) -> list[dict[str, float]]:
-    dev = api.sim.devices[api.device]
+    return _expected_positions_of(api, api.device, start, end)
+
+
+def _expected_positions_of(api: Api, device: int, start: str, end: str
+                           ) -> list[dict[str, Any]]:
+    dev = api.sim.devices[device]
     return list(history.messages(api.sim.fleet, dev, float(start), float(end)))
 
 
@@ -196,7 +209,7 @@ async def test_html_map_has_a_layer_and_popups_per_trip(api: Api) -> None:
 
 
 async def test_large_ranges_are_paged_without_loss_or_duplicates(api: Api) -> None:
-    api.responder.tools.max_limit = 250
+    api.responder.tools.max_count = 250
     start, end = _range(2)
     run = await cli(api, "track", str(api.device), "--from", start, "--to", end,
                     "--format", "csv", "-o", "out.csv")
@@ -247,6 +260,120 @@ async def test_relative_times_and_bad_times(api: Api) -> None:
                            if r.uri.endswith("/messages")).query["data"])
     assert data["to"] - data["from"] == pytest.approx(7200, abs=5)
     assert "position.latitude" in data["fields"]
+    assert data["count"] == 5000  # flespi's page size; messages know no `limit`
     bad = await cli(api, "track", str(api.device), "--from", "last tuesday", "--summary")
     assert bad.code == 2
     assert "bad time" in bad.err
+
+
+@pytest.fixture
+async def vans(tmp_path: Path) -> AsyncIterator[Api]:
+    async for a in start_api(tmp_path, kind="mixed"):
+        yield a
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+async def test_a_vans_track_is_its_own_and_splits_on_ignition_off(vans: Api) -> None:
+    van = next(d for d in vans.sim.devices.values() if d.profile == "van")
+    day = (math.floor(time.time() / 86400) - 1) * 86400  # yesterday, UTC
+    # parked until 12:00 UTC, then three working hours of drives and short parks
+    start, end = str(int(day + 11.5 * 3600)), str(int(day + 15 * 3600))
+    expected = _expected_positions_of(vans, van.id, start, end)
+    ignition = [m["engine.ignition.status"] for m in expected]
+    drives = sum(1 for a, b in itertools.pairwise(ignition) if b and not a)
+    assert drives >= 5
+    # every park is shorter than --min-stop here: only ignition off ends a trip
+    args = ("track", str(van.id), "--from", start, "--to", end, "--min-stop", "3000")
+    run = await cli(vans, *args, "--format", "csv", "--param", "vehicle.mileage",
+                    "--param", "fuel.level", "-o", "van.csv", "--summary")
+    assert run.code == 0, run.err
+    summary = [line.split() for line in run.out.splitlines() if line[:1].isdigit()]
+    assert len(summary) == drives
+    rows = _rows(vans.tmp / "van.csv")
+    assert len(rows) == len(expected)
+    # the van's flat keys, from its model: the odometer never goes back, and each trip's
+    # haversine distance is what the odometer counted over it
+    mileage = [float(r["vehicle.mileage"]) for r in rows]
+    assert mileage == sorted(mileage)
+    assert mileage[-1] - mileage[0] == pytest.approx(3 * van_history.HOUR_KM, abs=0.01)
+    assert all(0 < float(r["fuel.level"]) <= 100 for r in rows)
+    for trip, line in enumerate(summary, 1):
+        odometer = [m for r, m in zip(rows, mileage, strict=True) if r["trip"] == str(trip)]
+        assert float(line[4]) == pytest.approx(odometer[-1] - odometer[0], rel=0.01, abs=0.02)
+    # without an ignition parameter the short parks stay inside one long trip
+    merged = await cli(vans, *args, "--ignition-param", "no.such.parameter", "--summary")
+    assert merged.code == 0, merged.err
+    assert len([line for line in merged.out.splitlines() if line[:1].isdigit()]) == 1
+    # a scooter of the same fleet still rides its own model
+    scooter = next(d for d in vans.sim.devices.values() if d.profile == "scooter")
+    assert "lock.status" in _expected_positions_of(vans, scooter.id, start, end)[0]
+    assert "lock.status" not in expected[0]
+
+
+async def _peak_while_paging(api: Api, seconds: float) -> tuple[int, int]:
+    """(messages, peak bytes allocated) while `FlespiClient.messages` pages through
+    `seconds` of 1-second history (the server runs in this process too: one page at a
+    time), with the cyclic garbage collector off: a long export may go a long while without
+    a full collection, so nothing of a page may wait for one."""
+    end = hours_ago(1)
+    count = 0
+    gc.collect()
+    gc.disable()
+    tracemalloc.start()
+    try:
+        async with FlespiClient(api.url, TOKEN) as rest:
+            async for _ in rest.messages(api.device, end - seconds, end, page=1000):
+                count += 1
+        return count, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+
+
+async def test_paging_keeps_one_page_in_memory_whatever_the_range(api: Api) -> None:
+    api.responder.tools.history_period = 1.0
+    api.responder.tools.max_count = 1000
+    short, short_peak = await _peak_while_paging(api, 3_000)
+    long, long_peak = await _peak_while_paging(api, 15_000)
+    assert (short, long) == (3_001, 15_001)
+    assert long_peak < short_peak + 1_000_000  # five times the pages, the same peak
+
+
+async def test_simulate_serves_the_tools_a_fleet_to_try_them_on(
+        upstream: mosquitto.Broker, tmp_path: Path) -> None:
+    """`simulate --rest-port`: what a user runs to try `track` without a flespi account."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "bridge", "simulate", "--broker", f"127.0.0.1:{upstream.port}",
+        "--devices", "2", "--fleet", "vans", "--rate", "1", "--rest-port", "0",
+        env=bridge_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        url = ""
+        while not url:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "simulate ended without serving REST"
+            found = re.match(r"REST API on (http://127\.0\.0\.1:\d+) ", line)
+            url = found.group(1) if found else ""
+        config = tmp_path / "config.toml"
+        config.write_text(tomlwrite.dumps({"flespi": {"token": TOKEN},
+                                           "commands": {"http_url": url}}))
+        day = (math.floor(time.time() / 86400) - 1) * 86400
+        track = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bridge", "track", "5537000", "--from", str(day + 12 * 3600),
+            "--to", str(day + 13 * 3600), "--summary", "--config", str(config),
+            env=bridge_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(track.communicate(), 60)
+        assert track.returncode == 0, err.decode()
+        lines = out.decode().splitlines()
+        assert 2 <= len([line for line in lines if line[:1].isdigit()]) <= 4  # its drives
+        assert lines[-1].split()[:1] == ["total"]
+        # the hour's distance, less each drive's last 10 s (a trip ends at its last point
+        # with the ignition on)
+        assert float(lines[-1].split()[2]) == pytest.approx(van_history.HOUR_KM, rel=0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

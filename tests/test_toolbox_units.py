@@ -226,3 +226,30 @@ def test_the_cli_loads_without_the_tools_extra() -> None:
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "7"
+
+
+def _many_trips(fmt: str, trips: int) -> int:
+    """Peak bytes allocated while `fmt` writes `trips` short trips (to a sink that drops
+    the text, as a file does once written)."""
+
+    class Drop(io.StringIO):
+        def write(self, s: str) -> int:
+            return len(s)
+
+    tracemalloc.start()
+    try:
+        out = writer(fmt, Drop(), TrackInfo(1, "x", 0, trips * 3600.0))
+        splitter = TripSplitter(Tee(out), TripOptions())
+        for t in range(trips):  # a ride of 10 points each hour, parked in between
+            for i in range(10):
+                splitter.feed(Point(t * 3600.0 + i * 10, i * 100 / DEG, 0.0, None, 36.0))
+        splitter.close()
+        out.close()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_kml_memory_does_not_grow_with_the_number_of_trips() -> None:
+    few, many = _many_trips("kml", 20), _many_trips("kml", 400)
+    assert many < few * 1.5 + 500_000  # each trip's folder is written and dropped

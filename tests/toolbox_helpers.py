@@ -44,9 +44,10 @@ def hours_ago(n: int) -> float:
     return (math.floor(time.time() / HOUR) - n) * HOUR
 
 
-async def start_api(tmp: Path, extra: dict[str, dict[str, object]] | None = None
-                    ) -> AsyncIterator[Api]:
-    sim = Simulator("127.0.0.1", 1, devices=3, seed=7)  # never connected: REST only
+async def start_api(tmp: Path, extra: dict[str, dict[str, object]] | None = None,
+                    kind: str = "scooters") -> AsyncIterator[Api]:
+    # never connected: REST only
+    sim = Simulator("127.0.0.1", 1, devices=3, seed=7, kind=kind)
     responder = Responder(sim, token=TOKEN)
     url = await responder.serve_http()
     sections: dict[str, dict[str, object]] = {

@@ -1,7 +1,9 @@
-"""The simulated fleet's message history, from the same motion model as its live messages:
+"""The simulated fleet's message history, from the same motion models as its live messages:
 each hour a scooter is parked, unlocked for one ride at 8-25 km/h around Santa Cruz, then
-locked again. Deterministic per device and hour (any range, any paging, same answer), and
-computed on demand, so an hour costs at most 3600/period steps and no history is stored."""
+locked again; a van's history is its own model's (`bridge.sim.van_history`: drives with the
+ignition on between parks, mileage, fuel). Deterministic per device and hour (any range, any
+paging, same answer), and computed on demand, so an hour costs at most 3600/period steps and
+no history is stored."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+from bridge.sim import van_history
 from bridge.sim.fleet import HOME, Fleet, SimDevice, _position, _voltage
 
 SLOT = 3600.0  # seconds: one ride per hour
@@ -55,7 +58,11 @@ def _slot_messages(fleet: Fleet, dev: SimDevice, slot: int, period: float
 def messages(fleet: Fleet, dev: SimDevice, start: float, end: float, period: float = 10.0
              ) -> Iterator[dict[str, Any]]:
     """The device's messages with `start <= timestamp <= end`, oldest first (flat keys as
-    flespi stores them: `position.latitude`, `battery.level`, ...)."""
+    flespi stores them: `position.latitude`, `battery.level`, ...), from the device's own
+    motion model."""
+    if dev.profile == "van":
+        yield from van_history.messages(fleet, dev, start, end, period)
+        return
     if end < start:
         return
     for slot in range(math.floor(start / SLOT), math.floor(end / SLOT) + 1):

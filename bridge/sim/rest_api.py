@@ -16,7 +16,10 @@ import orjson
 from bridge.sim import fleet, history
 from bridge.sim.fleet import Fleet
 
-MAX_LIMIT = 1000  # messages per answer at most (flespi pages large ranges too)
+MAX_COUNT = 1000  # messages per answer at most (flespi pages large ranges too)
+# the `data` properties of a messages request the simulator knows; like flespi, it refuses
+# any other (flespi answers 400 naming the property)
+MESSAGES_DATA = frozenset({"from", "to", "count", "fields"})
 
 Answer = tuple[int, Any]
 
@@ -28,7 +31,7 @@ def errors(reason: str, code: int = 0) -> dict[str, Any]:
 @dataclass
 class ToolsApi:
     fleet: Fleet
-    max_limit: int = MAX_LIMIT
+    max_count: int = MAX_COUNT
     history_period: float = 10.0  # seconds between a device's messages
     sessions: list[dict[str, Any]] = field(default_factory=lambda: [
         {"id": "1000001-panel", "client_id": "panel-4.45.24-sim", "cid": 1000001,
@@ -62,15 +65,18 @@ def messages(api: ToolsApi, path: list[str], query: dict[str, str], body: Any) -
     data = data_param(query, body)
     if isinstance(data, str):
         return 400, errors(data, 400)
+    unknown = sorted(set(data) - MESSAGES_DATA)
+    if unknown:
+        return 400, errors(f"unknown property {unknown[0]!r} in data", 400)
     now = time.time()
     try:
         start = float(data.get("from", 0))
         end = min(float(data.get("to", now)), now)
-        limit = min(int(data.get("limit", api.max_limit)), api.max_limit)
+        limit = min(int(data.get("count", api.max_count)), api.max_count)
     except (TypeError, ValueError):
-        return 400, errors("from, to and limit must be numbers", 400)
+        return 400, errors("from, to and count must be numbers", 400)
     if limit <= 0:
-        return 400, errors("limit must be positive", 400)
+        return 400, errors("count must be positive", 400)
     wanted = data.get("fields")
     keys = [k.strip() for k in wanted.split(",")] if isinstance(wanted, str) else None
     result = []

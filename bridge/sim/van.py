@@ -47,6 +47,13 @@ def _distance(a: tuple[float, float], b: tuple[float, float]) -> float:
     return math.hypot(dx, dy)
 
 
+# metres from the first waypoint to each waypoint along the round, and the round's length
+ROUTE_STARTS: tuple[float, ...] = tuple(
+    sum(_distance(ROUTE[i], ROUTE[(i + 1) % len(ROUTE)]) for i in range(k))
+    for k in range(len(ROUTE)))
+ROUTE_LENGTH = ROUTE_STARTS[-1] + _distance(ROUTE[-1], ROUTE[0])
+
+
 def _bearing(a: tuple[float, float], b: tuple[float, float]) -> int:
     dy = b[0] - a[0]
     dx = (b[1] - a[1]) * math.cos(math.radians(a[0]))
@@ -83,6 +90,13 @@ class Van:
         a, b = ROUTE[self.segment], ROUTE[(self.segment + 1) % len(ROUTE)]
         f = min(1.0, self.along / max(_distance(a, b), 1.0))
         return a[0] + (b[0] - a[0]) * f, a[1] + (b[1] - a[1]) * f, _bearing(a, b)
+
+    def place(self, metres: float) -> None:
+        """Put the van `metres` along its round from the first waypoint (any distance: the
+        round is closed), so that a history can derive its position from its mileage."""
+        metres %= ROUTE_LENGTH
+        segment = max(i for i, start in enumerate(ROUTE_STARTS) if start <= metres)
+        self.segment, self.along = segment, metres - ROUTE_STARTS[segment]
 
     def step(self, rng: random.Random) -> None:
         """`PERIOD` seconds later."""

@@ -1,6 +1,7 @@
 """The toolbox's flespi REST client (httpx, like `HttpRest`): `Authorization: FlespiToken`,
 GET parameters in the `data` query variable, 429 and 5xx retried with exponential backoff
-(honouring `Retry-After`), device messages paged by timestamp. Errors are `RestError`s
+(honouring `Retry-After`), device messages paged by timestamp (flespi's `count` caps a
+page; messages have no `limit`/`offset`). Errors are `RestError`s
 whose messages never hold the token."""
 
 from __future__ import annotations
@@ -50,31 +51,47 @@ class FlespiClient:
         backoff = Backoff(self.min_delay, self.max_delay)
         for attempt in range(self.retries + 1):
             try:
-                response = await self._client.request(
-                    method, "/" + uri.lstrip("/"), params=params,
-                    content=None if body is None else orjson.dumps(body),
-                    headers=None if body is None else {"Content-Type": "application/json"})
+                code, delay, content = await self._exchange(method, uri, params, body)
             except httpx.TimeoutException:
                 raise RestError("timeout", "flespi REST did not answer in time") from None
             except httpx.HTTPError as exc:  # messages name the URL, never the headers
                 raise RestError("upstream_disconnected",
                                 f"cannot reach flespi REST ({type(exc).__name__})") from None
-            code = response.status_code
             # 429: not executed, always safe to repeat; 5xx: repeat reads only
             retry = code == 429 or (code >= 500 and method == "GET")
             if retry and attempt < self.retries:
                 self.retried += 1
-                await asyncio.sleep(_retry_after(response) or backoff.next())
+                await asyncio.sleep(delay or backoff.next())
                 continue
-            if len(response.content) > MAX_RESPONSE:
+            if content is None:
                 raise RestError("bad_response", "flespi answer too large", code)
             try:
-                parsed = orjson.loads(response.content) if response.content else None
+                parsed = orjson.loads(content) if content else None
             except orjson.JSONDecodeError:
                 raise RestError("bad_response", f"flespi answered {code} with a body that "
                                 "is not JSON", code) from None
             return RestResponse(code, parsed)
         raise AssertionError("unreachable")
+
+    async def _exchange(self, method: str, uri: str, params: dict[str, str] | None,
+                        body: Any) -> tuple[int, float | None, bytes | None]:
+        """(status, Retry-After, body or None when too large). The body is read into a
+        buffer of ours, not kept by httpx's response: a response sits in reference cycles
+        until a full garbage collection, which a long export rarely triggers, so a page
+        held there would stay in memory and a month's pages pile up."""
+        async with self._client.stream(
+                method, "/" + uri.lstrip("/"), params=params,
+                content=None if body is None else orjson.dumps(body),
+                headers=None if body is None else {"Content-Type": "application/json"},
+        ) as response:
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE:
+                    return response.status_code, _retry_after(response), None
+                chunks.append(chunk)
+            return response.status_code, _retry_after(response), b"".join(chunks)
 
     async def get(self, uri: str, data: dict[str, Any] | None = None) -> Any:
         params = None if data is None else {"data": orjson.dumps(data).decode()}
@@ -91,7 +108,7 @@ class FlespiClient:
         reaches `end` (a server may cap a page below `page`)."""
         since, seen_at_since = start, 0
         while True:
-            data: dict[str, Any] = {"from": since, "to": end, "limit": page}
+            data: dict[str, Any] = {"from": since, "to": end, "count": page}
             if fields:
                 data["fields"] = fields
             result = await self.get(f"gw/devices/{device_id}/messages", data)

@@ -1,5 +1,5 @@
 """`flespi-bridge telemetry`: a device's current telemetry over REST, normalized by the
-catalogue the live path uses, as a table or JSON."""
+parameter table the live path uses (`bridge.parameters`), as a table or JSON."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from bridge import catalog, config
+from bridge import catalog, config, parameters, rules
+from bridge.catalog import Parameter
 from bridge.toolbox import common
 from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
@@ -24,10 +25,11 @@ def add_parser(sub: Any, with_config: Any) -> None:
     p.set_defaults(func=cmd_telemetry)
 
 
-def normalized(telemetry: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[str, Any]:
+def normalized(telemetry: dict[str, Any], params: parameters.Parameters) -> dict[str, Any]:
     """{"attributes": {name: value}, "timestamps": {name: ts}, "unmapped": {param: value}}:
-    the catalogue's attributes as the live path names them; parameters outside it raw."""
-    table = catalog.build(extra)
+    the attributes as the live path makes them (the same table: the catalogue, the
+    configuration's overrides and ignores, and with `flespi.parameters = "all"` the
+    rule-made attributes); parameters that make none are listed raw, ignored ones left out."""
     attributes: dict[str, Any] = {}
     stamps: dict[str, float] = {}
     unmapped: dict[str, Any] = {}
@@ -35,16 +37,18 @@ def normalized(telemetry: dict[str, Any], extra: tuple[str, ...] = ()) -> dict[s
         entry = telemetry[name]
         if not isinstance(entry, dict) or "value" not in entry:
             continue
-        ts = entry.get("ts")
-        param = table.get(name)
-        if param is None:
-            if not (name.startswith("position.") and "position" in table):
-                unmapped[name] = entry["value"]
+        ts, value = entry.get("ts"), entry["value"]
+        if name.startswith("position.") and params.get("position") is not None:
+            continue  # flespi's dotted copies of the `position` object
+        param = params.resolve(name, value)
+        if not isinstance(param, Parameter):
+            if param != rules.IGNORED:
+                unmapped[name] = value
             continue
         try:
-            values = catalog.normalize(param, entry["value"])
+            values = catalog.normalize(param, value)
         except catalog.ValueRejected:
-            unmapped[name] = entry["value"]
+            unmapped[name] = value
             continue
         attributes.update(values)
         if isinstance(ts, int | float):
@@ -74,8 +78,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
                      None) if isinstance(result, list) else None
         if entry is None:
             return common.fail(settings, f"flespi returned no telemetry for {args.device}")
-        doc = normalized(entry.get("telemetry") or {},
-                         tuple(settings.flespi.extra_parameters))
+        doc = normalized(entry.get("telemetry") or {}, parameters.from_settings(settings))
         if args.json:
             print(orjson.dumps({"device_id": args.device, **doc},
                                option=orjson.OPT_INDENT_2).decode())

@@ -1,5 +1,6 @@
 """Track writers: each is a `TripSink` with `close()`, writing to an open file as points
-arrive (GPX, GeoJSON, CSV stream every point; KML, PNG and HTML draw a thinned copy)."""
+arrive (GPX, GeoJSON, CSV stream every point; KML, PNG and HTML draw a thinned copy, KML
+writing each trip as it ends; HTML keeps folium's objects of every trip until it renders)."""
 
 from __future__ import annotations
 

@@ -64,10 +64,11 @@ class PngWriter(Collector):
         lines.set_array(speeds)
         ax.add_collection(lines)
         fig.colorbar(lines, ax=ax, label="speed, km/h")
-        for trip in self.trips:
-            first, last = trip.points[0], trip.points[-1]
-            ax.plot(first.lon, first.lat, marker="o", color="#00a000", markersize=10)
-            ax.plot(last.lon, last.lat, marker="s", color="#d00000", markersize=10)
+        # every trip's start, then every end, each as one artist (not two per trip)
+        for marker, color, index in (("o", "#00a000", 0), ("s", "#d00000", -1)):
+            ax.plot([t.points[index].lon for t in self.trips],
+                    [t.points[index].lat for t in self.trips], linestyle="none",
+                    marker=marker, color=color, markersize=10)
         lats = [p.lat for p in points]
         lons = [p.lon for p in points]
         mid = (min(lats) + max(lats)) / 2
