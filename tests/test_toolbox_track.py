@@ -196,16 +196,30 @@ async def test_html_map_has_a_layer_and_popups_per_trip(api: Api) -> None:
     parser = _MapParser()
     parser.feed((api.tmp / "map.html").read_text())
     script = "\n".join(parser.scripts)
-    assert len(re.findall(r"L\.polyline\(", script)) == 2
     assert len(re.findall(r"L\.featureGroup\(", script)) == 2
     assert "L.control.layers" in script
-    assert "Trip 1:" in script
-    assert "Trip 2:" in script
-    assert "km/h" in script
-    first = re.search(r"L\.polyline\(\s*\[\[([-\d.]+),\s*([-\d.]+)\]", script)
-    assert first is not None
-    assert -18 < float(first.group(1)) < -17
-    assert -64 < float(first.group(2)) < -63
+    assert '"Trip 1" :' in script  # a layer each
+    assert '"Trip 2" :' in script
+    assert "bindPopup" in script
+    collections = map_data(script)
+    assert len(collections) == 2
+    for trip, data in enumerate(collections, 1):
+        kinds = [f["properties"]["kind"] for f in data["features"]]
+        assert kinds == ["path", "start", "end"]
+        path, start, end = data["features"]
+        assert f"Trip {trip}:" in path["properties"]["summary"]
+        assert "km/h" in path["properties"]["summary"]
+        line = path["geometry"]["coordinates"]
+        assert start["geometry"]["coordinates"] == line[0]
+        assert end["geometry"]["coordinates"] == line[-1]
+    lon, lat = collections[0]["features"][0]["geometry"]["coordinates"][0]
+    assert -18 < lat < -17  # GeoJSON: longitude first
+    assert -64 < lon < -63
+
+
+def map_data(script: str) -> list[dict[str, Any]]:
+    """The GeoJSON collections folium adds to the map's layers, in order."""
+    return [json.loads(m) for m in re.findall(r"geo_json_\w+_add\((\{.*\})\);", script)]
 
 
 async def test_large_ranges_are_paged_without_loss_or_duplicates(api: Api) -> None:

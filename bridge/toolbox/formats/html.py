@@ -1,18 +1,56 @@
-"""An HTML map with folium (Leaflet): each trip a layer (path, start and end markers) with
-its summary in popups, and a layer control."""
+"""An HTML map with folium (Leaflet): the trips as layers (each a path, start and end markers,
+its summary in popups) and a layer control.
+
+Every layer is one GeoJSON object, whatever it holds: folium keeps some 60 kB of objects per
+path, marker and popup until the map is rendered, which for a month of hourly rides made the
+map's memory grow with the range. With at most `MAX_LAYERS` layers (a layer per trip up to
+that, else runs of consecutive trips) and the points thinned by `Collector`, memory is
+bounded whatever the range."""
 
 from __future__ import annotations
 
 import html
-from typing import IO
+from collections.abc import Sequence
+from typing import IO, Any
 
 import folium
 
 from bridge.toolbox.formats import TrackInfo
-from bridge.toolbox.formats.collect import Collector
+from bridge.toolbox.formats.collect import Collector, Trip
 from bridge.toolbox.formats.labels import title, trip_text
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
+START, END = "#00a000", "#d00000"
+MAX_LAYERS = 100
+
+
+def groups(trips: Sequence[Trip], most: int = MAX_LAYERS) -> list[Sequence[Trip]]:
+    """Consecutive trips, at most `most` groups of equal size (the last one smaller)."""
+    size = max(1, -(-len(trips) // most))
+    return [trips[i:i + size] for i in range(0, len(trips), size)]
+
+
+def features(trip: Trip) -> list[dict[str, Any]]:
+    """A trip's path and its start and end, GeoJSON features (longitude first)."""
+    text = trip_text(trip.summary) if trip.summary else f"Trip {trip.index}"
+    coords = [[p.lon, p.lat] for p in trip.points]
+    color = COLORS[(trip.index - 1) % len(COLORS)]
+
+    def feature(kind: str, geometry: dict[str, Any], colour: str, label: str
+                ) -> dict[str, Any]:
+        return {"type": "Feature", "geometry": geometry,
+                "properties": {"kind": kind, "color": colour, "name": f"Trip {trip.index}",
+                               "summary": html.escape(label)}}
+
+    return [feature("path", {"type": "LineString", "coordinates": coords}, color, text),
+            feature("start", {"type": "Point", "coordinates": coords[0]}, START,
+                    f"Start: {text}"),
+            feature("end", {"type": "Point", "coordinates": coords[-1]}, END, f"End: {text}")]
+
+
+def _style(feature: dict[str, Any]) -> dict[str, Any]:
+    colour = feature["properties"]["color"]
+    return {"color": colour, "weight": 4, "fillColor": colour, "fillOpacity": 0.9}
 
 
 class HtmlWriter(Collector):
@@ -21,26 +59,27 @@ class HtmlWriter(Collector):
         self._out = out
 
     def close(self) -> None:
-        points = [p for trip in self.trips for p in trip.points]
         fmap = folium.Map(tiles="OpenStreetMap", control_scale=True)
         fmap.get_root().html.add_child(  # type: ignore[attr-defined]
             folium.Element(
             f"<h3 style='margin:4px'>{html.escape(title(self.info))}</h3>"))
-        for trip in self.trips:
-            text = html.escape(trip_text(trip.summary) if trip.summary else "")
-            layer = folium.FeatureGroup(name=f"Trip {trip.index}")
-            coords = [(p.lat, p.lon) for p in trip.points]
-            color = COLORS[(trip.index - 1) % len(COLORS)]
-            folium.PolyLine(  # type: ignore[no-untyped-call]
-                coords, color=color, weight=4, popup=folium.Popup(text),
-                            tooltip=f"Trip {trip.index}").add_to(layer)
-            folium.Marker(coords[0], popup=folium.Popup(f"Start: {text}"),
-                          icon=folium.Icon(color="green")).add_to(layer)
-            folium.Marker(coords[-1], popup=folium.Popup(f"End: {text}"),
-                          icon=folium.Icon(color="red")).add_to(layer)
+        trips = [trip for trip in self.trips if trip.points]
+        for group in groups(trips):
+            first, last = group[0].index, group[-1].index
+            name = f"Trip {first}" if first == last else f"Trips {first} to {last}"
+            layer = folium.FeatureGroup(name=name)
+            folium.GeoJson(
+                {"type": "FeatureCollection",
+                 "features": [f for trip in group for f in features(trip)]},
+                style_function=_style,
+                marker=folium.CircleMarker(radius=7, fill=True),
+                popup=folium.GeoJsonPopup(fields=["summary"], labels=False),
+                tooltip=folium.GeoJsonTooltip(fields=["name"], labels=False),
+            ).add_to(layer)
             layer.add_to(fmap)
-        if points:
-            fmap.fit_bounds([[min(p.lat for p in points), min(p.lon for p in points)],
-                             [max(p.lat for p in points), max(p.lon for p in points)]])
+        if trips:
+            lats = [p.lat for trip in trips for p in trip.points]
+            lons = [p.lon for trip in trips for p in trip.points]
+            fmap.fit_bounds([[min(lats), min(lons)], [max(lats), max(lons)]])
         folium.LayerControl(collapsed=False).add_to(fmap)
         self._out.write(fmap.get_root().render())
