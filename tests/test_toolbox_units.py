@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 
 import pytest
 
@@ -172,9 +173,9 @@ def test_points_from_flespi_messages() -> None:
     assert point({"timestamp": NOW}) is None
 
 
-def _stream(fmt: str, n: int) -> int:
-    """Peak bytes allocated while `fmt` writes n 1-second points (to a sink that drops
-    the text, as a file does once written)."""
+def _peak(fmt: str, seconds: float, points: Iterator[Point]) -> int:
+    """Peak bytes allocated while `fmt` writes `points`, generated one at a time as pages
+    arrive, to a sink that drops the text, as a file does once written."""
 
     class Drop(io.StringIO):
         def write(self, s: str) -> int:
@@ -182,16 +183,20 @@ def _stream(fmt: str, n: int) -> int:
 
     tracemalloc.start()
     try:
-        info = TrackInfo(1, "x", 0, n)
-        out = writer(fmt, Drop(), info)
+        out = writer(fmt, Drop(), TrackInfo(1, "x", 0, seconds))
         splitter = TripSplitter(Tee(out), TripOptions())
-        for i in range(n):  # generated one at a time, as pages arrive
-            splitter.feed(Point(float(i), i * 5 / DEG, 0.0, None, 18.0))
+        for p in points:
+            splitter.feed(p)
         splitter.close()
         out.close()
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _stream(fmt: str, n: int) -> int:
+    """`_peak` of n 1-second points on one ride."""
+    return _peak(fmt, n, (Point(float(i), i * 5 / DEG, 0.0, None, 18.0) for i in range(n)))
 
 
 @pytest.mark.parametrize("fmt", ["gpx", "geojson", "csv"])
@@ -231,25 +236,9 @@ def test_the_cli_loads_without_the_tools_extra() -> None:
 
 
 def _many_trips(fmt: str, trips: int) -> int:
-    """Peak bytes allocated while `fmt` writes `trips` short trips (to a sink that drops
-    the text, as a file does once written)."""
-
-    class Drop(io.StringIO):
-        def write(self, s: str) -> int:
-            return len(s)
-
-    tracemalloc.start()
-    try:
-        out = writer(fmt, Drop(), TrackInfo(1, "x", 0, trips * 3600.0))
-        splitter = TripSplitter(Tee(out), TripOptions())
-        for t in range(trips):  # a ride of 10 points each hour, parked in between
-            for i in range(10):
-                splitter.feed(Point(t * 3600.0 + i * 10, i * 100 / DEG, 0.0, None, 36.0))
-        splitter.close()
-        out.close()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """`_peak` of `trips` rides of 10 points, one each hour, parked in between."""
+    return _peak(fmt, trips * 3600.0, (Point(t * 3600.0 + i * 10, i * 100 / DEG, 0.0, None, 36.0)
+                                       for t in range(trips) for i in range(10)))
 
 
 def test_kml_memory_does_not_grow_with_the_number_of_trips() -> None:
