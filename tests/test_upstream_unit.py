@@ -17,7 +17,7 @@ from bridge.exceptions import UpstreamError
 from bridge.flespi.upstream import Ack, ConnectOptions, GmqttUpstream
 
 CONNACK = b"\x20\x03\x00\x00\x00"  # MQTT 5: no session, success, no properties
-PINGRESP = b"\xd0\x00"
+PINGRESP = bytes((wire.PINGRESP, 0))
 
 
 class FakeBroker:
