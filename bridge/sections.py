@@ -42,6 +42,39 @@ def key_checked(value: Path | None, info: ValidationInfo, active: str) -> Path |
         refuse(key_problem(value, cert))
     return value
 
+
+def secret_from_file(data: Any, key: str) -> Any:
+    """`<key>_file` supplies `<key>` when that is not set (a readable, non-empty file; a
+    problem with the file is reported on `<key>_file` by its own validator)."""
+    path_value = data.get(f"{key}_file") if isinstance(data, dict) else None
+    if path_value and not data.get(key):
+        path = Path(path_value)
+        if file_problem(path) is None:
+            try:
+                secret = path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                secret = ""
+            if secret:
+                return {**data, key: secret}
+    return data
+
+
+def secret_file_checked(value: Path | None) -> Path | None:
+    """A `<key>_file` option: a readable, non-empty UTF-8 file (when files are checked)."""
+    if value is not None and CHECK_FILES.get():
+        refuse(file_problem(value))
+        try:
+            content = value.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            refuse(f"not UTF-8 text: {value}")
+        except OSError as exc:
+            refuse(f"cannot read {value}: {exc.strerror or exc}")
+        else:
+            if not content.strip():
+                refuse(f"empty file: {value}")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,34 +131,12 @@ class FlespiSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _token_from_file(cls, data: Any) -> Any:
-        # A token_file that cannot be read or is empty is reported on flespi.token_file by
-        # its field validator; the token is then simply missing.
-        if isinstance(data, dict) and not data.get("token") and data.get("token_file"):
-            path = Path(data["token_file"])
-            if file_problem(path) is None:
-                try:
-                    token = path.read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError):
-                    token = ""
-                if token:
-                    data = {**data, "token": token}
-        return data
+        return secret_from_file(data, "token")
 
     @field_validator("token_file")
     @classmethod
     def _token_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None and CHECK_FILES.get():
-            refuse(file_problem(value))
-            try:
-                content = value.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                refuse(f"not UTF-8 text: {value}")
-            except OSError as exc:
-                refuse(f"cannot read {value}: {exc.strerror or exc}")
-            else:
-                if not content.strip():
-                    refuse(f"empty file: {value}")
-        return value
+        return secret_file_checked(value)
 
     @field_validator("ca_file")
     @classmethod
@@ -258,22 +269,6 @@ class MetricsSettings(Section):
     max_devices: int = Field(10_000, ge=0, description="cap on devices with per-device series")
 
 
-def _secret_from_file(data: Any, key: str) -> Any:
-    """`<key>_file` supplies `<key>` when that is not set (a readable, non-empty file; a
-    problem with the file is reported on `<key>_file` by its own validator)."""
-    path_value = data.get(f"{key}_file") if isinstance(data, dict) else None
-    if path_value and not data.get(key):
-        path = Path(path_value)
-        if file_problem(path) is None:
-            try:
-                secret = path.read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError):
-                secret = ""
-            if secret:
-                return {**data, key: secret}
-    return data
-
-
 class StreamSettings(Section):
     """The ingest endpoint for flespi's HTTP stream (push): its own listener, off by default."""
 
@@ -295,21 +290,12 @@ class StreamSettings(Section):
     @model_validator(mode="before")
     @classmethod
     def _authorization_from_file(cls, data: Any) -> Any:
-        return _secret_from_file(data, "authorization")
+        return secret_from_file(data, "authorization")
 
     @field_validator("authorization_file")
     @classmethod
     def _authorization_file_readable(cls, value: Path | None) -> Path | None:
-        if value is not None and CHECK_FILES.get():
-            refuse(file_problem(value))
-            try:
-                content = value.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                refuse(f"cannot read {value}: {exc}")
-            else:
-                if not content.strip():
-                    refuse(f"empty file: {value}")
-        return value
+        return secret_file_checked(value)
 
     @field_validator("authorization")
     @classmethod
