@@ -12,6 +12,7 @@ decided to make no entity; `resolve` runs once per new parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -96,10 +97,7 @@ class Parameters:
             if made.type == "str" and (made.unit or made.state_class):
                 log.warning("overrides.%s: a text value takes no unit and no state_class; "
                             "left out", name)
-                made = catalog.Attribute(
-                    made.name, made.type, made.label, component=made.component,
-                    device_class=made.device_class, entity_category=made.entity_category,
-                    icon=made.icon, enabled_by_default=made.enabled_by_default)
+                made = dataclasses.replace(made, unit=None, state_class=None)
         param = Parameter(name, made)
         self.table[name] = param
         self.attributes.setdefault(made.name, made)
