@@ -241,6 +241,21 @@ def test_an_override_makes_a_parameter_outside_the_catalogue_known() -> None:
         "Tank probe", "L", "volume_storage")
 
 
+def test_an_override_of_a_text_parameter_keeps_its_label_and_drops_unit_and_statistics(
+) -> None:
+    """Home Assistant refuses a unit or state class on a text sensor: a text value that an
+    override gave them keeps everything else the override says."""
+    params = Parameters(overrides_={"custom.status.text": ParameterOverride(
+        label="Status", unit="V", state_class="measurement", entity_category="diagnostic")})
+    made = params.resolve("custom.status.text", "ok")
+    assert isinstance(made, catalog.Parameter)
+    assert made.attribute is not None
+    attr = made.attribute
+    assert (attr.type, attr.unit, attr.state_class) == ("str", None, None)
+    assert (attr.label, attr.entity_category, attr.component) == ("Status", "diagnostic",
+                                                                  "sensor")
+
+
 def test_ignore_drops_a_parameter() -> None:
     params = Parameters(overrides_={"gsm.operator.code": ParameterOverride(ignore=True)},
                         all_parameters=True)
