@@ -15,7 +15,7 @@ from typing import Any
 from bridge.sim import van_history
 from bridge.sim.fleet import HOME, Fleet, SimDevice, _position, _voltage
 
-SLOT = 3600.0  # seconds: one ride per hour
+SLOT = van_history.SLOT  # seconds: a scooter rides once an hour, a van's history goes by hours
 METRES_PER_DEGREE = 111_320.0
 
 
@@ -60,13 +60,11 @@ def messages(fleet: Fleet, dev: SimDevice, start: float, end: float, period: flo
     """The device's messages with `start <= timestamp <= end`, oldest first (flat keys as
     flespi stores them: `position.latitude`, `battery.level`, ...), from the device's own
     motion model."""
-    if dev.profile == "van":
-        yield from van_history.messages(fleet, dev, start, end, period)
-        return
     if end < start:
         return
+    hour = van_history.slot_messages if dev.profile == "van" else _slot_messages
     for slot in range(math.floor(start / SLOT), math.floor(end / SLOT) + 1):
-        for message in _slot_messages(fleet, dev, slot, period):
+        for message in hour(fleet, dev, slot, period):
             if start <= message["timestamp"] <= end:
                 yield message
             elif message["timestamp"] > end:

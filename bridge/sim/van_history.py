@@ -113,8 +113,11 @@ def _speeds(phases: list[Phase], rng: random.Random, period: float) -> list[list
     return [[v * scale for v in walk] for walk in drives]
 
 
-def _slot_messages(fleet: Fleet, dev: SimDevice, slot: int, period: float
-                   ) -> Iterator[dict[str, Any]]:
+def slot_messages(fleet: Fleet, dev: SimDevice, slot: int, period: float
+                  ) -> Iterator[dict[str, Any]]:
+    """The van's messages of hour `slot` (before `EPOCH`: none, it was not yet at work)."""
+    if slot * SLOT < EPOCH:
+        return
     rng = random.Random(f"van:{dev.id}:{slot}")
     at = start(dev, slot)
     top = slot * SLOT
@@ -161,17 +164,3 @@ def _slot_messages(fleet: Fleet, dev: SimDevice, slot: int, period: float
                 van.consumed += metres * litres_per_metre
                 van.fuel = max(0.0, van.fuel - metres * litres_per_metre / model.TANK * 100)
             step += 1
-
-
-def messages(fleet: Fleet, dev: SimDevice, start_ts: float, end_ts: float,
-             period: float = model.PERIOD) -> Iterator[dict[str, Any]]:
-    """The van's messages with `start_ts <= timestamp <= end_ts`, oldest first."""
-    if end_ts < start_ts:
-        return
-    for slot in range(max(math.floor(start_ts / SLOT), math.floor(EPOCH / SLOT)),
-                      math.floor(end_ts / SLOT) + 1):
-        for message in _slot_messages(fleet, dev, slot, period):
-            if start_ts <= message["timestamp"] <= end_ts:
-                yield message
-            elif message["timestamp"] > end_ts:
-                return
