@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from bridge.parameters import Parameters
 from bridge.toolbox.formats import TrackInfo, writer
 from bridge.toolbox.formats import html as html_format
 from bridge.toolbox.formats.collect import Trip
@@ -18,6 +19,7 @@ from bridge.toolbox.geo import haversine
 from bridge.toolbox.points import Point, point
 from bridge.toolbox.progress import Progress
 from bridge.toolbox.summary import Tee, table
+from bridge.toolbox.telemetry_cmd import normalized
 from bridge.toolbox.timeparse import duration, iso, parse_time
 from bridge.toolbox.trips import TripOptions, TripSplitter, TripSummary
 
@@ -263,3 +265,17 @@ def test_a_map_of_many_trips_keeps_every_trip_in_at_most_max_layers_layers() -> 
     assert [t.index for group in grouped for t in group] == list(range(1, 251))
     assert len({len(group) for group in grouped[:-1]}) == 1  # equal runs, the last shorter
     assert html_format.groups(trips[:7]) == [[t] for t in trips[:7]]  # a layer per trip
+
+
+def test_telemetry_reads_position_parameters_of_their_own_and_skips_the_copies() -> None:
+    """`position.satellites` is a catalogue row of its own (a tracker may send it without
+    the `position` object's field); `position.latitude` only repeats the object."""
+    telemetry = {
+        "position": {"ts": 1.0, "value": {"latitude": -17.7, "longitude": -63.2}},
+        "position.latitude": {"ts": 1.0, "value": -17.7},
+        "position.satellites": {"ts": 1.0, "value": 9},
+    }
+    doc = normalized(telemetry, Parameters())
+    assert doc["attributes"]["satellites"] == 9
+    assert doc["attributes"]["latitude"] == -17.7
+    assert doc["unmapped"] == {}

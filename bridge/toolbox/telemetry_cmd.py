@@ -38,8 +38,9 @@ def normalized(telemetry: dict[str, Any], params: parameters.Parameters) -> dict
         if not isinstance(entry, dict) or "value" not in entry:
             continue
         ts, value = entry.get("ts"), entry["value"]
-        if name.startswith("position.") and params.get("position") is not None:
-            continue  # flespi's dotted copies of the `position` object
+        if (name.startswith("position.") and params.get(name) is None
+                and params.get("position") is not None):
+            continue  # flespi's dotted copies of the `position` object's fields
         param = params.resolve(name, value)
         if not isinstance(param, Parameter):
             if param != rules.IGNORED:
