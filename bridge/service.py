@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from bridge import parameters
 from bridge.acks import AckLedger
@@ -150,18 +152,10 @@ class Bridge:
         if m.enabled:
             self.health = HealthServer(self.metrics, self.ready, m.host, m.port,
                                        alive=self.alive)
-            try:
-                await self.health.start()
-            except OSError as exc:  # the port is taken or not ours to bind
-                raise ListenError(f"cannot serve metrics on {m.host}:{m.port}: "
-                                  f"{exc.strerror or exc}") from None
+            await listen(self.health.start(), "metrics", m.host, m.port)
         if self.stream is not None:
             st = self.settings.stream
-            try:
-                await self.stream.start()
-            except OSError as exc:
-                raise ListenError(f"cannot serve the stream endpoint on {st.host}:{st.port}: "
-                                  f"{exc.strerror or exc}") from None
+            await listen(self.stream.start(), "the stream endpoint", st.host, st.port)
         self.tasks.start(local=self.local.run(), publisher=self.publisher.run(),
                          upstream=self.session.run())
 
@@ -193,3 +187,12 @@ class Bridge:
             await self._http_rest.close()
         if self.health is not None:
             await self.health.stop()
+
+
+async def listen(starting: Coroutine[Any, Any, None], what: str, host: str, port: int) -> None:
+    """Start a listener; a port that is taken or not ours to bind is a `ListenError`."""
+    try:
+        await starting
+    except OSError as exc:
+        raise ListenError(f"cannot serve {what} on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
