@@ -6,9 +6,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from bench.procs import REPO
-from bridge import mosquitto, tomlwrite
-from bridge.config import _merge
+from bridge.config.settings import _merge
+from bridge.sim import brokers as mosquitto
 
 TOKEN = "BenchToken0123456789abcdef"
 # Sections the benchmark owns; the rest of an extra configuration is passed through.
@@ -49,12 +51,12 @@ def load_extra(path: Path | None) -> dict[str, Any]:
 
 
 # Deep merge of configuration layers (`high` wins), the very function the bridge applies to
-# its own layers (file, secrets, overrides). It is private to `bridge.config`; the benchmark
+# its own layers (file, secrets, overrides). It is private to `bridge.config.settings`; the benchmark
 # reuses it rather than keep a copy that could drift from what the bridge does.
 merge = _merge
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomlwrite.dumps(data))
+    path.write_text(tomli_w.dumps(data))
     return path

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import mqtt
-from bridge import mqtt_wire as wire
+from bridge.mqtt import codec as wire
 
 CHUNK = 512  # packets per write in blast mode
 ACK_TIMEOUT = 120.0

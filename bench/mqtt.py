@@ -16,7 +16,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
-from bridge.mqtt_wire import (
+from bridge.mqtt.codec import (
     CONNACK,
     CONNECT,
     PUBLISH,

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from bridge import mosquitto
+from bridge.sim import brokers as mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -99,7 +99,7 @@ def machine() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
     mosq = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        from bridge import mosquitto
+        from bridge.sim import brokers as mosquitto
 
         binary = mosquitto.find_binary()
         if binary:

@@ -24,8 +24,8 @@ import psutil
 from bench import bridgecfg, loadgen, workload
 from bench.mqtt import RawClient
 from bench.procs import PYTHON, Lab, Proc, RssSampler
-from bridge import mosquitto
 from bridge.flespi import topics as flespi_topics
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 MB = 1024 * 1024
@@ -315,7 +315,7 @@ async def _prime(up: mosquitto.Broker, event: asyncio.Event, set_value: Callable
 
 def _default_coalesce_window() -> float | None:
     with contextlib.suppress(Exception):
-        from bridge.config import LocalSettings
+        from bridge.config.sections import LocalSettings
 
         return float(LocalSettings.model_fields["coalesce_window"].default)
     return None
@@ -663,7 +663,7 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
     broker; its peak RSS."""
     d = len(w.expected)
     label = startup_label("flespi-bridge", d)
-    discovery_module = importlib.util.find_spec("bridge.homeassistant") is not None
+    discovery_module = importlib.util.find_spec("bridge.homeassistant.payloads") is not None
     configs: dict[int, int] = {}
     first_config = [0.0]
     last_config = [0.0]
@@ -721,7 +721,7 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
                 disc_note = (f"discovery incomplete: configs for {len(configs)}/{d} "
                              f"devices ({config_messages[0]} config messages)")
         else:
-            disc_note = "no discovery published (bridge.homeassistant not present)"
+            disc_note = "no discovery published (bridge.homeassistant.payloads not present)"
     if spy is not None:
         await stop_profiler(spy)
     peak = await rss.stop()

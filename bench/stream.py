@@ -29,13 +29,14 @@ from aiohttp import web
 
 from bench.procs import PYTHON, Lab
 from bench.scenarios import Measurement, Settings, bridge_config
-from bridge import messages, mosquitto
+from bridge.core.store import iso
+from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt_client import MqttClient
-from bridge.parameters import Parameters
+from bridge.mqtt.client import MqttClient
+from bridge.normalize import messages
+from bridge.normalize.parameters import Parameters
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import Fleet
-from bridge.state import iso
-from bridge.transport import Publication
 
 PATH = "/flespi/stream"
 AUTH = "Bearer bench-stream-authorization"

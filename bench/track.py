@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import tomli_w
+
 from bench.bridgecfg import TOKEN
 from bench.procs import REPO
 from bench.scenarios import Measurement, Settings
-from bridge import tomlwrite
 from bridge.sim import Simulator
 from bridge.sim.responder import Responder
 from bridge.toolbox.client import PAGE
@@ -62,7 +63,7 @@ async def track(settings: Settings, log: Callable[[str], None]) -> list[Measurem
     work = settings.results / "track"
     work.mkdir(parents=True, exist_ok=True)
     config = work / "config.toml"
-    config.write_text(tomlwrite.dumps({"flespi": {"token": TOKEN},
+    config.write_text(tomli_w.dumps({"flespi": {"token": TOKEN},
                                        "commands": {"http_url": url}}))
     device = next(iter(sim.devices))
     end = math.floor(time.time() / DAY) * DAY  # today's midnight UTC: whole days

@@ -4,7 +4,7 @@ Every workload is deterministic for a seed, so the expected final state of every
 known without asking the bridge.
 
 Ingest mix (per simulated device message, all retained, QoS 1, `timestamp` user property):
-every parameter of the bridge's catalogue (`bridge.catalog.CATALOG`) with a value of its
+every parameter of the bridge's catalogue (`bridge.normalize.catalog.CATALOG`) with a value of its
 type, the dotted sub-parameters flespi publishes beside a composite value (`position.latitude`,
 ...; only those the catalogue lists are mapped) and a few message fields flespi also keeps as
 telemetry (`ident`, `timestamp`, ...) that the bridge does not map.
@@ -22,7 +22,7 @@ import orjson
 
 from bench import mqtt
 from bench.loadgen import Stream
-from bridge import catalog
+from bridge.normalize import catalog
 
 STATE_PREFIX = "flespi/state/gw/devices/"
 FIRST_ID = 7_100_000  # workload device ids (far from the simulator's)

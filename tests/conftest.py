@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from helpers import BridgeFactory, BridgeProcess, Brokers, Procs
 
-from bridge import config, mosquitto
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
+from bridge.config import settings as config
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.responder import Responder
 
 

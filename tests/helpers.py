@@ -16,10 +16,12 @@ from typing import Any, TypeVar
 import aiomqtt
 import httpx
 import orjson
+import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import config, mosquitto, tomlwrite
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
+from bridge.config import settings as config
+from bridge.sim import brokers as mosquitto
 
 T = TypeVar("T")
 TOKEN = "FlespiTestToken0123456789abcdefSECRET"
@@ -180,7 +182,7 @@ class BridgeProcess:
         for name, values in sections.items():
             conf[name] = {**conf.get(name, {}), **values}
         self.config = tmp / "bridge.toml"
-        self.config.write_text(tomlwrite.dumps(conf))
+        self.config.write_text(tomli_w.dumps(conf))
         self.log_path = tmp / "bridge.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

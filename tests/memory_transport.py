@@ -7,8 +7,8 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
+from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
-from bridge.transport import Publication
 
 
 class MemoryTransport:

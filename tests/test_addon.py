@@ -19,12 +19,14 @@ from typing import Any
 
 import pytest
 import supervisor_schema
+import tomli_w
 import trustme
 import yaml
 
-from bridge import addon, config, tomlwrite
-from bridge.config import CommandSpec
+from bridge.config import settings as config
+from bridge.config.profiles import CommandSpec
 from bridge.exceptions import ConfigError
+from bridge.homeassistant import addon
 
 REPO = Path(__file__).resolve().parent.parent
 ADDONS = REPO / "homeassistant-addon"
@@ -59,7 +61,7 @@ def test_config_and_build_pass_the_supervisor_schema() -> None:
     assert CONFIG["version"] == VERSION, "the add-on version follows the package"
     dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
     assert f"BRIDGE_VERSION={VERSION}" in dockerfile
-    assert '"bridge.addon"' in dockerfile
+    assert '"bridge.homeassistant.addon"' in dockerfile
     assert "mqtt:want" in CONFIG["services"] or "mqtt:need" in CONFIG["services"]
     assert CONFIG["watchdog"] == f"http://[HOST]:[PORT:{addon.METRICS_PORT}]/healthz"
     assert f"{addon.METRICS_PORT}/tcp" in CONFIG["ports"]
@@ -152,7 +154,7 @@ def load(sections: dict[str, dict[str, Any]], secrets: dict[str, str], tmp_path:
          ) -> config.Settings:
     """The bridge's own loader on what the add-on writes (TOML) and passes (environment)."""
     path = tmp_path / "addon.toml"
-    path.write_text(tomlwrite.dumps(sections), encoding="utf-8")
+    path.write_text(tomli_w.dumps(sections), encoding="utf-8")
     overrides: dict[str, dict[str, Any]] = {}
     for name, value in secrets.items():  # FLESPI_BRIDGE_<SECTION>__<KEY>, as the loader reads
         section, key = name.removeprefix("FLESPI_BRIDGE_").lower().split("__")
@@ -162,8 +164,8 @@ def load(sections: dict[str, dict[str, Any]], secrets: dict[str, str], tmp_path:
 
 def test_defaults_with_the_supervisor_broker(tmp_path: Path) -> None:
     sections, secrets = addon.bridge_config(options(), SERVICE)
-    assert TOKEN not in tomlwrite.dumps(sections)
-    assert SERVICE["password"] not in tomlwrite.dumps(sections)
+    assert TOKEN not in tomli_w.dumps(sections)
+    assert SERVICE["password"] not in tomli_w.dumps(sections)
     settings = load(sections, secrets, tmp_path)
     assert settings.flespi.token.get_secret_value() == TOKEN
     assert (settings.local.host, settings.local.port) == ("core-mosquitto", 1883)
@@ -224,7 +226,7 @@ def test_stream_with_tls_from_ssl(tmp_path: Path) -> None:
         options(stream=True, stream_authorization=authorization, stream_path="/hook",
                 stream_certfile="fullchain.pem", stream_keyfile="privkey.pem"),
         SERVICE, ssl_dir=ssl)
-    assert authorization not in tomlwrite.dumps(sections)
+    assert authorization not in tomli_w.dumps(sections)
     settings = load(sections, secrets, tmp_path)
     stream = settings.stream
     assert (stream.enabled, stream.host, stream.port, stream.path) == (
@@ -317,7 +319,7 @@ def test_entry_point_asks_the_supervisor_and_hands_over(
     url, seen = supervisor
     (tmp_path / "options.json").write_text(json.dumps(options()), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.addon", "--options", str(tmp_path / "options.json"),
+        [sys.executable, "-m", "bridge.homeassistant.addon", "--options", str(tmp_path / "options.json"),
          "--config-out", str(tmp_path / "bridge.toml"), "--check"],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SUPERVISOR_URL": url,
              "SUPERVISOR_TOKEN": "supervisor-token"},
@@ -333,7 +335,7 @@ def test_entry_point_asks_the_supervisor_and_hands_over(
 def test_entry_point_without_a_broker_says_so(tmp_path: Path) -> None:
     (tmp_path / "options.json").write_text(json.dumps(options()), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.addon", "--options", str(tmp_path / "options.json"),
+        [sys.executable, "-m", "bridge.homeassistant.addon", "--options", str(tmp_path / "options.json"),
          "--config-out", str(tmp_path / "bridge.toml"), "--check"],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=60, cwd=tmp_path)

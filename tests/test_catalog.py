@@ -8,8 +8,8 @@ import math
 import pytest
 from helpers import REPO
 
-from bridge import catalog, ha_classes
-from bridge.catalog import ValueRejected, normalize
+from bridge.normalize import catalog, ha_classes
+from bridge.normalize.catalog import ValueRejected, normalize
 
 TABLE = catalog.build()
 

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bridge import config
+from bridge.config import settings as config
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "flespi-bridge"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import PYTHON, TOKEN, Recorder, bridge_env, retained
 
-from bridge import mosquitto
+from bridge.sim import brokers as mosquitto
 
 TELEMETRY = "flespi/state/gw/devices/+/telemetry/+"
 

@@ -16,18 +16,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.commands import (
+from bridge.commands.gateway import (
     INVALID_INPUT,
     RESULT_CODES,
     CommandGateway,
     parse_entity_command,
     parse_set,
 )
-from bridge.config import CommandSettings, CommandSpec
+from bridge.config.profiles import CommandSettings, CommandSpec
+from bridge.core.store import Device, Info
 from bridge.exceptions import CommandError, RestError
 from bridge.flespi.rest import MqttRest, RestResponse
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
-from bridge.state import Device, Info
 
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}
 PROFILE = CommandSettings(**PROFILES).profile(DEVICE_TYPE_ID)

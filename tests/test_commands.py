@@ -22,21 +22,21 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import mosquitto
-from bridge.commands import (
+from bridge.app.bridge import Bridge
+from bridge.commands.gateway import (
     CommandGateway,
     TokenBucket,
     flespi_command,
     parse_entity_command,
     parse_set,
 )
-from bridge.config import CommandSettings
+from bridge.config.profiles import CommandSettings
+from bridge.core.store import Device, Info
 from bridge.exceptions import CommandError
 from bridge.flespi.rest import RestResponse
-from bridge.service import Bridge
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
-from bridge.state import Device, Info
 
 BASE = "flespi"
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import PYTHON, REPO, TOKEN, bridge_env
 
-from bridge import config
+from bridge.config import settings as config
 from bridge.exceptions import ConfigError
 
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 import trustme
 from cryptography.hazmat.primitives import serialization
 from helpers import PYTHON, TOKEN, bridge_env
 
-from bridge import config, tomlwrite
+from bridge.config import settings as config
+from bridge.config import tls
 from bridge.exceptions import ConfigError
 
 OPTIONS = ["local.ca_file", "local.cert_file", "local.key_file", "flespi.ca_file",
@@ -82,7 +84,7 @@ def sections(files: Files, **changes: Any) -> dict[str, dict[str, Any]]:
 
 def write_config(tmp_path: Path, conf: dict[str, dict[str, Any]]) -> Path:
     path = tmp_path / "bridge.toml"
-    path.write_text(tomlwrite.dumps(conf))
+    path.write_text(tomli_w.dumps(conf))
     return path
 
 
@@ -144,24 +146,24 @@ def test_a_bad_file_is_a_problem_naming_option_and_path(
 def test_valid_files_load_and_give_tls_contexts(tmp_path: Path, files: Files) -> None:
     settings = config.load(write_config(tmp_path, sections(files)))
     assert settings.flespi.token.get_secret_value() == TOKEN
-    local = config.local_tls_context(settings.local)
+    local = tls.local_tls_context(settings.local)
     assert local is not None
     assert local.verify_mode == ssl.CERT_REQUIRED
     assert local.check_hostname
     assert [c["subject"] for c in local.get_ca_certs()] == [
         c["subject"] for c in _ca_certs(files.ca)]
-    upstream = config.flespi_tls_context(settings.flespi)
+    upstream = tls.flespi_tls_context(settings.flespi)
     assert upstream is not None
     assert upstream.verify_mode == ssl.CERT_REQUIRED
     assert upstream.check_hostname
     assert len(upstream.get_ca_certs()) == 1
 
     insecure = settings.local.model_copy(update={"tls_insecure": True})
-    ctx = config.local_tls_context(insecure)
+    ctx = tls.local_tls_context(insecure)
     assert ctx is not None
     assert not ctx.check_hostname
-    assert config.local_tls_context(settings.local.model_copy(update={"tls": False})) is None
-    assert config.flespi_tls_context(settings.flespi.model_copy(update={"tls": False})) is None
+    assert tls.local_tls_context(settings.local.model_copy(update={"tls": False})) is None
+    assert tls.flespi_tls_context(settings.flespi.model_copy(update={"tls": False})) is None
 
 
 def _ca_certs(path: Path) -> list[dict[str, Any]]:

@@ -29,11 +29,11 @@ from helpers import (
 )
 from test_pipeline import expected_state
 
-from bridge import mosquitto
-from bridge.cli import serve
+from bridge.app.bridge import Bridge
+from bridge.app.cli import serve
 from bridge.flespi.upstream import ConnectOptions, MessageHandler, Upstream
-from bridge.service import Bridge
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 
 BASE = "flespi"

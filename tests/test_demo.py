@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from helpers import PYTHON, bridge_env
 
-from bridge import config, demo, mosquitto
+from bridge.app import demo
+from bridge.config import settings as config
 from bridge.exceptions import BrokerUnavailableError
+from bridge.sim import brokers as mosquitto
 
 
 def test_demo_shows_states_arriving_on_the_local_broker() -> None:

@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from helpers import BridgeFactory, Recorder, make_settings, wait_metric
 
-from bridge import mosquitto
-from bridge.device_types import DeviceTypes, Names, names
+from bridge.app.bridge import Bridge
+from bridge.core.stats import Stats
+from bridge.core.store import Device, Info, Names
 from bridge.exceptions import RestError
+from bridge.flespi.device_types import DeviceTypes, names
 from bridge.flespi.rest import RestResponse
-from bridge.homeassistant import Context, device_block
-from bridge.metrics import Stats
-from bridge.service import Bridge
+from bridge.homeassistant.payloads import Context, device_block
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, DEVICE_TYPES, PROTOCOL_ID, PROTOCOLS
-from bridge.state import Device, Info
 
 CTX = Context("homeassistant", "flespi")
 TYPE_URI = f"gw/channel-protocols/all/device-types/{DEVICE_TYPE_ID}"

@@ -9,11 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge import catalog, config
-from bridge.discovery_templates import DiscoveryTemplates
-from bridge.homeassistant import device_configs
-from bridge.render import Renderer
-from bridge.state import ALL, DISCOVERY, Device, Store
+from bridge.config import settings as config
+from bridge.core.store import ALL, DISCOVERY, Device, Store
+from bridge.homeassistant.payloads import device_configs
+from bridge.homeassistant.templates import DiscoveryTemplates
+from bridge.normalize import catalog
+from bridge.publish.renderer import Renderer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 ATTRS = catalog.attributes(catalog.build())
@@ -111,7 +112,7 @@ def test_firmware_and_names_learnt_later_are_in_the_first_announcement() -> None
     """Two devices of one shape but other firmware, and a device announced after flespi's
     names for its type were learnt, each get their own device info at once (a template
     made for an earlier device must not lend them its firmware or its generic model)."""
-    from bridge.device_types import Names
+    from bridge.core.store import Names
 
     learnt: dict[int, Names] = {}
     renderer = Renderer(settings(), ATTRS,

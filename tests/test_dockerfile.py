@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import config
+from bridge.config import settings as config
+from bridge.config.sections import MetricsSettings
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -191,7 +192,7 @@ def test_non_root_user(dockerfile: str) -> None:
 def test_metrics_port_exposed_and_bound_to_all_interfaces(dockerfile: str) -> None:
     runtime = runtime_stage(dockerfile)
     exposed = [rest for word, rest in runtime if word == "EXPOSE"]
-    default_port = config.MetricsSettings().port
+    default_port = MetricsSettings().port
     assert exposed == [str(default_port)], f"EXPOSE {exposed}, metrics port {default_port}"
     assert env_of(runtime).get("FLESPI_BRIDGE_METRICS__HOST") == "0.0.0.0"
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from helpers import BridgeFactory, Recorder, make_settings, wait_metric
 
-from bridge import mosquitto
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 PREFIX = "homeassistant"

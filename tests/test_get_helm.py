@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bridge import mosquitto
+from bridge.sim import brokers as mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 GET_HELM = REPO / "tools" / "get_helm.py"

@@ -10,11 +10,12 @@ import orjson
 import pytest
 from helpers import BridgeFactory, Recorder, make_settings
 
-from bridge import catalog, mosquitto
-from bridge.discovery import Discovery
-from bridge.homeassistant import MIGRATE, Context, device_configs, device_owner
+from bridge.core.store import Store
+from bridge.homeassistant.discovery import Discovery
+from bridge.homeassistant.payloads import MIGRATE, Context, device_configs, device_owner
+from bridge.normalize import catalog
 from bridge.sim import Simulator
-from bridge.state import Store
+from bridge.sim import brokers as mosquitto
 
 ATTRS = catalog.attributes(catalog.build())
 PREFIX = "homeassistant"

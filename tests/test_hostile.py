@@ -23,13 +23,15 @@ from paho.mqtt.properties import Properties
 from prometheus_client.parser import text_string_to_metric_families
 from test_pipeline import expected_state
 
-from bridge import catalog, config, mosquitto
-from bridge import logs as bridge_logs
+from bridge.app import logs as bridge_logs
+from bridge.app.bridge import Bridge
+from bridge.config import settings as config
+from bridge.core.store import ALL
+from bridge.flespi.ingest import MAX_UPSTREAM_PAYLOAD
 from bridge.flespi.topics import MESSAGE_PREFIX, STATE_PREFIX
-from bridge.ingest import MAX_UPSTREAM_PAYLOAD
-from bridge.service import Bridge
+from bridge.normalize import catalog
 from bridge.sim import Simulator
-from bridge.state import ALL
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 PREFIX = "homeassistant"

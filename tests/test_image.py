@@ -26,8 +26,8 @@ import httpx
 import pytest
 from helpers import TOKEN, Brokers, Recorder, retained
 
-from bridge import mosquitto
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 # Building on vfs takes minutes: the build (in the fixture) counts toward the timeout.
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]

@@ -15,13 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from memory_transport import MemoryTransport
 
-from bridge.acks import AckLedger
+from bridge.core.ledger import Ack, AckLedger
+from bridge.core.stats import LatencyHistogram, Stats
+from bridge.core.store import STATE, Device, Store
+from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
-from bridge.flespi.upstream import Ack
-from bridge.metrics import LatencyHistogram, Stats
-from bridge.pipeline import Publisher
-from bridge.state import STATE, Device, Store
-from bridge.transport import Publication
+from bridge.publish.publisher import Publisher
 
 DEVICES = [1, 2, 3, 4]
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from helpers import TOKEN, BridgeProcess, wait_until
 
-from bridge import logs, mosquitto
+from bridge.app import logs
+from bridge.sim import brokers as mosquitto
 
 
 @pytest.fixture
@@ -95,6 +96,6 @@ async def test_the_bridge_logs_json_lines(
     assert all({"level", "logger", "message"} <= d.keys() for d in docs)
     assert any(d["level"] == "DEBUG" for d in docs)
     assert any(d["message"].startswith("connected to flespi 127.0.0.1:") for d in docs)
-    assert any(d["level"] == "WARNING" and d["logger"] == "bridge.service"
+    assert any(d["level"] == "WARNING" and d["logger"] == "bridge.app.bridge"
                and d["message"].startswith(f"metrics.fleet_parameters: no such attribute "
                                            f"{logs.REDACTED} ") for d in docs), text

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import messages
-from bridge.parameters import Parameters
+from bridge.normalize import messages
+from bridge.normalize.parameters import Parameters
 
 SCOOTER = {
     "battery.charging.status": False, "battery.level": 87, "battery.voltage": 4.08,

@@ -21,9 +21,10 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import __version__, mosquitto
-from bridge.service import Bridge
+from bridge import __version__
+from bridge.app.bridge import Bridge
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 P = "flespi_bridge_"
 BATTERY = P + "device_battery_percent"

@@ -19,8 +19,8 @@ import yaml
 from helpers import REPO, BridgeFactory, make_settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import mosquitto
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 MONITORING = REPO / "monitoring"
 ALERTS = MONITORING / "alerts.yml"

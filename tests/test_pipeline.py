@@ -9,9 +9,9 @@ from typing import Any
 
 from helpers import TOKEN, BridgeFactory, BridgeProcess, Procs, Recorder, make_settings, wait_until
 
-from bridge import mosquitto
+from bridge.core.store import iso
 from bridge.sim import Simulator
-from bridge.state import iso
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 

@@ -12,12 +12,13 @@ from typing import Any
 import orjson
 from helpers import Recorder, make_settings, retained, wait_until
 
-from bridge import config, mosquitto
-from bridge.outbox import Outbox
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
+from bridge.config import settings as config
+from bridge.core.outbox import Outbox
+from bridge.core.transport import Publication
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
-from bridge.transport import Publication
 
 BridgeFactory = Callable[[config.Settings], Awaitable[Bridge]]
 PROFILES = {"profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE}}

@@ -32,9 +32,9 @@ from homeassistant_harness import (
     wait_api,
 )
 
-from bridge import mosquitto
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, DEVICE_TYPES, PROTOCOLS, SCOOTER_PROFILE, SimDevice
 
 pytestmark = [pytest.mark.homeassistant, pytest.mark.timeout(1800)]

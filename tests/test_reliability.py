@@ -25,9 +25,9 @@ from helpers import (
 )
 from test_pipeline import expected_state
 
-from bridge import mosquitto
-from bridge.backoff import Backoff
+from bridge.pacing import Backoff
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 
 BASE = "flespi"

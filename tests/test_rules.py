@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import catalog, ha_classes, rules
-from bridge.catalog import Attribute
-from bridge.overrides import ParameterOverride
-from bridge.parameters import MAX_RULE_MADE, Parameters
+from bridge.normalize import catalog, ha_classes, rules
+from bridge.normalize.catalog import Attribute
+from bridge.normalize.overrides import ParameterOverride
+from bridge.normalize.parameters import MAX_RULE_MADE, Parameters
 
 
 def made(name: str, value: Any, taken: frozenset[str] = frozenset()) -> Attribute:
@@ -265,7 +265,7 @@ def test_ignore_drops_a_parameter() -> None:
 
 
 def test_rule_made_metric_units() -> None:
-    from bridge.metrics import fleet_metric_name
+    from bridge.http.metrics import fleet_metric_name
 
     assert fleet_metric_name(made("gnss.vehicle.mileage", 1.0)).endswith("_meters")
     assert fleet_metric_name(made("can.engine.hours", 1.0)).endswith("_seconds")

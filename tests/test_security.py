@@ -24,9 +24,10 @@ import trustme
 from helpers import PYTHON, TOKEN, BridgeFactory, Recorder, bridge_env, make_settings, wait_until
 from test_pipeline import expected_state
 
-from bridge import config, mosquitto
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
+from bridge.config import settings as config
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 USER = "flespi-bridge"
@@ -208,7 +209,7 @@ async def test_bridge_publishes_over_tls_with_certificate_and_password(
 @pytest.mark.parametrize(("problem", "needles"), [
     ("wrong_password", ("local broker 127.0.0.1:", "not authorized")),
     # TLS 1.3: the broker's alert arrives after the handshake; paho logs it (through the
-    # bridge's `bridge.local.mqtt` logger), aiomqtt itself only times out
+    # bridge's `bridge.publish.local_broker.mqtt` logger), aiomqtt itself only times out
     ("no_client_certificate", ("certificate required",)),
     ("unknown_ca", ("local broker 127.0.0.1:", "certificate verify failed")),
 ])
@@ -226,7 +227,7 @@ async def test_bridge_refused_by_the_local_broker(
     await asyncio.wait_for(bridge.loaded.wait(), 20)  # flespi is fine, the local side is not
     # it keeps trying, with backoff (without a client certificate each try first waits for
     # aiomqtt's 10 s connect timeout, so one line is enough there)
-    await records_matching(caplog, "bridge.local", *needles,
+    await records_matching(caplog, "bridge.publish.local_broker", *needles,
                            count=1 if problem == "no_client_certificate" else 2)
     assert not bridge.local.connected.is_set()
     assert bridge.stats.up["local"] is False
@@ -259,7 +260,7 @@ async def test_flespi_certificate_is_verified_by_default(
         try:
             # twice: after a backoff the bridge tries again, it neither gives up nor crashes
             records = await records_matching(
-                caplog, "bridge.session", f"flespi: cannot connect to 127.0.0.1:{port}",
+                caplog, "bridge.flespi.session", f"flespi: cannot connect to 127.0.0.1:{port}",
                 "certificate verify failed", why, count=2)
             assert records[0].levelno == logging.WARNING
             assert bridge.stats.up["upstream"] is False

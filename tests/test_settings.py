@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from helpers import BridgeFactory, Recorder, make_settings, metric, retained
 
-from bridge import mosquitto
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE, SETTINGS
 
 BASE = "flespi"

@@ -15,8 +15,8 @@ import pytest
 from helpers import BridgeFactory, Brokers, Recorder, make_settings, wait_until
 from test_pipeline import expected_state
 
-from bridge import mosquitto
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 SECONDS = float(os.environ.get("FLESPI_BRIDGE_SOAK_SECONDS", "20"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 from helpers import TOKEN, BridgeFactory, Brokers, Recorder, make_settings, wait_until
 
-from bridge import mosquitto
+from bridge.sim import brokers as mosquitto
 
 PREFIX = "flespi/state/gw/devices"
 DEVICES = list(range(7_100_001, 7_100_041))

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.state import ALL, AVAILABILITY, DISCOVERY, INFO, SETTINGS, STATE, Store, iso
+from bridge.core.store import ALL, AVAILABILITY, DISCOVERY, INFO, SETTINGS, STATE, Store, iso
 
 
 def test_merge_and_last_seen() -> None:

@@ -36,10 +36,10 @@ from helpers import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import mosquitto
-from bridge.service import Bridge
+from bridge.app.bridge import Bridge
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import Fleet
-from bridge.sim.stream import HttpStream, feed, final_telemetry
+from bridge.sim.http_stream import HttpStream, feed, final_telemetry
 
 AUTH = "Bearer stream-secret-0123456789"
 PATH = "/flespi/stream"

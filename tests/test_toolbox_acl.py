@@ -10,8 +10,9 @@ from typing import Any
 
 from helpers import BridgeFactory, Recorder, make_settings
 
-from bridge import config, mosquitto
+from bridge.config import settings as config
 from bridge.sim import Responder, Simulator
+from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
 from bridge.toolbox.acl import acl, mqtt_allows, rest_allows
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 import xmlschema
 from helpers import PYTHON, TOKEN, bridge_env
 from PIL import Image
 from toolbox_helpers import Api, cli, hours_ago, start_api
 
-from bridge import mosquitto, tomlwrite
+from bridge.sim import brokers as mosquitto
 from bridge.sim import history, van_history
 from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
@@ -372,7 +373,7 @@ async def test_simulate_serves_the_tools_a_fleet_to_try_them_on(
             found = re.match(r"REST API on (http://127\.0\.0\.1:\d+) ", line)
             url = found.group(1) if found else ""
         config = tmp_path / "config.toml"
-        config.write_text(tomlwrite.dumps({"flespi": {"token": TOKEN},
+        config.write_text(tomli_w.dumps({"flespi": {"token": TOKEN},
                                            "commands": {"http_url": url}}))
         day = (math.floor(time.time() / 86400) - 1) * 86400
         track = await asyncio.create_subprocess_exec(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.parameters import Parameters
+from bridge.normalize.parameters import Parameters
 from bridge.toolbox.formats import TrackInfo, writer
 from bridge.toolbox.formats import html as html_format
 from bridge.toolbox.formats.collect import Trip
@@ -229,7 +229,7 @@ def test_the_cli_loads_without_the_tools_extra() -> None:
     optional libraries are imported only by the commands that use them."""
     hide = "; ".join(f"sys.modules[{m!r}] = None" for m in
                      ("tqdm", "gpxpy", "simplekml", "matplotlib", "folium"))
-    code = (f"import sys; {hide}; from bridge.cli import parser; "
+    code = (f"import sys; {hide}; from bridge.app.cli import parser; "
             "args = parser().parse_args(['track', '7', '--from=-1h']); print(args.device)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

@@ -24,8 +24,8 @@ import pytest
 from helpers import BridgeProcess, Procs, Recorder, wait_until
 from test_pipeline import expected_state
 
-from bridge import mosquitto
 from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
 
 BASE = "flespi"
 KEEPALIVE = 5  # the shortest flespi.keepalive allowed: gmqtt gives up after 2x without data

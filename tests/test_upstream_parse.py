@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.mqtt_wire import parse_publish, utf8, varint
+from bridge.mqtt.codec import parse_publish, utf8, varint
 
 TOPIC = "flespi/state/gw/devices/5537057/telemetry/battery.level"
 

@@ -12,9 +12,10 @@ import pytest
 from helpers import TOKEN, wait_until
 
 from bench import mqtt
-from bridge import mqtt_wire as wire
+from bridge.core.ledger import Ack
 from bridge.exceptions import UpstreamError
-from bridge.flespi.upstream import Ack, ConnectOptions, GmqttUpstream
+from bridge.flespi.upstream import ConnectOptions, GmqttUpstream
+from bridge.mqtt import codec as wire
 
 CONNACK = b"\x20\x03\x00\x00\x00"  # MQTT 5: no session, success, no properties
 PINGRESP = bytes((wire.PINGRESP, 0))

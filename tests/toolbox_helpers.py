@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import tomli_w
 from helpers import PYTHON, TOKEN, bridge_env
 
-from bridge import tomlwrite
 from bridge.sim import Simulator
 from bridge.sim.responder import Responder
 
@@ -55,7 +55,7 @@ async def start_api(tmp: Path, extra: dict[str, dict[str, object]] | None = None
     for name, values in (extra or {}).items():
         sections.setdefault(name, {}).update(values)
     config = tmp / "config.toml"
-    config.write_text(tomlwrite.dumps(sections))
+    config.write_text(tomli_w.dumps(sections))
     try:
         yield Api(responder, sim, url, config, tmp)
     finally:

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Literal, NamedTuple
 
+from bridge.normalize.messages import MAX_ID_DIGITS
+
 STATE_PREFIX = "flespi/state/gw/devices/"
 MESSAGE_PREFIX = "flespi/message/gw/devices/"
-# Device ids are positive integers; anything longer is not an id flespi would issue.
-MAX_ID_DIGITS = 15
 # Device object properties the bridge follows (besides the device object itself).
 PROPERTIES = ("connected", "name")
 

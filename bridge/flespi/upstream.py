@@ -8,7 +8,7 @@ than aiomqtt here.
 Three gmqtt behaviours are replaced, through a few private gmqtt hooks, each isolated in one
 small function below (`_deliver_qos1_to`, `_receive_publish_with`, `_stop_auto_reconnect`,
 `_send_raw`, `_transport`):
-- PUBLISH packets are parsed by `bridge.mqtt_wire.parse_publish`, which reads only what the
+- PUBLISH packets are parsed by `bridge.mqtt.codec.parse_publish`, which reads only what the
   bridge uses (topic, packet id, user properties, payload) at about a third of gmqtt's cost
   per message (a start-up replays every retained value of the fleet); anything unusual (a
   topic alias, QoS 2, a malformed property block) is left to gmqtt's own parser.
@@ -47,14 +47,12 @@ from gmqtt import Client as GmqttClient
 from gmqtt import Subscription
 from gmqtt.mqtt.constants import MQTTv50
 
+from bridge.core.ledger import Ack
 from bridge.exceptions import UpstreamError
-from bridge.mqtt_wire import parse_publish
+from bridge.mqtt.codec import parse_publish
 
 log = logging.getLogger(__name__)
 
-# (connection generation, packet id): acks for an earlier connection are void, because the
-# broker redelivers those messages and packet ids are reused on the new connection.
-Ack = tuple[int, int]
 UserProperties = Sequence[tuple[str, str]]
 # topic, payload, MQTT 5 user properties, ack token (None for QoS 0)
 MessageHandler = Callable[[str, bytes, UserProperties, Ack | None], None]

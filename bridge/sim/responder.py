@@ -19,10 +19,10 @@ from typing import Any
 
 import orjson
 
+from bridge.http.server import Response, WebServer, catch_all
 from bridge.sim import rest_api
 from bridge.sim.fleet import SETTINGS
 from bridge.sim.simulator import Simulator
-from bridge.web import Response, WebServer, catch_all
 
 # flespi command name -> whether the device confirms it (executed false until it answers)
 COMMANDS = {"setting.r0.set": False, "setting.s1.set": True, "setting.d1.set": True}

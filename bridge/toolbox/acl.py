@@ -15,7 +15,7 @@ the device, `.../telemetry/+`, `.../settings/+`, `.../connections/+` and
   messages with `flespi.messages`);
 - POST on their `commands` submodule when it sends commands (profiles and not read-only);
 - GET on `gw/channel-protocols` and its `device-types` with Home Assistant discovery (the
-  device info's names, `bridge.device_types`);
+  device info's names, `bridge.flespi.device_types`);
 - publish and subscribe on its reply prefix `flespi-bridge/{client_id}/#` (REST answers over
   MQTT and its start-up marker).
 """
@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from bridge import parameters
-from bridge.config import Settings
+from bridge.config.settings import Settings
 from bridge.flespi import topics
 
 Entry = dict[str, Any]
@@ -41,7 +40,7 @@ def subscriptions(settings: Settings) -> list[str]:
     """The flespi topic filters `run` subscribes upstream (as the session builds them),
     besides its reply prefix."""
     f = settings.flespi
-    params = parameters.from_settings(settings).subscribed() if f.use_comma_lists else None
+    params = settings.flespi.parameter_table().subscribed() if f.use_comma_lists else None
     return topics.subscriptions(f.devices, params, comma_lists=f.use_comma_lists,
                                 messages=f.messages, telemetry=f.telemetry,
                                 settings=settings.commands.settings)

@@ -8,7 +8,8 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from bridge import config, logs
+from bridge.app import logs
+from bridge.config import settings as config
 from bridge.exceptions import ConfigError, RestError
 from bridge.toolbox.client import FlespiClient
 

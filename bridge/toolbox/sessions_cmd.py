@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from bridge import config
+from bridge.config import settings as config
 from bridge.toolbox import common
 from bridge.toolbox.client import FlespiClient
 

@@ -1,5 +1,5 @@
 """`flespi-bridge telemetry`: a device's current telemetry over REST, normalized by the
-parameter table the live path uses (`bridge.parameters`), as a table or JSON."""
+parameter table the live path uses (`bridge.normalize.parameters`), as a table or JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from typing import Any
 
 import orjson
 
-from bridge import catalog, config, parameters, rules
-from bridge.catalog import Parameter
+from bridge.config import settings as config
+from bridge.normalize import catalog, parameters, rules
+from bridge.normalize.catalog import Parameter
 from bridge.toolbox import common
 from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.timeparse import iso
@@ -79,7 +80,7 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
                      None) if isinstance(result, list) else None
         if entry is None:
             return common.fail(settings, f"flespi returned no telemetry for {args.device}")
-        doc = normalized(entry.get("telemetry") or {}, parameters.from_settings(settings))
+        doc = normalized(entry.get("telemetry") or {}, settings.flespi.parameter_table())
         if args.json:
             print(orjson.dumps({"device_id": args.device, **doc},
                                option=orjson.OPT_INDENT_2).decode())

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from bridge import config
+from bridge.config import settings as config
 from bridge.toolbox import acl, common
 from bridge.toolbox.client import FlespiClient
 

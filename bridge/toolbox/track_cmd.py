@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from bridge import config
+from bridge.config import settings as config
 from bridge.toolbox import common, points
 from bridge.toolbox.client import FlespiClient
 from bridge.toolbox.formats import BINARY, FORMATS, TrackInfo, writer

@@ -1,0 +1,285 @@
+"""`flespi-bridge run | check-config | simulate | demo`, and the toolbox's `track |
+telemetry | sessions | token create` (bridge/toolbox)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bridge import __version__
+from bridge.config import settings as config
+from bridge.exceptions import BrokerUnavailableError, ConfigError, ListenError
+
+if TYPE_CHECKING:
+    from bridge.app.bridge import Bridge
+
+# the simulator's fleets (bridge.sim.fleet.FLEETS; not imported: the CLI starts fast)
+FLEETS = ("scooters", "vans", "mixed")
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def _event_loop_policy() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _load(args: argparse.Namespace) -> config.Settings:
+    return config.load(args.config, secrets_dir=args.secrets_dir,
+                       check_files=not getattr(args, "no_file_checks", False))
+
+
+def _print_problems(exc: ConfigError) -> int:
+    print(f"error: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
+    for key, reason in exc.problems:
+        print(f"  {key}: {reason}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    print("ok")
+    for line in config.summary(settings):
+        print(f"  {line}")
+    return 0
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+def _secrets(settings: config.Settings) -> list[str]:
+    values = [settings.flespi.token.get_secret_value()]
+    if settings.local.password is not None:
+        values.append(settings.local.password.get_secret_value())
+    if settings.stream.authorization is not None:
+        values.append(settings.stream.authorization.get_secret_value())
+    return values
+
+
+async def serve(bridge: Bridge, stop: asyncio.Event) -> int:
+    """Run `bridge` until `stop` is set (0) or one of its essential tasks ends (1)."""
+    try:
+        await bridge.start()
+    except ListenError as exc:  # a port is taken or not ours to bind
+        print(f"error: {exc}", file=sys.stderr)
+        await bridge.stop()
+        return EXIT_FAILED
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(bridge.failed.wait())
+    await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    failed.cancel()
+    await bridge.stop()
+    if bridge.failed.is_set():
+        print("error: an essential task of the bridge ended; see the log above",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bridge.app import logs
+    from bridge.app.bridge import Bridge
+
+    try:
+        settings = _load(args)
+    except ConfigError as exc:
+        return _print_problems(exc)
+    logs.setup(settings.log.level, settings.log.format, _secrets(settings))
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        _install_signals(stop)
+        try:
+            bridge = Bridge(settings)
+        except (OSError, ssl.SSLError) as exc:  # a TLS file changed since it was checked
+            print(f"error: cannot load the TLS files: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return await serve(bridge, stop)
+
+    _event_loop_policy()
+    return asyncio.run(main())
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from bridge.app import logs
+
+    logs.setup("INFO", "text", [args.authorization or ""])
+    if args.http_stream:
+        return asyncio.run(_simulate_stream(args))
+    from bridge.sim import Simulator
+
+    host, _, port = args.broker.rpartition(":")
+
+    async def main() -> None:
+        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed,
+                        kind=args.fleet)
+        await sim.start()
+        print(f"simulating {args.devices} devices ({args.fleet}) on {args.broker} at "
+              f"{args.rate} messages/s", flush=True)
+        responder = None
+        if args.rest_port is not None:  # history, telemetry, sessions, tokens for the tools
+            from bridge.sim import Responder
+
+            responder = Responder(sim)
+            url = await responder.serve_http("127.0.0.1", args.rest_port)
+            print(f"REST API on {url} (commands.http_url for track, telemetry, sessions, "
+                  "token)", flush=True)
+        stop = asyncio.Event()
+        _install_signals(stop)
+        runner = asyncio.create_task(sim.run(args.rate, args.duration))
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        runner.cancel()
+        waiter.cancel()
+        if responder is not None:
+            await responder.close()
+        await sim.stop()
+
+    asyncio.run(main())
+    return 0
+
+
+async def _simulate_stream(args: argparse.Namespace) -> int:
+    """`simulate --http-stream URL`: the fleet's messages pushed as flespi's HTTP stream;
+    after `--duration`, waits until every message is delivered (or Ctrl-C)."""
+    import logging
+
+    import orjson
+
+    from bridge.sim.fleet import Fleet
+    from bridge.sim.http_stream import HttpStream, feed, final_telemetry
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
+    verify: ssl.SSLContext | bool = True
+    if args.ca_file is not None:
+        verify = ssl.create_default_context(cafile=str(args.ca_file))
+    fleet = Fleet(args.devices, seed=args.seed)
+    stream = HttpStream(args.http_stream, authorization=args.authorization,
+                        limit_messages=args.limit_messages, retry_delay=args.retry_delay,
+                        verify=verify)
+    print(f"streaming {args.devices} devices to {args.http_stream} at {args.rate} "
+          f"messages/s, batches of at most {args.limit_messages}", flush=True)
+    stop = asyncio.Event()
+    _install_signals(stop)
+    sender = asyncio.create_task(stream.run())
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        feeder = asyncio.create_task(feed(fleet, stream, args.rate, args.duration))
+        await asyncio.wait({feeder, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done():
+            drained = asyncio.create_task(stream.drain(timeout=24 * 3600))
+            await asyncio.wait({drained, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+        feeder.cancel()
+    finally:
+        sender.cancel()
+        waiter.cancel()
+        await stream.close()
+    answers = ", ".join(f"{code}: {n}" for code, n in sorted(stream.answers.items()))
+    print(f"delivered {stream.delivered} messages in {stream.batches} batches "
+          f"({stream.pending} pending); answers {answers or 'none'}", flush=True)
+    if args.report is not None:
+        args.report.write_bytes(orjson.dumps({
+            "delivered": stream.delivered, "pending": stream.pending,
+            "answers": dict(stream.answers), "telemetry": final_telemetry(fleet)}))
+    return 0 if stream.pending == 0 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bridge.app import demo
+
+    try:
+        return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
+                                    duration=args.duration, fleet=args.fleet))
+    except BrokerUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flespi-bridge",
+        description="Bridge a flespi fleet to a local MQTT broker (Home Assistant, Grafana).",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", type=Path, help="TOML configuration file")
+        sp.add_argument("--secrets-dir", type=Path,
+                        help="directory of secret files named <section>__<key>")
+
+    run = sub.add_parser("run", help="run the bridge")
+    with_config(run)
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate the configuration and summarize it")
+    with_config(check)
+    check.add_argument("--no-file-checks", action="store_true",
+                       help="do not look at the files the configuration names (token_file, "
+                            "ca_file, cert_file, key_file): for a configuration meant for "
+                            "another machine, e.g. a Helm chart's ConfigMap")
+    check.set_defaults(func=cmd_check_config)
+
+    sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
+    target = sim.add_mutually_exclusive_group(required=True)
+    target.add_argument("--broker", help="HOST:PORT of the broker to publish to")
+    target.add_argument("--http-stream", metavar="URL",
+                        help="push the messages to URL as flespi's HTTP stream does")
+    sim.add_argument("--devices", type=int, default=10)
+    sim.add_argument("--rate", type=float, default=5.0, help="device messages per second")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--fleet", choices=FLEETS, default="scooters",
+                     help="e-scooters, delivery vans, or every other device a van")
+    sim.add_argument("--rest-port", type=int, metavar="PORT",
+                     help="--broker: also serve flespi's REST API for the fleet (device "
+                          "history, telemetry, sessions, tokens) over HTTP on "
+                          "127.0.0.1:PORT (0: any free port), for track and the other tools")
+    sim.add_argument("--authorization", help="--http-stream: the Authorization header value")
+    sim.add_argument("--limit-messages", type=int, default=1000,
+                     help="--http-stream: messages per batch at most (flespi's limit_messages)")
+    sim.add_argument("--retry-delay", type=float, default=1.0,
+                     help="--http-stream: seconds before a batch not answered 200 is resent")
+    sim.add_argument("--ca-file", type=Path, help="--http-stream: CA bundle for an https URL")
+    sim.add_argument("--report", type=Path,
+                     help="--http-stream: write a JSON report (counts, final telemetry) here")
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on this machine, no flespi account")
+    demo.add_argument("--devices", type=int, default=5)
+    demo.add_argument("--rate", type=float, default=2.0, help="device messages per second")
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.add_argument("--fleet", choices=FLEETS, default="scooters",
+                      help="e-scooters, delivery vans, or every other device a van")
+    demo.set_defaults(func=cmd_demo)
+
+    from bridge.toolbox.subcommands import add_subcommands
+
+    add_subcommands(sub, with_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

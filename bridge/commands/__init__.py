@@ -1,0 +1,9 @@
+"""Commands: local command topics (`<base>/<id>/set`, `<base>/<id>/<entity>/set`) turned
+into flespi REST calls, and exactly one result per request on `<base>/<id>/result`.
+`handler.py` takes what arrives on the topics (parsing, retained refusal, limits, the one
+result); `gateway.py` maps a request through the command profiles to one flespi call.
+
+Owns: the one-result-per-command rule, command rate limits.
+May import: `bridge.core`, `bridge.config`, `bridge.flespi` (its REST client interface),
+`bridge.normalize`, the shared leaves. Not the publishing side nor Home Assistant.
+"""

@@ -1,0 +1,371 @@
+"""Local command topics -> flespi device commands -> one result per request.
+
+Inputs: `<base>/<id>/set` with a JSON object (`{"lock": true}`, `{"command": "restart"}`,
+`{"upload_interval": 10}`, optional `"transaction"`), and Home Assistant's per-entity
+`<base>/<id>/<entity>/set` (`LOCK`/`UNLOCK`, `PRESS`, a number). Only commands listed in the
+device type's profile, for devices the bridge follows, are ever sent; everything else is
+answered with an error result and nothing reaches flespi.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bridge.config.profiles import CommandSettings, CommandSpec
+from bridge.core.store import Device
+from bridge.exceptions import CommandError, RestError
+from bridge.flespi.rest import Rest
+from bridge.pacing import RateLimitedLog
+
+log = logging.getLogger(__name__)
+MAX_TRANSACTION = 128
+STEP_TOLERANCE = 1e-6  # of a step: 0.3 is 0 + 3 * 0.1 although 0.3 / 0.1 is 2.9999999999999996
+# Result codes that mean the request itself was malformed (also counted as invalid input).
+INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
+                           "invalid_value", "payload_too_large", "retained"})
+# Every result code (`code` of a result; null when `status` is ok). The service adds
+# "shutting_down" for requests that arrive while it stops.
+RESULT_CODES = INVALID_INPUT | {
+    "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
+    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "retained"}
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    entity: str
+    spec: CommandSpec
+    value: Any
+
+
+def result(transaction: Any, command: str | None, *, error: CommandError | None = None,
+           response: Any = None) -> dict[str, Any]:
+    return {
+        "transaction": transaction,
+        "command": command,
+        "status": "error" if error else "ok",
+        "error": error.message if error else None,
+        "code": error.code if error else None,
+        "response": response,
+    }
+
+
+# -- parsing (pure) ----------------------------------------------------------------------
+
+def peek_transaction(payload: bytes) -> Any:
+    """The request's transaction id if one can be read, for results of refused requests."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(obj, dict):
+        tx = obj.get("transaction")
+        if _valid_transaction(tx):
+            return tx
+    return None
+
+
+def _valid_transaction(tx: Any) -> bool:
+    if isinstance(tx, bool):
+        return False
+    if isinstance(tx, int):
+        return abs(tx) < 2**63
+    return isinstance(tx, str) and 0 < len(tx) <= MAX_TRANSACTION
+
+
+def _lock_value(text: Any) -> bool:
+    if isinstance(text, bool):
+        return text
+    if isinstance(text, str) and text.upper() in ("LOCK", "UNLOCK"):
+        return text.upper() == "LOCK"
+    raise CommandError("invalid_value", "a lock takes true/false, LOCK or UNLOCK")
+
+
+def _number_value(spec: CommandSpec, value: Any) -> int | float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise CommandError("invalid_value", f"{value[:40]!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CommandError("invalid_value", "a number is required")
+    if not spec.min <= value <= spec.max:
+        raise CommandError("invalid_value", f"{value:g} is outside {spec.min:g}..{spec.max:g}")
+    whole = all(float(x).is_integer() for x in (spec.min, spec.step))
+    if whole:
+        if not float(value).is_integer():
+            raise CommandError("invalid_value", f"{value:g} is not a whole number")
+        if (int(value) - int(spec.min)) % int(spec.step) == 0:
+            return int(value)
+    else:
+        steps = (value - spec.min) / spec.step
+        if abs(steps - round(steps)) <= STEP_TOLERANCE:
+            return value
+    below = spec.min + math.floor((value - spec.min) / spec.step) * spec.step
+    nearest = [f"{x:g}" for x in (below, below + spec.step) if spec.min <= x <= spec.max]
+    raise CommandError("invalid_value", f"{value:g} is not a valid step: values go from "
+                       f"{spec.min:g} in steps of {spec.step:g} (nearest: "
+                       f"{' or '.join(nearest)})")
+
+
+def _value(spec: CommandSpec, value: Any) -> Any:
+    if spec.component == "lock":
+        return _lock_value(value)
+    if spec.component == "button":
+        if value not in (None, True, "PRESS", ""):
+            raise CommandError("invalid_value", "a button takes PRESS")
+        return None
+    return _number_value(spec, value)
+
+
+def _lookup(profile: dict[str, CommandSpec], entity: Any) -> tuple[str, CommandSpec]:
+    if not isinstance(entity, str) or entity not in profile:
+        known = ", ".join(sorted(profile)) or "none for this device type"
+        shown = entity[:40] if isinstance(entity, str) else type(entity).__name__
+        raise CommandError("unknown_command", f"unknown command {shown!r} (known: {known})")
+    return entity, profile[entity]
+
+
+def _refuse_empty(payload: bytes) -> None:
+    """An empty payload is what clearing a retained command delivers: never a command."""
+    try:
+        empty = not payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return
+    if empty:
+        raise CommandError("invalid_payload", "empty payload")
+
+
+def parse_entity_command(profile: dict[str, CommandSpec], entity: str, payload: bytes
+                         ) -> Request:
+    """`<base>/<id>/<entity>/set`: a Home Assistant payload (a button takes `PRESS`)."""
+    name, spec = _lookup(profile, entity)
+    _refuse_empty(payload)
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CommandError("invalid_payload", "the payload is not UTF-8 text") from None
+    return Request(name, spec, _value(spec, text))
+
+
+def parse_set(profile: dict[str, CommandSpec], payload: bytes) -> Request:
+    """`<base>/<id>/set`: a JSON object naming exactly one command."""
+    _refuse_empty(payload)
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise CommandError("invalid_json", f"the payload is not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise CommandError("invalid_json", "the payload must be a JSON object")
+    if "transaction" in obj and not _valid_transaction(obj["transaction"]):
+        raise CommandError("invalid_value", "transaction must be a string (at most "
+                           f"{MAX_TRANSACTION} characters) or an integer")
+    fields = {k: v for k, v in obj.items() if k != "transaction"}
+    if "command" in fields:
+        entity = fields.pop("command")
+        value = fields.pop("value", None)
+        if fields:
+            raise CommandError("invalid_payload", "one command per request")
+    elif len(fields) == 1:
+        entity, value = next(iter(fields.items()))
+    elif not fields:
+        raise CommandError("invalid_payload", "no command in the request")
+    else:
+        raise CommandError("invalid_payload", "one command per request")
+    name, spec = _lookup(profile, entity)
+    return Request(name, spec, _value(spec, value))
+
+
+def flespi_command(spec: CommandSpec, value: Any, timeout: float) -> list[dict[str, Any]]:
+    """The body of `POST gw/devices/{id}/commands`."""
+    properties: dict[str, Any] = dict(spec.properties)
+    if spec.value_property:
+        if spec.component == "lock":
+            value = spec.payload_lock if value else spec.payload_unlock
+        properties[spec.value_property] = value
+    return [{"name": spec.command, "properties": properties, "timeout": math.ceil(timeout)}]
+
+
+# -- limits ------------------------------------------------------------------------------
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp: float | None = None  # the first look fills it: any clock will do
+
+    def ready(self, now: float) -> bool:
+        """Whether a token could be taken now (taking none)."""
+        if self.stamp is not None:
+            elapsed = max(0.0, now - self.stamp)
+            self.tokens = min(float(self.burst), self.tokens + elapsed * self.rate)
+        self.stamp = now
+        return self.tokens >= 1
+
+    def take(self, now: float) -> bool:
+        if self.ready(now):
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Limits:
+    """Per-device and global token buckets, and a memory of recent transaction ids.
+
+    A transaction id is held while its request is in flight and remembered for
+    `dedup_window` seconds once the request was (or may have been) sent to flespi; a
+    request that certainly never left the bridge may be retried under the same id.
+    """
+
+    def __init__(self, settings: CommandSettings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.global_bucket = TokenBucket(settings.global_rate, settings.global_burst)
+        self.devices: dict[int, TokenBucket] = {}
+        self.seen: dict[tuple[int, Any], float] = {}
+        self.in_flight: set[tuple[int, Any]] = set()
+
+    def duplicate(self, device_id: int, transaction: Any, now: float) -> bool:
+        key = (device_id, transaction)
+        return transaction is not None and (
+            key in self.in_flight or self.seen.get(key, 0.0) > now)
+
+    def begin(self, device_id: int, transaction: Any) -> None:
+        """The request is about to be sent: a duplicate is refused from now on."""
+        if transaction is not None and self.settings.dedup_window:
+            self.in_flight.add((device_id, transaction))
+
+    def end(self, device_id: int, transaction: Any, *, sent: bool, now: float) -> None:
+        """The request is over; it is remembered if it was (or may have been) sent."""
+        if transaction is None:
+            return
+        self.in_flight.discard((device_id, transaction))
+        if sent:
+            self.remember(device_id, transaction, now)
+
+    def remember(self, device_id: int, transaction: Any, now: float) -> None:
+        if transaction is None or not self.settings.dedup_window:
+            return
+        if len(self.seen) > 10_000:
+            self.seen = {k: t for k, t in self.seen.items() if t > now}
+        self.seen[(device_id, transaction)] = now + self.settings.dedup_window
+
+    def allow(self, device_id: int, now: float) -> bool:
+        """Take a token from the device's bucket and the global one, or from neither."""
+        bucket = self.devices.get(device_id)
+        if bucket is None:
+            s = self.settings
+            bucket = self.devices[device_id] = TokenBucket(s.device_rate, s.device_burst)
+        if not (bucket.ready(now) and self.global_bucket.ready(now)):
+            return False
+        return bucket.take(now) and self.global_bucket.take(now)
+
+
+# -- the gateway (I/O through the callables it is given) ---------------------------------
+
+class CommandGateway:
+    def __init__(
+        self,
+        settings: CommandSettings,
+        rest: Rest,
+        *,
+        device: Callable[[int], Device | None],
+        publish_result: Callable[[int, dict[str, Any]], Awaitable[None]],
+        count: Callable[[str], None],
+        in_flight: Callable[[int, Request, bool], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.rest = rest
+        self._device = device
+        self._publish_result = publish_result
+        self._count = count
+        # told when a request goes to flespi (True) and when its answer is in (False)
+        self._in_flight = in_flight or (lambda device_id, request, begun: None)
+        self.limits = Limits(settings)
+        self._bad = RateLimitedLog(log)
+
+    async def handle(self, device_id: int, entity: str | None, payload: bytes) -> dict[str, Any]:
+        """Run one request to its single result (published, and returned for tests).
+
+        Whatever flespi answers and whatever fails in here, exactly one result is
+        published: a bug becomes `internal_error`, an answer that cannot be encoded into
+        the result `bad_response`.
+        """
+        transaction: Any = None
+        command: str | None = entity
+        try:
+            transaction = peek_transaction(payload) if entity is None else None
+            request = self._check(device_id, entity, payload)
+            command = request.entity
+            response = await self._send(device_id, transaction, request)
+            outcome = result(transaction, command, response=response)
+            try:
+                orjson.dumps(outcome)
+            except TypeError:  # nested deeper than orjson writes, or not JSON at all
+                raise CommandError("bad_response", "flespi's answer cannot be passed on "
+                                   "as JSON (nested too deep); the command may have been "
+                                   "executed") from None
+            self._count("ok")
+            log.info("command %s for device %s: ok", command, device_id)
+        except CommandError as exc:
+            outcome = result(transaction, command, error=exc)
+            self._count(exc.code)
+            self._bad.warning(f"command:{exc.code}", "command %.64r for device %s refused: %s",
+                              command, device_id, exc.message)
+        except Exception as exc:  # a bug: the requester still hears back
+            log.exception("command %.64r for device %s failed", command, device_id)
+            error = CommandError("internal_error", "the bridge failed to handle the "
+                                 f"request ({type(exc).__name__}); the command may or may "
+                                 "not have been executed")
+            outcome = result(transaction, command, error=error)
+            self._count("internal_error")
+        await self._publish_result(device_id, outcome)
+        return outcome
+
+    async def _send(self, device_id: int, transaction: Any, request: Request) -> Any:
+        limits = self.limits
+        now = limits.clock()
+        if limits.duplicate(device_id, transaction, now):
+            raise CommandError("duplicate", f"transaction {transaction!r} was already "
+                               "received; it is not executed twice")
+        if not limits.allow(device_id, now):
+            raise CommandError("rate_limited", "too many commands; try again shortly")
+        body = flespi_command(request.spec, request.value, self.settings.timeout)
+        # flespi waits up to `timeout` for the device; give its answer time to come
+        timeout = self.settings.timeout
+        sent = True  # unless the transport knows better: may have reached flespi
+        limits.begin(device_id, transaction)
+        self._in_flight(device_id, request, True)
+        try:
+            answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
+                                          timeout + min(5.0, timeout))
+            return answer.result()
+        except RestError as exc:
+            sent = exc.sent
+            raise CommandError(exc.code, exc.message) from None
+        finally:
+            limits.end(device_id, transaction, sent=sent, now=limits.clock())
+            self._in_flight(device_id, request, False)
+
+    def _check(self, device_id: int, entity: str | None, payload: bytes) -> Request:
+        if self.settings.read_only:
+            raise CommandError("read_only", "the bridge is read-only: commands are disabled")
+        if len(payload) > self.settings.max_payload:
+            raise CommandError("payload_too_large",
+                               f"{len(payload)} bytes; at most {self.settings.max_payload}")
+        dev = self._device(device_id)
+        if dev is None:
+            raise CommandError("device_not_allowed",
+                               f"device {device_id} is not bridged (not in the selection)")
+        profile = self.settings.profile(dev.info.device_type_id)
+        if entity is None:
+            return parse_set(profile, payload)
+        return parse_entity_command(profile, entity, payload)

@@ -1,0 +1,178 @@
+"""The upstream session: the connection loop to flespi, its subscriptions, and knowing when
+the full upstream state has arrived (`loaded`).
+
+`loaded` is set only by the start-up marker: a message the bridge publishes to its own reply
+prefix right after subscribing, which flespi delivers after every retained message the
+subscriptions replay. Nothing else sets it — stale local topics are cleared only once it is
+set, so a slow start-up can never make live devices look gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+
+from bridge.config.settings import Settings
+from bridge.config.tls import flespi_tls_context
+from bridge.core.ledger import Ack, AckLedger
+from bridge.core.stats import Stats
+from bridge.exceptions import UpstreamError
+from bridge.flespi import topics as flespi_topics
+from bridge.flespi.rest import MqttRest
+from bridge.flespi.upstream import ConnectOptions, MessageHandler, Upstream, UserProperties
+from bridge.pacing import Backoff
+
+log = logging.getLogger(__name__)
+
+UpstreamFactory = Callable[[ConnectOptions, MessageHandler], Upstream]
+# Seconds between warnings while the start-up marker has not come back.
+MARKER_WARNING = 60.0
+
+
+class UpstreamSession:
+    def __init__(
+        self,
+        settings: Settings,
+        parameters: list[str] | None,
+        ledger: AckLedger,
+        stats: Stats,
+        *,
+        factory: UpstreamFactory,
+        wake: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.stats = stats
+        self._factory = factory
+        # what each upstream message is handed to (set by whoever builds the bridge)
+        self.ingest: Callable[[str, bytes, UserProperties], None] = lambda *_: None
+        self._wake = wake
+        self._parameters = parameters
+        f = settings.flespi
+        # The bridge's own topics upstream: fixed per client id, since the persistent session
+        # keeps the subscription; each run's start-up marker and each request are unique.
+        self.reply_prefix = f"flespi-bridge/{f.client_id}/"
+        self._marker = f"{self.reply_prefix}sync/{uuid.uuid4().hex}"
+        self.rest = MqttRest(lambda: self.upstream, self.reply_prefix)
+        # Built once, at start: a bad CA file is a start-up error, not a dead loop.
+        self._tls = flespi_tls_context(f)
+        self.upstream: Upstream | None = None
+        self.loaded = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.upstream is not None and self.upstream.connected
+
+    def subscriptions(self) -> list[str]:
+        f = self.settings.flespi
+        filters = flespi_topics.subscriptions(
+            f.devices,
+            self._parameters if f.use_comma_lists else None,
+            comma_lists=f.use_comma_lists,
+            messages=f.messages,
+            settings=self.settings.commands.settings,
+            telemetry=f.telemetry,
+        )
+        return [*filters, self.reply_prefix + "#"]
+
+    def _options(self) -> ConnectOptions:
+        f = self.settings.flespi
+        return ConnectOptions(
+            host=f.host,
+            port=f.port,
+            username=f.token.get_secret_value(),
+            client_id=f.client_id,
+            tls=self._tls,
+            keepalive=f.keepalive,
+            session_expiry=f.session_expiry,
+            receive_maximum=f.max_inflight,
+        )
+
+    def _on_message(self, topic: str, payload: bytes, props: UserProperties,
+                    ack: Ack | None) -> None:
+        """Hot path: once per upstream message."""
+        if ack is not None:
+            self.ledger.received(ack)
+        try:
+            self.ingest(topic, payload, props)
+        except Exception:  # a bug must not stop the stream; the message is still acked
+            log.exception("cannot process the upstream message on %.200r", topic)
+            self.stats.dropped["internal_error"] += 1
+        self._wake()
+
+    def on_reply(self, topic: str, payload: bytes, props: UserProperties) -> None:
+        if topic == self._marker:
+            if not self.loaded.is_set():
+                log.info("initial state loaded from flespi")
+                self.loaded.set()
+                self._wake()
+        else:
+            self.rest.on_reply(topic, payload, props)
+
+    async def run(self) -> None:
+        """Stay connected until `stop`."""
+        r, f = self.settings.reconnect, self.settings.flespi
+        backoff = Backoff(r.min_delay, r.max_delay)
+        fresh = True  # this process has no state yet: it needs the retained replay
+        attempts = 0
+        while not self._stopping.is_set():
+            up = self._factory(self._options(), self._on_message)
+            # before the first message can arrive: an ack released meanwhile must reach it
+            self.ledger.attach(up.ack)
+            try:
+                await up.connect()
+                await up.subscribe(self.subscriptions(),
+                                   resend_retained=fresh or not up.session_present)
+                self.upstream = up
+                if attempts:
+                    self.stats.reconnects["upstream"] += 1
+                attempts += 1
+                self.stats.up["upstream"] = True
+                log.info("connected to flespi %s:%s (session %s)", f.host, f.port,
+                         "resumed" if up.session_present else "new")
+                # Everything the broker queued before this marker reaches us first.
+                up.publish(self._marker, b"sync", qos=1)
+                fresh = False
+                backoff.reset()
+                await self._watch(up)
+                if not self._stopping.is_set():
+                    log.warning("connection to flespi lost")
+            except UpstreamError as exc:
+                log.warning("flespi: %s", exc)
+            finally:
+                self.upstream = None
+                self.stats.up["upstream"] = False
+                self.rest.connection_lost()
+                self.ledger.void()  # flespi redelivers whatever was not acknowledged
+                await up.disconnect()
+            if self._stopping.is_set():
+                break
+            delay = backoff.next()
+            log.info("reconnecting to flespi in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _watch(self, up: Upstream) -> None:
+        """Wait for the connection to close, warning while the marker is overdue."""
+        while True:
+            try:
+                async with asyncio.timeout(MARKER_WARNING):
+                    await up.wait_closed()
+                return
+            except TimeoutError:
+                if not self.loaded.is_set():
+                    log.warning(
+                        "the start-up marker on %s has not come back after %ss: stale local "
+                        "topics are not cleared and /readyz stays 503 until it does (the "
+                        "replay may still be running, or the token may not publish and "
+                        "subscribe there)", self.reply_prefix + "#", MARKER_WARNING)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        up = self.upstream
+        if up is not None:
+            await up.disconnect()

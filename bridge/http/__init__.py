@@ -1,0 +1,8 @@
+"""HTTP listeners: the aiohttp server base (`server.py`), Prometheus metrics (`metrics.py`)
+served with `/healthz` and `/readyz` (`health.py`), and the flespi HTTP stream endpoint
+(`stream_endpoint.py`), which answers 200 only once a batch is published locally.
+
+Owns: metric names (a contract), the stream's answer codes.
+May import: everything below the app (`bridge.flespi`, `bridge.core`, `bridge.config`,
+`bridge.normalize`, the shared leaves), not the publishing side or the commands.
+"""

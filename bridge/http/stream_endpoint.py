@@ -1,0 +1,204 @@
+"""The ingest endpoint of flespi's HTTP stream: batches of device messages pushed to us.
+
+flespi POSTs a JSON array of messages and sends the next batch only after a 200; any other
+answer makes it keep the batch and retry. So a 200 here means "published": a batch is
+answered 200 only once every state it changed has been acknowledged by the local broker
+(the ack ledger's `waiter`, settled by the publisher's claims like an MQTT message's ack),
+and 503 whenever that cannot be promised (local broker away, pipeline full, no
+acknowledgement within `stream.timeout`): flespi retries, and a batch applied twice changes
+nothing (the message timestamps decide what is newer).
+
+A batch is checked whole before any of it is applied: a malformed one (400) changes nothing.
+It is applied in chunks, each handed to the publisher at once, so the local broker works on
+one chunk while the next is applied; the answer still waits for the last acknowledgement.
+Values that do not fit the catalogue, and messages of devices the bridge cannot name, are
+left out, counted and logged like invalid telemetry; the rest of the batch is applied
+(a 400 would make flespi resend the same batch forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import orjson
+from aiohttp import web
+
+from bridge.config.sections import StreamSettings
+from bridge.config.tls import stream_tls_context
+from bridge.core.ledger import AckLedger
+from bridge.core.stats import Stats
+from bridge.core.store import Store
+from bridge.flespi.ingest import Ingest
+from bridge.http.server import WebServer, text
+from bridge.normalize import messages
+from bridge.pacing import RateLimitedLog
+
+log = logging.getLogger(__name__)
+
+SOURCE = "stream"
+# Batches waiting for the local broker at most; more are answered 503 (flespi sends one at
+# a time, so only several streams, or retries of abandoned requests, get here).
+MAX_WAITING = 64
+ANSWERS = ("200", "400", "401", "405", "413", "503")
+# A batch is applied in CHUNKS chunks of at least CHUNK messages, the publisher getting a
+# turn after each: the local broker acknowledges the states of one chunk while the next is
+# applied (on another core), instead of all of them after the whole batch.
+CHUNK = 25
+CHUNKS = 8
+
+
+class BadBatch(ValueError):
+    """The batch as a whole is malformed; the message is the short reason answered."""
+
+
+def parse_batch(body: bytes) -> list[dict[str, Any]]:
+    """flespi's batch: a JSON array of JSON objects (pure; raises BadBatch)."""
+    try:
+        batch = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadBatch(f"not JSON: {exc}") from None
+    if not isinstance(batch, list):
+        raise BadBatch(f"expected a JSON array of messages, got {type(batch).__name__}")
+    for i, item in enumerate(batch):
+        if not isinstance(item, dict):
+            raise BadBatch(f"message {i} is not a JSON object")
+    return batch
+
+
+class StreamEndpoint:
+    def __init__(self, settings: StreamSettings, selection: Literal["all"] | list[int],
+                 ingest: Ingest, store: Store, ledger: AckLedger, stats: Stats, *,
+                 wake: Callable[[], None], accepting: Callable[[], str | None]) -> None:
+        """`accepting()` is None while batches can be taken, else why not (a 503)."""
+        self.settings = settings
+        self.ingest = ingest
+        self.store = store
+        self.ledger = ledger
+        self.stats = stats
+        self._wake = wake
+        self._accepting = accepting
+        self._selected = None if selection == "all" else frozenset(selection)
+        self._idents: Mapping[str, int] = settings.devices
+        assert settings.authorization is not None  # the settings refuse a stream without one
+        self._expected = settings.authorization.get_secret_value().encode()
+        self._bad = RateLimitedLog(log)
+        app = web.Application(client_max_size=settings.max_body)
+        app.router.add_route("*", settings.path, self._serve)
+        self.server = WebServer(app, settings.host, settings.port,
+                                ssl_context=stream_tls_context(settings))
+        for code in ANSWERS:
+            stats.stream_requests.setdefault(code, 0)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def start(self) -> None:
+        await self.server.start()
+        log.info("flespi HTTP stream endpoint on %s%s", self.server.url, self.settings.path)
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def _answer(self, status: int, reason: str, headers: dict[str, str] | None = None
+                ) -> web.Response:
+        self.stats.stream_requests[str(status)] += 1
+        return text(status, reason + "\n", headers)
+
+    def _invalid(self, reason: str, detail: str) -> None:
+        self.stats.invalid[SOURCE, reason] += 1
+        self._bad.warning(f"{SOURCE}:{reason}", "refused a stream batch: %s: %.200s",
+                          reason, detail)
+
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization")
+        if given is None:
+            return False
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._expected)
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return self._answer(405, "POST a JSON array of messages", {"Allow": "POST"})
+        if not self._authorized(request):
+            self._invalid("unauthorized", f"from {request.remote}")  # never the value
+            return self._answer(401, "wrong or missing Authorization")
+        limit = self.settings.max_body
+        if (request.content_length or 0) > limit:
+            self._invalid("oversized", f"{request.content_length} bytes")
+            return self._answer(413, f"the body is over {limit} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self._invalid("oversized", f"over {limit} bytes")
+            return self._answer(413, f"the body is over {limit} bytes")
+        try:
+            batch = parse_batch(body)
+        except BadBatch as exc:
+            self._invalid("bad_batch", str(exc))
+            return self._answer(400, str(exc)[:200])
+        busy = self._accepting()
+        if busy is None and self.ledger.waiting >= MAX_WAITING:
+            busy = "too many batches waiting"
+        if busy is not None:
+            return self._answer(503, f"{busy}; retry later", {"Retry-After": "1"})
+        chunk = max(CHUNK, len(batch) // CHUNKS)
+        for start in range(0, len(batch), chunk):
+            if start:  # the publisher's turn: the broker takes these while we go on
+                self._wake()
+                await asyncio.sleep(0)
+            self._apply(batch[start:start + chunk], start)
+        settled = self.ledger.waiter()
+        self._wake()
+        try:
+            await asyncio.wait_for(asyncio.shield(settled), self.settings.timeout)
+        except TimeoutError:
+            settled.cancel()
+            return self._answer(503, "the local broker did not acknowledge in time; retry",
+                                {"Retry-After": "1"})
+        return self._answer(200, "ok")
+
+    def _device(self, msg: messages.Mapped) -> int | None:
+        if msg.device_id is not None:
+            return msg.device_id
+        if msg.ident is None:
+            return None
+        return self._idents.get(msg.ident) or self.store.by_ident(msg.ident)
+
+    def _apply(self, chunk: list[dict[str, Any]], start: int) -> None:
+        """A chunk of the batch, from its message `start` on, becomes state."""
+        keys = self.ingest.keys
+        apply = self.ingest.apply_message
+        selected = self._selected
+        applied = ignored = 0
+        try:
+            for i, raw in enumerate(chunk, start):
+                msg = messages.map_message(keys, raw)
+                device_id = msg.device_id
+                if device_id is None:
+                    device_id = self._device(msg)
+                    if device_id is None:
+                        self.stats.stream_messages["unknown_device"] += 1
+                        self.ingest.invalid(
+                            "unknown_device", f"message {i}",
+                            f"no device.id, and ident {msg.ident!r:.60} is not known "
+                            "(stream.devices, or flespi's device objects)", SOURCE)
+                        continue
+                if selected is not None and device_id not in selected:
+                    ignored += 1
+                    continue
+                applied += 1
+                try:
+                    apply(device_id, msg, f"message {i}" if msg.problems else "", SOURCE)
+                except Exception:  # a bug must not turn the rest of the batch away
+                    log.exception("cannot apply stream message %d of device %s", i, device_id)
+                    self.stats.dropped["internal_error"] += 1
+        finally:  # counted per chunk: one message is a few microseconds
+            counts = self.stats.stream_messages
+            if applied:
+                counts["applied"] += applied
+            if ignored:
+                counts["ignored"] += ignored

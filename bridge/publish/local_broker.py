@@ -1,0 +1,206 @@
+"""The local broker connection: publishes the fleet, receives commands.
+
+Keeps one connection alive with backoff; `<base>/bridge/state` is `online` while connected
+and the retained will says `offline` when the bridge dies. The MQTT client is the bridge's
+own (`bridge.mqtt.client`), made for publishing retained state in bulk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from bridge.config.sections import LocalSettings, ReconnectSettings
+from bridge.config.tls import local_tls_context
+from bridge.core.transport import Publication
+from bridge.exceptions import LocalUnavailableError
+from bridge.mqtt.client import MqttClient, Will
+from bridge.pacing import Backoff
+
+log = logging.getLogger(__name__)
+
+# Concurrent `publish` calls (results and other single publications).
+PUBLISH_WINDOW = 256
+# Seconds to connect (TCP, TLS and the CONNACK) and to wait for a SUBACK.
+TIMEOUT = 10.0
+
+
+class LocalBroker:
+    """Implements `bridge.core.transport.LocalTransport`."""
+
+    def __init__(
+        self,
+        settings: LocalSettings,
+        reconnect: ReconnectSettings,
+        *,
+        state_topic: str,
+        on_message: Callable[[str, bytes, bool], Awaitable[None]],
+        on_connect: Callable[[], Awaitable[None]],
+        on_disconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.settings = settings
+        self._backoff = Backoff(reconnect.min_delay, reconnect.max_delay)
+        self._state_topic = state_topic
+        self._subscriptions: list[str] = []
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._client: MqttClient | None = None
+        # Built once, at start: a bad certificate is a start-up error, not a dead loop.
+        self._tls = local_tls_context(settings)
+        self._connected = asyncio.Event()
+        self.connects = 0
+        self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+    def _make_client(self, *, suffix: str = "", will: bool = True) -> MqttClient:
+        s = self.settings
+        return MqttClient(
+            s.host,
+            s.port,
+            client_id=s.client_id + suffix,
+            username=s.username,
+            password=s.password.get_secret_value() if s.password else None,
+            will=Will(self._state_topic, b"offline", qos=1, retain=True) if will else None,
+            keepalive=s.keepalive,
+            tls=self._tls,
+            timeout=TIMEOUT,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        s = self.settings
+        while True:
+            client = self._make_client()
+            try:
+                await client.connect()
+                self._client = client
+                await client.publish(self._state_topic, b"online", qos=1, retain=True)
+                for topic in self._subscriptions:
+                    await client.subscribe(topic, qos=1)
+                self._backoff.reset()
+                self.connects += 1
+                self.connected.set()
+                log.info("connected to local broker %s:%s", s.host, s.port)
+                await self._on_connect()
+                while True:
+                    topic, payload, retain = await client.message()
+                    await self._on_message(topic, payload, retain)
+            except LocalUnavailableError as exc:
+                self._lost()
+                delay = self._backoff.next()
+                # a refused login or TLS failure must be visible at the default level too
+                log.warning("local broker %s:%s: %s; reconnecting in %.1fs", s.host, s.port,
+                            exc, delay)
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:
+                self._lost()
+                await client.disconnect()  # stopping: a clean DISCONNECT, no will
+                raise
+            finally:
+                self._lost()
+                client.abort()
+
+    def subscribe(self, filters: Sequence[str]) -> None:
+        """What to subscribe to on every connect (set before `run`)."""
+        self._subscriptions = list(filters)
+
+    @property
+    def connected(self) -> asyncio.Event:
+        return self._connected
+
+    def _lost(self) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self._on_disconnect()
+        self._client = None
+
+    async def retained(self, filters: Sequence[str], timeout: float = 60) -> set[str]:
+        """Topics holding a retained message under `filters`.
+
+        Uses a second, short-lived connection, so the main one never sees (and never acts
+        twice on) messages matched by these wide filters. A marker published after the
+        subscriptions arrives after every retained message they deliver.
+        """
+        marker = f"{self._state_topic}/inventory-{uuid.uuid4().hex[:8]}"
+        found: set[str] = set()
+        client = self._make_client(suffix=f"-inventory-{uuid.uuid4().hex[:6]}", will=False)
+        try:
+            async with asyncio.timeout(timeout):
+                await client.connect()
+                for topic in (*filters, marker):
+                    await client.subscribe(topic, qos=1)
+                await client.publish(marker, b"1", qos=1)
+                while True:
+                    topic, payload, retain = await client.message()
+                    if topic == marker:
+                        break
+                    if retain and payload:
+                        found.add(topic)
+            await client.disconnect()
+        finally:
+            client.abort()
+        return found
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
+        client = self._client
+        if client is None or not self.connected.is_set():
+            raise LocalUnavailableError("local broker not connected")
+        async with self._window:
+            try:
+                await client.publish(topic, payload, qos=self.settings.qos, retain=retain)
+            except LocalUnavailableError as exc:
+                raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None
+
+    def publish_nowait(self, publications: Sequence[Publication]) -> asyncio.Future[None]:
+        """Hand publications to the broker at once; the future completes when the broker has
+        acknowledged all of them, and fails with LocalUnavailableError if the connection is
+        lost first. Raises LocalUnavailableError at once when not connected.
+
+        The fast path for bursts: the batch is written in one go, and one countdown counts
+        its acknowledgements."""
+        client = self._client
+        if client is None or not self.connected.is_set() or not client.connected:
+            raise LocalUnavailableError("local broker not connected")
+        countdown = _Countdown(asyncio.get_running_loop())
+        countdown.remaining = client.publish_many(publications, self.settings.qos, countdown)
+        if countdown.remaining <= 0:
+            countdown.future.set_result(None)
+        else:
+            client.on_lost(countdown.lost)
+            countdown.future.add_done_callback(lambda _: client.remove_on_lost(countdown.lost))
+        return countdown.future
+
+    async def publish_offline(self) -> None:
+        """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).
+
+        Also while still connecting: `online` may already be out."""
+        client = self._client
+        if client is not None and client.connected:
+            try:
+                await client.publish(self._state_topic, b"offline", qos=1, retain=True,
+                                     timeout=5)
+            except LocalUnavailableError as exc:
+                log.warning("could not publish offline state: %s", exc)
+
+
+class _Countdown:
+    """Counts a batch's acknowledgements: the client calls `set()` on each PUBACK; the
+    future completes with the last one."""
+
+    __slots__ = ("future", "remaining")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.remaining = 0
+        self.future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        self.remaining -= 1
+        if self.remaining <= 0 and not self.future.done():
+            self.future.set_result(None)
+
+    def lost(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(LocalUnavailableError("connection lost while publishing"))
+            self.future.exception()  # whoever waits sees it; nobody has to

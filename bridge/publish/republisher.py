@@ -1,0 +1,89 @@
+"""The one owner of full republishes: everything a subscriber needs is published again after
+every connect to the local broker (a broker restarted without persistence has lost every
+retained message) and when Home Assistant says `online` on `<prefix>/status` (it restarted
+and forgot the discovery configs).
+
+A retained `online` on the status topic is ignored: the broker replays it on every
+subscription, and it says nothing new — the connect that caused the replay already
+republishes everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from bridge.core.outbox import Outbox
+from bridge.core.store import DISCOVERY, Store
+from bridge.homeassistant.payloads import device_owner
+from bridge.publish.renderer import Renderer
+
+log = logging.getLogger(__name__)
+
+
+class Republisher:
+    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox,
+                 wake: Callable[[], None], *, discovery: bool, status_delay: float,
+                 delay: Callable[[float, float], float] = random.uniform) -> None:
+        self.store = store
+        self.renderer = renderer
+        self.outbox = outbox
+        self._wake = wake
+        self.discovery = discovery
+        self.status_delay = status_delay
+        self._delay = delay
+        self._task: asyncio.Task[None] | None = None
+        self.status_topic = renderer.ha.status_topic
+
+    def everything(self) -> None:
+        self.renderer.reset()
+        self.store.mark_all()
+        if self.discovery:
+            self.outbox.add(self.renderer.bridge_publications())
+        self._wake()
+
+    def discovery_only(self) -> None:
+        """Announce every device again (discovery was held back, see bridge.publish.cleanup)."""
+        if self.discovery:
+            self.outbox.add(self.renderer.bridge_publications())
+            self.store.mark_all(DISCOVERY)
+            self._wake()
+
+    def discovery_owed(self) -> None:
+        """Announce the devices not announced yet (held back until the upstream state was
+        complete, see `Renderer.complete`)."""
+        if self.discovery:
+            published = self.renderer.discovery.has_published
+            for dev in self.store.devices.values():
+                if not published(device_owner(dev.id)):
+                    self.store.mark(dev, DISCOVERY)
+            self._wake()
+
+    def names_learned(self, what: str, id_: int) -> None:
+        """flespi's name of a device type or protocol is known: its devices are announced
+        again with it."""
+        for dev in self.store.devices.values():
+            info = dev.info
+            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
+                self.store.mark(dev, DISCOVERY)
+        self._wake()
+
+    def on_status(self, payload: bytes, retain: bool) -> None:
+        """`<prefix>/status`: after `online`, republish after a random delay (many bridges
+        answering at once would flood Home Assistant)."""
+        if retain or payload.strip().lower() != b"online":
+            return
+        if self._task is not None and not self._task.done():
+            return
+        self._task = asyncio.create_task(self._later(), name="republish")
+
+    async def _later(self) -> None:
+        await asyncio.sleep(self._delay(self.status_delay / 2, self.status_delay))
+        log.info("Home Assistant is online: republishing discovery and states")
+        self.everything()
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
