@@ -1,19 +1,37 @@
 """Fixtures: real Mosquitto brokers on free loopback ports, the simulator, the bridge, and a
-recording subscriber on the local broker that tests wait on (conditions, never sleeps)."""
+recording subscriber on the local broker that tests wait on (conditions, never sleeps).
+
+The folders say what a test needs, and mark it so (`pytest -m unit`, `-m integration`, ...):
+`unit/<package>/test_<module>.py` (one module of `bridge/`, no broker), `integration/`
+(real Mosquitto brokers and the simulator), `system/` (a real Home Assistant, soak, hostile
+input, the documented promises end to end), `deploy/` (chart, Dockerfile, image, add-on,
+package, monitoring rules)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import BridgeFactory, BridgeProcess, Brokers, Procs
+from support.helpers import BridgeFactory, BridgeProcess, Brokers, Procs
 
 from bridge.app.bridge import Bridge
 from bridge.config import settings as config
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
 from bridge.sim.responder import Responder
+
+FOLDERS = ("unit", "integration", "system", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder."""
+    root = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(root).parts[0]
+        if folder in FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture

@@ -1,0 +1,218 @@
+"""The Docker image, built and run: against a real Mosquitto and the simulator as flespi, the
+container becomes ready, publishes every device's state, runs as uid 10001 on a read-only root
+filesystem, Docker's own HEALTHCHECK turns healthy, and `docker stop` ends it within the
+grace period with `offline` published.
+
+Marked `image` (minutes on a vfs-backed engine): `python -m pytest -m image`, which .ci/run
+runs after starting a Docker engine. Without a reachable engine the test fails and says why;
+it never skips. The base is the Dockerfile's default (python:3.11.13-slim-bookworm) when it can
+be pulled, else an equivalent built from Debian packages by tools/debian-python-base."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from support import REPO
+from support.helpers import TOKEN, Brokers, Recorder, retained
+
+from bridge.sim import Simulator
+from bridge.sim import brokers as mosquitto
+
+# Building on vfs takes minutes: the build (in the fixture) counts toward the timeout.
+pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
+
+IMAGE = "flespi-bridge:test-image"
+DEFAULT_BASE = re.search(r"^ARG PYTHON_IMAGE=(\S+)$",
+                         (REPO / "Dockerfile").read_text(encoding="utf-8"), re.M)
+GRACE = 5.0  # the bridge's shutdown.grace in the container
+STOP_TIMEOUT = 15  # docker stop -t: SIGKILL only after this
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True
+           ) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    return proc
+
+
+def require_engine() -> None:
+    if shutil.which("docker") is None:
+        pytest.fail("no `docker` client on PATH: the image test needs a Docker engine "
+                    "(apt-get install docker.io; .ci/run starts dockerd itself)")
+    info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
+    if info.returncode != 0:
+        pytest.fail("no Docker engine answers (DOCKER_HOST="
+                    f"{os.environ.get('DOCKER_HOST', 'default')}): {info.stderr.strip()[-500:]}"
+                    " - start one (.ci/run does: dockerd --storage-driver=vfs --bridge=none "
+                    "--iptables=false) or run the default test selection without -m image")
+
+
+def builder_ca() -> str | None:
+    """The CA bundle the host's pip uses, if any (a TLS-inspecting proxy): the builder stage
+    needs it to reach PyPI; the runtime stage never gets it."""
+    cert = os.environ.get("PIP_CERT")
+    if not cert:
+        proc = subprocess.run([os.environ.get("PYTHON", "python3"), "-m", "pip", "config",
+                               "get", "global.cert"], capture_output=True, text=True,
+                              timeout=60, check=False)
+        cert = proc.stdout.strip() if proc.returncode == 0 else None
+    return cert if cert and Path(cert).is_file() else None
+
+
+def base_images() -> tuple[str, str]:
+    """(PYTHON_IMAGE, BUILDER_IMAGE): the Dockerfile's default base if it can be pulled,
+    else the Debian-built equivalent."""
+    assert DEFAULT_BASE is not None, "the Dockerfile has no ARG PYTHON_IMAGE default"
+    default = DEFAULT_BASE[1]
+    if docker("pull", default, timeout=600, check=False).returncode == 0:
+        return default, default
+    ca = builder_ca()
+    script = str(REPO / "tools" / "debian-python-base")
+    proc = subprocess.run([script], capture_output=True, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, f"tools/debian-python-base failed:\n{proc.stderr[-3000:]}"
+    base = proc.stdout.strip().splitlines()[-1]
+    builder = base
+    if ca:
+        proc = subprocess.run([script, "--builder-ca", ca], capture_output=True, text=True,
+                              timeout=600, check=False)
+        assert proc.returncode == 0, f"builder base failed:\n{proc.stderr[-3000:]}"
+        builder = proc.stdout.strip().splitlines()[-1]
+    return base, builder
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    require_engine()
+    base, builder = base_images()
+    started = time.monotonic()
+    docker("build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base}",
+           "--build-arg", f"BUILDER_IMAGE={builder}", "-t", IMAGE, str(REPO), timeout=1800)
+    size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
+    print(f"\nimage {IMAGE} on {base}: {size / 1e6:.0f} MB, "
+          f"built in {time.monotonic() - started:.0f} s")
+    assert size < 200e6, f"the image grew to {size / 1e6:.0f} MB"
+    return IMAGE
+
+
+def inspect(container: str, fmt: str) -> str:
+    return docker("inspect", "--format", fmt, container).stdout.strip()
+
+
+async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
+    """Poll a condition with no event to wait on (container state, an HTTP endpoint)."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.5)
+
+
+async def test_image_runs_the_bridge(image: str, brokers: Brokers, tmp_path: Path) -> None:
+    upstream = brokers(extra_config=mosquitto.FLESPI_LIKE)
+    local = brokers()
+    metrics_port = mosquitto.free_port()
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        f'[flespi]\nhost = "127.0.0.1"\nport = {upstream.port}\ntls = false\n'
+        f'[local]\nhost = "127.0.0.1"\nport = {local.port}\n'
+        f"[shutdown]\ngrace = {GRACE}\n", encoding="utf-8")
+    config_file.chmod(0o644)  # read by uid 10001 in the container
+    name = f"flespi-bridge-test-{uuid.uuid4().hex[:8]}"
+    sim = Simulator(upstream.host, upstream.port, devices=3, seed=7)
+    await sim.start()
+    try:
+        async with Recorder(local, ["flespi/#"]) as rec:
+            docker("run", "-d", "--name", name, "--network", "host", "--read-only",
+                   "-v", f"{config_file}:/config/config.toml:ro",
+                   "-e", f"FLESPI_BRIDGE_FLESPI__TOKEN={TOKEN}",
+                   # loopback only (host network): the image's default binds 0.0.0.0
+                   "-e", "FLESPI_BRIDGE_METRICS__HOST=127.0.0.1",
+                   "-e", f"FLESPI_BRIDGE_METRICS__PORT={metrics_port}", image)
+            try:
+                await check_running_container(name, sim, rec, local, metrics_port)
+            except BaseException:
+                print(docker("logs", name, check=False).stderr[-5000:])
+                raise
+            finally:
+                docker("rm", "-f", name, check=False)
+    finally:
+        await sim.stop()
+
+
+def bridge_state(rec: Recorder) -> bytes | None:
+    item = rec.latest.get("flespi/bridge/state")
+    return item.payload if item else None
+
+
+async def check_running_container(name: str, sim: Simulator, rec: Recorder,
+                                  local: mosquitto.Broker, metrics_port: int) -> None:
+    def ready() -> bool:
+        assert inspect(name, "{{.State.Running}}") == "true", (
+            "the container exited:\n" + docker("logs", name, check=False).stderr[-3000:])
+        try:
+            return httpx.get(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2
+                             ).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await wait_for(ready, "/readyz to answer 200", timeout=60)
+
+    # Every simulated device's state arrives on the local broker.
+    for device_id, device in sim.devices.items():
+        state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
+                                   timeout=30, what=f"state of device {device_id}")
+        assert state["battery"] == device.value("battery.level"), state
+    await rec.wait_for(lambda: bridge_state(rec) == b"online", timeout=10, what="bridge online")
+
+    # uid 10001: the image's USER, and the real process on the host.
+    assert inspect(name, "{{.Config.User}}") == "10001:10001"
+    pid = inspect(name, "{{.State.Pid}}")
+    uids = await asyncio.to_thread(Path(f"/proc/{pid}/status").read_text, encoding="utf-8")
+    assert re.search(r"^Uid:\s+10001\s+10001\s+10001\s+10001$", uids, re.M), uids
+    # A read-only root filesystem: the flag, and a write refused.
+    assert inspect(name, "{{.HostConfig.ReadonlyRootfs}}") == "true"
+    write = docker("exec", name, "python", "-c", "open('/probe', 'w')", check=False)
+    assert write.returncode != 0
+    assert "Read-only file system" in write.stderr, write.stderr
+    # Nothing of the builder stage (a build machine's CA, pip) reaches the runtime image.
+    assert docker("exec", name, "sh", "-c", "test ! -e /etc/builder-ca.crt && "
+                  "test ! -e /opt/venv/bin/pip && env | grep -c PIP_CERT",
+                  check=False).stdout.strip() == "0"
+
+    # Docker's HEALTHCHECK (the image's own command and timing) reports healthy.
+    def healthy() -> bool:
+        status = inspect(name, "{{.State.Health.Status}}")
+        assert status != "unhealthy", inspect(name, "{{json .State.Health}}")
+        return status == "healthy"
+
+    await wait_for(healthy, "HEALTHCHECK healthy", timeout=90)
+    log = json.loads(inspect(name, "{{json .State.Health.Log}}"))
+    assert log
+    assert log[-1]["ExitCode"] == 0
+
+    # docker stop: SIGTERM, a graceful exit within the grace period, offline published.
+    started = time.monotonic()
+    await asyncio.to_thread(docker, "stop", "-t", str(STOP_TIMEOUT), name,
+                            timeout=STOP_TIMEOUT + 30)
+    took = time.monotonic() - started
+    assert inspect(name, "{{.State.ExitCode}}") == "0", (
+        f"exit code {inspect(name, '{{.State.ExitCode}}')} (137 = killed after the timeout)")
+    assert took < GRACE + 3, f"docker stop took {took:.1f}s, grace is {GRACE}s"
+    await rec.wait_for(lambda: bridge_state(rec) == b"offline", timeout=10,
+                       what="offline on flespi/bridge/state")
+    assert (await retained(local, ["flespi/bridge/state"])) == {
+        "flespi/bridge/state": b"offline"}

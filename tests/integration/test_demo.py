@@ -1,0 +1,113 @@
+"""`flespi-bridge demo`: the whole pipeline with no flespi account."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from support.helpers import PYTHON, bridge_env
+
+from bridge.app import demo
+from bridge.config import settings as config
+from bridge.exceptions import BrokerUnavailableError
+from bridge.sim import brokers as mosquitto
+
+
+def test_demo_shows_states_arriving_on_the_local_broker() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "3", "--rate", "5", "--duration", "6"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t 'flespi/#' -v", out)
+    states = re.findall(r"flespi/(\d+)/state: battery (\d+)%", out)
+    assert {device for device, _ in states} == {"5537000", "5537001", "5537002"}
+    assert "flespi/5537000/availability: online" in out
+    assert out.rstrip().endswith("demo stopped")
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_a_mixed_fleet_of_scooters_and_vans() -> None:
+    """`--fleet mixed`: every other device is a van, whose state shows its ignition, fuel and
+    mileage (the scooters their battery)."""
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "4", "--duration", "5",
+         "--fleet", "mixed"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "2 devices: mixed" in out
+    assert re.search(r"flespi/5537000/state: battery \d+%", out)
+    van = re.findall(r"flespi/5537001/state: ignition=(True|False), fuel ([\d.]+)%, "
+                     r"([\d.]+) km", out)
+    assert van, out
+    assert all(0 <= float(fuel) <= 100 and float(km) > 0 for _, fuel, km in van)
+    assert "Traceback" not in result.stderr
+
+
+def test_no_broker_available_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mosquitto, "find_binary", lambda: None)
+    monkeypatch.setattr(mosquitto, "_docker_available", lambda: False)
+    with pytest.raises(BrokerUnavailableError, match="install the `mosquitto` binary"):
+        mosquitto.start()
+
+
+def test_demo_ignores_the_environment_and_never_shows_a_real_token(tmp_path: Path) -> None:
+    """A real flespi token exported in the shell must not reach the demo's brokers or its
+    output, and no other FLESPI_BRIDGE_* variable may steer the demo."""
+    secret = f"RealFlespiToken-{os.urandom(12).hex()}"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "flespi__token").write_text(secret)
+    env = bridge_env()
+    env.update({
+        "FLESPI_BRIDGE_FLESPI__TOKEN": secret,
+        "FLESPI_BRIDGE_FLESPI__CLIENT_ID": "not-the-demo",
+        "FLESPI_BRIDGE_LOCAL__HOST": "bogus-host.invalid",
+        "FLESPI_BRIDGE_LOCAL__BASE_TOPIC": "elsewhere",
+        "FLESPI_BRIDGE_METRICS__PORT": "1",
+        "FLESPI_BRIDGE_SECRETS_DIR": str(secrets),
+    })
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "5", "--duration", "3"],
+        capture_output=True, text=True, env=env, timeout=90,
+    )
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"flespi/553700[01]/state: battery \d+%", out), out
+    assert "bogus-host" not in out
+    assert out.rstrip().endswith("demo stopped")
+
+
+def test_demo_settings_take_nothing_from_the_environment(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = f"RealFlespiToken-{os.urandom(12).hex()}"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "flespi__token").write_text(secret)
+    (secrets / "local__password").write_text(secret)
+    monkeypatch.setenv("FLESPI_BRIDGE_FLESPI__TOKEN", secret)
+    monkeypatch.setenv("FLESPI_BRIDGE_LOCAL__HOST", "bogus-host.invalid")
+    monkeypatch.setenv("FLESPI_BRIDGE_LOG__LEVEL", "DEBUG")
+    monkeypatch.setenv("FLESPI_BRIDGE_SECRETS_DIR", str(secrets))
+    monkeypatch.setattr(config, "DEFAULT_SECRETS_DIR", secrets)
+    # the environment really is there for an ordinary load ...
+    ordinary = config.load()
+    assert ordinary.flespi.token.get_secret_value() == secret
+    assert ordinary.local.host == "bogus-host.invalid"
+    # ... and the demo's settings ignore all of it
+    s = demo.demo_settings(upstream, local)
+    assert s.flespi.token.get_secret_value() == demo.DEMO_TOKEN
+    assert (s.flespi.host, s.flespi.port, s.flespi.tls) == (upstream.host, upstream.port, False)
+    assert (s.local.host, s.local.port) == (local.host, local.port)
+    assert s.local.password is None
+    assert s.log.level == "INFO"
+    # and the environment is back for the next load
+    assert config.load().local.host == "bogus-host.invalid"
