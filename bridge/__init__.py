@@ -1,4 +1,20 @@
-"""flespi-bridge: a flespi fleet on a local MQTT broker."""
+"""flespi-bridge: a flespi fleet on a local MQTT broker.
+
+How a message travels, package by package (each package's docstring says what it owns and
+what it may import; import-linter holds those rules, see `pyproject.toml`):
+
+    flespi MQTT ─► flespi/ (session, ingest) ─► normalize/ ─► core/ (store, ledger)
+    flespi HTTP stream ─► http/stream_endpoint ─┘                       │
+                                                                        ▼
+    local broker ◄── mqtt/ (our client) ◄── publish/ (renderer, publisher) ◄── homeassistant/
+         │
+         └─► commands/ (handler, gateway) ─► flespi/rest ─► flespi
+
+`config/` reads the settings, `http/` serves metrics and health, `app/` wires one running
+bridge and holds the CLI; `sim/` (a stand-in for flespi) and `toolbox/` (history, tokens)
+are programs of their own that the running bridge never imports. The two shared leaves are
+`exceptions` (every error raised on purpose) and `logs` (logging, secrets scrubbed).
+"""
 
 from importlib.metadata import PackageNotFoundError, version
 

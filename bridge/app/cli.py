@@ -94,7 +94,7 @@ async def serve(bridge: Bridge, stop: asyncio.Event) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bridge.app import logs
+    from bridge import logs
     from bridge.app.bridge import Bridge
 
     try:
@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge.app import logs
+    from bridge import logs
 
     logs.setup("INFO", "text", [args.authorization or ""])
     if args.http_stream:

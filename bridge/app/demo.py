@@ -10,7 +10,7 @@ from typing import Any
 import aiomqtt
 import orjson
 
-from bridge.app import logs
+from bridge import logs
 from bridge.app.bridge import Bridge
 from bridge.config import settings as config
 from bridge.sim import Responder, Simulator

@@ -22,7 +22,7 @@ from bridge.config.profiles import CommandSettings, CommandSpec
 from bridge.core.store import Device
 from bridge.exceptions import CommandError, RestError
 from bridge.flespi.rest import Rest
-from bridge.pacing import RateLimitedLog
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 MAX_TRANSACTION = 128

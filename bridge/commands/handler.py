@@ -28,7 +28,7 @@ from bridge.core.topics import LocalTopics
 from bridge.core.transport import LocalTransport, Publication, publication_kind
 from bridge.exceptions import CommandError, LocalUnavailableError
 from bridge.flespi.rest import Rest
-from bridge.pacing import RateLimitedLog
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

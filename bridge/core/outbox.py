@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from bridge.core.transport import Publication
-from bridge.pacing import RateLimitedLog
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 MAX_RESULTS = 20_000

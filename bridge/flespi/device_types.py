@@ -17,11 +17,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from bridge.core.backoff import Backoff
 from bridge.core.stats import Stats
 from bridge.core.store import Names
 from bridge.exceptions import RestError
 from bridge.flespi.rest import Rest
-from bridge.pacing import Backoff, RateLimitedLog
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

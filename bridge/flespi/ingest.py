@@ -23,10 +23,10 @@ from bridge.core.transport import Publication
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.topics import Kind
 from bridge.flespi.upstream import UserProperties, timestamp
+from bridge.logs import RateLimitedLog
 from bridge.normalize import catalog, messages
 from bridge.normalize.catalog import Parameter
 from bridge.normalize.parameters import Parameters
-from bridge.pacing import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from bridge.config.settings import Settings
 from bridge.config.tls import flespi_tls_context
+from bridge.core.backoff import Backoff
 from bridge.core.ledger import Ack, AckLedger
 from bridge.core.stats import Stats
 from bridge.exceptions import UpstreamError
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.rest import MqttRest
 from bridge.flespi.upstream import ConnectOptions, MessageHandler, Upstream, UserProperties
-from bridge.pacing import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from bridge.core.stats import Stats
 from bridge.core.store import Store
 from bridge.flespi.ingest import Ingest
 from bridge.http.server import WebServer, text
+from bridge.logs import RateLimitedLog
 from bridge.normalize import messages
-from bridge.pacing import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

@@ -4,5 +4,6 @@ the flespi side and by the benchmarks), with the TCP options it sets (`tcp.py`).
 Why our own client: `docs/decisions/0001-own-local-mqtt-client.md`.
 
 Owns: framing, packet ids, keepalive.
-May import: `bridge.exceptions` only: it knows nothing of flespi or of devices.
+May import: the shared leaves (`bridge.exceptions`, `bridge.logs`) only: it knows nothing of
+flespi or of devices.
 """

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
+from bridge.logs import RateLimitedLog
 from bridge.mqtt.codec import (
     CONNACK,
     DISCONNECT,
@@ -40,7 +41,6 @@ from bridge.mqtt.codec import (
     utf8,
 )
 from bridge.mqtt.tcp import QuickAck
-from bridge.pacing import RateLimitedLog
 
 log = logging.getLogger("bridge.publish.local_broker.mqtt")
 

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from bridge.config.sections import LocalSettings, ReconnectSettings
 from bridge.config.tls import local_tls_context
+from bridge.core.backoff import Backoff
 from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
 from bridge.mqtt.client import MqttClient, Will
-from bridge.pacing import Backoff
 
 log = logging.getLogger(__name__)
 

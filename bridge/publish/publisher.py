@@ -29,7 +29,7 @@ from bridge.core.stats import LatencyHistogram, Stats
 from bridge.core.store import Device, Store
 from bridge.core.transport import LocalTransport, Publication, publication_kind
 from bridge.exceptions import LocalUnavailableError
-from bridge.pacing import RateLimitedLog
+from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

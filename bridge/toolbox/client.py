@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import orjson
 
+from bridge.core.backoff import Backoff
 from bridge.exceptions import RestError
 from bridge.flespi.rest import RestResponse
-from bridge.pacing import Backoff
 
 PAGE = 5000  # messages per request
 MAX_RESPONSE = 32 * 1024 * 1024

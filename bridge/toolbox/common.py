@@ -8,7 +8,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from bridge.app import logs
+from bridge import logs
 from bridge.config import settings as config
 from bridge.exceptions import ConfigError, RestError
 from bridge.toolbox.client import FlespiClient

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support.helpers import TOKEN, BridgeProcess, wait_until
 
-from bridge.app import logs
+from bridge import logs
 from bridge.sim import brokers as mosquitto
 
 

@@ -25,7 +25,7 @@ from support.helpers import (
     wait_until,
 )
 
-from bridge.pacing import Backoff
+from bridge.core.backoff import Backoff
 from bridge.sim import Responder, Simulator
 from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE

@@ -29,7 +29,7 @@ from support.helpers import (
     wait_until,
 )
 
-from bridge.app import logs as bridge_logs
+from bridge import logs as bridge_logs
 from bridge.app.bridge import Bridge
 from bridge.config import settings as config
 from bridge.core.store import ALL

@@ -1,11 +1,13 @@
-"""Logging set-up: text or JSON lines, secrets scrubbed (rate-limited warnings are
-`bridge.pacing.RateLimitedLog`)."""
+"""How the bridge speaks: logging set-up (text or JSON lines), secrets scrubbed from every
+record whatever logged it, and rate-limited warnings for hostile input so that a flood of bad
+messages cannot flood the log. A shared leaf: it imports nothing of the bridge."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterable
 
 REDACTED = "***"
@@ -66,3 +68,26 @@ def setup(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     # gmqtt and paho narrate every packet at DEBUG; keep that behind an explicit opt-in.
     for noisy in ("bridge.flespi.gmqtt", "bridge.sim.gmqtt", "bridge.publish.local_broker.mqtt"):
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.INFO))
+
+
+class RateLimitedLog:
+    """At most `burst` warnings per key per `period` seconds; the rest are summarized."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 5, period: float = 60.0) -> None:
+        self.logger = logger
+        self.burst = burst
+        self.period = period
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        start, count = self._windows.get(key, (now, 0))
+        if now - start >= self.period:
+            if count > self.burst:
+                self.logger.warning("%d more %r warnings suppressed in the last %.0fs",
+                                    count - self.burst, key, now - start)
+            start, count = now, 0
+        count += 1
+        self._windows[key] = (start, count)
+        if count <= self.burst:
+            self.logger.warning(msg, *args)
