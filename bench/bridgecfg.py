@@ -51,8 +51,8 @@ def load_extra(path: Path | None) -> dict[str, Any]:
 
 
 # Deep merge of configuration layers (`high` wins), the very function the bridge applies to
-# its own layers (file, secrets, overrides). It is private to `bridge.config.settings`; the benchmark
-# reuses it rather than keep a copy that could drift from what the bridge does.
+# its own layers (file, secrets, overrides). It is private to `bridge.config.settings`; the
+# benchmark reuses it rather than keep a copy that could drift from what the bridge does.
 merge = _merge
 
 

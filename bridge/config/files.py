@@ -1,7 +1,7 @@
-"""File options of the configuration: why a file cannot serve (named by path; the TLS
-contexts built from them are `bridge.config.tls`). Checked when the settings load, so `check-config` and `run` refuse
-what would fail later (`load(..., check_files=False)` skips them for a configuration meant
-for another machine, such as a Helm chart's ConfigMap).
+"""File options of the configuration: why a file cannot serve (named by path; the TLS contexts
+built from them are `bridge.config.tls`). Checked when the settings load, so `check-config`
+and `run` refuse what would fail later (`load(..., check_files=False)` skips them for a
+configuration meant for another machine, such as a Helm chart's ConfigMap).
 """
 
 from __future__ import annotations

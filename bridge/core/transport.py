@@ -1,7 +1,7 @@
 """The local side's seam: what the bridge needs from a connection to the local broker.
 
-`bridge.publish.local_broker.LocalBroker` implements it (on `bridge.mqtt.client`); the tests implement it
-in memory to drive the publisher and the ack ledger through every interleaving.
+`bridge.publish.local_broker.LocalBroker` implements it (on `bridge.mqtt.client`); the tests
+implement it in memory to drive the publisher and the ack ledger through every interleaving.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Prometheus metrics (served by `bridge.http.health`).
 
-The hot path only bumps plain integers in `bridge.core.stats`; a collector turns them, and the fleet in the state store, into Prometheus samples at scrape
-time. Fleet series therefore disappear by themselves when a device leaves the store, and a
-renamed device changes its `device_name` label without leaving the old series behind.
+The hot path only bumps plain integers in `bridge.core.stats`; a collector turns them, and
+the fleet in the state store, into Prometheus samples at scrape time. Fleet series therefore
+disappear by themselves when a device leaves the store, and a renamed device changes its
+`device_name` label without leaving the old series behind.
 
 Everything lives on a registry of its own per `Metrics`, so tests (and several bridges in one
 process) stay apart. The metric names are a contract: see the README, section "Monitoring".

@@ -4,10 +4,11 @@ One row per flespi telemetry parameter, named as in flespi's parameter dictionar
 naming across its protocols: `engine.ignition.status`, `vehicle.mileage`, `can.fuel.level`,
 ...). A row says which state attribute(s) the value becomes, how it is validated, and how
 Home Assistant should present it (component, device class, state class, unit and entity
-category, all valid for current Home Assistant: `bridge.normalize.ha_classes`). Adding a parameter is
-adding a row; nothing else in the bridge branches on parameter names. Parameters outside the
-catalogue are named by `bridge.normalize.rules` (with `flespi.parameters = "all"`), and any row can be
-changed by the configuration's `flespi.overrides` (`bridge.normalize.parameters`).
+category, all valid for current Home Assistant: `bridge.normalize.ha_classes`). Adding a
+parameter is adding a row; nothing else in the bridge branches on parameter names.
+Parameters outside the catalogue are named by `bridge.normalize.rules` (with
+`flespi.parameters = "all"`), and any row can be changed by the configuration's
+`flespi.overrides` (`bridge.normalize.parameters`).
 """
 
 from __future__ import annotations

@@ -318,7 +318,8 @@ def test_entry_point_asks_the_supervisor_and_hands_over(
     url, seen = supervisor
     (tmp_path / "options.json").write_text(json.dumps(options()), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.homeassistant.addon", "--options", str(tmp_path / "options.json"),
+        [sys.executable, "-m", "bridge.homeassistant.addon",
+         "--options", str(tmp_path / "options.json"),
          "--config-out", str(tmp_path / "bridge.toml"), "--check"],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "SUPERVISOR_URL": url,
              "SUPERVISOR_TOKEN": "supervisor-token"},
@@ -334,7 +335,8 @@ def test_entry_point_asks_the_supervisor_and_hands_over(
 def test_entry_point_without_a_broker_says_so(tmp_path: Path) -> None:
     (tmp_path / "options.json").write_text(json.dumps(options()), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-m", "bridge.homeassistant.addon", "--options", str(tmp_path / "options.json"),
+        [sys.executable, "-m", "bridge.homeassistant.addon",
+         "--options", str(tmp_path / "options.json"),
          "--config-out", str(tmp_path / "bridge.toml"), "--check"],
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
         capture_output=True, text=True, timeout=60, cwd=tmp_path)

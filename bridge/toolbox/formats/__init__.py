@@ -1,6 +1,10 @@
 """Track writers: each is a `TripSink` with `close()`, writing to an open file as points
 arrive (GPX, GeoJSON, CSV stream every point; KML, PNG and HTML draw a thinned copy, KML
-writing each trip as it ends; HTML keeps folium's objects of every trip until it renders)."""
+writing each trip as it ends; HTML keeps folium's objects of every trip until it renders).
+
+May import: the toolbox's points, trips and time parsing; the format libraries of the
+`tools` extra, each only in its own writer.
+"""
 
 from __future__ import annotations
 
