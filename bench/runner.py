@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bridgecfg, scenarios
-from bench import stream as stream_bench
+from bench import stream_ingest as stream_bench
 from bench import track as track_bench
 from bench.procs import REPO
 from bench.scenarios import (

@@ -12,7 +12,7 @@ local broker configured like the bridge's, QoS 1 and retained, one batch at a ti
 complete once the broker has acknowledged all of them. No HTTP, no mapping: what a 200
 costs at least, whatever the bridge does.
 
-`python -m bench.stream receiver PORT` is the minimal receiver (a process, like the bridge).
+`python -m bench.stream_ingest receiver PORT` is the minimal receiver (a process, like the bridge).
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ async def stream(settings: Settings, log: Callable[[str], None]) -> list[Measure
                     await lab.spawn(name, [PYTHON, "-m", "bridge", "run", "--config",
                                            str(cfg)], pipe=False)
                 else:
-                    await lab.spawn(name, [PYTHON, "-m", "bench.stream", "receiver",
+                    await lab.spawn(name, [PYTHON, "-m", "bench.stream_ingest", "receiver",
                                            str(port)], pipe=False)
                 try:
                     await _ready(url, 60)
@@ -234,7 +234,7 @@ def receiver_app() -> web.Application:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "receiver":
-        print("usage: python -m bench.stream receiver PORT", file=sys.stderr)
+        print("usage: python -m bench.stream_ingest receiver PORT", file=sys.stderr)
         return 2
     web.run_app(receiver_app(), host="127.0.0.1", port=int(argv[1]), access_log=None,
                 print=None)
