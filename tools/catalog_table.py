@@ -1,4 +1,4 @@
-"""The README's parameter table, generated from the catalogue (`bridge/catalog.py`).
+"""The README's parameter table, generated from the catalogue (`bridge/normalize/catalog.py`).
 
     python tools/catalog_table.py          # print the table
     python tools/catalog_table.py --write  # replace it in README.md

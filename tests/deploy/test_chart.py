@@ -518,7 +518,7 @@ def test_schema_constraints_match_the_bridge() -> None:
                 assert option in chart_props
                 continue
             assert _branches(chart_props[option]) == _branches(prop), (
-                f"values.schema.json {section}.{option} differs from bridge/config.py"
+                f"values.schema.json {section}.{option} differs from bridge/config/sections.py"
             )
 
 

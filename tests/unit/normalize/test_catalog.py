@@ -201,7 +201,7 @@ def test_readme_table_is_the_catalogue() -> None:
     spec.loader.exec_module(module)
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"{module.START}\n{module.table()}\n{module.END}" in readme, (
-        "README's parameter table differs from bridge/catalog.py: run "
+        "README's parameter table differs from bridge/normalize/catalog.py: run "
         "`python tools/catalog_table.py --write`")
     for param in catalog.CATALOG:
         assert f"| `{param.flespi}` |" in readme
