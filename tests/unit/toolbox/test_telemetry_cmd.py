@@ -1,31 +1,14 @@
-"""`telemetry`, `sessions` and `token create` end to end against the simulator's REST API."""
+"""`telemetry` end to end against the simulator's REST API, and its normalization."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from support.helpers import TOKEN
 from support.toolbox_helpers import Api, cli, start_api
 
-from bridge.sim.fleet import SCOOTER_PROFILE
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
-    async for a in start_api(tmp_path):
-        yield a
-
-
-@pytest.fixture
-async def commanding(tmp_path: Path) -> AsyncIterator[Api]:
-    extra: dict[str, dict[str, object]] = {
-        "flespi": {"devices": [5537000, 5537001], "client_id": "garage-bridge"},
-        "commands": {"profiles": {"1272": SCOOTER_PROFILE}}}
-    async for a in start_api(tmp_path, extra):
-        yield a
+from bridge.normalize.parameters import Parameters
+from bridge.toolbox.telemetry_cmd import normalized
 
 
 async def test_telemetry_is_normalized_by_the_catalogue(api: Api) -> None:
@@ -77,82 +60,15 @@ async def test_telemetry_of_an_unknown_device_fails_cleanly(api: Api) -> None:
     assert "Traceback" not in run.err
 
 
-async def test_sessions_mark_the_bridge_and_warn_on_a_shared_client_id(api: Api) -> None:
-    run = await cli(api, "sessions")
-    assert run.code == 0, run.err
-    assert "panel-4.45.24-sim" in run.out
-    assert "warning" not in run.err
-    own = {"id": "s2", "client_id": "flespi-bridge", "connected": True, "clean": False,
-           "expires": 604800, "size": 12, "ip": "10.0.0.2", "cid": 1000001}
-    api.responder.tools.sessions += [own, {**own, "id": "s3", "ip": "10.0.0.3"}]
-    run = await cli(api, "sessions")
-    assert run.code == 0, run.err
-    marked = [line for line in run.out.splitlines() if line.startswith("*")]
-    assert len(marked) == 2
-    assert all("flespi-bridge" in line for line in marked)
-    assert "warning: 2 sessions use the client id 'flespi-bridge'" in run.err
-    as_json = json.loads((await cli(api, "sessions", "--json")).out)
-    assert [s["bridge"] for s in as_json] == [False, True, True]
-
-
-async def test_token_create_hides_the_new_token_unless_asked(api: Api) -> None:
-    run = await cli(api, "token", "create", "--ttl", "3600", "--info", "test")
-    assert run.code == 0, run.err
-    created = api.responder.tools.tokens[-1]
-    assert created["ttl"] == 3600
-    assert created["access"] == {"type": 0}
-    assert created["key"] not in run.out + run.err
-    assert "--show" in run.out
-    shown = await cli(api, "token", "create", "--ttl", "60", "--show")
-    assert shown.code == 0, shown.err
-    assert f"token: {api.responder.tools.tokens[-1]['key']}" in shown.out
-    for r in (run, shown):
-        assert TOKEN not in r.out + r.err
-    request = api.responder.requests[-1]
-    assert request.method == "post"
-    assert request.uri == "platform/tokens"
-
-
-async def test_least_privilege_acl_is_what_the_configuration_needs(commanding: Api) -> None:
-    run = await cli(commanding, "token", "create", "--ttl", "600", "--least-privilege")
-    assert run.code == 0, run.err
-    access = commanding.responder.tools.tokens[-1]["access"]
-    assert access["type"] == 2
-    acl = access["acl"]
-    # its devices only: read them and what it subscribes of them, send them commands
-    assert acl[0] == {"uri": "gw/devices", "methods": ["GET"], "ids": [5537000, 5537001],
-                      "submodules": [{"name": "telemetry", "methods": ["GET"]},
-                                     {"name": "connections", "methods": ["GET"]},
-                                     {"name": "settings", "methods": ["GET"]},
-                                     {"name": "commands", "methods": ["POST"]}]}
-    assert {"uri": "mqtt", "topic": "flespi-bridge/garage-bridge/#",  # its reply prefix
-            "actions": ["publish", "subscribe"]} in acl
-    # flespi takes no MQTT entries under flespi/: those topics follow the REST rights
-    assert not any(e.get("topic", "").startswith("flespi/") for e in acl)
-    assert "ACL:" in run.out
-    assert json.dumps("flespi-bridge/garage-bridge/#") in run.out
-    assert commanding.responder.tools.tokens[-1]["key"] not in run.out
-
-
-async def test_read_only_bridge_gets_no_command_rights(api: Api) -> None:
-    run = await cli(api, "token", "create", "--ttl", "600", "--least-privilege")
-    assert run.code == 0, run.err
-    acl = api.responder.tools.tokens[-1]["access"]["acl"]
-    # no command profiles: reading its devices, its reply prefix, and reading device type
-    # and protocol names for Home Assistant's device info; nothing else
-    devices, reply, names = acl
-    assert devices == {"uri": "gw/devices", "methods": ["GET"], "ids": "all",
-                       "submodules": [{"name": "telemetry", "methods": ["GET"]},
-                                      {"name": "connections", "methods": ["GET"]}]}
-    assert reply == {"uri": "mqtt", "topic": "flespi-bridge/flespi-bridge/#",
-                     "actions": ["publish", "subscribe"]}
-    assert names == {"uri": "gw/channel-protocols", "methods": ["GET"],
-                     "submodules": [{"name": "device-types", "methods": ["GET"]}]}
-
-
-async def test_a_rejected_token_request_never_echoes_a_token(api: Api) -> None:
-    api.responder.fail_queue.append((403, "access denied"))
-    run = await cli(api, "token", "create", "--ttl", "60", "--show")
-    assert run.code == 1
-    assert "flespi answered 403: access denied" in run.err
-    assert TOKEN not in run.out + run.err
+def test_telemetry_reads_position_parameters_of_their_own_and_skips_the_copies() -> None:
+    """`position.satellites` is a catalogue row of its own (a tracker may send it without
+    the `position` object's field); `position.latitude` only repeats the object."""
+    telemetry = {
+        "position": {"ts": 1.0, "value": {"latitude": -17.7, "longitude": -63.2}},
+        "position.latitude": {"ts": 1.0, "value": -17.7},
+        "position.satellites": {"ts": 1.0, "value": 9},
+    }
+    doc = normalized(telemetry, Parameters())
+    assert doc["attributes"]["satellites"] == 9
+    assert doc["attributes"]["latitude"] == -17.7
+    assert doc["unmapped"] == {}
