@@ -1,6 +1,6 @@
-"""The Dockerfile: hadolint clean, the shape the README promises, a build context that holds
+"""The Dockerfile: hadolint clean, the shape docs/deployment.md promises, a build context that holds
 what the wheel is built from and nothing else, and a HEALTHCHECK that works against the real
-bridge. These need no Docker engine; tests/test_image.py builds and runs the image."""
+bridge. These need no Docker engine; tests/deploy/test_image.py builds and runs the image."""
 
 from __future__ import annotations
 
