@@ -344,10 +344,10 @@ def test_builder_context_yields_the_package_metadata(dockerfile: str, tmp_path: 
     (egg_info,) = out.glob("*.egg-info")
     assert "bridge" in (egg_info / "top_level.txt").read_text(encoding="utf-8").split()
     sources = (egg_info / "SOURCES.txt").read_text(encoding="utf-8").split()
-    assert "bridge/cli.py" in sources
+    assert "bridge/app/cli.py" in sources
     assert "bridge/py.typed" in sources
     entry_points = (egg_info / "entry_points.txt").read_text(encoding="utf-8")
-    assert re.search(r"^flespi-bridge = bridge\.cli:main$", entry_points, re.M)
+    assert re.search(r"^flespi-bridge = bridge\.app\.cli:main$", entry_points, re.M)
     requires = (egg_info / "requires.txt").read_text(encoding="utf-8")
     assert re.search(r"^gmqtt", requires, re.M)
     assert re.search(r"^\[fast\]\nuvloop", requires, re.M), (
