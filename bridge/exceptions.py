@@ -53,8 +53,8 @@ class RestError(BridgeError):
 
 
 class CommandError(BridgeError):
-    """A command request is refused or failed; `code` is its result code (README,
-    "Commands")."""
+    """A command request is refused or failed; `code` is its result code
+    (`docs/commands.md`)."""
 
     def __init__(self, code: str, message: str) -> None:
         self.code = code

@@ -1,5 +1,5 @@
 """The `[commands]` section: limits, the transport, and the profiles that turn local
-command topics into flespi device commands (documented in the README's "Commands")."""
+command topics into flespi device commands (documented in `docs/commands.md`)."""
 
 from __future__ import annotations
 

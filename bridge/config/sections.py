@@ -1,5 +1,5 @@
 """The sections of the configuration, one model each (`[flespi]`, `[local]`, ...). Every
-option is documented in `config.example.toml` and the README's configuration reference."""
+option is documented in `config.example.toml` and `docs/configuration.md`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The local topic contract (see README, "Topic reference"). Device topics use flespi's
+"""The local topic contract (see `docs/topics.md`). Device topics use flespi's
 numeric id, never the name: names change and may hold `/`, `+` or `#`."""
 
 from __future__ import annotations

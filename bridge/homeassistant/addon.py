@@ -9,7 +9,7 @@ the options name a broker, writes the configuration without secrets and replaces
 passed in the environment.
 
 The add-on offers what a Home Assistant user tunes; everything else keeps the bridge's
-defaults (README, configuration reference).
+defaults (`docs/configuration.md`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ disappear by themselves when a device leaves the store, and a renamed device cha
 `device_name` label without leaving the old series behind.
 
 Everything lives on a registry of its own per `Metrics`, so tests (and several bridges in one
-process) stay apart. The metric names are a contract: see the README, section "Monitoring".
+process) stay apart. The metric names are a contract: see `docs/monitoring.md`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The Dockerfile: hadolint clean, the shape the README promises, a build context that holds
+"""The Dockerfile: hadolint clean, the shape docs/deployment.md promises, a build context that holds
 what the wheel is built from and nothing else, and a HEALTHCHECK that works against the real
-bridge. These need no Docker engine; tests/test_image.py builds and runs the image."""
+bridge. These need no Docker engine; tests/deploy/test_image.py builds and runs the image."""
 
 from __future__ import annotations
 
@@ -347,7 +347,7 @@ def test_builder_context_yields_the_package_metadata(dockerfile: str, tmp_path: 
     assert "bridge/app/cli.py" in sources
     assert "bridge/py.typed" in sources
     entry_points = (egg_info / "entry_points.txt").read_text(encoding="utf-8")
-    assert re.search(r"^flespi-bridge = bridge\.cli:main$", entry_points, re.M)
+    assert re.search(r"^flespi-bridge = bridge\.app\.cli:main$", entry_points, re.M)
     requires = (egg_info / "requires.txt").read_text(encoding="utf-8")
     assert re.search(r"^gmqtt", requires, re.M)
     assert re.search(r"^\[fast\]\nuvloop", requires, re.M), (

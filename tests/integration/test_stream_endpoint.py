@@ -74,7 +74,8 @@ def message(device_id: int | None, ts: float, **values: Any) -> dict[str, Any]:
 
 
 def expected_state(telemetry: dict[str, Any]) -> dict[str, Any]:
-    """The state attributes a scooter's telemetry should give (catalogue table in README)."""
+    """The state attributes a scooter's telemetry should give (the catalogue table in
+    docs/parameters.md)."""
     pos = telemetry["position"]
     return {
         "battery": telemetry["battery.level"], "voltage": telemetry["battery.voltage"],

@@ -1,4 +1,5 @@
-"""What the README promises about options, each shown on real brokers: `coalesce_window = 0`,
+"""What the docs promise about options (docs/configuration.md, docs/home-assistant.md,
+docs/commands.md), each shown on real brokers: `coalesce_window = 0`,
 `homeassistant.include`, `homeassistant.discovery = false`, a custom `base_topic`,
 `local.qos = 0`, refusing commands while shutting down, and the bounded result outbox."""
 

@@ -156,7 +156,7 @@ def test_example_config_documents_every_option_and_loads() -> None:
         "setting.r0.set", "lock", "locked")
 
 
-# -- the secrets directory (README "Configuration reference") ---------------------------------
+# -- the secrets directory (docs/configuration.md) --------------------------------------------
 
 def secrets_dir(tmp_path: Path, files: dict[str, str], name: str = "secrets") -> Path:
     directory = tmp_path / name

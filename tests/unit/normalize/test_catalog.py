@@ -190,8 +190,8 @@ def test_fleet_values_rejected(param: str, value: object) -> None:
         normalize(TABLE[param], value)
 
 
-def test_readme_table_is_the_catalogue() -> None:
-    """README's parameter table is generated from the catalogue; regenerate it with
+def test_parameters_page_table_is_the_catalogue() -> None:
+    """docs/parameters.md's table is generated from the catalogue; regenerate it with
     `python tools/catalog_table.py --write`."""
     spec = importlib.util.spec_from_file_location("catalog_table",
                                                   REPO / "tools" / "catalog_table.py")
@@ -199,9 +199,10 @@ def test_readme_table_is_the_catalogue() -> None:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert f"{module.START}\n{module.table()}\n{module.END}" in readme, (
-        "README's parameter table differs from bridge/normalize/catalog.py: run "
+    page = module.PAGE.read_text(encoding="utf-8")
+    assert module.PAGE == REPO / "docs" / "parameters.md"
+    assert f"{module.START}\n{module.table()}\n{module.END}" in page, (
+        "docs/parameters.md's table differs from bridge/normalize/catalog.py: run "
         "`python tools/catalog_table.py --write`")
     for param in catalog.CATALOG:
-        assert f"| `{param.flespi}` |" in readme
+        assert f"| `{param.flespi}` |" in page
