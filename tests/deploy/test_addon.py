@@ -1,7 +1,7 @@
 """The Home Assistant add-on: its files and options schema, and the translation of add-on
-options + the Supervisor's MQTT service into the bridge's configuration (bridge/homeassistant/addon.py),
-checked by the bridge's own configuration loader and, through the entry point, against a
-Supervisor stand-in on loopback."""
+options + the Supervisor's MQTT service into the bridge's configuration
+(bridge/homeassistant/addon.py), checked by the bridge's own configuration loader and,
+through the entry point, against a Supervisor stand-in on loopback."""
 
 from __future__ import annotations
 

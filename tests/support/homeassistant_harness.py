@@ -90,7 +90,7 @@ def find_python() -> str:
         "FLESPI_BRIDGE_HA_PYTHON at it")
 
 
-def _run(cmd: list[str], log: Path) -> None:
+def run_logged(cmd: list[str], log: Path) -> None:
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
@@ -103,7 +103,7 @@ def _run(cmd: list[str], log: Path) -> None:
 
 # Run inside the venv: the requirements of INTEGRATIONS and what they depend on, from
 # Home Assistant's manifests.
-_REQUIREMENTS = """
+REQUIREMENTS_SCRIPT = """
 import json, sys
 from pathlib import Path
 import homeassistant.components as components
@@ -146,27 +146,27 @@ def ensure_venv() -> Path:
         log = base / "install.log"
         log.write_text("")
         started = time.monotonic()
-        _run([python, "-m", "venv", str(base / "venv")], log)
+        run_logged([python, "-m", "venv", str(base / "venv")], log)
         pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check",
                "--no-input"]
-        _run([*pip, "--upgrade", "pip"], log)
+        run_logged([*pip, "--upgrade", "pip"], log)
         # Home Assistant's own pins (package_constraints.txt, inside its wheel) keep pip
         # from backtracking through the newest releases of its loosely pinned dependencies.
         wheels = base / "wheel"
         shutil.rmtree(wheels, ignore_errors=True)
-        _run([str(venv_python()), "-m", "pip", "download", "--disable-pip-version-check",
+        run_logged([str(venv_python()), "-m", "pip", "download", "--disable-pip-version-check",
               "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
               f"homeassistant=={HA_VERSION}"], log)
         wheel = next(wheels.glob("homeassistant-*.whl"))
         constraints = base / "package_constraints.txt"
         with zipfile.ZipFile(wheel) as archive:
             constraints.write_bytes(archive.read("homeassistant/package_constraints.txt"))
-        _run([*pip, "--constraint", str(constraints), str(wheel)], log)
+        run_logged([*pip, "--constraint", str(constraints), str(wheel)], log)
         reqs = json.loads(subprocess.run(
-            [str(venv_python()), "-c", _REQUIREMENTS, *INTEGRATIONS], capture_output=True,
+            [str(venv_python()), "-c", REQUIREMENTS_SCRIPT, *INTEGRATIONS], capture_output=True,
             text=True, timeout=300, check=True).stdout)
         if reqs:
-            _run([*pip, "--constraint", str(constraints), *reqs], log)
+            run_logged([*pip, "--constraint", str(constraints), *reqs], log)
         shutil.rmtree(wheels, ignore_errors=True)
         with log.open("a") as out:
             out.write(f"installed in {time.monotonic() - started:.0f} s\n")
