@@ -143,8 +143,16 @@ def publish311_many(publications: Sequence[tuple[str, bytes, bool]], qos: int,
 
 def publish311(topic: str, payload: bytes, mid: int = 0, qos: int = 0,
                retain: bool = False) -> bytes:
-    """One MQTT 3.1.1 PUBLISH; `mid` is its packet id at QoS 1."""
-    return publish311_many(((topic, payload, retain),), qos, (mid,))
+    """One MQTT 3.1.1 PUBLISH; `mid` is its packet id at QoS 1. The same bytes as
+    `publish311_many` (the tests hold them equal), without a batch's setup."""
+    encoded = topic.encode()
+    size = len(encoded)
+    first = PUBLISH | qos << 1 | retain
+    if qos:
+        return b"".join((fixed_header(first, 4 + size + len(payload)),
+                         size.to_bytes(2, "big"), encoded, mid.to_bytes(2, "big"), payload))
+    return b"".join((fixed_header(first, 2 + size + len(payload)), size.to_bytes(2, "big"),
+                     encoded, payload))
 
 
 def publish5(topic: str, payload: bytes, *, mid: int = 0, qos: int = 1,
@@ -191,15 +199,20 @@ def connack_code(body: bytes) -> int:
 
 def publish_fields(first: int, body: bytes) -> tuple[str, int, bytes]:
     """(topic, packet id or 0, payload) of an MQTT 3.1.1 PUBLISH body; a topic that is not
-    UTF-8 is decoded with replacement characters rather than refused."""
-    n = int.from_bytes(body[:2], "big")
-    topic = body[2:2 + n].decode("utf-8", "replace")
-    start = 2 + n
-    mid = 0
-    if first & 0x06:
-        mid = int.from_bytes(body[start:start + 2], "big")
-        start += 2
-    return topic, mid, body[start:]
+    UTF-8 is decoded with replacement characters rather than refused. Runs once per message
+    the benchmark's checkers receive: plain indexing."""
+    try:
+        start = 2 + (body[0] << 8 | body[1])
+        topic = body[2:start].decode("utf-8", "replace")
+        if first & 0x06:
+            return topic, body[start] << 8 | body[start + 1], body[start + 2:]
+        return topic, 0, body[start:]
+    except IndexError:  # a body too short for its header: read what there is
+        start = 2 + int.from_bytes(body[:2], "big")
+        topic = body[2:start].decode("utf-8", "replace")
+        if not first & 0x06:
+            return topic, 0, body[start:]
+        return topic, int.from_bytes(body[start:start + 2], "big"), body[start + 2:]
 
 
 def connack_receive_maximum(body: bytes) -> int | None:

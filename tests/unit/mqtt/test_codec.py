@@ -301,3 +301,14 @@ def test_the_codec_reads_paho_s_packets(paho: tuple[Any, ScriptedBroker, list[An
             "fleet/1/state", info.mid, b"on" * 100)
     client.disconnect()
     run_until(client, broker, lambda: broker.packets[-1][0] == codec.DISCONNECT)
+
+
+@pytest.mark.parametrize(("first", "body", "fields"), [
+    (0x30, b"", ("", 0, b"")),
+    (0x30, b"\x00", ("", 0, b"")),
+    (0x32, b"\x00\x01t", ("t", 0, b"")),
+    (0x32, b"\x00\x01t\x07", ("t", 7, b"")),
+])
+def test_publish_fields_reads_a_truncated_body_as_far_as_it_goes(
+        first: int, body: bytes, fields: tuple[str, int, bytes]) -> None:
+    assert codec.publish_fields(first, body) == fields
