@@ -25,7 +25,6 @@ from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import mqtt
 from bridge.mqtt import codec as wire
 
 CHUNK = 512  # packets per write in blast mode
@@ -89,20 +88,23 @@ class _Acks(threading.Thread):
         self.failed: BaseException | None = None
 
     def run(self) -> None:
-        reader = mqtt.PacketReader()
+        reader = wire.PacketReader()
         try:
             while self.acked < self.expected:
                 data = self.sock.recv(1 << 20)
                 if not data:
                     raise ConnectionError("broker closed the connection")
-                n = 0
-                for first, body in reader.feed(data):
+                frames = reader.split(data)
+                n = len(frames.acks)  # PUBACKs of four bytes: success
+                for first, body in frames.packets:
                     if first & 0xF0 == wire.PUBACK:
                         n += 1
                         if len(body) > 2 and body[2] >= 0x80:
                             self.errors += 1
                     elif first & 0xF0 == wire.DISCONNECT:
                         raise ConnectionError(f"broker sent DISCONNECT {body[:1].hex()}")
+                if frames.malformed:
+                    raise wire.MalformedPacketError("the broker's byte stream is not MQTT")
                 if n:
                     with self.cond:
                         self.acked += n
@@ -119,18 +121,18 @@ def _connect(host: str, port: int, client_id: str) -> tuple[socket.socket, int]:
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-    sock.sendall(mqtt.connect(client_id, version=5))
-    reader = mqtt.PacketReader()
+    sock.sendall(wire.connect5(client_id))
+    reader = wire.PacketReader()
     while True:
         data = sock.recv(4096)
         if not data:
             raise ConnectionError("no CONNACK")
-        for first, body in reader.feed(data):
+        for first, body in reader.split(data).packets:
             if first & 0xF0 == wire.CONNACK:
-                if body[1] != 0:
-                    raise ConnectionError(f"CONNACK reason {body[1]}")
+                if wire.connack_code(body) != 0:
+                    raise ConnectionError(f"CONNACK reason {wire.connack_code(body)}")
                 sock.settimeout(None)
-                return sock, mqtt.connack_receive_maximum(body) or 65535
+                return sock, wire.connack_receive_maximum(body) or 65535
 
 
 def send(host: str, port: int, stream: Stream, *, mode: str = "blast", rate: float = 0.0,
@@ -186,7 +188,7 @@ def send(host: str, port: int, stream: Stream, *, mode: str = "blast", rate: flo
             raise acks.failed
         if acks.acked < n:
             raise TimeoutError(f"only {acks.acked} of {n} PUBACKs in {ACK_TIMEOUT}s")
-        sock.sendall(mqtt.disconnect())
+        sock.sendall(wire.DISCONNECT_PACKET)
     finally:
         sock.close()
     if send_times is not None:

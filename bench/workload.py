@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from bench import mqtt
 from bench.loadgen import Stream
+from bridge.mqtt import codec
 from bridge.normalize import catalog
 
 STATE_PREFIX = "flespi/state/gw/devices/"
@@ -98,7 +98,7 @@ def device_message(rng: random.Random, params: Iterable[catalog.Parameter], *,
 
 
 def _ts_property(ts: float) -> bytes:
-    return mqtt.user_properties([("timestamp", f"{ts:.5f}")])
+    return codec.user_properties([("timestamp", f"{ts:.5f}")])
 
 
 class StreamBuilder:
@@ -118,8 +118,8 @@ class StreamBuilder:
                 qos: int = 1) -> None:
         pid = len(self._parts) % 65535 + 1
         props = _ts_property(ts) if ts is not None else b""
-        self.add(mqtt.publish5(topic, payload, packet_id=pid, qos=qos, retain=retain,
-                               properties=props))
+        self.add(codec.publish5(topic, payload, mid=pid, qos=qos, retain=retain,
+                                properties=props))
 
     @property
     def count(self) -> int:

@@ -1,6 +1,7 @@
-"""The bridge's own asyncio MQTT client for the local broker (`client.py`) and the MQTT
-wire format (`codec.py`: varints, fixed headers, CONNECT, the PUBLISH parser also used on
-the flespi side and by the benchmarks), with the TCP options it sets (`tcp.py`).
+"""The bridge's own asyncio MQTT client for the local broker (`client.py`: I/O and state)
+and the project's one MQTT wire format (`codec.py`: every packet the project encodes or
+decodes, and `PacketReader`, which splits a byte stream into packets; also used by the
+flespi side's PUBLISH parser and by the benchmarks), with the TCP options it sets (`tcp.py`).
 Why our own client: `docs/decisions/0001-own-local-mqtt-client.md`.
 
 Owns: framing, packet ids, keepalive.

@@ -3,8 +3,10 @@
 Written for the one thing the local side does in bulk, publishing retained messages at QoS 1
 (a start-up publishes four or more per device): a batch is encoded into one buffer and
 written at once, and PUBACKs are parsed straight from the socket's data, a few microseconds
-each. paho (under aiomqtt) spent ~47 us of CPU per publication here: a message object, a
-`threading.Condition` and three `recv` calls per acknowledgement.
+each. The packets themselves are `codec.py`'s; this module holds the connection's I/O and
+state (packet ids, waiters, keepalive). paho (under aiomqtt) spent ~47 us of CPU per
+publication here: a message object, a `threading.Condition` and three `recv` calls per
+acknowledgement.
 
 What it does, and no more: CONNECT (clean session, username/password, a retained will,
 keepalive), PUBLISH QoS 0/1 out, SUBSCRIBE, PUBLISH QoS 0/1 in (acknowledged on receipt),
@@ -20,7 +22,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -28,17 +30,20 @@ from bridge.exceptions import LocalUnavailableError
 from bridge.logs import RateLimitedLog
 from bridge.mqtt.codec import (
     CONNACK,
-    DISCONNECT,
-    PINGREQ,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
     PUBACK,
     PUBLISH,
     REFUSED,
     SUBACK,
-    SUBSCRIBE,
+    PacketReader,
+    connack_code,
     connect311,
-    fixed_header,
-    packet,
-    utf8,
+    packet_id,
+    puback,
+    publish311_many,
+    publish_fields,
+    subscribe311,
 )
 from bridge.mqtt.tcp import QuickAck
 
@@ -102,7 +107,7 @@ class MqttClient:
         self.timeout = timeout
         self._transport: asyncio.Transport | None = None
         self._tcp = QuickAck(None)
-        self._buffer = bytearray()
+        self._reader = PacketReader()
         self._acks: dict[int, Waiter] = {}  # message id -> what its PUBACK completes
         self._subacks: dict[int, asyncio.Future[bytes]] = {}
         self._mid = 0
@@ -163,7 +168,7 @@ class MqttClient:
                             self.where, time.monotonic() - self._received)
                 self.abort()
                 return
-            self._write(bytes((PINGREQ, 0)))
+            self._write(PINGREQ_PACKET)
 
     def on_lost(self, handler: Callable[[], None]) -> None:
         """Call `handler` once when the connection is lost or closed."""
@@ -206,7 +211,7 @@ class MqttClient:
         """DISCONNECT (the broker then drops the will) and close."""
         transport = self._transport
         if transport is not None:
-            transport.write(bytes((DISCONNECT, 0)))
+            transport.write(DISCONNECT_PACKET)
             self._tcp.close()
             transport.close()
             with contextlib.suppress(LocalUnavailableError, TimeoutError):
@@ -237,35 +242,26 @@ class MqttClient:
                 self._mid = mid
                 return mid
 
-    def publish_many(self, publications: Iterable[tuple[str, bytes, bool]], qos: int,
+    def publish_many(self, publications: Sequence[tuple[str, bytes, bool]], qos: int,
                      waiter: Waiter) -> int:
         """Write publications in one go; at QoS 1 `waiter.set()` is called once per PUBACK.
         Returns how many acknowledgements to expect."""
         if not self.connected:
             raise LocalUnavailableError(f"not connected to {self.where}")
-        parts: list[bytes] = []
-        add = parts.extend
-        acks, subacks = self._acks, self._subacks
-        mid = self._mid
-        expected = 0
-        for topic, payload, retain in publications:  # encoded inline: the hot path
-            encoded = topic.encode()
-            size = len(encoded)
-            first = PUBLISH | qos << 1 | retain
-            if qos:
+        mids: list[int] = []
+        if qos:  # the hot path: ids taken here, the packets encoded by the codec
+            add = mids.append
+            acks, subacks = self._acks, self._subacks
+            mid = self._mid
+            for _ in publications:
                 mid = mid % 65535 + 1
                 while mid in acks or mid in subacks:
                     mid = mid % 65535 + 1
                 acks[mid] = waiter
-                expected += 1
-                add((fixed_header(first, 4 + size + len(payload)), size.to_bytes(2, "big"),
-                     encoded, mid.to_bytes(2, "big"), payload))
-            else:
-                add((fixed_header(first, 2 + size + len(payload)), size.to_bytes(2, "big"),
-                     encoded, payload))
-        self._mid = mid
-        self._write(b"".join(parts))
-        return expected
+                add(mid)
+            self._mid = mid
+        self._write(publish311_many(publications, qos, mids))
+        return len(mids)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> None:
@@ -280,9 +276,7 @@ class MqttClient:
         mid = self._next_mid()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = future
-        # SUBSCRIBE's fixed header flags are 0b0010 (MQTT 3.1.1, 3.8.1)
-        self._write(packet(SUBSCRIBE | 0x02, mid.to_bytes(2, "big") + utf8(topic)
-                           + bytes((qos,))))
+        self._write(subscribe311(mid, [topic], qos))
         codes = await self._until(future, self.timeout, f"no SUBACK for {topic}")
         if any(code >= 0x80 for code in codes):
             raise LocalUnavailableError(f"subscription to {topic} refused")
@@ -318,62 +312,38 @@ class MqttClient:
 
     def _feed(self, data: bytes) -> None:
         self._received = time.monotonic()
-        buf = self._buffer
-        buf += data
-        pos, end = 0, len(buf)
-        acks = self._acks
-        while end - pos >= 2:
-            first = buf[pos]
-            if first == PUBACK and buf[pos + 1] == 2 and end - pos >= 4:  # most of what comes
-                waiter = acks.pop(buf[pos + 2] << 8 | buf[pos + 3], None)
+        acks, packets, malformed = self._reader.split(data)
+        if acks:  # most of what comes: one PUBACK per publication
+            pop = self._acks.pop
+            for mid in acks:
+                waiter = pop(mid, None)
                 if waiter is not None:
                     waiter.set()
-                pos += 4
-                continue
-            # remaining length: 1 to 4 bytes
-            length, multiplier, i, complete = 0, 1, pos + 1, False
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 0x7F) * multiplier
-                if not byte & 0x80:
-                    complete = True
-                    break
-                multiplier *= 128
-                if multiplier > 128 ** 3:
-                    self._protocol_error("malformed remaining length")
-                    return
-            if not complete or i + length > end:
-                break  # the rest of the packet is still on its way
+        for first, body in packets:
             kind = first & 0xF0
             if kind == PUBACK:
-                waiter = acks.pop(int.from_bytes(buf[i:i + 2], "big"), None)
+                waiter = self._acks.pop(packet_id(body), None)
                 if waiter is not None:
                     waiter.set()
             elif kind == PUBLISH:
-                self._on_publish(first, bytes(buf[i:i + length]))
+                self._on_publish(first, body)
             elif kind == CONNACK:
                 if self._connack is not None and not self._connack.done():
-                    self._connack.set_result(buf[i + 1] if length >= 2 else 0xFF)
+                    self._connack.set_result(connack_code(body))
             elif kind == SUBACK:
-                future = self._subacks.pop(int.from_bytes(buf[i:i + 2], "big"), None)
+                future = self._subacks.pop(packet_id(body), None)
                 if future is not None and not future.done():
-                    future.set_result(bytes(buf[i + 2:i + length]))
-            pos = i + length
-        del buf[:pos]
+                    future.set_result(body[2:])
+        if malformed:
+            self._protocol_error("malformed remaining length")
 
     def _on_publish(self, first: int, body: bytes) -> None:
-        qos = (first >> 1) & 0x03
-        n = int.from_bytes(body[:2], "big")
-        topic = body[2:2 + n].decode("utf-8", "replace")
-        start = 2 + n
-        if qos:
-            mid = body[start:start + 2]
-            start += 2
+        topic, mid, payload = publish_fields(first, body)
+        if first & 0x06:
             with contextlib.suppress(LocalUnavailableError):
-                self._write(bytes((PUBACK, 2)) + mid)
+                self._write(puback(mid))
         try:
-            self._messages.put_nowait((topic, body[start:], bool(first & 0x01)))
+            self._messages.put_nowait((topic, payload, bool(first & 0x01)))
         except asyncio.QueueFull:  # a flood: logged rate-limited
             self._bad.warning("queue", "local broker %s: %d messages not yet handled: "
                               "dropped the one on %.200r", self.where, MAX_QUEUED_MESSAGES,

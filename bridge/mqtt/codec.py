@@ -1,10 +1,19 @@
-"""The MQTT wire format the bridge writes and reads itself: pure functions, no I/O.
+"""The MQTT wire format, the one place the project encodes and decodes MQTT packets: pure
+functions and a stream splitter, no I/O.
 
-The local client (`bridge/mqtt_client.py`, MQTT 3.1.1), the upstream PUBLISH parser (MQTT 5,
-used by `bridge/flespi/upstream.py`) and the benchmark's load generator share it.
+Its users: the local client (`bridge/mqtt/client.py`, MQTT 3.1.1), the upstream PUBLISH
+parser (`parse_publish`, MQTT 5, used by `bridge/flespi/upstream.py`), and the benchmark's
+load generator and checkers (`bench/`), which encode MQTT 5 PUBLISH packets ahead of the
+clock and read the broker's answers with `PacketReader`.
+
+Written for speed: these functions run once per publication on the bridge's hot path, hence
+plain indexing and `bytes` concatenation rather than `struct` or packet objects.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x80, 0x90, 0xC0, 0xD0, 0xE0
@@ -16,6 +25,21 @@ REFUSED = {1: "unacceptable protocol version", 2: "identifier rejected",
 # not among them: its state lives in gmqtt's parser.
 _SKIPPED_PROPERTIES = {0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -2}
 USER_PROPERTY = 0x26
+RECEIVE_MAXIMUM = 0x21
+# The packets without a variable part.
+PINGREQ_PACKET = bytes((PINGREQ, 0))
+PINGRESP_PACKET = bytes((PINGRESP, 0))
+DISCONNECT_PACKET = bytes((DISCONNECT, 0))
+# The largest remaining length MQTT can express (four bytes of seven bits).
+MAX_REMAINING_LENGTH = 268_435_455
+
+
+class MalformedPacketError(ValueError):
+    """The byte stream is not MQTT (a remaining length over four bytes): the connection
+    cannot be read any further."""
+
+
+# -- primitives ------------------------------------------------------------------------
 
 
 def varint(n: int) -> bytes:
@@ -29,8 +53,8 @@ def varint(n: int) -> bytes:
 
 
 def read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
-    """(value, position after it); IndexError when `data` ends inside it, ValueError when
-    it is longer than MQTT's four bytes."""
+    """(value, position after it); IndexError when `data` ends inside it,
+    MalformedPacketError (a ValueError) when it is longer than MQTT's four bytes."""
     value = shift = 0
     while True:
         byte = data[pos]
@@ -40,7 +64,7 @@ def read_varint(data: bytes | bytearray, pos: int) -> tuple[int, int]:
             return value, pos
         shift += 7
         if shift > 21:
-            raise ValueError("variable byte integer too long")
+            raise MalformedPacketError("variable byte integer too long")
 
 
 def fixed_header(first: int, length: int) -> bytes:
@@ -62,6 +86,9 @@ def packet(first: int, body: bytes) -> bytes:
     return fixed_header(first, len(body)) + body
 
 
+# -- what a client sends -----------------------------------------------------------------
+
+
 def connect311(client_id: str, *, keepalive: int, username: str | None = None,
                password: str | None = None,
                will: tuple[str, bytes, int, bool] | None = None) -> bytes:
@@ -80,6 +107,139 @@ def connect311(client_id: str, *, keepalive: int, username: str | None = None,
             payload += utf8(password)
     return packet(CONNECT, utf8(b"MQTT") + bytes((4, flags)) + keepalive.to_bytes(2, "big")
                   + payload)
+
+
+def connect5(client_id: str, *, keepalive: int = 60) -> bytes:
+    """An MQTT 5 CONNECT with a clean start and no properties (the benchmark's load
+    generator)."""
+    return packet(CONNECT, utf8(b"MQTT") + bytes((5, 0x02)) + keepalive.to_bytes(2, "big")
+                  + b"\x00" + utf8(client_id))
+
+
+def publish311_many(publications: Sequence[tuple[str, bytes, bool]], qos: int,
+                   mids: Sequence[int]) -> bytes:
+    """MQTT 3.1.1 PUBLISH packets back to back, one per (topic, payload, retain), all at
+    `qos`; at QoS 1 the n-th has packet id `mids[n]` (at QoS 0 `mids` is not read).
+
+    The local client's hot path, run for every publication: one join for the whole batch,
+    one loop per QoS (timed no slower than the encoding inlined in the client's loop)."""
+    parts: list[bytes] = []
+    add = parts.extend
+    first = PUBLISH | qos << 1
+    if qos:
+        for (topic, payload, retain), mid in zip(publications, mids, strict=True):
+            encoded = topic.encode()
+            size = len(encoded)
+            add((fixed_header(first | retain, 4 + size + len(payload)),
+                 size.to_bytes(2, "big"), encoded, mid.to_bytes(2, "big"), payload))
+    else:
+        for topic, payload, retain in publications:
+            encoded = topic.encode()
+            size = len(encoded)
+            add((fixed_header(first | retain, 2 + size + len(payload)),
+                 size.to_bytes(2, "big"), encoded, payload))
+    return b"".join(parts)
+
+
+def publish311(topic: str, payload: bytes, mid: int = 0, qos: int = 0,
+               retain: bool = False) -> bytes:
+    """One MQTT 3.1.1 PUBLISH; `mid` is its packet id at QoS 1. The same bytes as
+    `publish311_many` (the tests hold them equal), without a batch's setup."""
+    encoded = topic.encode()
+    size = len(encoded)
+    first = PUBLISH | qos << 1 | retain
+    if qos:
+        return b"".join((fixed_header(first, 4 + size + len(payload)),
+                         size.to_bytes(2, "big"), encoded, mid.to_bytes(2, "big"), payload))
+    return b"".join((fixed_header(first, 2 + size + len(payload)), size.to_bytes(2, "big"),
+                     encoded, payload))
+
+
+def publish5(topic: str, payload: bytes, *, mid: int = 0, qos: int = 1,
+             retain: bool = True, properties: bytes = b"") -> bytes:
+    """An MQTT 5 PUBLISH; `properties` is the encoded property block (no length)."""
+    first = PUBLISH | (qos << 1) | (1 if retain else 0)
+    vh = utf8(topic)
+    if qos:
+        vh += mid.to_bytes(2, "big")
+    vh += varint(len(properties)) + properties
+    return packet(first, vh + payload)
+
+
+def user_properties(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """MQTT 5 user properties, for `publish5`'s `properties`."""
+    return b"".join(bytes((USER_PROPERTY,)) + utf8(k) + utf8(v) for k, v in pairs)
+
+
+def subscribe311(mid: int, filters: Sequence[str], qos: int = 1) -> bytes:
+    """An MQTT 3.1.1 SUBSCRIBE of `filters`, all at `qos`."""
+    # SUBSCRIBE's fixed header flags are 0b0010 (MQTT 3.1.1, 3.8.1)
+    body = mid.to_bytes(2, "big") + b"".join(utf8(f) + bytes((qos,)) for f in filters)
+    return packet(SUBSCRIBE | 0x02, body)
+
+
+def puback(mid: int) -> bytes:
+    """A PUBACK without a reason code (MQTT 3.1.1; success in MQTT 5)."""
+    return bytes((PUBACK, 2)) + mid.to_bytes(2, "big")
+
+
+# -- what a client reads ------------------------------------------------------------------
+
+
+def packet_id(body: bytes) -> int:
+    """The packet id that begins a PUBACK's or a SUBACK's body (0 if the body is short)."""
+    return int.from_bytes(body[:2], "big")
+
+
+def connack_code(body: bytes) -> int:
+    """A CONNACK's return code (MQTT 3.1.1) or reason code (MQTT 5); 0xFF when the body is
+    too short to hold one."""
+    return body[1] if len(body) >= 2 else 0xFF
+
+
+def publish_fields(first: int, body: bytes) -> tuple[str, int, bytes]:
+    """(topic, packet id or 0, payload) of an MQTT 3.1.1 PUBLISH body; a topic that is not
+    UTF-8 is decoded with replacement characters rather than refused. Runs once per message
+    the benchmark's checkers receive: plain indexing."""
+    try:
+        start = 2 + (body[0] << 8 | body[1])
+        topic = body[2:start].decode("utf-8", "replace")
+        if first & 0x06:
+            return topic, body[start] << 8 | body[start + 1], body[start + 2:]
+        return topic, 0, body[start:]
+    except IndexError:  # a body too short for its header: read what there is
+        start = 2 + int.from_bytes(body[:2], "big")
+        topic = body[2:start].decode("utf-8", "replace")
+        if not first & 0x06:
+            return topic, 0, body[start:]
+        return topic, int.from_bytes(body[start:start + 2], "big"), body[start + 2:]
+
+
+def connack_receive_maximum(body: bytes) -> int | None:
+    """The Receive Maximum of an MQTT 5 CONNACK body (None: not sent, i.e. 65535)."""
+    if len(body) < 3:
+        return None
+    plen, pos = read_varint(body, 2)
+    end = pos + plen
+    while pos < end:
+        prop = body[pos]
+        pos += 1
+        if prop == RECEIVE_MAXIMUM:
+            return int.from_bytes(body[pos:pos + 2], "big")
+        if prop in (0x24, 0x25, 0x28, 0x29, 0x2A):  # one-byte properties
+            pos += 1
+        elif prop in (0x21, 0x13, 0x22):  # two-byte integers
+            pos += 2
+        elif prop in (0x11, 0x27):  # four-byte integers
+            pos += 4
+        elif prop in (0x12, 0x1A, 0x1C, 0x1F, 0x15, 0x16):  # strings, binary data
+            pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
+        elif prop == USER_PROPERTY:
+            for _ in range(2):
+                pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
+        else:
+            return None
+    return None
 
 
 def parse_publish(raw: bytes, qos: int
@@ -131,3 +291,78 @@ def parse_publish(raw: bytes, qos: int
         return topic, mid, users, raw[end:]
     except (IndexError, ValueError):  # UnicodeDecodeError included
         return None
+
+
+# -- the byte stream ----------------------------------------------------------------------
+
+
+class Frames(NamedTuple):
+    """What one read of the stream held: `acks`, the packet ids of the plain PUBACKs (four
+    bytes, success), decoded here because a publisher receives one per message; `packets`,
+    every other packet as (first byte, body), in order; `malformed`, whether the stream
+    stopped making sense (a remaining length over four bytes) after those."""
+
+    acks: list[int]
+    packets: list[tuple[int, bytes]]
+    malformed: bool
+
+
+class PacketReader:
+    """Splits a byte stream into packets, however the stream was cut into reads: `split`
+    each read; a packet cut short waits, unparsed, until the reads that complete it.
+
+    The client's hot path (a PUBACK per publication) runs here: plain indexing on `bytes`,
+    no object per PUBACK but its id, and a large packet arriving in many reads is copied
+    once, when complete, not once per read."""
+
+    __slots__ = ("_buffer", "_needed")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # the start of a packet not yet complete
+        self._needed = 0  # how long the buffer must be before it is worth framing again
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not yet a whole packet."""
+        return len(self._buffer)
+
+    def split(self, data: bytes) -> Frames:
+        acks: list[int] = []
+        packets: list[tuple[int, bytes]] = []
+        rest = self._buffer
+        if rest:
+            rest += data
+            if len(rest) < self._needed:
+                return Frames(acks, packets, False)
+            data = bytes(rest)
+            rest.clear()
+        pos, end, malformed, needed = 0, len(data), False, 0
+        while end - pos >= 2:
+            first = data[pos]
+            length = data[pos + 1]
+            if first == PUBACK and length == 2:
+                if end - pos < 4:
+                    break
+                acks.append(data[pos + 2] << 8 | data[pos + 3])
+                pos += 4
+                continue
+            if length < 0x80:  # the common one-byte remaining length, inline
+                start = pos + 2
+            else:
+                try:
+                    length, start = read_varint(data, pos + 1)
+                except IndexError:
+                    break  # the remaining length itself is still on its way
+                except MalformedPacketError:
+                    malformed = True
+                    break
+            stop = start + length
+            if stop > end:
+                needed = stop - pos
+                break  # the rest of the packet is still on its way
+            packets.append((first, data[start:stop]))
+            pos = stop
+        self._needed = needed
+        if pos < end:
+            rest += memoryview(data)[pos:]
+        return Frames(acks, packets, malformed)

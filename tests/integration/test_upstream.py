@@ -11,14 +11,13 @@ from typing import Any, Protocol
 import pytest
 from support.helpers import TOKEN, wait_until
 
-from bench import mqtt
 from bridge.core.ledger import Ack
 from bridge.exceptions import UpstreamError
 from bridge.flespi.upstream import ConnectOptions, GmqttUpstream
 from bridge.mqtt import codec as wire
 
 CONNACK = b"\x20\x03\x00\x00\x00"  # MQTT 5: no session, success, no properties
-PINGRESP = bytes((wire.PINGRESP, 0))
+PINGRESP = wire.PINGRESP_PACKET
 
 
 class FakeBroker:
@@ -41,10 +40,12 @@ class FakeBroker:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
-        packets = mqtt.PacketReader()
+        packets = wire.PacketReader()
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
-                for first, body in packets.feed(data):
+                frames = packets.split(data)
+                self.pubacks += frames.acks
+                for first, body in frames.packets:
                     kind = first & 0xF0
                     if kind == wire.CONNECT and self.connack:
                         writer.write(CONNACK)
@@ -54,15 +55,15 @@ class FakeBroker:
                     elif kind == wire.PINGREQ:
                         self.pings += 1
                         writer.write(PINGRESP)
-                    elif kind == wire.PUBACK:
-                        self.pubacks.append(int.from_bytes(body[:2], "big"))
+                    elif kind == wire.PUBACK:  # with a reason code
+                        self.pubacks.append(wire.packet_id(body))
                 self.changed.set()
 
     def send(self, first_id: int, count: int) -> None:
         assert self.writer is not None
         self.writer.write(b"".join(
-            mqtt.publish5(f"flespi/state/gw/devices/1/telemetry/p{i}", b"1", packet_id=i,
-                          properties=mqtt.user_properties([("timestamp", "1700000000.5")]))
+            wire.publish5(f"flespi/state/gw/devices/1/telemetry/p{i}", b"1", mid=i,
+                          properties=wire.user_properties([("timestamp", "1700000000.5")]))
             for i in range(first_id, first_id + count)))
 
 

@@ -1,0 +1,192 @@
+"""The bridge's own MQTT client (`bridge.mqtt.client.MqttClient`) against a real Mosquitto:
+what the local side relies on, through the client's public interface only.
+
+Connection loss is provoked by the broker's PID (the fixture's `Broker`): SIGSTOP freezes it
+so that a PUBACK or SUBACK never comes, SIGKILL drops the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+
+import pytest
+from support.helpers import Brokers
+
+from bridge.exceptions import LocalUnavailableError
+from bridge.mqtt.client import MqttClient, Will
+from bridge.sim.brokers import Broker
+
+
+@asynccontextmanager
+async def connected(broker: Broker, client_id: str, **options: object
+                    ) -> AsyncIterator[MqttClient]:
+    client = MqttClient(broker.host, broker.port, client_id=client_id, timeout=5,
+                        **options)  # type: ignore[arg-type]
+    await client.connect()
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+        client.abort()
+
+
+@contextmanager
+def frozen(broker: Broker) -> Iterator[None]:
+    """The broker stopped (SIGSTOP by its PID): connections stay open, nothing answers."""
+    pid = broker.pid
+    if pid is None:
+        pytest.skip("the broker runs in a container: no PID to signal")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with suppress(ProcessLookupError):  # unless the test killed it meanwhile
+            os.kill(pid, signal.SIGCONT)
+
+
+class Counter:
+    """A `Waiter` that counts PUBACKs and wakes the test once `expected` have come."""
+
+    def __init__(self, expected: int) -> None:
+        self.count, self.expected = 0, expected
+        self.done = asyncio.Event()
+
+    def set(self) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+
+async def next_message(client: MqttClient) -> tuple[str, bytes, bool]:
+    return await asyncio.wait_for(client.message(), 10)
+
+
+async def test_a_retained_qos1_publication_round_trips(brokers: Brokers) -> None:
+    broker = brokers()
+    async with connected(broker, "publisher") as publisher:
+        await publisher.publish("fleet/1/state", b'{"on": true}', qos=1, retain=True,
+                                timeout=5)  # returns once the broker sent its PUBACK
+        async with connected(broker, "subscriber") as subscriber:
+            await subscriber.subscribe("fleet/#", qos=1)
+            assert await next_message(subscriber) == ("fleet/1/state", b'{"on": true}', True)
+            await publisher.publish("fleet/2/state", b"live", qos=1, retain=False, timeout=5)
+            assert await next_message(subscriber) == ("fleet/2/state", b"live", False)
+
+
+async def test_a_batch_is_acknowledged_once_per_publication(brokers: Brokers) -> None:
+    broker = brokers()
+    big = b"x" * 20_000  # a three-byte remaining length
+    batch = [(f"fleet/{i}/state", big if i % 50 == 0 else b"%d" % i, True) for i in range(500)]
+    async with connected(broker, "publisher") as publisher, \
+            connected(broker, "subscriber") as subscriber:
+        await subscriber.subscribe("fleet/#", qos=1)
+        counter = Counter(len(batch))
+        assert publisher.publish_many(batch, 1, counter) == len(batch)
+        await asyncio.wait_for(counter.done.wait(), 10)
+        # more than Mosquitto's 20 in flight: the subscriber acknowledges what it receives
+        got = [await next_message(subscriber) for _ in batch]
+        assert got == [(topic, payload, False) for topic, payload, _ in batch]
+        assert counter.count == len(batch)
+        assert publisher.publish_many(batch[:3], 0, Counter(0)) == 0  # QoS 0: nothing due
+
+
+async def test_connection_loss_fails_every_waiter_and_calls_handlers_once(
+        brokers: Brokers) -> None:
+    broker = brokers()
+    client = MqttClient(broker.host, broker.port, client_id="doomed", timeout=5)
+    await client.connect()
+    calls: list[str] = []
+    client.on_lost(lambda: calls.append("lost"))
+    removed: Callable[[], None] = lambda: calls.append("removed")  # noqa: E731
+    client.on_lost(removed)
+    client.remove_on_lost(removed)
+    with frozen(broker):
+        publish = asyncio.create_task(client.publish("t/a", b"1", qos=1, timeout=None))
+        subscribe = asyncio.create_task(client.subscribe("t/#"))
+        message = asyncio.create_task(client.message())
+        batch = Counter(2)
+        assert client.publish_many([("t/b", b"2", True), ("t/c", b"3", True)], 1, batch) == 2
+        await asyncio.sleep(0)  # one loop turn: the three tasks run up to their waits
+        assert not any(task.done() for task in (publish, subscribe, message))
+        broker.kill()  # by its PID: the socket closes under the client
+    for task in (publish, subscribe, message):
+        with pytest.raises(LocalUnavailableError, match="lost"):
+            await asyncio.wait_for(task, 10)
+    with pytest.raises(LocalUnavailableError, match="lost"):
+        await asyncio.wait_for(asyncio.shield(client.closed), 10)
+    assert batch.count == 0  # a batch's waiter is never told of PUBACKs that did not come
+    assert not client.connected
+    client.abort()
+    await client.disconnect()
+    assert calls == ["lost"]
+    client.on_lost(lambda: calls.append("late"))  # registered after the loss: called at once
+    assert calls == ["lost", "late"]
+    with pytest.raises(LocalUnavailableError, match="not connected"):
+        client.publish_many([("t/d", b"4", True)], 1, Counter(1))
+
+
+async def test_an_idle_connection_is_kept_alive_by_pings(brokers: Brokers) -> None:
+    broker = brokers()
+    async with connected(broker, "idle", keepalive=1) as client:
+        # Mosquitto drops a client silent for 1.5 keepalives; three pass without a drop
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(client.closed), 3.0)
+        assert client.connected
+        await client.publish("t/alive", b"1", qos=1, timeout=5)
+
+
+async def test_a_silent_broker_is_given_up_after_one_and_a_half_keepalives(
+        brokers: Brokers) -> None:
+    broker = brokers()
+    client = MqttClient(broker.host, broker.port, client_id="watchful", keepalive=1, timeout=5)
+    await client.connect()
+    lost = asyncio.Event()
+    client.on_lost(lost.set)
+    with frozen(broker):
+        await asyncio.wait_for(lost.wait(), 5)  # no PINGRESP: the client closes the connection
+    assert not client.connected
+    with pytest.raises(LocalUnavailableError):
+        client.closed.result()
+
+
+async def test_the_will_is_published_on_abort_and_not_on_disconnect(brokers: Brokers) -> None:
+    broker = brokers()
+    will = Will("bridge/status", b"offline", qos=1, retain=False)
+    async with connected(broker, "watcher") as watcher:
+        await watcher.subscribe("bridge/status")
+        async with connected(broker, "polite", will=will):
+            pass  # DISCONNECT: the broker drops the will
+        async with connected(broker, "marker") as marker:
+            await marker.publish("bridge/status", b"marker", qos=1, timeout=5)
+        assert await next_message(watcher) == ("bridge/status", b"marker", False)
+        rude = MqttClient(broker.host, broker.port, client_id="rude", will=will, timeout=5)
+        await rude.connect()
+        rude.abort()
+        assert await next_message(watcher) == ("bridge/status", b"offline", False)
+
+
+@pytest.mark.parametrize(("config", "client_id", "reason"), [
+    (("allow_anonymous false",), "anonymous", "not authorized"),
+    (("allow_zero_length_clientid false",), "", "identifier rejected"),
+])
+async def test_a_refused_connack_says_why(brokers: Brokers, config: tuple[str, ...],
+                                          client_id: str, reason: str) -> None:
+    broker = brokers(extra_config=config)
+    client = MqttClient(broker.host, broker.port, client_id=client_id, timeout=5)
+    with pytest.raises(LocalUnavailableError, match=f"connection refused: {reason}"):
+        await client.connect()
+    with pytest.raises(LocalUnavailableError):  # and the connection is dropped
+        await asyncio.wait_for(asyncio.shield(client.closed), 5)
+    assert not client.connected
+
+
+async def test_nothing_listening_is_an_unavailable_broker(brokers: Brokers) -> None:
+    broker = brokers()
+    broker.kill()
+    client = MqttClient(broker.host, broker.port, client_id="early", timeout=5)
+    with pytest.raises(LocalUnavailableError):
+        await client.connect()
+    assert not client.connected
