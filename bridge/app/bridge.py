@@ -79,7 +79,7 @@ class Bridge:
         if settings.commands.transport == "http":
             http_rest = HttpRest(settings.commands.http_url,
                                  settings.flespi.token.get_secret_value())
-        rest: Rest = http_rest or link.rest
+        rest: Rest = link.rest if http_rest is None else http_rest
         # flespi's names for the device info, looked up through the commands' REST client
         self.device_types = DeviceTypes(rest, stats, events)
         self.renderer = renderer = Renderer(settings, attrs,
@@ -113,10 +113,12 @@ class Bridge:
         m = settings.metrics
         self.health = (HealthServer(self.metrics, self.ready, m.host, m.port, alive=self.alive)
                        if m.enabled else None)
-        # Stopped in reverse: commands drained, the publisher flushed (acknowledging flespi),
-        # the stream closed, work left reported, look-ups stopped (before the session they
-        # need), `offline` said, flespi left, republishes and cleanup cancelled; then the
-        # supervisor cancels its tasks, the HTTP REST client closes, metrics go last.
+        # Started in order (the cleanup before the republisher: on a local connect it holds
+        # discovery back before everything is marked). Stopped in reverse: commands drained,
+        # the publisher flushed (acknowledging flespi), the stream closed, work left
+        # reported, look-ups stopped (before the session they need), `offline` said, flespi
+        # left, republishes and cleanup cancelled; then the supervisor cancels its tasks,
+        # the HTTP REST client closes, metrics go last.
         running = Supervisor(
             Parts([self.cleanup, self.republisher, session, local, self.device_types,
                    WorkLeft(publisher, commands), *present(self.stream), publisher, commands,
