@@ -11,7 +11,10 @@ what it may import; import-linter holds those rules, see `pyproject.toml`):
          └─► commands/ (handler, gateway) ─► flespi/rest ─► flespi
 
 `config/` reads the settings, `http/` serves metrics and health, `app/` wires one running
-bridge and holds the CLI; `sim/` (a stand-in for flespi) and `toolbox/` (history, tokens)
+bridge and holds the CLI. The hot path above is direct calls; cold-path news (a local
+connect, Home Assistant's `online`, a deleted device, a device type's name) goes through
+the event hub in `core/events.py`, and every part starts and stops the same way
+(`core/lifecycle.py`); `sim/` (a stand-in for flespi) and `toolbox/` (history, tokens)
 are programs of their own that the running bridge never imports. The two shared leaves are
 `exceptions` (every error raised on purpose) and `logs` (logging, secrets scrubbed).
 """

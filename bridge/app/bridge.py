@@ -1,55 +1,68 @@
 """Wiring: builds the parts, connects them, starts and stops them. No logic of its own.
 
-    flespi --> UpstreamSession --> Ingest --> Store --> Publisher --> LocalBroker
-    flespi HTTP stream --> StreamEndpoint --^
-                 (AckLedger: what flespi may be told is done)     ^        |
-                                          Republisher, Cleanup ---+        v
-                 MqttRest/HttpRest <-- CommandTopics <-- command topics ---+
+    flespi MQTT --> UpstreamSession --> Ingest --> Store --> Publisher --> LocalBroker
+    flespi HTTP stream --> StreamEndpoint --^        (AckLedger: what flespi may be told is done)
+    LocalBroker --routes--> CommandTopics --> REST (over MQTT, or HTTPS) --> flespi
+                        \\-> StatusListener --(HomeAssistantOnline)--> Republisher
 
-Every part that must run for the bridge to work is supervised (`bridge/tasks.py`): if one
-ends, `failed` is set (and `/healthz` answers 503), and `flespi-bridge run` exits non-zero
-so a supervisor restarts the process.
+The hot path (a flespi message into the store, the store onto the local broker) is direct
+calls. The cold path goes through the event hub (`bridge.core.events`): each part subscribes
+in its `start()` to what it reacts to (a local connect, Home Assistant's `online`, a device
+deleted in flespi, a device type's name learned), so no part refers to one built after it.
+
+Every part is a `bridge.core.lifecycle.Part`: the lists below start in order and stop in
+reverse. Inside, the `Supervisor` runs the essential tasks (local, publisher, upstream) once
+its parts started; if one ends, `failed` is set (`/healthz` answers 503) and `flespi-bridge
+run` exits non-zero so a supervisor restarts the process. Optional parts (the HTTP REST
+transport, Home Assistant's status listener, the HTTP stream, metrics) exist only when on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from typing import TypeVar
 
 from bridge.app.supervisor import Supervisor
 from bridge.commands.handler import CommandTopics
 from bridge.config.settings import Settings
+from bridge.core.events import EventHub
 from bridge.core.ledger import AckLedger
+from bridge.core.lifecycle import Parts, Shutdown
 from bridge.core.store import Store
-from bridge.exceptions import ListenError
 from bridge.flespi.device_types import DeviceTypes
 from bridge.flespi.ingest import Ingest
 from bridge.flespi.rest import HttpRest, Rest
-from bridge.flespi.session import UpstreamFactory, UpstreamSession
+from bridge.flespi.session import UpstreamFactory, UpstreamLink, UpstreamSession
 from bridge.flespi.upstream import GmqttUpstream
+from bridge.homeassistant.status import StatusListener
 from bridge.http.health import HealthServer
 from bridge.http.metrics import Metrics
 from bridge.http.stream_endpoint import StreamEndpoint
 from bridge.publish.cleanup import Cleanup
 from bridge.publish.local_broker import LocalBroker
-from bridge.publish.publisher import Publisher
+from bridge.publish.publisher import Publisher, Tuning
 from bridge.publish.renderer import Renderer
 from bridge.publish.republisher import Republisher
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def present(*parts: T | None) -> list[T]:
+    """The optional parts that were built."""
+    return [p for p in parts if p is not None]
 
 
 class Bridge:
     def __init__(self, settings: Settings, *,
                  upstream_factory: UpstreamFactory = GmqttUpstream) -> None:
         self.settings = settings
-        self.parameters = params = settings.flespi.parameter_table()
-        attrs = params.attributes  # grows with rule-made attributes
+        params = settings.flespi.parameter_table()
         self.store = store = Store()
+        attrs = params.attributes  # grows with rule-made attributes
         unknown = [n for n in settings.metrics.fleet_parameters if n not in attrs]
-        if unknown:
+        if unknown:  # logged as `bridge.app.bridge`, as it always was
             later = (": exported once a device reports it (flespi.parameters = \"all\")"
                      if params.open else "")
             log.warning("metrics.fleet_parameters: no such attribute %s%s (known: %s)",
@@ -57,57 +70,62 @@ class Bridge:
         self.metrics = Metrics(store, settings.metrics.fleet_parameters, attrs,
                                settings.metrics.max_devices)
         stats = self.stats = self.metrics.stats
-        self.ledger = AckLedger()
-        self.renderer = renderer = Renderer(settings, attrs)
-        self.local = LocalBroker(settings.local, settings.reconnect,
-                                 state_topic=renderer.topics.bridge_state,
-                                 on_message=self._on_local, on_connect=self._on_local_connect,
-                                 on_disconnect=lambda: self._set_up("local", False))
-        self.publisher = publisher = Publisher(
-            store, self.ledger, self.local, renderer.render, stats, self.metrics.latency,
-            coalesce_window=settings.local.coalesce_window)
-        outbox = publisher.outbox
-        self.session = session = UpstreamSession(
-            settings, params.subscribed(), self.ledger, stats, factory=upstream_factory,
-            wake=publisher.wake)
-        self.cleanup = Cleanup(settings, store, renderer, outbox, self.local, session.loaded,
-                               rediscover=lambda: self.republisher.discovery_only(),
-                               announce_owed=lambda: self.republisher.discovery_owed())
-        self.ingest = Ingest(params, store, stats, renderer.topics,
-                             reply_prefix=session.reply_prefix, on_reply=session.on_reply,
-                             on_removed=self.cleanup.device_removed, on_message=outbox.add_one,
-                             settings=settings.commands.setting_properties())
-        session.ingest = self.ingest.handle
-        ha = settings.homeassistant
-        self.republisher = Republisher(store, renderer, outbox, publisher.wake,
-                                       discovery=ha.discovery, status_delay=ha.status_delay)
-        self._http_rest: HttpRest | None = None
-        rest: Rest = session.rest
+        self.ledger = ledger = AckLedger()
+        events = EventHub()
+        shutdown = Shutdown(settings.shutdown.grace)
+        self.failed = shutdown.failed
+        link = UpstreamLink(settings.flespi, upstream_factory)
+        http_rest = None
         if settings.commands.transport == "http":
-            rest = self._http_rest = HttpRest(settings.commands.http_url,
-                                              settings.flespi.token.get_secret_value())
-        self.commands = CommandTopics(settings, rest, store, stats, self.local, outbox,
-                                      publisher.wake)
-        # flespi's names for the device info, looked up through the same REST client
-        self.device_types = DeviceTypes(rest, stats, on_learned=self.republisher.names_learned)
-        renderer.names = self.device_types.names
-        self.local.subscribe(self.commands.subscriptions
-                             + ([self.republisher.status_topic] if ha.discovery else []))
-        self.stream: StreamEndpoint | None = None
+            http_rest = HttpRest(settings.commands.http_url,
+                                 settings.flespi.token.get_secret_value())
+        rest: Rest = link.rest if http_rest is None else http_rest
+        # flespi's names for the device info, looked up through the commands' REST client
+        self.device_types = DeviceTypes(rest, stats, events)
+        self.renderer = renderer = Renderer(settings, attrs,
+                                            names=self.device_types.names)
+        self.local = local = LocalBroker(settings.local, settings.reconnect,
+                                         state_topic=renderer.topics.bridge_state,
+                                         stats=stats, events=events)
+        self.publisher = publisher = Publisher(
+            store, ledger, local, renderer.render, stats,
+            Tuning(settings.local.coalesce_window, shutdown=shutdown))
+        self.ingest = Ingest(settings, params, store, stats, publisher.outbox, events)
+        self.session = session = UpstreamSession(settings, self.ingest, ledger, stats,
+                                                 link=link, wake=publisher.wake)
+        self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
+        self.republisher = Republisher(store, renderer, publisher, events,
+                                       settings=settings.homeassistant)
+        self.commands = commands = CommandTopics(settings, rest, store, stats, local, publisher)
+        status = None
+        if settings.homeassistant.discovery:
+            status = StatusListener(renderer.ha.status_topic, local, events)
+        self.stream = None
         if settings.stream.enabled:
-            self.stream = StreamEndpoint(settings.stream, settings.flespi.devices, self.ingest,
-                                         store, self.ledger, stats, wake=publisher.hurry,
-                                         accepting=self._accepting)
-            stats.queues["stream_batches"] = lambda: self.ledger.waiting
+            self.stream = StreamEndpoint(settings, self.ingest, store, ledger, stats, publisher)
+            stats.queues["stream_batches"] = lambda: ledger.waiting
         stats.queues.update({
-            "upstream_acks": lambda: self.ledger.pending,
+            "upstream_acks": lambda: ledger.pending,
             "dirty_devices": lambda: store.dirty_count,
-            "commands_in_flight": lambda: len(self.commands.tasks),
+            "commands_in_flight": lambda: len(commands.tasks),
             "local_in_flight": lambda: publisher.in_flight,
         })
-        self.health: HealthServer | None = None
-        self.tasks = Supervisor()
-        self.failed = self.tasks.failed
+        m = settings.metrics
+        self.health = (HealthServer(self.metrics, self.ready, m.host, m.port, alive=self.alive)
+                       if m.enabled else None)
+        # Started in order (the cleanup before the republisher: on a local connect it holds
+        # discovery back before everything is marked). Stopped in reverse: commands drained,
+        # the publisher flushed (acknowledging flespi), the stream closed, work left
+        # reported, look-ups stopped (before the session they need), `offline` said, flespi
+        # left, republishes and cleanup cancelled; then the supervisor cancels its tasks,
+        # the HTTP REST client closes, metrics go last.
+        running = Supervisor(
+            Parts([self.cleanup, self.republisher, session, local, self.device_types,
+                   WorkLeft(publisher, commands), *present(self.stream), publisher, commands,
+                   *present(status)]),
+            {"local": local.run, "publisher": publisher.run, "upstream": session.run},
+            shutdown, leftovers=commands.tasks)
+        self.parts = Parts([*present(self.health), *present(http_rest), running])
 
     @property
     def loaded(self) -> asyncio.Event:
@@ -118,81 +136,32 @@ class Bridge:
         return (self.session.connected and self.local.connected.is_set()
                 and self.loaded.is_set() and not self.failed.is_set())
 
-    def _accepting(self) -> str | None:
-        """Why a stream batch cannot be taken now (answered 503), or None."""
-        if not self.local.connected.is_set():
-            return "the local broker is not connected"
-        if self.publisher.in_flight >= self.publisher.pipeline:
-            return "the local broker is behind"
-        if self.failed.is_set():
-            return "the bridge is failing"
-        return None
-
     def alive(self) -> bool:
         return not self.failed.is_set()
 
-    def _set_up(self, side: str, up: bool) -> None:
-        self.stats.up[side] = up
-
-    async def _on_local_connect(self) -> None:
-        if self.local.connects > 1:
-            self.stats.reconnects["local"] += 1
-        self._set_up("local", True)
-        self.cleanup.on_local_connect()  # first: it holds discovery back until it knows
-        self.republisher.everything()
-
-    async def _on_local(self, topic: str, payload: bytes, retain: bool) -> None:
-        if topic == self.republisher.status_topic:
-            self.republisher.on_status(payload, retain)
-        else:
-            self.commands.handle(topic, payload, retain)
-
     async def start(self) -> None:
-        m = self.settings.metrics
-        if m.enabled:
-            self.health = HealthServer(self.metrics, self.ready, m.host, m.port,
-                                       alive=self.alive)
-            await listen(self.health.start(), "metrics", m.host, m.port)
-        if self.stream is not None:
-            st = self.settings.stream
-            await listen(self.stream.start(), "the stream endpoint", st.host, st.port)
-        self.tasks.start(local=self.local.run(), publisher=self.publisher.run(),
-                         upstream=self.session.run())
+        """Listeners first (a port that cannot be bound is a `ListenError` before anything
+        connects), then the essential tasks."""
+        await self.parts.start()
 
     async def stop(self) -> None:
         """Graceful stop: take no new commands, finish in-flight commands and publications
         (within `shutdown.grace`), publish `offline`, disconnect from both brokers."""
-        self.tasks.stopping()
-        grace = self.settings.shutdown.grace
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        await self.commands.drain(grace)
-        # the publisher flushes what is dirty (and acknowledges it upstream)
-        while (not self.publisher.idle() and self.local.connected.is_set()
-               and loop.time() < deadline and not self.failed.is_set()):
-            self.publisher.wake()
-            await asyncio.sleep(0.02)
-        if self.stream is not None:  # batches settled meanwhile are answered; flespi retries
-            await self.stream.stop()  # the others
+        await self.parts.stop()
+
+
+class WorkLeft:
+    """A part whose stop reports what the grace window left undone (listed so that it stops
+    after the publisher's flush and the stream endpoint)."""
+
+    def __init__(self, publisher: Publisher, commands: CommandTopics) -> None:
+        self.publisher = publisher
+        self.commands = commands
+
+    async def start(self) -> None:
+        """Nothing to start."""
+
+    async def stop(self) -> None:
         if not self.publisher.idle() or self.commands.tasks:
             log.warning("stopping with work left: %d command(s), %d device state(s)",
-                        len(self.commands.tasks), self.store.dirty_count)
-        self.device_types.stop()  # before the session: its look-ups would fail and retry
-        await self.local.publish_offline()
-        await self.session.stop()
-        self.republisher.stop()
-        self.cleanup.stop()
-        await self.tasks.stop(*self.commands.tasks)
-        if self._http_rest is not None:
-            await self._http_rest.close()
-        if self.health is not None:
-            await self.health.stop()
-
-
-async def listen(starting: Coroutine[Any, Any, None], what: str, host: str, port: int) -> None:
-    """Start a listener; a port that is taken or not ours to bind is a `ListenError`."""
-    try:
-        await starting
-    except OSError as exc:
-        raise ListenError(f"cannot serve {what} on {host}:{port}: "
-                          f"{exc.strerror or exc}") from None
+                        len(self.commands.tasks), self.publisher.store.dirty_count)

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from bridge.commands.gateway import INVALID_INPUT, CommandGateway, Request, peek_transaction, result
 from bridge.config.settings import Settings
-from bridge.core.outbox import Outbox
+from bridge.core.outbox import Outlet
 from bridge.core.stats import Stats
 from bridge.core.store import STATE, Device, Store
 from bridge.core.topics import LocalTopics
-from bridge.core.transport import LocalTransport, Publication, publication_kind
+from bridge.core.transport import LocalLink, Publication, publication_kind
 from bridge.exceptions import CommandError, LocalUnavailableError
 from bridge.flespi.rest import Rest
 from bridge.logs import RateLimitedLog
@@ -35,14 +34,16 @@ log = logging.getLogger(__name__)
 
 class CommandTopics:
     def __init__(self, settings: Settings, rest: Rest, store: Store, stats: Stats,
-                 transport: LocalTransport, outbox: Outbox,
-                 wake: Callable[[], None] = lambda: None) -> None:
+                 local: LocalLink, publisher: Outlet) -> None:
+        """`local` delivers the command topics and takes results; `publisher` holds results
+        while the local broker is away, and renders a lock's state shown while its command
+        is in flight."""
         self.settings = settings
         self.store = store
         self.stats = stats
-        self.transport = transport
-        self.outbox = outbox
-        self.wake = wake  # the publisher: a device was marked for rendering
+        self.transport = local
+        self.outbox = publisher.outbox
+        self.wake = publisher.wake
         self.topics = LocalTopics(settings.local.base_topic)
         self.gateway = CommandGateway(settings.commands, rest, device=self._commandable,
                                       publish_result=self.publish_result, count=self.count,
@@ -54,6 +55,15 @@ class CommandTopics:
     @property
     def subscriptions(self) -> list[str]:
         return [self.topics.device_filter("set"), self.topics.device_filter("+/set")]
+
+    async def start(self) -> None:
+        for topic_filter in self.subscriptions:
+            self.transport.route(topic_filter, self.handle)
+
+    async def stop(self) -> None:
+        """Take no new command; wait for those in flight, `shutdown.grace` seconds at most
+        (those still running are cancelled with the bridge's tasks)."""
+        await self.drain(self.settings.shutdown.grace)
 
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Take a local message on the command subscriptions."""

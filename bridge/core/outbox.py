@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from bridge.core.transport import Publication
 from bridge.logs import RateLimitedLog
@@ -62,3 +63,13 @@ class Outbox:
         self._work.extendleft(reversed(work))
         self._results.extendleft(reversed(results))
         self._wake()
+
+
+class Outlet(Protocol):
+    """The publisher as the parts that add work see it: its outbox, and `wake` when they
+    marked a device in the store for rendering."""
+
+    @property
+    def outbox(self) -> Outbox: ...
+
+    def wake(self) -> None: ...

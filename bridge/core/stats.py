@@ -53,6 +53,8 @@ class Stats:
     stream_messages: Counter[str] = field(default_factory=Counter)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
+    # seconds from a change's arrival to the local broker's acknowledgement of its state
+    latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
 
 
 class LatencyHistogram:

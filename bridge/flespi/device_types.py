@@ -5,19 +5,19 @@ Each device type and protocol is looked up once over REST, through the REST clie
 commands use (`GET gw/channel-protocols/all/device-types/{id}`, `GET gw/channel-protocols/{id}`),
 and kept in memory for as long as the bridge runs: a fleet of 40,000 devices of three types
 costs a handful of requests. A look-up never blocks discovery: until it answers, the device
-shows the generic model; when it answers, `on_learned` has the devices of that type announced
-again. A failed look-up is counted (`Stats.lookup_failures`), logged (rate-limited) and
-retried later with a growing delay.
+shows the generic model; when it answers, `NamesLearned` on the event hub has the devices of
+that type announced again. A failed look-up is counted (`Stats.lookup_failures`), logged
+(rate-limited) and retried later with a growing delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from bridge.core.backoff import Backoff
+from bridge.core.events import EventHub, NamesLearned
 from bridge.core.stats import Stats
 from bridge.core.store import Names
 from bridge.exceptions import RestError
@@ -49,13 +49,12 @@ def names(device_type: dict[str, Any] | None, protocol: dict[str, Any] | None) -
 
 
 class DeviceTypes:
-    def __init__(self, rest: Rest, stats: Stats, *,
-                 on_learned: Callable[[str, int], None] = lambda what, id_: None,
+    def __init__(self, rest: Rest, stats: Stats, events: EventHub, *,
                  retry: tuple[float, float] = (RETRY_MIN, RETRY_MAX)) -> None:
         self.rest = rest
         self.retry = retry
         self.stats = stats
-        self._on_learned = on_learned
+        self.events = events
         self.known: dict[Key, dict[str, Any]] = {}
         self._busy: set[Key] = set()  # being fetched, or waiting to be retried
         self._backoff: dict[Key, Backoff] = {}
@@ -119,7 +118,7 @@ class DeviceTypes:
         self._backoff.pop(key, None)
         log.info("flespi %s %s: %s", what.replace("_", " "), id_,
                  _text(found, "title", "name") or "(no name)")
-        self._on_learned(what, id_)
+        self.events.emit(NamesLearned(what, id_))
 
     def _failed(self, key: Key, reason: str) -> None:
         what, id_ = key
@@ -131,7 +130,11 @@ class DeviceTypes:
                           id_, reason, delay)
         self._fetch_later(key, delay)
 
-    def stop(self) -> None:
+    async def start(self) -> None:
+        """Nothing to prepare: look-ups start when a name is first asked for."""
+
+    async def stop(self) -> None:
+        """No look-up from now on (stopped before the session: they would fail and retry)."""
         self._stopped = True
         for handle in self._timers.values():
             handle.cancel()

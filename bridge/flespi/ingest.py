@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
+from bridge.config.settings import Settings
+from bridge.core.events import DeviceRemoved, EventHub
+from bridge.core.outbox import Outbox
 from bridge.core.stats import Stats
-from bridge.core.store import Device, Store
+from bridge.core.store import Store
 from bridge.core.topics import LocalTopics
 from bridge.core.transport import Publication
 from bridge.flespi import topics as flespi_topics
@@ -37,43 +39,29 @@ DEVICE_TREES = (flespi_topics.STATE_PREFIX, flespi_topics.MESSAGE_PREFIX)
 
 
 class Ingest:
-    def __init__(
-        self,
-        params: Parameters,
-        store: Store,
-        stats: Stats,
-        topics: LocalTopics,
-        *,
-        reply_prefix: str,
-        on_reply: Callable[[str, bytes, UserProperties], None],
-        on_removed: Callable[[Device], None],
-        on_message: Callable[[Publication], None],
-        settings: Mapping[str, tuple[str, ...]] | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, params: Parameters, store: Store, stats: Stats,
+                 outbox: Outbox, events: EventHub) -> None:
+        """`outbox` takes full flespi messages, republished as they are; `events` hears of
+        devices deleted in flespi (`DeviceRemoved`)."""
         self.params = params
         self.catalog = params.table  # read on every message: one attribute lookup less
         # setting name -> the keys of its value object that may hold the number (the
         # profiles' value_property); settings not named here are ignored
-        self.settings = dict(settings or {})
+        self.settings = dict(settings.commands.setting_properties())
         self.store = store
         self.stats = stats
-        self.topics = topics
-        self.reply_prefix = reply_prefix
-        self._on_reply = on_reply
-        self._on_removed = on_removed
-        self._on_message = on_message
+        self.topics = LocalTopics(settings.local.base_topic)
+        self.outbox = outbox
+        self.events = events
         self._bad = RateLimitedLog(log)
         self.keys = messages.flat_keys(params)
 
     def handle(self, topic: str, payload: bytes, props: UserProperties) -> None:
         parsed = flespi_topics.parse(topic)
         if parsed is None:
-            if topic.startswith(self.reply_prefix):
-                self._on_reply(topic, payload, props)
-            else:
-                self.stats.upstream_messages["ignored"] += 1
-                if topic.startswith(DEVICE_TREES):
-                    self.invalid("bad_topic", topic, "not a device topic (bad id or level)")
+            self.stats.upstream_messages["ignored"] += 1
+            if topic.startswith(DEVICE_TREES):
+                self.invalid("bad_topic", topic, "not a device topic (bad id or level)")
             return
         kind, device_id, name = parsed
         self.stats.upstream_messages[kind.value] += 1
@@ -128,8 +116,8 @@ class Ingest:
             self._setting(topic, device_id, name, value)
         elif kind is Kind.MESSAGE:
             if isinstance(value, dict):
-                self._on_message(Publication(self.topics.device(device_id, "message"), payload,
-                                             False))
+                self.outbox.add_one(Publication(self.topics.device(device_id, "message"),
+                                                payload, False))
                 self.apply_message(device_id, messages.map_message(self.keys, value), topic)
             else:
                 self.invalid("bad_value", topic, "message is not a JSON object")
@@ -151,7 +139,7 @@ class Ingest:
         dev = self.store.remove(device_id)
         if dev is not None:
             log.info("device %s (%s) was deleted in flespi", device_id, dev.name)
-            self._on_removed(dev)
+            self.events.emit(DeviceRemoved(dev))
 
     def _setting(self, topic: str, device_id: int, name: str, value: Any) -> None:
         """A setting's current value: a number, or flespi's object of the setting's

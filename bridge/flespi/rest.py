@@ -235,5 +235,11 @@ class HttpRest:
                             code)
         return RestResponse(code, _parse_body(response.content, code))
 
+    async def start(self) -> None:
+        """Nothing to prepare: connections are opened by the first calls."""
+
+    async def stop(self) -> None:
+        await self.close()
+
     async def close(self) -> None:
         await self._client.aclose()

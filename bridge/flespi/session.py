@@ -5,6 +5,11 @@ the full upstream state has arrived (`loaded`).
 prefix right after subscribing, which flespi delivers after every retained message the
 subscriptions replay. Nothing else sets it — stale local topics are cleared only once it is
 set, so a slow start-up can never make live devices look gone.
+
+The session's own topics (the reply prefix: the marker and REST answers) are taken here;
+everything else goes to ingest, then the publisher is woken: the hot path, direct calls.
+`UpstreamLink` is built before the session so that REST over MQTT exists before the parts
+that call it (device type look-ups, commands) and the session is the one to connect it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
+from bridge.config.sections import FlespiSettings
 from bridge.config.settings import Settings
 from bridge.config.tls import flespi_tls_context
 from bridge.core.backoff import Backoff
@@ -22,8 +28,15 @@ from bridge.core.ledger import Ack, AckLedger
 from bridge.core.stats import Stats
 from bridge.exceptions import UpstreamError
 from bridge.flespi import topics as flespi_topics
+from bridge.flespi.ingest import Ingest
 from bridge.flespi.rest import MqttRest
-from bridge.flespi.upstream import ConnectOptions, MessageHandler, Upstream, UserProperties
+from bridge.flespi.upstream import (
+    ConnectOptions,
+    GmqttUpstream,
+    MessageHandler,
+    Upstream,
+    UserProperties,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,36 +45,47 @@ UpstreamFactory = Callable[[ConnectOptions, MessageHandler], Upstream]
 MARKER_WARNING = 60.0
 
 
+class UpstreamLink:
+    """The connection to flespi as others see it: how one is made (`factory`: the tests'
+    seam), the one open now (`current`, None between connections), and REST over MQTT
+    (`rest`), which rides on it and is answered on `reply_prefix`."""
+
+    def __init__(self, settings: FlespiSettings, factory: UpstreamFactory = GmqttUpstream
+                 ) -> None:
+        self.factory = factory
+        # The bridge's own topics upstream: fixed per client id, since the persistent session
+        # keeps the subscription; each run's start-up marker and each request are unique.
+        self.reply_prefix = f"flespi-bridge/{settings.client_id}/"
+        self.current: Upstream | None = None
+        self.rest = MqttRest(lambda: self.current, self.reply_prefix)
+
+
 class UpstreamSession:
-    def __init__(
-        self,
-        settings: Settings,
-        parameters: list[str] | None,
-        ledger: AckLedger,
-        stats: Stats,
-        *,
-        factory: UpstreamFactory,
-        wake: Callable[[], None],
-    ) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, ledger: AckLedger, stats: Stats,
+                 *, link: UpstreamLink, wake: Callable[[], None]) -> None:
+        """`ingest` takes each upstream message (`wake` the publisher after it); the
+        parameters subscribed to are those of its table."""
         self.settings = settings
         self.ledger = ledger
         self.stats = stats
-        self._factory = factory
-        # what each upstream message is handed to (set by whoever builds the bridge)
-        self.ingest: Callable[[str, bytes, UserProperties], None] = lambda *_: None
+        self.link = link
+        self.ingest = ingest.handle
         self._wake = wake
-        self._parameters = parameters
-        f = settings.flespi
-        # The bridge's own topics upstream: fixed per client id, since the persistent session
-        # keeps the subscription; each run's start-up marker and each request are unique.
-        self.reply_prefix = f"flespi-bridge/{f.client_id}/"
+        self._parameters = ingest.params.subscribed()
+        self.reply_prefix = link.reply_prefix
         self._marker = f"{self.reply_prefix}sync/{uuid.uuid4().hex}"
-        self.rest = MqttRest(lambda: self.upstream, self.reply_prefix)
+        self.rest = link.rest
         # Built once, at start: a bad CA file is a start-up error, not a dead loop.
-        self._tls = flespi_tls_context(f)
-        self.upstream: Upstream | None = None
+        self._tls = flespi_tls_context(settings.flespi)
         self.loaded = asyncio.Event()
         self._stopping = asyncio.Event()
+
+    @property
+    def upstream(self) -> Upstream | None:
+        return self.link.current
+
+    async def start(self) -> None:
+        """Nothing to prepare: `run` is an essential task (`bridge.app.supervisor`)."""
 
     @property
     def connected(self) -> bool:
@@ -92,24 +116,27 @@ class UpstreamSession:
             receive_maximum=f.max_inflight,
         )
 
-    def _on_message(self, topic: str, payload: bytes, props: UserProperties,
-                    ack: Ack | None) -> None:
+    def on_message(self, topic: str, payload: bytes, props: UserProperties,
+                   ack: Ack | None) -> None:
         """Hot path: once per upstream message."""
         if ack is not None:
             self.ledger.received(ack)
         try:
-            self.ingest(topic, payload, props)
+            if topic.startswith(self.reply_prefix):
+                self.on_reply(topic, payload, props)
+            else:
+                self.ingest(topic, payload, props)
         except Exception:  # a bug must not stop the stream; the message is still acked
             log.exception("cannot process the upstream message on %.200r", topic)
             self.stats.dropped["internal_error"] += 1
         self._wake()
 
     def on_reply(self, topic: str, payload: bytes, props: UserProperties) -> None:
+        """The bridge's own topics: the start-up marker, REST answers."""
         if topic == self._marker:
             if not self.loaded.is_set():
                 log.info("initial state loaded from flespi")
                 self.loaded.set()
-                self._wake()
         else:
             self.rest.on_reply(topic, payload, props)
 
@@ -120,14 +147,14 @@ class UpstreamSession:
         fresh = True  # this process has no state yet: it needs the retained replay
         attempts = 0
         while not self._stopping.is_set():
-            up = self._factory(self._options(), self._on_message)
+            up = self.link.factory(self._options(), self.on_message)
             # before the first message can arrive: an ack released meanwhile must reach it
             self.ledger.attach(up.ack)
             try:
                 await up.connect()
                 await up.subscribe(self.subscriptions(),
                                    resend_retained=fresh or not up.session_present)
-                self.upstream = up
+                self.link.current = up
                 if attempts:
                     self.stats.reconnects["upstream"] += 1
                 attempts += 1
@@ -144,7 +171,7 @@ class UpstreamSession:
             except UpstreamError as exc:
                 log.warning("flespi: %s", exc)
             finally:
-                self.upstream = None
+                self.link.current = None
                 self.stats.up["upstream"] = False
                 self.rest.connection_lost()
                 self.ledger.void()  # flespi redelivers whatever was not acknowledged

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from bridge.http.metrics import Metrics
-from bridge.http.server import WebServer, add_get, text
+from bridge.http.server import WebServer, add_get, listen, text
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class HealthServer(WebServer):
         self.alive = alive
 
     async def start(self) -> None:
-        await super().start()
+        await listen(super().start(), "metrics", self.host, self.port)
         log.info("metrics on http://%s:%s/metrics", self.host, self.port)
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -222,7 +222,7 @@ class Metrics:
                  max_devices: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.stats = Stats()
-        self.latency = LatencyHistogram()
+        self.latency = self.stats.latency
         self.registry.register(BridgeCollector(self.stats, self.latency, store, fleet,
                                                attributes, max_devices))
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
+
+from bridge.exceptions import ListenError
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +90,13 @@ class WebServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+
+async def listen(starting: Coroutine[Any, Any, None], what: str, host: str, port: int) -> None:
+    """Start a listener of the bridge; a port that is taken or not ours to bind is a
+    `ListenError` naming it (the CLI reports it and exits)."""
+    try:
+        await starting
+    except OSError as exc:
+        raise ListenError(f"cannot serve {what} on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None

@@ -21,19 +21,20 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from bridge.config.sections import StreamSettings
+from bridge.config.settings import Settings
 from bridge.config.tls import stream_tls_context
 from bridge.core.ledger import AckLedger
 from bridge.core.stats import Stats
 from bridge.core.store import Store
+from bridge.core.transport import Intake
 from bridge.flespi.ingest import Ingest
-from bridge.http.server import WebServer, text
+from bridge.http.server import WebServer, listen, text
 from bridge.logs import RateLimitedLog
 from bridge.normalize import messages
 
@@ -70,26 +71,26 @@ def parse_batch(body: bytes) -> list[dict[str, Any]]:
 
 
 class StreamEndpoint:
-    def __init__(self, settings: StreamSettings, selection: Literal["all"] | list[int],
-                 ingest: Ingest, store: Store, ledger: AckLedger, stats: Stats, *,
-                 wake: Callable[[], None], accepting: Callable[[], str | None]) -> None:
-        """`accepting()` is None while batches can be taken, else why not (a 503)."""
-        self.settings = settings
+    def __init__(self, settings: Settings, ingest: Ingest, store: Store, ledger: AckLedger,
+                 stats: Stats, intake: Intake) -> None:
+        """`intake` (the publisher) says whether a batch can be taken now (else a 503) and
+        publishes a batch's states at once."""
+        self.settings = stream = settings.stream
         self.ingest = ingest
         self.store = store
         self.ledger = ledger
         self.stats = stats
-        self._wake = wake
-        self._accepting = accepting
+        self.intake = intake
+        selection = settings.flespi.devices
         self._selected = None if selection == "all" else frozenset(selection)
-        self._idents: Mapping[str, int] = settings.devices
-        assert settings.authorization is not None  # the settings refuse a stream without one
-        self._expected = settings.authorization.get_secret_value().encode()
+        self._idents: Mapping[str, int] = stream.devices
+        assert stream.authorization is not None  # the settings refuse a stream without one
+        self._expected = stream.authorization.get_secret_value().encode()
         self._bad = RateLimitedLog(log)
-        app = web.Application(client_max_size=settings.max_body)
-        app.router.add_route("*", settings.path, self._serve)
-        self.server = WebServer(app, settings.host, settings.port,
-                                ssl_context=stream_tls_context(settings))
+        app = web.Application(client_max_size=stream.max_body)
+        app.router.add_route("*", stream.path, self._serve)
+        self.server = WebServer(app, stream.host, stream.port,
+                                ssl_context=stream_tls_context(stream))
         for code in ANSWERS:
             stats.stream_requests.setdefault(code, 0)
 
@@ -98,7 +99,8 @@ class StreamEndpoint:
         return self.server.port
 
     async def start(self) -> None:
-        await self.server.start()
+        s = self.settings
+        await listen(self.server.start(), "the stream endpoint", s.host, s.port)
         log.info("flespi HTTP stream endpoint on %s%s", self.server.url, self.settings.path)
 
     async def stop(self) -> None:
@@ -140,7 +142,7 @@ class StreamEndpoint:
         except BadBatch as exc:
             self._invalid("bad_batch", str(exc))
             return self._answer(400, str(exc)[:200])
-        busy = self._accepting()
+        busy = self.intake.accepting()
         if busy is None and self.ledger.waiting >= MAX_WAITING:
             busy = "too many batches waiting"
         if busy is not None:
@@ -148,11 +150,11 @@ class StreamEndpoint:
         chunk = max(CHUNK, len(batch) // CHUNKS)
         for start in range(0, len(batch), chunk):
             if start:  # the publisher's turn: the broker takes these while we go on
-                self._wake()
+                self.intake.hurry()
                 await asyncio.sleep(0)
             self._apply(batch[start:start + chunk], start)
         settled = self.ledger.waiter()
-        self._wake()
+        self.intake.hurry()
         try:
             await asyncio.wait_for(asyncio.shield(settled), self.settings.timeout)
         except TimeoutError:

@@ -23,9 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-from bridge.config.settings import Settings
+from bridge.core.events import (
+    DeviceRemoved,
+    DiscoveryReleased,
+    EventHub,
+    LocalConnected,
+    StateComplete,
+)
 from bridge.core.outbox import Outbox
 from bridge.core.store import Device, Store
 from bridge.core.transport import Publication
@@ -41,21 +46,28 @@ DISCOVERY_HOLD = 60.0
 
 
 class Cleanup:
-    def __init__(self, settings: Settings, store: Store, renderer: Renderer, outbox: Outbox,
-                 local: LocalBroker, loaded: asyncio.Event,
-                 rediscover: Callable[[], None] = lambda: None,
-                 announce_owed: Callable[[], None] = lambda: None,
-                 discovery_hold: float = DISCOVERY_HOLD) -> None:
-        self.settings = settings
+    """Reacts to `LocalConnected` and `DeviceRemoved` (subscribed in `start()`, before the
+    republisher: on a connect, discovery is held back before everything is marked); says
+    `DiscoveryReleased` and `StateComplete` on the event hub."""
+
+    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox, local: LocalBroker,
+                 loaded: asyncio.Event, events: EventHub) -> None:
+        self.settings = renderer.settings.homeassistant
         self.store = store
         self.renderer = renderer
         self.outbox = outbox
         self.local = local
         self.loaded = loaded
-        self._rediscover = rediscover
-        self._announce_owed = announce_owed
-        self.discovery_hold = discovery_hold
+        self.events = events
+        self.discovery_hold = DISCOVERY_HOLD
         self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.events.subscribe(LocalConnected, lambda _: self.on_local_connect())
+        self.events.subscribe(DeviceRemoved, lambda event: self.device_removed(event.device))
+
+    async def stop(self) -> None:
+        self._cancel()
 
     def device_removed(self, dev: Device) -> None:
         """A device deleted in flespi: its discovery configs are cleared at once, its state
@@ -65,7 +77,7 @@ class Cleanup:
         meanwhile, the next start's inventory finds and clears them.)"""
         self.outbox.add(self.renderer.clear_discovery(dev))
         topics = self.renderer.clear_topics(dev)
-        if not self.settings.homeassistant.discovery:
+        if not self.settings.discovery:
             self.outbox.add(topics)
             return
         asyncio.get_running_loop().call_later(TOPICS_DELAY, self._clear_topics, dev.id, topics)
@@ -77,19 +89,19 @@ class Cleanup:
     def on_local_connect(self) -> None:
         """Take stock of the retained topics now on the broker; clear the stale ones once
         the upstream state is loaded. A reconnect starts over."""
-        self.stop()
-        if self.settings.homeassistant.discovery:
+        self._cancel()
+        if self.settings.discovery:
             self.renderer.discovery.hold()
         self._task = asyncio.create_task(self._run(), name="cleanup")
 
-    def stop(self) -> None:
+    def _cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
 
     def _filters(self) -> list[str]:
         filters = [f"{self.renderer.topics.base}/+/+"]
-        if self.settings.homeassistant.discovery:
+        if self.settings.discovery:
             filters.append(self.renderer.ha.config_filter)
         return filters
 
@@ -133,13 +145,13 @@ class Cleanup:
     def _complete(self) -> None:
         if not self.renderer.complete:
             self.renderer.complete = True
-            self._announce_owed()
+            self.events.emit(StateComplete())
 
     def _release(self, legacy: dict[str, list[str]]) -> None:
         discovery = self.renderer.discovery
         if discovery.held:
             discovery.release(legacy)
-            self._rediscover()
+            self.events.emit(DiscoveryReleased())
 
     def legacy(self, inventory: set[str]) -> dict[str, list[str]]:
         """Owner -> its retained configs in the layout not in use, sorted."""
@@ -152,7 +164,7 @@ class Cleanup:
         return out
 
     def live_owners(self) -> set[str]:
-        if not self.settings.homeassistant.discovery:
+        if not self.settings.discovery:
             return set()
         live = {self.renderer.ha.bridge_identifier}
         live.update(f"flespi_{d.id}" for d in self.store.devices.values()
@@ -167,10 +179,10 @@ class Cleanup:
                    and renderer.topics.parse_device(t) is None]
         live: set[str] = set()
         if configs:  # (a fresh broker has none: no need to list a large fleet's)
-            if self.settings.homeassistant.discovery:
+            if self.settings.discovery:
                 live.update(renderer.bridge_configs())
             for dev in self.store.devices.values():
-                if self.settings.homeassistant.announces(dev.id):
+                if self.settings.announces(dev.id):
                     live.update(renderer.config_topics(dev))
         owners = self.live_owners()
         stale = []

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from bridge.config.sections import LocalSettings, ReconnectSettings
 from bridge.config.tls import local_tls_context
 from bridge.core.backoff import Backoff
-from bridge.core.transport import Publication
+from bridge.core.events import EventHub, LocalConnected
+from bridge.core.stats import Stats
+from bridge.core.transport import Handler, Publication, Routes
 from bridge.exceptions import LocalUnavailableError
 from bridge.mqtt.client import MqttClient, Will
 
@@ -28,31 +30,30 @@ TIMEOUT = 10.0
 
 
 class LocalBroker:
-    """Implements `bridge.core.transport.LocalTransport`."""
+    """Implements `bridge.core.transport.LocalLink`: publishes, and hands each message to
+    the part that routed its topic. Says `LocalConnected` on the event hub after every
+    connect, once subscribed (so replayed retained messages arrive after it)."""
 
-    def __init__(
-        self,
-        settings: LocalSettings,
-        reconnect: ReconnectSettings,
-        *,
-        state_topic: str,
-        on_message: Callable[[str, bytes, bool], Awaitable[None]],
-        on_connect: Callable[[], Awaitable[None]],
-        on_disconnect: Callable[[], None] = lambda: None,
-    ) -> None:
+    def __init__(self, settings: LocalSettings, reconnect: ReconnectSettings, *,
+                 state_topic: str, stats: Stats, events: EventHub) -> None:
         self.settings = settings
         self._backoff = Backoff(reconnect.min_delay, reconnect.max_delay)
         self._state_topic = state_topic
-        self._subscriptions: list[str] = []
-        self._on_message = on_message
-        self._on_connect = on_connect
-        self._on_disconnect = on_disconnect
+        self._routes = Routes()
+        self._stats = stats
+        self._events = events
         self._client: MqttClient | None = None
         # Built once, at start: a bad certificate is a start-up error, not a dead loop.
         self._tls = local_tls_context(settings)
         self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+
+    async def start(self) -> None:
+        """Nothing to prepare: `run` is an essential task (`bridge.app.supervisor`)."""
+
+    def route(self, topic_filter: str, handler: Handler) -> None:
+        self._routes.add(topic_filter, handler)
 
     def _make_client(self, *, suffix: str = "", will: bool = True) -> MqttClient:
         s = self.settings
@@ -77,16 +78,19 @@ class LocalBroker:
                 await client.connect()
                 self._client = client
                 await client.publish(self._state_topic, b"online", qos=1, retain=True)
-                for topic in self._subscriptions:
+                for topic in self._routes.filters:
                     await client.subscribe(topic, qos=1)
                 self._backoff.reset()
                 self.connects += 1
                 self.connected.set()
                 log.info("connected to local broker %s:%s", s.host, s.port)
-                await self._on_connect()
+                if self.connects > 1:
+                    self._stats.reconnects["local"] += 1
+                self._stats.up["local"] = True
+                self._events.emit(LocalConnected(self.connects))
                 while True:
                     topic, payload, retain = await client.message()
-                    await self._on_message(topic, payload, retain)
+                    self._routes.dispatch(topic, payload, retain)
             except LocalUnavailableError as exc:
                 self._lost()
                 delay = self._backoff.next()
@@ -102,10 +106,6 @@ class LocalBroker:
                 self._lost()
                 client.abort()
 
-    def subscribe(self, filters: Sequence[str]) -> None:
-        """What to subscribe to on every connect (set before `run`)."""
-        self._subscriptions = list(filters)
-
     @property
     def connected(self) -> asyncio.Event:
         return self._connected
@@ -113,7 +113,7 @@ class LocalBroker:
     def _lost(self) -> None:
         if self.connected.is_set():
             self.connected.clear()
-            self._on_disconnect()
+            self._stats.up["local"] = False
         self._client = None
 
     async def retained(self, filters: Sequence[str], timeout: float = 60) -> set[str]:
@@ -172,10 +172,10 @@ class LocalBroker:
             countdown.future.add_done_callback(lambda _: client.remove_on_lost(countdown.lost))
         return countdown.future
 
-    async def publish_offline(self) -> None:
-        """Graceful shutdown: say `offline` ourselves (the will only fires on a crash).
-
-        Also while still connecting: `online` may already be out."""
+    async def stop(self) -> None:
+        """Graceful shutdown: say `offline` ourselves (the will only fires on a crash), also
+        while still connecting: `online` may already be out. The connection itself ends
+        with `run`'s task, later, with a clean DISCONNECT (no will)."""
         client = self._client
         if client is not None and client.connected:
             try:

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from bridge.core.ledger import AckLedger, Claim
+from bridge.core.lifecycle import Shutdown
 from bridge.core.outbox import Outbox
-from bridge.core.stats import LatencyHistogram, Stats
+from bridge.core.stats import Stats
 from bridge.core.store import Device, Store
 from bridge.core.transport import LocalTransport, Publication, publication_kind
 from bridge.exceptions import LocalUnavailableError
@@ -60,23 +61,34 @@ class _Batch:
     future: asyncio.Future[None] = field(init=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """How the publisher batches, and the stop it flushes within (`shutdown`, shared with
+    the rest of the bridge: the grace window, and whether the bridge is failing)."""
+
+    coalesce_window: float = 0.0
+    max_batch: int = MAX_BATCH
+    pipeline: int = PIPELINE
+    error_pause: float = ERROR_PAUSE
+    defer_pause: float = DEFER_PAUSE
+    shutdown: Shutdown = field(default_factory=Shutdown)
+
+
 class Publisher:
     def __init__(self, store: Store, ledger: AckLedger, transport: LocalTransport,
-                 render: Render, stats: Stats, latency: LatencyHistogram, *,
-                 coalesce_window: float, max_batch: int = MAX_BATCH,
-                 pipeline: int = PIPELINE, error_pause: float = ERROR_PAUSE,
-                 defer_pause: float = DEFER_PAUSE) -> None:
+                 render: Render, stats: Stats, tuning: Tuning) -> None:
         self.store = store
         self.ledger = ledger
         self.transport = transport
         self.render = render
         self.stats = stats
-        self.latency = latency
-        self.window = coalesce_window
-        self.max_batch = max_batch
-        self.pipeline = pipeline
-        self.error_pause = error_pause
-        self.defer_pause = defer_pause
+        self.latency = stats.latency
+        self.window = tuning.coalesce_window
+        self.max_batch = tuning.max_batch
+        self.pipeline = tuning.pipeline
+        self.error_pause = tuning.error_pause
+        self.defer_pause = tuning.defer_pause
+        self.shutdown = tuning.shutdown
         self._wake = asyncio.Event()
         self.outbox = Outbox(self._wake.set, self._drop)
         self._inflight: deque[_Batch] = deque()
@@ -88,6 +100,27 @@ class Publisher:
         # replay, while flespi waits for acknowledgements) is followed by the next at once
         self._since: float | None = None
         self._hurry = False  # `hurry` since the last flush began
+
+    async def start(self) -> None:
+        """Nothing to prepare: `run` is an essential task (`bridge.app.supervisor`)."""
+
+    async def stop(self) -> None:
+        """Graceful stop: publish what is pending (and so acknowledge it upstream) while the
+        local broker is connected, until the grace window closes or the bridge fails."""
+        while not self.idle() and self.transport.connected.is_set() \
+                and not self.shutdown.over():
+            self.wake()
+            await asyncio.sleep(0.02)
+
+    def accepting(self) -> str | None:
+        """Why a stream batch cannot be taken now (answered 503), or None."""
+        if not self.transport.connected.is_set():
+            return "the local broker is not connected"
+        if self._inflight_size >= self.pipeline:
+            return "the local broker is behind"
+        if self.shutdown.failed.is_set():
+            return "the bridge is failing"
+        return None
 
     def wake(self) -> None:
         """New work (called once per upstream message)."""

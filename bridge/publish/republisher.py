@@ -3,9 +3,14 @@ every connect to the local broker (a broker restarted without persistence has lo
 retained message) and when Home Assistant says `online` on `<prefix>/status` (it restarted
 and forgot the discovery configs).
 
-A retained `online` on the status topic is ignored: the broker replays it on every
-subscription, and it says nothing new — the connect that caused the replay already
-republishes everything.
+A retained `online` on the status topic is ignored (`bridge.homeassistant.status`): the
+broker replays it on every subscription, and it says nothing new — the connect that caused
+the replay already republishes everything.
+
+Everything here reacts to events on the hub (`bridge.core.events`), subscribed in `start()`:
+`LocalConnected` (after `Cleanup`'s handler, which holds discovery back first: it starts
+first), `HomeAssistantOnline`, `NamesLearned`, and `Cleanup`'s `DiscoveryReleased` and
+`StateComplete`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ import logging
 import random
 from collections.abc import Callable
 
-from bridge.core.outbox import Outbox
+from bridge.config.sections import HomeAssistantSettings
+from bridge.core.events import (
+    DiscoveryReleased,
+    EventHub,
+    HomeAssistantOnline,
+    LocalConnected,
+    NamesLearned,
+    StateComplete,
+)
+from bridge.core.outbox import Outlet
 from bridge.core.store import DISCOVERY, Store
 from bridge.homeassistant.payloads import device_owner
 from bridge.publish.renderer import Renderer
@@ -24,18 +38,30 @@ log = logging.getLogger(__name__)
 
 
 class Republisher:
-    def __init__(self, store: Store, renderer: Renderer, outbox: Outbox,
-                 wake: Callable[[], None], *, discovery: bool, status_delay: float,
+    def __init__(self, store: Store, renderer: Renderer, publisher: Outlet, events: EventHub,
+                 *, settings: HomeAssistantSettings,
                  delay: Callable[[float, float], float] = random.uniform) -> None:
         self.store = store
         self.renderer = renderer
-        self.outbox = outbox
-        self._wake = wake
-        self.discovery = discovery
-        self.status_delay = status_delay
+        self.outbox = publisher.outbox
+        self._wake = publisher.wake
+        self.events = events
+        self.discovery = settings.discovery
+        self.status_delay = settings.status_delay
         self._delay = delay
         self._task: asyncio.Task[None] | None = None
-        self.status_topic = renderer.ha.status_topic
+
+    async def start(self) -> None:
+        on = self.events.subscribe
+        on(LocalConnected, lambda _: self.everything())
+        on(HomeAssistantOnline, lambda _: self.online())
+        on(NamesLearned, self.names_learned)
+        on(DiscoveryReleased, lambda _: self.discovery_only())
+        on(StateComplete, lambda _: self.discovery_owed())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
 
     def everything(self) -> None:
         self.renderer.reset()
@@ -61,20 +87,19 @@ class Republisher:
                     self.store.mark(dev, DISCOVERY)
             self._wake()
 
-    def names_learned(self, what: str, id_: int) -> None:
+    def names_learned(self, event: NamesLearned) -> None:
         """flespi's name of a device type or protocol is known: its devices are announced
         again with it."""
         for dev in self.store.devices.values():
             info = dev.info
-            if (info.device_type_id if what == "device_type" else info.protocol_id) == id_:
+            if (info.device_type_id if event.what == "device_type" else info.protocol_id) \
+                    == event.id:
                 self.store.mark(dev, DISCOVERY)
         self._wake()
 
-    def on_status(self, payload: bytes, retain: bool) -> None:
-        """`<prefix>/status`: after `online`, republish after a random delay (many bridges
-        answering at once would flood Home Assistant)."""
-        if retain or payload.strip().lower() != b"online":
-            return
+    def online(self) -> None:
+        """Home Assistant is back: republish after a random delay (many bridges answering at
+        once would flood it)."""
         if self._task is not None and not self._task.done():
             return
         self._task = asyncio.create_task(self._later(), name="republish")
@@ -83,7 +108,3 @@ class Republisher:
         await asyncio.sleep(self._delay(self.status_delay / 2, self.status_delay))
         log.info("Home Assistant is online: republishing discovery and states")
         self.everything()
-
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()

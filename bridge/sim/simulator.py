@@ -40,16 +40,11 @@ class Simulator:
         *,
         devices: int = 3,
         seed: int = 0,
-        first_id: int | None = None,
-        fleet: Fleet | None = None,
         messages: bool = True,
         kind: str = "scooters",
     ) -> None:
         self.host, self.port = host, port
-        kwargs: dict[str, Any] = {"seed": seed, "kind": kind}
-        if first_id is not None:
-            kwargs["first_id"] = first_id
-        self.fleet = fleet or Fleet(devices, **kwargs)
+        self.fleet = Fleet(devices, seed=seed, kind=kind)
         self.messages = messages
         self.published = 0
         # A persistent session: across a broker restart gmqtt resends what the broker had

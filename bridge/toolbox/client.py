@@ -32,12 +32,13 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 class FlespiClient:
     def __init__(self, base_url: str, token: str, *, timeout: float = 30, retries: int = 5,
-                 min_delay: float = 0.5, max_delay: float = 16.0, verify: bool = True) -> None:
+                 delays: tuple[float, float] = (0.5, 16.0), verify: bool = True) -> None:
+        """`delays`: the first and the longest pause before a request is sent again."""
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
             headers={"Authorization": f"FlespiToken {token}", "Accept": "application/json"})
         self.retries = retries
-        self.min_delay, self.max_delay = min_delay, max_delay
+        self.min_delay, self.max_delay = delays
         self.retried = 0  # requests sent again after a 429 or 5xx
 
     async def __aenter__(self) -> FlespiClient:

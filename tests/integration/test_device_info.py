@@ -11,6 +11,7 @@ import pytest
 from support.helpers import BridgeFactory, Recorder, make_settings, wait_metric
 
 from bridge.app.bridge import Bridge
+from bridge.core.events import EventHub, NamesLearned
 from bridge.core.stats import Stats
 from bridge.core.store import Device, Info, Names
 from bridge.exceptions import RestError
@@ -79,15 +80,17 @@ class FlakyRest:
 
 
 async def test_a_failed_lookup_is_counted_and_retried_never_blocking() -> None:
-    rest, stats = FlakyRest(failures=2), Stats()
+    rest, stats, events = FlakyRest(failures=2), Stats(), EventHub()
     learned: list[tuple[str, int]] = []
     changed = asyncio.Event()
 
-    def on_learned(what: str, id_: int) -> None:
-        learned.append((what, id_))
+    def on_learned(event: NamesLearned) -> None:
+        learned.append((event.what, event.id))
         changed.set()
 
-    types = DeviceTypes(rest, stats, on_learned=on_learned, retry=(0.05, 0.1))
+    events.subscribe(NamesLearned, on_learned)
+    types = DeviceTypes(rest, stats, events, retry=(0.05, 0.1))
+    await types.start()
     # asked while unknown: the generic answer at once, the look-ups start behind it
     assert types.names(DEVICE_TYPE_ID, PROTOCOL_ID) == Names()
     for _ in range(10):  # asked again meanwhile: no second request in flight
@@ -100,7 +103,7 @@ async def test_a_failed_lookup_is_counted_and_retried_never_blocking() -> None:
     assert types.names(DEVICE_TYPE_ID, PROTOCOL_ID) == Names("OMNI e-scooter", "omni-scooter",
                                                              "OMNI")
     assert sorted(rest.calls) == sorted([TYPE_URI, PROTOCOL_URI] * 2)  # each retried once
-    types.stop()
+    await types.stop()
 
 
 # -- end to end: the bridge between real brokers, the simulator's REST API ---------------

@@ -442,7 +442,7 @@ async def test_messages_alone_drive_the_state_over_mqtt(
     bridge = await started(bridge_factory, make_settings(
         upstream, local, flespi={"messages": True, "telemetry": False}))
     assert not any("/telemetry/" in f for f in bridge.session.subscriptions())
-    sim = Simulator(upstream.host, upstream.port, devices=2, seed=3, first_id=7100)
+    sim = Simulator(upstream.host, upstream.port, devices=2, seed=3)
     await sim.start()
     try:
         async with Recorder(local, ["flespi/+/state", "flespi/+/message"]) as rec:
@@ -458,7 +458,7 @@ async def test_messages_alone_drive_the_state_over_mqtt(
                            and {k: s.get(k) for k in w} == w for d, w in want.items())
 
             await rec.wait_for(matches, 20, "states from messages alone")
-            assert "flespi/7100/message" in rec.latest
+            assert f"flespi/{min(sim.devices)}/message" in rec.latest
     finally:
         await sim.stop()
 

@@ -411,7 +411,7 @@ def test_hostile_replies_on_the_bridge_topics(suffix: str, payload: bytes, props
     """Anything on the bridge's own reply topics (REST answers nobody asked for, garbage
     `http_code`) is dropped without harm."""
     bridge = Bridge(SETTINGS)
-    bridge.ingest.handle(bridge.session.reply_prefix + suffix, payload, props)
+    bridge.session.on_message(bridge.session.reply_prefix + suffix, payload, props, None)
     assert bridge.store.devices == {}
     check_bridge(bridge)
 

@@ -16,11 +16,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from support.memory_transport import MemoryTransport
 
 from bridge.core.ledger import Ack, AckLedger
-from bridge.core.stats import LatencyHistogram, Stats
+from bridge.core.stats import Stats
 from bridge.core.store import STATE, Device, Store
 from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
-from bridge.publish.publisher import Publisher
+from bridge.publish.publisher import Publisher, Tuning
 
 DEVICES = [1, 2, 3, 4]
 
@@ -124,8 +124,8 @@ async def test_the_pipeline_bound_holds_from_the_first_batch() -> None:
     65,535 outstanding."""
     store, ledger, transport = Store(), AckLedger(), MemoryTransport()
     transport.connect()
-    publisher = Publisher(store, ledger, transport, render, Stats(), LatencyHistogram(),
-                          coalesce_window=0, max_batch=1000, pipeline=5000)
+    publisher = Publisher(store, ledger, transport, render, Stats(),
+                          Tuning(coalesce_window=0, max_batch=1000, pipeline=5000))
     publisher.outbox.add(Publication(f"old/{i}", b"") for i in range(30_000))
     task = asyncio.create_task(publisher.run())
     try:
@@ -166,8 +166,8 @@ async def test_a_loss_not_yet_noticed_never_starves_the_loop() -> None:
     get to notice the loss, and nothing else (answers, metrics, timeouts) would run."""
     store, ledger, transport = Store(), AckLedger(), LaggingTransport()
     transport.connect()
-    publisher = Publisher(store, ledger, transport, render, Stats(), LatencyHistogram(),
-                          coalesce_window=0.1, error_pause=5.0)
+    publisher = Publisher(store, ledger, transport, render, Stats(),
+                          Tuning(coalesce_window=0.1, error_pause=5.0))
     task = asyncio.create_task(publisher.run())
     try:
         await asyncio.sleep(0)
@@ -207,8 +207,8 @@ class PipelineMachine(RuleBasedStateMachine):
         self.transport = MemoryTransport()
         self.stats = Stats()
         self.publisher = Publisher(self.store, self.ledger, self.transport, render, self.stats,
-                                   LatencyHistogram(), coalesce_window=0, max_batch=3,
-                                   pipeline=4, error_pause=0)
+                                   Tuning(coalesce_window=0, max_batch=3, pipeline=4,
+                                          error_pause=0))
         self.generation = 1
         self.mid = 0
         self.version = dict.fromkeys(DEVICES, 0)
