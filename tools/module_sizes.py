@@ -14,11 +14,6 @@ from pathlib import Path
 
 LIMIT, WIRING_LIMIT = 400, 200
 MAX_PARAMETERS = 6
-# "module.py:Class" -> why it may take more, for now. An entry no longer needed is reported.
-WIDE_CONSTRUCTORS = {
-    "bridge/mqtt/client.py:MqttClient": "the MQTT client's connection options; to be grouped "
-                                        "by the MQTT codec work, which owns bridge/mqtt/",
-}
 ROOT = Path(__file__).resolve().parent.parent / "bridge"
 WIRING = ROOT / "app" / "bridge.py"
 TOP_LEVEL = {"__init__.py", "__main__.py", "exceptions.py", "logs.py"}
@@ -53,7 +48,7 @@ def _parameters(init: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 def wide_constructors(root: Path = ROOT) -> list[str]:
     """Classes whose `__init__` takes more than `MAX_PARAMETERS` parameters besides `self`."""
-    found, exempt_seen = [], set()
+    found = []
     for path in sorted(root.rglob("*.py")):
         name = path.relative_to(root.parent).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -63,18 +58,12 @@ def wide_constructors(root: Path = ROOT) -> list[str]:
                 if not (isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
                         and item.name == "__init__"):
                     continue
-                count, key = _parameters(item), f"{name}:{node.name}"
+                count = _parameters(item)
                 if count <= MAX_PARAMETERS:
-                    continue
-                if key in WIDE_CONSTRUCTORS:
-                    exempt_seen.add(key)
                     continue
                 found.append(f"{name}:{item.lineno}: {node.name}.__init__ takes {count} "
                              f"parameters besides self (limit {MAX_PARAMETERS}): group "
                              "settings or collaborators into an object")
-    for key in sorted(set(WIDE_CONSTRUCTORS) - exempt_seen):
-        found.append(f"{key}: listed in WIDE_CONSTRUCTORS but no longer over the limit: "
-                     "remove the entry")
     return found
 
 

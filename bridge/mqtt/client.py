@@ -23,7 +23,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
@@ -62,6 +62,22 @@ class Will:
     retain: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How to connect, besides where to and as whom: credentials, the will, keepalive (s),
+    TLS, and how long to wait for CONNACK and SUBACK (s)."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    will: Will | None = None
+    keepalive: int = 60
+    tls: ssl.SSLContext | None = None
+    timeout: float = 10.0
+
+
+DEFAULT_OPTIONS = Options()
+
+
 class Waiter(Protocol):
     """Told `set()` once the broker acknowledged a publication (a batch shares one)."""
 
@@ -95,16 +111,16 @@ class MqttClient:
     """One connection: `connect`, use, `disconnect` (or lose it); make a new one to
     reconnect."""
 
-    def __init__(self, host: str, port: int, *, client_id: str, username: str | None = None,
-                 password: str | None = None, will: Will | None = None, keepalive: int = 60,
-                 tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, host: str, port: int, *, client_id: str,
+                 options: Options = DEFAULT_OPTIONS) -> None:
         self.host, self.port = host, port
         self.client_id = client_id
-        self.username, self.password = username, password
-        self.will = will
-        self.keepalive = keepalive
-        self.tls = tls
-        self.timeout = timeout
+        self.options = options
+        self.username, self.password = options.username, options.password
+        self.will = options.will
+        self.keepalive = options.keepalive
+        self.tls = options.tls
+        self.timeout = options.timeout
         self._transport: asyncio.Transport | None = None
         self._tcp = QuickAck(None)
         self._reader = PacketReader()

@@ -19,7 +19,7 @@ from bridge.core.events import EventHub, LocalConnected
 from bridge.core.stats import Stats
 from bridge.core.transport import Handler, Publication, Routes
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt.client import MqttClient, Will
+from bridge.mqtt.client import MqttClient, Options, Will
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ class LocalBroker:
             s.host,
             s.port,
             client_id=s.client_id + suffix,
-            username=s.username,
-            password=s.password.get_secret_value() if s.password else None,
-            will=Will(self._state_topic, b"offline", qos=1, retain=True) if will else None,
-            keepalive=s.keepalive,
-            tls=self._tls,
-            timeout=TIMEOUT,
+            options=Options(
+                username=s.username,
+                password=s.password.get_secret_value() if s.password else None,
+                will=Will(self._state_topic, b"offline", qos=1, retain=True) if will else None,
+                keepalive=s.keepalive,
+                tls=self._tls,
+                timeout=TIMEOUT,
+            ),
         )
 
     async def run(self) -> None:

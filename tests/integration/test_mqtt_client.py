@@ -16,15 +16,16 @@ import pytest
 from support.helpers import Brokers
 
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt.client import MqttClient, Will
+from bridge.mqtt.client import MqttClient, Options, Will
 from bridge.sim.brokers import Broker
+
+QUICK = Options(timeout=5)
 
 
 @asynccontextmanager
-async def connected(broker: Broker, client_id: str, **options: object
+async def connected(broker: Broker, client_id: str, options: Options = QUICK
                     ) -> AsyncIterator[MqttClient]:
-    client = MqttClient(broker.host, broker.port, client_id=client_id, timeout=5,
-                        **options)  # type: ignore[arg-type]
+    client = MqttClient(broker.host, broker.port, client_id=client_id, options=options)
     await client.connect()
     try:
         yield client
@@ -96,7 +97,8 @@ async def test_a_batch_is_acknowledged_once_per_publication(brokers: Brokers) ->
 async def test_connection_loss_fails_every_waiter_and_calls_handlers_once(
         brokers: Brokers) -> None:
     broker = brokers()
-    client = MqttClient(broker.host, broker.port, client_id="doomed", timeout=5)
+    client = MqttClient(broker.host, broker.port, client_id="doomed",
+                        options=Options(timeout=5))
     await client.connect()
     calls: list[str] = []
     client.on_lost(lambda: calls.append("lost"))
@@ -130,7 +132,7 @@ async def test_connection_loss_fails_every_waiter_and_calls_handlers_once(
 
 async def test_an_idle_connection_is_kept_alive_by_pings(brokers: Brokers) -> None:
     broker = brokers()
-    async with connected(broker, "idle", keepalive=1) as client:
+    async with connected(broker, "idle", Options(keepalive=1, timeout=5)) as client:
         # Mosquitto drops a client silent for 1.5 keepalives; three pass without a drop
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(asyncio.shield(client.closed), 3.0)
@@ -141,7 +143,8 @@ async def test_an_idle_connection_is_kept_alive_by_pings(brokers: Brokers) -> No
 async def test_a_silent_broker_is_given_up_after_one_and_a_half_keepalives(
         brokers: Brokers) -> None:
     broker = brokers()
-    client = MqttClient(broker.host, broker.port, client_id="watchful", keepalive=1, timeout=5)
+    client = MqttClient(broker.host, broker.port, client_id="watchful",
+                        options=Options(keepalive=1, timeout=5))
     await client.connect()
     lost = asyncio.Event()
     client.on_lost(lost.set)
@@ -157,12 +160,13 @@ async def test_the_will_is_published_on_abort_and_not_on_disconnect(brokers: Bro
     will = Will("bridge/status", b"offline", qos=1, retain=False)
     async with connected(broker, "watcher") as watcher:
         await watcher.subscribe("bridge/status")
-        async with connected(broker, "polite", will=will):
+        async with connected(broker, "polite", Options(will=will, timeout=5)):
             pass  # DISCONNECT: the broker drops the will
         async with connected(broker, "marker") as marker:
             await marker.publish("bridge/status", b"marker", qos=1, timeout=5)
         assert await next_message(watcher) == ("bridge/status", b"marker", False)
-        rude = MqttClient(broker.host, broker.port, client_id="rude", will=will, timeout=5)
+        rude = MqttClient(broker.host, broker.port, client_id="rude",
+                          options=Options(will=will, timeout=5))
         await rude.connect()
         rude.abort()
         assert await next_message(watcher) == ("bridge/status", b"offline", False)
@@ -175,7 +179,8 @@ async def test_the_will_is_published_on_abort_and_not_on_disconnect(brokers: Bro
 async def test_a_refused_connack_says_why(brokers: Brokers, config: tuple[str, ...],
                                           client_id: str, reason: str) -> None:
     broker = brokers(extra_config=config)
-    client = MqttClient(broker.host, broker.port, client_id=client_id, timeout=5)
+    client = MqttClient(broker.host, broker.port, client_id=client_id,
+                        options=Options(timeout=5))
     with pytest.raises(LocalUnavailableError, match=f"connection refused: {reason}"):
         await client.connect()
     with pytest.raises(LocalUnavailableError):  # and the connection is dropped
@@ -186,7 +191,8 @@ async def test_a_refused_connack_says_why(brokers: Brokers, config: tuple[str, .
 async def test_nothing_listening_is_an_unavailable_broker(brokers: Brokers) -> None:
     broker = brokers()
     broker.kill()
-    client = MqttClient(broker.host, broker.port, client_id="early", timeout=5)
+    client = MqttClient(broker.host, broker.port, client_id="early",
+                        options=Options(timeout=5))
     with pytest.raises(LocalUnavailableError):
         await client.connect()
     assert not client.connected
