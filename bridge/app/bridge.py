@@ -2,7 +2,7 @@
 
     flespi MQTT --> UpstreamSession --> Ingest --> Store --> Publisher --> LocalBroker
     flespi HTTP stream --> StreamEndpoint --^        (AckLedger: what flespi may be told is done)
-    LocalBroker --routes--> CommandTopics --> REST (over MQTT, or HTTPS) --> flespi
+    LocalBroker --routes--> CommandHandler --> REST (over MQTT, or HTTPS) --> flespi
                         \\-> StatusListener --(HomeAssistantOnline)--> Republisher
 
 The hot path (a flespi message into the store, the store onto the local broker) is direct
@@ -24,7 +24,7 @@ import logging
 from typing import TypeVar
 
 from bridge.app.supervisor import Supervisor
-from bridge.commands.handler import CommandTopics
+from bridge.commands.handler import CommandHandler
 from bridge.config.settings import Settings
 from bridge.core.events import EventHub
 from bridge.core.ledger import AckLedger
@@ -96,7 +96,7 @@ class Bridge:
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
         self.republisher = Republisher(store, renderer, publisher, events,
                                        settings=settings.homeassistant)
-        self.commands = commands = CommandTopics(settings, rest, store, stats, local, publisher)
+        self.commands = commands = CommandHandler(settings, rest, store, stats, local, publisher)
         status = None
         if settings.homeassistant.discovery:
             status = StatusListener(renderer.ha.status_topic, local, events)
@@ -154,7 +154,7 @@ class WorkLeft:
     """A part whose stop reports what the grace window left undone (listed so that it stops
     after the publisher's flush and the stream endpoint)."""
 
-    def __init__(self, publisher: Publisher, commands: CommandTopics) -> None:
+    def __init__(self, publisher: Publisher, commands: CommandHandler) -> None:
         self.publisher = publisher
         self.commands = commands
 

@@ -32,7 +32,7 @@ from bridge.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 
 
-class CommandTopics:
+class CommandHandler:
     def __init__(self, settings: Settings, rest: Rest, store: Store, stats: Stats,
                  local: LocalLink, publisher: Outlet) -> None:
         """`local` delivers the command topics and takes results; `publisher` holds results
