@@ -70,6 +70,9 @@ def setup(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.INFO))
 
 
+SUPPRESSED = "%d more %r warnings suppressed in the last %.0fs"
+
+
 class RateLimitedLog:
     """At most `burst` warnings per key per `period` seconds; the rest are summarized."""
 
@@ -79,15 +82,33 @@ class RateLimitedLog:
         self.period = period
         self._windows: dict[str, tuple[float, int]] = {}
 
-    def warning(self, key: str, msg: str, *args: object) -> None:
+    def admit(self, key: str) -> bool:
+        """Whether one more line of `key` may be logged now (counted either way)."""
         now = time.monotonic()
         start, count = self._windows.get(key, (now, 0))
         if now - start >= self.period:
             if count > self.burst:
-                self.logger.warning("%d more %r warnings suppressed in the last %.0fs",
-                                    count - self.burst, key, now - start)
+                self.logger.warning(SUPPRESSED, count - self.burst, key, now - start)
             start, count = now, 0
         count += 1
         self._windows[key] = (start, count)
-        if count <= self.burst:
+        return count <= self.burst
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        if self.admit(key):
             self.logger.warning(msg, *args)
+
+
+class RateLimitFilter(logging.Filter):
+    """`RateLimitedLog`'s limit for a logger the bridge does not write itself (aiohttp's
+    server errors): at most `burst` records of one message template per `period`, keyed on
+    the template, not the arguments (a client address must not open a window of its own)."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 5, period: float = 60.0) -> None:
+        super().__init__()
+        self._limit = RateLimitedLog(logger, burst, period)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg is SUPPRESSED:  # the summary itself
+            return True
+        return self._limit.admit(str(record.msg))

@@ -293,6 +293,17 @@ class StreamSettings(Section):
         10.0, gt=0, le=300, description="seconds a batch waits for the local broker")
     devices: dict[str, Annotated[int, Field(gt=0)]] = Field(
         default_factory=dict, description="ident -> device id, for streams from a channel")
+    # The port faces the internet: every connection is bounded (bridge/http/guard.py).
+    header_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds for a request's line and headers, then 408")
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="seconds for a body once its headers are in, then 408")
+    keepalive_timeout: float = Field(
+        15.0, gt=0, le=3600, description="seconds an idle keep-alive connection is kept")
+    max_connections: int = Field(
+        256, ge=1, le=65535, description="open connections at most; more are answered 503")
+    max_connections_per_address: int = Field(
+        32, ge=1, le=65535, description="open connections from one client address at most")
 
     @model_validator(mode="before")
     @classmethod

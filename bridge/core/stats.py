@@ -51,6 +51,8 @@ class Stats:
     # the HTTP stream: answers by status code, messages of its batches by outcome
     stream_requests: Counter[str] = field(default_factory=Counter)
     stream_messages: Counter[str] = field(default_factory=Counter)
+    # stream connections the bridge closed on purpose, by reason (bridge.http.guard.REASONS)
+    stream_connections_closed: Counter[str] = field(default_factory=Counter)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
     # seconds from a change's arrival to the local broker's acknowledgement of its state

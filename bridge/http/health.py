@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
 
+from bridge.http.guard import Guard, Limits
 from bridge.http.metrics import Metrics
 from bridge.http.server import WebServer, add_get, listen, text
 
 log = logging.getLogger(__name__)
+
+# Scrapers and probes: a few at a time, each request a small GET. Limits of its own, apart
+# from the stream's, so a flood there never takes a connection here (and 64 + the stream's
+# 256 stay well under 1,024 open files). No per-address cap: probes come from one kubelet.
+LIMITS = Limits(header_timeout=10.0, body_timeout=10.0, keepalive_timeout=15.0,
+                max_connections=64, max_per_address=64)
 
 
 class HealthServer(WebServer):
@@ -23,7 +31,7 @@ class HealthServer(WebServer):
         add_get(app, "/metrics", self._metrics)
         add_get(app, "/healthz", self._healthz)
         add_get(app, "/readyz", self._readyz)
-        super().__init__(app, host, port)
+        super().__init__(app, host, port, guard=Guard(LIMITS, Counter(), __name__))
         self.metrics = metrics
         self.ready = ready
         self.alive = alive

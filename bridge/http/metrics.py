@@ -154,6 +154,9 @@ class BridgeCollector(Collector):
         yield self._counter("stream_messages",
                             "Messages of flespi HTTP stream batches, by outcome.",
                             ["outcome"], s.stream_messages)
+        yield self._counter("stream_connections_closed",
+                            "flespi HTTP stream connections closed or refused by the bridge's "
+                            "limits, by reason.", ["reason"], s.stream_connections_closed)
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:

@@ -1,17 +1,24 @@
 """HTTP listeners on aiohttp: the metrics and health port, the flespi HTTP stream's ingest
 endpoint and the simulator's REST API. One small wrapper, so each of them only says what it
-answers, and every listener starts (a port of 0 picks a free one) and stops the same way."""
+answers, and every listener starts (a port of 0 picks a free one) and stops the same way.
+
+Every listener runs behind a `bridge.http.guard.Guard` of its own (its deadlines, its caps,
+its counters): a flood on one port never takes a connection slot of another, and the caps
+together stay well under the 1,024 open files a service commonly gets."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
 
 from bridge.exceptions import ListenError
+from bridge.http.guard import Guard, Limits, guarded
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +64,35 @@ def catch_all(handler: Handler, *, max_body: int = 1024 * 1024) -> web.Applicati
 
 
 class WebServer:
-    """One aiohttp application on one address (TLS with `ssl_context`)."""
+    """One aiohttp application on one address (TLS with `ssl_context`), behind `guard`
+    (by default the metrics port's limits, `Limits()`)."""
 
     def __init__(self, app: web.Application, host: str, port: int, *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, guard: Guard | None = None) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
+        self.guard = guard or Guard(Limits(), Counter(), __name__)
+        app.middlewares.append(guarded)
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
     async def start(self) -> None:
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
-        try:
-            await site.start()
+        assert runner.server is not None
+        tls = self.ssl_context
+        try:  # what web.TCPSite does, with the guard's protocol factory
+            self._listener = await asyncio.get_running_loop().create_server(
+                self.guard.factory(runner.server), self.host, self.port, ssl=tls,
+                ssl_handshake_timeout=self.guard.limits.header_timeout if tls else None)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = runner.addresses[0][1]
+        self.port = self._listener.sockets[0].getsockname()[1]
 
     @property
     def url(self) -> str:
@@ -87,6 +101,9 @@ class WebServer:
         return f"{scheme}://{host}:{self.port}"
 
     async def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; those open are closed by the runner
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

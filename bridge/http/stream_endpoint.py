@@ -34,6 +34,7 @@ from bridge.core.stats import Stats
 from bridge.core.store import Store
 from bridge.core.transport import Intake
 from bridge.flespi.ingest import Ingest
+from bridge.http.guard import BodyTimeout, Guard, Limits, read_body
 from bridge.http.server import WebServer, listen, text
 from bridge.logs import RateLimitedLog
 from bridge.normalize import messages
@@ -44,7 +45,7 @@ SOURCE = "stream"
 # Batches waiting for the local broker at most; more are answered 503 (flespi sends one at
 # a time, so only several streams, or retries of abandoned requests, get here).
 MAX_WAITING = 64
-ANSWERS = ("200", "400", "401", "405", "413", "503")
+ANSWERS = ("200", "400", "401", "405", "408", "413", "503")
 # A batch is applied in CHUNKS chunks of at least CHUNK messages, the publisher getting a
 # turn after each: the local broker acknowledges the states of one chunk while the next is
 # applied (on another core), instead of all of them after the whole batch.
@@ -89,8 +90,12 @@ class StreamEndpoint:
         self._bad = RateLimitedLog(log)
         app = web.Application(client_max_size=stream.max_body)
         app.router.add_route("*", stream.path, self._serve)
+        self.limits = Limits(stream.header_timeout, stream.body_timeout,
+                             stream.keepalive_timeout, stream.max_connections,
+                             stream.max_connections_per_address)
+        guard = Guard(self.limits, stats.stream_connections_closed, __name__)
         self.server = WebServer(app, stream.host, stream.port,
-                                ssl_context=stream_tls_context(stream))
+                                ssl_context=stream_tls_context(stream), guard=guard)
         for code in ANSWERS:
             stats.stream_requests.setdefault(code, 0)
 
@@ -133,7 +138,13 @@ class StreamEndpoint:
             self._invalid("oversized", f"{request.content_length} bytes")
             return self._answer(413, f"the body is over {limit} bytes")
         try:
-            body = await request.read()
+            body = await read_body(request, self.limits.body_timeout)
+        except BodyTimeout as exc:
+            self._bad.warning(f"{SOURCE}:body_timeout", "closed a stream connection: %s from %s",
+                              exc, request.remote)
+            response = self._answer(408, str(exc))
+            response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
             self._invalid("oversized", f"over {limit} bytes")
             return self._answer(413, f"the body is over {limit} bytes")

@@ -1,0 +1,230 @@
+"""What keeps an HTTP listener of the bridge alive on a hostile network: deadlines on every
+connection and a cap on how many there are, in total and per client address.
+
+aiohttp has no deadline for a request's line and headers (its keep-alive timer is the only
+one, and it is an hour by default) and none for a body, and it takes every connection it is
+offered. A client that sends half a request and then nothing would keep its connection, a
+file descriptor and about 5 KB forever; a thousand of them exhaust the process's open files,
+and the metrics listener, the brokers' connections and the state with it. So each
+connection here holds ONE timer, always armed while the bridge waits for the client:
+
+- from the connection's start, and from the first byte of each later request: the header
+  deadline (`header_timeout`); when it passes, a client that sent part of a request is
+  answered 408 and closed, one that sent nothing is closed;
+- between requests: the idle keep-alive deadline (`keepalive_timeout`), then a plain close;
+- while a request is handled, none: the handler bounds its own work (the body deadline,
+  `read_body`, answers 408; the stream's `stream.timeout` bounds the wait for the broker).
+
+A connection beyond `max_connections`, or beyond `max_per_address` from one client address,
+is answered 503 (`Retry-After: 1`) and closed at once, before a byte of it is read; it never
+reaches aiohttp. Every connection closed on purpose is counted in `closed` by reason.
+
+THE ONE PLACE WITH aiohttp INTERNALS (project rule): `GuardedHandler` subclasses
+`web.RequestHandler`, aiohttp's per-connection protocol, and builds it with its keyword
+arguments (`keepalive_timeout`, `max_line_size`, ...), because no public hook sees a
+connection before its first request is parsed. It overrides only asyncio's protocol methods
+(`connection_made`, `data_received`, `connection_lost`) and calls `force_close()`.
+`tests/unit/http/test_guard_aiohttp.py` fails by name if an aiohttp upgrade changes any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from bridge.logs import RateLimitFilter
+
+# reasons a connection is closed on purpose (the `reason` label of the metric)
+REASONS = ("connections", "per_address", "header_timeout", "body_timeout")
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+           b"Content-Type: text/plain\r\nContent-Length: 26\r\n\r\ntoo many connections; retry")
+TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
+             b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nrequest took too long")
+_IDLE, _WAITING, _BUSY = range(3)  # between requests; a request under way; being handled
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Seconds and counts one listener holds its clients to (defaults: the metrics port's).
+    `max_per_address` is at most `max_connections` (the smaller one rules)."""
+
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    max_connections: int = 64
+    max_per_address: int = 64
+    max_line_size: int = 8190  # aiohttp's: the request line and each header line, bytes
+
+
+class BodyTimeout(Exception):
+    """The body did not arrive within `Limits.body_timeout` (answer 408 and close)."""
+
+
+class Guard:
+    """The connections of one listener: counts (total, per client address), the counters of
+    connections closed on purpose, and the logger aiohttp writes to (client errors one line,
+    at warning level, at most 5 a minute per message: unauthenticated clients cannot fill
+    the log)."""
+
+    def __init__(self, limits: Limits, closed: Counter[str], name: str) -> None:
+        self.limits = limits
+        self.closed = closed
+        for reason in REASONS:
+            closed.setdefault(reason, 0)
+        self.open = 0
+        self._per_address: Counter[str] = Counter()
+        # a logger of this listener's own (not registered: each listener its own filters),
+        # a child of `name` for levels and handlers
+        self.logger = logging.Logger(name + ".aiohttp")
+        self.logger.parent = logging.getLogger(name)
+        self.logger.addFilter(RateLimitFilter(self.logger))  # first: keyed on the template
+        self.logger.addFilter(_client_errors_as_warnings)
+
+    def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for `loop.create_server` (`server`: the runner's)."""
+        lim = self.limits
+        options: dict[str, Any] = {
+            # ours closes idle connections; aiohttp's own timer is a backstop behind it
+            "keepalive_timeout": lim.keepalive_timeout + lim.header_timeout,
+            "max_line_size": lim.max_line_size, "max_field_size": lim.max_line_size,
+            "lingering_time": min(lim.body_timeout, 5.0), "logger": self.logger,
+            "access_log": None,
+        }
+        loop = asyncio.get_running_loop()
+        return lambda: GuardedHandler(self, server, loop=loop, **options)
+
+    def admit(self, address: str) -> str | None:
+        """None if a connection from `address` may open (counted), else the reason not."""
+        if self.open >= self.limits.max_connections:
+            return "connections"
+        if self._per_address[address] >= self.limits.max_per_address:
+            return "per_address"
+        self.open += 1
+        self._per_address[address] += 1
+        return None
+
+    def release(self, address: str) -> None:
+        self.open -= 1
+        self._per_address[address] -= 1
+        if not self._per_address[address]:
+            del self._per_address[address]
+
+
+class GuardedHandler(web.RequestHandler):
+    """aiohttp's connection protocol with the guard's cap and deadline (module docstring)."""
+
+    def __init__(self, guard: Guard, manager: web.Server, **options: Any) -> None:
+        super().__init__(manager, **options)
+        self.guard = guard
+        self.address = ""
+        self.admitted = False
+        self.state = _IDLE
+        self.served = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        refused = self.guard.admit(self.address)
+        if refused is not None:
+            self.guard.closed[refused] += 1
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(REFUSED)
+            transport.close()
+            return  # never aiohttp's: it does not see this connection
+        self.admitted = True
+        super().connection_made(transport)
+        self._arm(self.guard.limits.header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.admitted:
+            return
+        if self.state == _IDLE and data:
+            self.state = _WAITING  # the header deadline runs from a request's first byte
+            self._arm(self.guard.limits.header_timeout)
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.admitted:
+            return
+        self.admitted = False
+        self._disarm()
+        self.guard.release(self.address)
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        """The request's line and headers are in: its handler runs, no deadline of ours."""
+        self._disarm()
+        self.state = _BUSY
+        self.served += 1
+
+    def request_done(self) -> None:
+        self.state = _IDLE
+        if self.admitted:
+            self._arm(self.guard.limits.keepalive_timeout)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = self._loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.state == _BUSY or self.transport is None:
+            return
+        if self.state == _WAITING or not self.served:
+            self.guard.closed["header_timeout"] += 1
+            if self.state == _WAITING:  # part of a request came: it gets an answer
+                self.transport.write(TIMED_OUT)
+        self.force_close()  # else an idle keep-alive connection: a plain close
+
+
+@web.middleware
+async def guarded(request: web.Request,
+                  handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    """Tells the connection's guard when a request is being handled (add it to every
+    application served behind a `Guard`)."""
+    protocol = request.protocol
+    if not isinstance(protocol, GuardedHandler):
+        return await handler(request)
+    protocol.request_started()
+    try:
+        return await handler(request)
+    finally:
+        protocol.request_done()
+
+
+async def read_body(request: web.Request, seconds: float) -> bytes:
+    """The body within `seconds` of the headers, else `BodyTimeout` (answer 408 and close:
+    what is left of the body is not waited for)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        protocol = request.protocol
+        if isinstance(protocol, GuardedHandler):
+            protocol.guard.closed["body_timeout"] += 1
+        raise BodyTimeout(f"no body within {seconds:g} s") from None
+
+
+def _client_errors_as_warnings(record: logging.LogRecord) -> bool:
+    """A request aiohttp cannot parse is the client's fault, not the bridge's: one line at
+    warning level (the reason, not a traceback)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = f"{record.getMessage()}: malformed request: {exc.message!r:.200}"
+        record.args, record.exc_info, record.exc_text = None, None, None
+    return True

@@ -1,0 +1,218 @@
+"""The HTTP stream port faces the internet ("Hardening the doors"): idle and half-sent
+connections are closed within their deadline (408 to a client that sent part of a request),
+connections beyond the caps are answered 503 at once, a flood leaves `/healthz` and
+authorized batches alone, and malformed requests cannot fill the log. Real Mosquitto
+brokers, the bridge in-process, raw sockets on loopback only (the flood comes from
+127.0.0.2-127.0.0.7, the authorized batches from 127.0.0.1: all of 127/8 is loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from support.helpers import BridgeFactory, make_settings, metric
+
+from bridge.app.bridge import Bridge
+from bridge.sim import brokers as mosquitto
+
+AUTH = "Bearer stream-secret-0123456789"
+PATH = "/flespi/stream"
+P = "flespi_bridge_"
+HEADER, BODY, IDLE = 1.0, 1.5, 1.0  # the deadlines of these tests, seconds
+MARGIN = 1.5  # a deadline plus this: the socket must have seen EOF by then
+HALF_SENT = f"POST {PATH} HTTP/1.1\r\nHost: x\r\n".encode()  # and then nothing
+
+
+def doors(**extra: Any) -> dict[str, Any]:
+    return {"enabled": True, "host": "127.0.0.1", "port": 0, "authorization": AUTH,
+            "header_timeout": HEADER, "body_timeout": BODY, "keepalive_timeout": IDLE,
+            **extra}
+
+
+async def started(factory: BridgeFactory, upstream: mosquitto.Broker,
+                  local: mosquitto.Broker, **stream: Any) -> Bridge:
+    bridge = await factory(make_settings(upstream, local, stream=doors(**stream)))
+    await asyncio.wait_for(bridge.local.connected.wait(), 20)
+    await asyncio.wait_for(bridge.loaded.wait(), 20)
+    return bridge
+
+
+async def held(port: int, send: bytes, source: str = "127.0.0.1", limit: float = 10.0
+               ) -> tuple[bytes, float]:
+    """Connect from `source`, send `send`, then nothing: what the server answered until it
+    closed, and after how many seconds (AssertionError if it still holds on after `limit`)."""
+    began = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                   local_addr=(source, 0))
+    try:
+        if send:
+            writer.write(send)
+        try:
+            answer = await asyncio.wait_for(reader.read(), limit)  # up to EOF
+        except TimeoutError:
+            raise AssertionError(f"a connection sending {send[:40]!r} still open after "
+                                 f"{limit} s") from None
+        except ConnectionResetError:
+            answer = b"<reset>"
+        return answer, time.monotonic() - began
+    finally:
+        writer.close()
+
+
+def partial_body() -> bytes:
+    return (f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{").encode()
+
+
+async def post(url: str, *, source: str = "127.0.0.1") -> httpx.Response:
+    batch = orjson.dumps([{"device.id": 21, "ident": "i21", "timestamp": time.time(),
+                           "battery.level": 64}])
+    transport = httpx.AsyncHTTPTransport(local_address=source)
+    async with httpx.AsyncClient(timeout=10, transport=transport) as http:
+        return await http.post(url, content=batch, headers={"Authorization": AUTH})
+
+
+async def test_slowloris_connections_are_closed_within_the_deadline(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await started(bridge_factory, upstream, local)
+    assert bridge.stream is not None
+    assert bridge.health is not None
+    port = bridge.stream.port
+    limit = max(HEADER, BODY) + MARGIN
+    idle = [held(port, b"", limit=limit) for _ in range(10)]
+    half = [held(port, HALF_SENT, limit=limit) for _ in range(10)]
+    body = [held(port, partial_body(), limit=limit) for _ in range(5)]
+    results = await asyncio.gather(*idle, *half, *body)
+    for answer, took in results[:10]:  # sent nothing: closed without a word
+        assert answer == b""
+        assert took <= HEADER + MARGIN
+    for answer, took in results[10:20]:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert took <= HEADER + MARGIN
+    for answer, took in results[20:]:
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert took <= BODY + MARGIN
+    health = bridge.health.port
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="header_timeout") == 20
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="body_timeout") == 5
+
+
+async def test_idle_keepalive_connections_are_closed(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await started(bridge_factory, upstream, local)
+    assert bridge.stream is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", bridge.stream.port)
+    writer.write(f"GET {PATH} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    began = time.monotonic()
+    answer = await asyncio.wait_for(reader.read(), IDLE + MARGIN + 1)  # EOF: closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 405 ")
+    assert b"keep-alive" not in answer.lower()
+    assert IDLE - 0.2 <= time.monotonic() - began <= IDLE + MARGIN
+
+
+async def test_connections_beyond_the_caps_are_answered_503(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    bridge = await started(bridge_factory, upstream, local, max_connections=6,
+                           max_connections_per_address=4)
+    assert bridge.stream is not None
+    assert bridge.health is not None
+    port = bridge.stream.port
+    same = [held(port, b"", "127.0.0.2") for _ in range(6)]  # 4 held, 2 refused
+    others = [held(port, b"", f"127.0.0.{3 + i}") for i in range(3)]
+    results = await asyncio.gather(*same)
+    refused = [a for a, took in results if a.startswith(b"HTTP/1.1 503 ")]
+    assert len(refused) == 2
+    assert all(b"Retry-After: 1" in a for a in refused)
+    results = await asyncio.gather(*[held(port, b"", "127.0.0.2") for _ in range(4)],
+                                   *others)
+    assert sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results) == 1  # 7 > 6
+    health = bridge.health.port
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="per_address") == 2
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="connections") == 1
+
+
+async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    """600 unauthenticated connections, idle or half-sent, from 6 addresses over a few
+    seconds (at most 20): each closed within its deadline, and meanwhile /healthz answers
+    200 and authorized batches 200 every time."""
+    bridge = await started(bridge_factory, upstream, local, max_connections=64,
+                           max_connections_per_address=8)
+    assert bridge.stream is not None
+    assert bridge.health is not None
+    port, health = bridge.stream.port, bridge.health.port
+    url = f"http://127.0.0.1:{port}{PATH}"
+    began = time.monotonic()
+    stop = asyncio.Event()
+
+    async def flood() -> list[tuple[bytes, float]]:
+        out: list[tuple[bytes, float]] = []
+        for _wave in range(10):  # 10 waves of 60: 10 per address, 8 held, 2 refused
+            attempts = [held(port, HALF_SENT if i % 2 else b"", f"127.0.0.{2 + i % 6}",
+                             limit=HEADER + MARGIN) for i in range(60)]
+            out += await asyncio.gather(*attempts)
+        stop.set()
+        return out
+
+    async def legitimate() -> tuple[int, int]:
+        probes = batches = 0
+        async with httpx.AsyncClient(timeout=5) as http:
+            while not stop.is_set():
+                answer = await http.get(f"http://127.0.0.1:{health}/healthz")
+                assert answer.status_code == 200
+                probes += 1
+                assert (await post(url)).status_code == 200
+                batches += 1
+        return probes, batches
+
+    results, (probes, batches) = await asyncio.wait_for(
+        asyncio.gather(flood(), legitimate()), 20)
+    took = time.monotonic() - began
+    assert len(results) == 600
+    assert took <= 20
+    assert probes >= 3
+    assert batches >= 3
+    for answer, seconds in results:
+        assert seconds <= HEADER + MARGIN
+        assert answer == b"" or answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 503 "))
+    refused = sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results)
+    assert refused >= 100  # 2 of each 10 per address and wave at least
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="per_address") == refused
+    logging.getLogger(__name__).warning(
+        "flood: 600 connections in %.1f s, %d refused 503, %d /healthz and %d batches "
+        "answered 200 meanwhile", took, refused, probes, batches)
+
+
+async def test_malformed_requests_cannot_fill_the_log(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    bridge = await started(bridge_factory, upstream, local)
+    assert bridge.stream is not None
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    garbage = [b"POST /flespi/stream HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+               b"GET / HTTP/1.1\r\nHost: " + b"x" * 9000 + b"\r\n\r\n",
+               b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"]
+    for i in range(60):
+        answer, _ = await held(bridge.stream.port, garbage[i % 3])
+        assert answer[8:13] == b" 400 " or answer == b"<reset>", answer[:80]
+    from_aiohttp = [r for r in caplog.records if r.name.endswith(".aiohttp")]
+    assert 1 <= len(from_aiohttp) <= 5, [r.getMessage()[:100] for r in from_aiohttp]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in from_aiohttp)
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
