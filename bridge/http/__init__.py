@@ -1,8 +1,9 @@
 """HTTP listeners: the aiohttp server base (`server.py`), Prometheus metrics (`metrics.py`)
 served with `/healthz` and `/readyz` (`health.py`), and the flespi HTTP stream endpoint
-(`stream_endpoint.py`), which answers 200 only once a batch is published locally.
+(`stream_endpoint.py`), which answers 200 only once a batch is published locally. Each
+listener runs behind a guard of its own (`guard.py`: deadlines, connection caps).
 
-Owns: metric names (a contract), the stream's answer codes.
+Owns: metric names (a contract), the stream's answer codes and its limits.
 May import: everything below the app (`bridge.flespi`, `bridge.core`, `bridge.config`,
 `bridge.normalize`, the shared leaves), not the publishing side or the commands.
 """
