@@ -43,10 +43,18 @@ from bridge.logs import RateLimitFilter
 
 # reasons a connection is closed on purpose (the `reason` label of the metric)
 REASONS = ("connections", "per_address", "header_timeout", "body_timeout")
-REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
-           b"Content-Type: text/plain\r\nContent-Length: 26\r\n\r\ntoo many connections; retry")
-TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
-             b"Content-Type: text/plain\r\nContent-Length: 21\r\n\r\nrequest took too long")
+
+
+def _answer(status: str, body: bytes, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer that closes the connection (Content-Length from the body)."""
+    return (b"HTTP/1.1 " + status.encode() + b"\r\n" + extra + b"Connection: close\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body)
+
+
+REFUSED = _answer("503 Service Unavailable", b"too many connections; retry",
+                  b"Retry-After: 1\r\n")
+TIMED_OUT = _answer("408 Request Timeout", b"request took too long")
 _IDLE, _WAITING, _BUSY = range(3)  # between requests; a request under way; being handled
 
 
