@@ -29,12 +29,12 @@ MAX_TRANSACTION = 128
 STEP_TOLERANCE = 1e-6  # of a step: 0.3 is 0 + 3 * 0.1 although 0.3 / 0.1 is 2.9999999999999996
 # Result codes that mean the request itself was malformed (also counted as invalid input).
 INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
-                           "invalid_value", "payload_too_large", "retained"})
-# Every result code (`code` of a result; null when `status` is ok). The service adds
-# "shutting_down" for requests that arrive while it stops.
+                           "invalid_value", "payload_too_large", "retained", "bad_device_id"})
+# Every result code (`code` of a result; null when `status` is ok). The handler adds
+# "bad_device_id", "retained", "shutting_down" and "busy" before a request reaches here.
 RESULT_CODES = INVALID_INPUT | {
     "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
-    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "retained"}
+    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +302,8 @@ class CommandGateway:
         transaction: Any = None
         command: str | None = entity
         try:
-            transaction = peek_transaction(payload) if entity is None else None
+            small = len(payload) <= self.settings.max_payload  # a huge one is never parsed
+            transaction = peek_transaction(payload) if entity is None and small else None
             request = self._check(device_id, entity, payload)
             command = request.entity
             response = await self._send(device_id, transaction, request)

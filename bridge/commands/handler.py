@@ -8,6 +8,15 @@ What may run is decided here before the gateway sees a request: a command that a
 the retain flag never runs (the broker replays retained messages on every subscription, so
 a retained unlock would unlock again after every restart of either side), and a stopping
 bridge takes no new commands. Both are answered with an error result like any other refusal.
+
+What a local client can start here is bounded: a device id spelled any other way than the
+canonical one (`05537057`, `+5537057`: a broker ACL carving device 5537057 out would not stop
+it) is refused `bad_device_id` on the alias's own result topic, never taken for the device;
+at most `commands.max_in_flight` requests run at once (past it: `busy`); a refusal made here
+costs no task (its result is handed to the broker at once); a payload over
+`commands.max_payload` is never parsed. The retained `last_command` is kept only for devices
+the bridge follows, so a request naming any other id leaves nothing retained behind: one
+result, on `result`.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from bridge.config.settings import Settings
 from bridge.core.outbox import Outlet
 from bridge.core.stats import Stats
 from bridge.core.store import STATE, Device, Store
-from bridge.core.topics import LocalTopics
+from bridge.core.topics import LocalTopics, canonical_id
 from bridge.core.transport import LocalLink, Publication, publication_kind
 from bridge.exceptions import CommandError, LocalUnavailableError
 from bridge.flespi.rest import Rest
@@ -67,28 +76,61 @@ class CommandHandler:
 
     def handle(self, topic: str, payload: bytes, retain: bool) -> None:
         """Take a local message on the command subscriptions."""
-        parsed = self.topics.parse_device(topic)
-        if parsed is None:
+        split = self.topics.split_device(topic)
+        if split is None:
             return
-        device_id, rest = parsed
+        level, rest = split
         if rest != "set" and not rest.endswith("/set"):
             return
         entity = None if rest == "set" else rest.removesuffix("/set")
+        device_id = canonical_id(level)
         refusal = None
-        if retain:
+        if device_id is None:
+            refusal = CommandError("bad_device_id", f"{level[:40]!r} is not a device id: "
+                                   "write it in ASCII digits without a leading zero or a "
+                                   "sign (flespi's id); not sent")
+        elif retain:
             refusal = CommandError("retained", "a retained command is never executed (it "
                                    "would run again on every reconnect); clear it with "
                                    f"mosquitto_pub -r -n -t '{topic}'")
         elif self.stopping:
             refusal = CommandError("shutting_down", "the bridge is shutting down; not sent")
-        if refusal is not None:
-            self._bad.warning(f"command:{refusal.code}", "command on %.200r refused: %s",
-                              topic, refusal.message)
-            tx = peek_transaction(payload) if entity is None else None
-            self.count(refusal.code)
-            self._spawn(self.publish_result(device_id, result(tx, entity, error=refusal)))
-        else:
+        elif len(self.tasks) >= self.settings.commands.max_in_flight:
+            refusal = CommandError("busy", f"{len(self.tasks)} commands are in flight "
+                                   "(commands.max_in_flight); not sent, try again shortly")
+        if refusal is None:
+            assert device_id is not None
             self._spawn(self.gateway.handle(device_id, entity, payload))
+            return
+        self._bad.warning(f"command:{refusal.code}", "command on %.200r refused: %s",
+                          topic, refusal.message)
+        small = len(payload) <= self.settings.commands.max_payload  # never parse a huge one
+        tx = peek_transaction(payload) if entity is None and small else None
+        self.count(refusal.code)
+        self._answer(level, result(tx, entity, error=refusal),
+                     last=device_id is not None and self._commandable(device_id) is not None)
+
+    def _answer(self, level: str, outcome: dict[str, Any], *, last: bool) -> None:
+        """A refusal's result, handed to the broker at once (no task: a flood of refusals
+        holds nothing but the broker's acknowledgements)."""
+        pubs = self._results(level, outcome, last=last)
+        try:
+            acked = self.transport.publish_nowait(pubs)
+        except LocalUnavailableError:
+            for pub in pubs:
+                self.outbox.add_result(pub)  # published once the local broker is back
+            return
+        acked.add_done_callback(lambda done: self._answered(pubs, done))
+
+    def _answered(self, pubs: list[Publication], done: asyncio.Future[None]) -> None:
+        if done.cancelled():
+            return
+        if done.exception() is not None:  # the connection was lost before the broker's ack
+            for pub in pubs:
+                self.outbox.add_result(pub)
+            return
+        for pub in pubs:
+            self.stats.publications[publication_kind(pub.topic)] += 1
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -127,12 +169,21 @@ class CommandHandler:
         if outcome in INVALID_INPUT:
             self.stats.invalid["command", outcome] += 1
 
+    def _results(self, level: str, outcome: dict[str, Any], *, last: bool
+                 ) -> list[Publication]:
+        """`<base>/<level>/result`, and the retained `last_command` (without `response`)
+        when `last`: only for a device the bridge follows."""
+        pubs = [Publication(self.topics.device_level(level, "result"), orjson.dumps(outcome),
+                            False)]
+        if last:
+            latest = {k: v for k, v in outcome.items() if k != "response"}
+            pubs.append(Publication(self.topics.device_level(level, "last_command"),
+                                    orjson.dumps(latest), True))
+        return pubs
+
     async def publish_result(self, device_id: int, outcome: dict[str, Any]) -> None:
-        last = {k: v for k, v in outcome.items() if k != "response"}
-        for pub in (Publication(self.topics.device(device_id, "result"),
-                                orjson.dumps(outcome), False),
-                    Publication(self.topics.device(device_id, "last_command"),
-                                orjson.dumps(last), True)):
+        last = self._commandable(device_id) is not None
+        for pub in self._results(str(device_id), outcome, last=last):
             try:
                 await self.transport.publish(pub.topic, pub.payload, retain=pub.retain)
                 self.stats.publications[publication_kind(pub.topic)] += 1

@@ -65,6 +65,10 @@ class CommandSettings(Section):
     global_rate: float = Field(10.0, gt=0, description="commands per second in all")
     global_burst: int = Field(20, ge=1)
     dedup_window: float = Field(300, ge=0, description="seconds a transaction id is remembered")
+    # Above what the default rates let reach flespi within a timeout (a burst of 20, then
+    # 10/s for timeout + 5 s: 170), so it refuses only a flood the rates would refuse anyway.
+    max_in_flight: int = Field(
+        200, ge=1, le=100_000, description="requests handled at once; past it: busy")
     # device type id (as a string) or "default" -> entity -> command
     profiles: dict[str, dict[Identifier, CommandSpec]] = Field(default_factory=dict)
 

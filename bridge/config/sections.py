@@ -243,6 +243,12 @@ class HomeAssistantSettings(Section):
     status_delay: float = Field(
         2.0, ge=0, le=60, description="max random delay before republishing after HA restarts"
     )
+    # Any local client may publish `online`: at most one full republish per interval (one
+    # more waits for its end, so a Home Assistant restart is always answered). 30 s is well
+    # under a Home Assistant restart and leaves a large fleet's republish room to finish.
+    republish_interval: float = Field(
+        30.0, ge=0, le=3600, description="seconds at least between republishes for online"
+    )
 
     def announces(self, device_id: int) -> bool:
         if not self.discovery or device_id in self.exclude:

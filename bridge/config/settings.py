@@ -22,7 +22,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.config.files import CHECK_FILES
@@ -42,6 +42,9 @@ from bridge.exceptions import ConfigError
 ENV_PREFIX = "FLESPI_BRIDGE_"
 DEFAULT_SECRETS_DIR = Path("/run/secrets/flespi-bridge")
 SECRET_FILE_MAX_BYTES = 64 * 1024
+# Secrets stripped of surrounding whitespace wherever they come from (an environment variable
+# set from a file keeps its trailing newline; `echo` into a secret file adds one).
+SECRETS = (("flespi", "token"), ("local", "password"), ("stream", "authorization"))
 
 
 # False while `load(..., environment=False)` builds a Settings: no environment source.
@@ -74,6 +77,20 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strip_secrets(cls, data: Any) -> Any:
+        """Every source merged (the environment included): secrets lose surrounding
+        whitespace, so `FLESPI_BRIDGE_FLESPI__TOKEN=$(cat token)` with its newline works."""
+        if not isinstance(data, dict):
+            return data
+        stripped = dict(data)
+        for section, key in SECRETS:
+            values = stripped.get(section)
+            if isinstance(values, dict) and isinstance(values.get(key), str):
+                stripped[section] = {**values, key: values[key].strip()}
+        return stripped
 
     @classmethod
     def settings_customise_sources(

@@ -1,9 +1,23 @@
 """The local topic contract (see `docs/topics.md`). Device topics use flespi's
-numeric id, never the name: names change and may hold `/`, `+` or `#`."""
+numeric id, never the name: names change and may hold `/`, `+` or `#`.
+
+A device id has one spelling on every local topic: ASCII digits, no leading zero, no sign,
+at most 15 digits (`canonical_id`). A broker ACL is written for that spelling (`flespi/+/set`
+granted, `flespi/5537057/#` denied), so an alias (`05537057`, `+5537057`, fullwidth digits) must
+never be taken for the device: it would pass the ACL's carve-out.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_CANONICAL_ID = re.compile(r"[1-9][0-9]{0,14}")
+
+
+def canonical_id(level: str) -> int | None:
+    """The device id a topic level spells in the one canonical form, or None."""
+    return int(level) if _CANONICAL_ID.fullmatch(level) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +30,11 @@ class LocalTopics:
 
     def device(self, device_id: int, leaf: str) -> str:
         return f"{self.base}/{device_id}/{leaf}"
+
+    def device_level(self, level: str, leaf: str) -> str:
+        """`<base>/<level>/<leaf>` for the id level exactly as a topic spelled it (where a
+        refused alias gets its answer)."""
+        return f"{self.base}/{level}/{leaf}"
 
     def state(self, device_id: int) -> str:
         return f"{self.base}/{device_id}/state"
@@ -33,13 +52,20 @@ class LocalTopics:
         """`<base>/+/<leaf>`: a subscription for one leaf of every device."""
         return f"{self.base}/+/{leaf}"
 
-    def parse_device(self, topic: str) -> tuple[int, str] | None:
-        """`<base>/<id>/<rest>` -> (id, rest); None for anything else."""
+    def split_device(self, topic: str) -> tuple[str, str] | None:
+        """`<base>/<level>/<rest>` -> (level, rest), whatever the level spells; None for a
+        topic outside the base."""
         prefix = self.base + "/"
         if not topic.startswith(prefix):
             return None
         head, sep, rest = topic[len(prefix):].partition("/")
-        if not sep or not head.isascii() or not head.isdigit() or len(head) > 15:
+        return (head, rest) if sep else None
+
+    def parse_device(self, topic: str) -> tuple[int, str] | None:
+        """`<base>/<id>/<rest>` -> (id, rest) for a canonical id; None for anything else
+        (an alias such as `05537057` included)."""
+        split = self.split_device(topic)
+        if split is None:
             return None
-        device_id = int(head)
-        return (device_id, rest) if device_id > 0 else None
+        device_id = canonical_id(split[0])
+        return None if device_id is None else (device_id, split[1])

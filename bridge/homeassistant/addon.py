@@ -6,7 +6,7 @@ bridge's configuration, then `flespi-bridge run`.
 services/mqtt` with the add-on's SUPERVISOR_TOKEN, what `bashio::services mqtt` does) unless
 the options name a broker, writes the configuration without secrets and replaces itself with
 `flespi-bridge run`, the secrets (flespi token, broker password, stream authorization)
-passed in the environment.
+passed in the environment, and SUPERVISOR_TOKEN dropped from it (`bridge_environment`).
 
 The add-on offers what a Home Assistant user tunes; everything else keeps the bridge's
 defaults (`docs/configuration.md`).
@@ -160,6 +160,17 @@ def mqtt_service(url: str, token: str | None) -> dict[str, Any] | None:
     return data
 
 
+def bridge_environment(environ: Mapping[str, str], secrets: Mapping[str, str]
+                       ) -> dict[str, str]:
+    """The long-running bridge's environment: the add-on's, without SUPERVISOR_TOKEN (only
+    needed to read the MQTT service, done by now: the bridge has no use for the Supervisor's
+    API, so it does not hold the key to it) and any FLESPI_BRIDGE_ variable, plus `secrets`."""
+    env = {k: v for k, v in environ.items()
+           if not k.startswith("FLESPI_BRIDGE_") and k != "SUPERVISOR_TOKEN"}
+    env.update(secrets)
+    return env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bridge.homeassistant.addon",
                                      description="start flespi-bridge as a Home Assistant add-on")
@@ -177,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.config_out.write_text(tomli_w.dumps(sections), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLESPI_BRIDGE_")}
-    env.update(secrets)
+    env = bridge_environment(os.environ, secrets)
     command = "check-config" if args.check else "run"
     argv_run = [sys.executable, "-m", "bridge", command, "--config", str(args.config_out)]
     sys.stdout.flush()

@@ -5,7 +5,10 @@ and forgot the discovery configs).
 
 A retained `online` on the status topic is ignored (`bridge.homeassistant.status`): the
 broker replays it on every subscription, and it says nothing new — the connect that caused
-the replay already republishes everything.
+the replay already republishes everything. Any local client may publish `online`, so what
+it starts is bounded: `online`s coalesce into one pending republish, and republishes for
+`online` are at least `homeassistant.republish_interval` seconds apart (one arriving sooner
+waits for the interval's end: Home Assistant restarting twice in a row is still answered).
 
 Everything here reacts to events on the hub (`bridge.core.events`), subscribed in `start()`:
 `LocalConnected` (after `Cleanup`'s handler, which holds discovery back first: it starts
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from bridge.config.sections import HomeAssistantSettings
@@ -48,8 +52,10 @@ class Republisher:
         self.events = events
         self.discovery = settings.discovery
         self.status_delay = settings.status_delay
+        self.interval = settings.republish_interval
         self._delay = delay
         self._task: asyncio.Task[None] | None = None
+        self._last: float | None = None  # when the latest republish for `online` ran
 
     async def start(self) -> None:
         on = self.events.subscribe
@@ -99,12 +105,17 @@ class Republisher:
 
     def online(self) -> None:
         """Home Assistant is back: republish after a random delay (many bridges answering at
-        once would flood it)."""
+        once would flood it), and no sooner than `republish_interval` after the previous one;
+        while one is pending, another `online` changes nothing."""
         if self._task is not None and not self._task.done():
             return
-        self._task = asyncio.create_task(self._later(), name="republish")
+        wait = self._delay(self.status_delay / 2, self.status_delay)
+        if self._last is not None:
+            wait = max(wait, self._last + self.interval - time.monotonic())
+        self._task = asyncio.create_task(self._later(wait), name="republish")
 
-    async def _later(self) -> None:
-        await asyncio.sleep(self._delay(self.status_delay / 2, self.status_delay))
+    async def _later(self, wait: float) -> None:
+        await asyncio.sleep(wait)
+        self._last = time.monotonic()
         log.info("Home Assistant is online: republishing discovery and states")
         self.everything()

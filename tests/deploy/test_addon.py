@@ -342,3 +342,40 @@ def test_entry_point_without_a_broker_says_so(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Mosquitto broker add-on" in proc.stderr
+
+
+def test_the_bridge_does_not_inherit_the_supervisor_token() -> None:
+    env = addon.bridge_environment(
+        {"PATH": "/usr/bin", "SUPERVISOR_TOKEN": "supervisor-token",
+         "FLESPI_BRIDGE_LOCAL__HOST": "stale"}, {"FLESPI_BRIDGE_FLESPI__TOKEN": TOKEN})
+    assert env == {"PATH": "/usr/bin", "FLESPI_BRIDGE_FLESPI__TOKEN": TOKEN}
+
+
+def test_entry_point_drops_the_supervisor_token_before_the_bridge_runs(
+        supervisor: tuple[str, list[str]], tmp_path: Path) -> None:
+    """The add-on reads the MQTT service with SUPERVISOR_TOKEN, then execs the bridge (same
+    PID) without it. A sitecustomize on PYTHONPATH records, in both programs, whether the
+    variable is there."""
+    url, seen = supervisor
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    record = tmp_path / "record"
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        f"with open({str(record)!r}, 'a') as fh:\n"
+        "    fh.write(f\"{os.getpid()} {' '.join(sys.orig_argv[1:3])} "
+        "{'SUPERVISOR_TOKEN' in os.environ}\\n\")\n", encoding="utf-8")
+    (tmp_path / "options.json").write_text(json.dumps(options()), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "bridge.homeassistant.addon",
+         "--options", str(tmp_path / "options.json"),
+         "--config-out", str(tmp_path / "bridge.toml"), "--check"],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{hook}:{REPO}", "SUPERVISOR_URL": url,
+             "SUPERVISOR_TOKEN": "supervisor-token"},
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert seen == ["Bearer supervisor-token"]
+    lines = [line.split() for line in record.read_text(encoding="utf-8").splitlines()]
+    assert [line[1:] for line in lines] == [["-m", "bridge.homeassistant.addon", "True"],
+                                            ["-m", "bridge", "False"]]
+    assert lines[0][0] == lines[1][0], "the bridge replaced the add-on's process"

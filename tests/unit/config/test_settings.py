@@ -274,3 +274,28 @@ def test_a_too_large_secret_file_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "local.password: secret file" in result.stderr
     assert "is too large" in result.stderr
+
+
+def test_secrets_from_the_environment_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`FLESPI_BRIDGE_FLESPI__TOKEN=$(cat token-file)` keeps no newline, but `export
+    X="$(cat f)\n"` or a Kubernetes env from a file with one does: the secret is used without
+    it (flespi would refuse a token with a newline in it), and never shown."""
+    monkeypatch.setenv("FLESPI_BRIDGE_FLESPI__TOKEN", f"{TOKEN}\n")
+    monkeypatch.setenv("FLESPI_BRIDGE_LOCAL__PASSWORD", "  broker-pw\r\n")
+    monkeypatch.setenv("FLESPI_BRIDGE_STREAM__AUTHORIZATION", "Bearer stream-secret\n")
+    settings = config.load()
+    assert settings.flespi.token.get_secret_value() == TOKEN
+    assert settings.local.password is not None
+    assert settings.local.password.get_secret_value() == "broker-pw"
+    assert settings.stream.authorization is not None
+    assert settings.stream.authorization.get_secret_value() == "Bearer stream-secret"
+    summary = "\n".join(config.summary(settings))
+    assert f"token=<set, {len(TOKEN)} characters>" in summary
+    assert TOKEN not in summary
+
+
+def test_check_config_with_a_token_env_newline(tmp_path: Path) -> None:
+    result = check_config(env={"FLESPI_BRIDGE_FLESPI__TOKEN": f"{TOKEN}\n"})
+    assert result.returncode == 0, result.stderr
+    assert f"token=<set, {len(TOKEN)} characters>" in result.stdout
+    assert TOKEN not in result.stdout + result.stderr
