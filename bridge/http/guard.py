@@ -34,7 +34,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -143,9 +143,11 @@ class GuardedHandler(web.RequestHandler):
         refused = self.guard.admit(self.address)
         if refused is not None:
             self.guard.closed[refused] += 1
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(REFUSED)
-            transport.close()
+            # a WriteTransport in fact; not an isinstance check: uvloop's transports (the
+            # image runs uvloop) do not subclass asyncio's
+            writer = cast(asyncio.WriteTransport, transport)
+            writer.write(REFUSED)
+            writer.close()
             return  # never aiohttp's: it does not see this connection
         self.admitted = True
         super().connection_made(transport)
