@@ -13,7 +13,11 @@ connection here holds ONE timer, always armed while the bridge waits for the cli
   answered 408 and closed, one that sent nothing is closed;
 - between requests: the idle keep-alive deadline (`keepalive_timeout`), then a plain close;
 - while a request is handled, none: the handler bounds its own work (the body deadline,
-  `read_body`, answers 408; the stream's `stream.timeout` bounds the wait for the broker).
+  `read_body`, answers 408; the stream's `stream.timeout` bounds the wait for the broker);
+- while our writes are paused because the client does not read: `header_timeout`, then the
+  connection is aborted; and a connection closed on purpose that is still flushing after
+  `LINGER` is aborted too (`close()` waits for the client to take its data, forever if it
+  never reads).
 
 A connection beyond `max_connections`, or beyond `max_per_address` from one client address,
 is answered 503 (`Retry-After: 1`) and closed at once, before a byte of it is read; it never
@@ -42,7 +46,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from bridge.logs import RateLimitFilter
 
 # reasons a connection is closed on purpose (the `reason` label of the metric)
-REASONS = ("connections", "per_address", "header_timeout", "body_timeout")
+REASONS = ("connections", "per_address", "header_timeout", "body_timeout", "write_timeout")
+# How long a connection closed on purpose may take to flush what it was sent before it is
+# aborted: a client that never reads would otherwise keep it (and its slot) forever.
+LINGER = 5.0
 
 
 def _answer(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -136,6 +143,8 @@ class GuardedHandler(web.RequestHandler):
         self.state = _IDLE
         self.served = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.stall: asyncio.TimerHandle | None = None  # armed while our writes are paused
+        self.raw: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -150,6 +159,7 @@ class GuardedHandler(web.RequestHandler):
             writer.close()
             return  # never aiohttp's: it does not see this connection
         self.admitted = True
+        self.raw = cast(asyncio.Transport, transport)  # uvloop: not a subclass, same API
         super().connection_made(transport)
         self._arm(self.guard.limits.header_timeout)
 
@@ -166,8 +176,35 @@ class GuardedHandler(web.RequestHandler):
             return
         self.admitted = False
         self._disarm()
+        if self.stall is not None:
+            self.stall.cancel()
         self.guard.release(self.address)
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client does not read what it is sent: it has `header_timeout` to start again
+        (a handler blocked on it would otherwise hold the connection with no deadline)."""
+        super().pause_writing()
+        if self.admitted and self.stall is None:
+            self.stall = self._loop.call_later(self.guard.limits.header_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.stall is not None:
+            self.stall.cancel()
+            self.stall = None
+
+    def _stalled(self) -> None:
+        self.stall = None
+        if self.admitted and self.raw is not None:
+            self.guard.closed["write_timeout"] += 1
+            self.raw.abort()  # connection_lost follows: the slot is released
+
+    def _abort_if_open(self) -> None:
+        """A connection closed on purpose that is still flushing after `LINGER`."""
+        if self.admitted and self.raw is not None:
+            self.guard.closed["write_timeout"] += 1
+            self.raw.abort()
 
     def request_started(self) -> None:
         """The request's line and headers are in: its handler runs, no deadline of ours."""
@@ -198,6 +235,8 @@ class GuardedHandler(web.RequestHandler):
             if self.state == _WAITING:  # part of a request came: it gets an answer
                 self.transport.write(TIMED_OUT)
         self.force_close()  # else an idle keep-alive connection: a plain close
+        # close() waits until the client took what it was sent; one that never reads is cut
+        self._loop.call_later(LINGER, self._abort_if_open)
 
 
 @web.middleware
