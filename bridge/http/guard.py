@@ -196,12 +196,11 @@ class GuardedHandler(web.RequestHandler):
 
     def _stalled(self) -> None:
         self.stall = None
-        if self.admitted and self.raw is not None:
-            self.guard.closed["write_timeout"] += 1
-            self.raw.abort()  # connection_lost follows: the slot is released
+        self._abort_if_open()
 
     def _abort_if_open(self) -> None:
-        """A connection closed on purpose that is still flushing after `LINGER`."""
+        """A client that stopped reading (or a connection closed on purpose that is still
+        flushing after `LINGER`): cut; connection_lost follows and releases the slot."""
         if self.admitted and self.raw is not None:
             self.guard.closed["write_timeout"] += 1
             self.raw.abort()
