@@ -53,6 +53,8 @@ class Stats:
     stream_messages: Counter[str] = field(default_factory=Counter)
     # stream connections the bridge closed on purpose, by reason (bridge.http.guard.REASONS)
     stream_connections_closed: Counter[str] = field(default_factory=Counter)
+    # open stream connections, TLS handshakes under way included (set by the stream endpoint)
+    stream_connections_open: Callable[[], int] = field(default=lambda: 0)
     up: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(SIDES, False))
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
     # seconds from a change's arrival to the local broker's acknowledgement of its state

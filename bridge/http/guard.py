@@ -19,9 +19,17 @@ connection here holds ONE timer, always armed while the bridge waits for the cli
   `LINGER` is aborted too (`close()` waits for the client to take its data, forever if it
   never reads).
 
-A connection beyond `max_connections`, or beyond `max_per_address` from one client address,
-is answered 503 (`Retry-After: 1`) and closed at once, before a byte of it is read; it never
-reaches aiohttp. Every connection closed on purpose is counted in `closed` by reason.
+A connection beyond `max_connections`, or beyond `max_per_address` from one client (an
+address; an IPv6 client by its /64, the smallest network one subscriber gets), is answered 503
+(`Retry-After: 1`; with TLS, closed without an answer) at once, before a byte of it is read;
+it never reaches aiohttp. The last `reserved` slots are kept for clients that sent an
+authorized request within the hour (`trust`): a flood from strangers cannot lock out flespi
+once it has pushed. Every connection closed on purpose is counted in `closed` by reason.
+
+With TLS the guard puts the TLS layer on a connection after admitting it (`tls_layer`, not
+`create_server(ssl=...)`, where the protocol sees a connection only once its handshake is
+over): a handshake under way holds a counted slot and runs under `header_timeout`, so
+stalled handshakes cannot pile up past the caps.
 
 THE ONE PLACE WITH aiohttp INTERNALS (project rule): `GuardedHandler` subclasses
 `web.RequestHandler`, aiohttp's per-connection protocol, and builds it with its keyword
@@ -34,7 +42,10 @@ connection before its first request is parsed. It overrides only asyncio's proto
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +54,7 @@ from typing import Any, cast
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from bridge.http import tls_layer
 from bridge.logs import RateLimitFilter
 
 # reasons a connection is closed on purpose (the `reason` label of the metric)
@@ -50,6 +62,10 @@ REASONS = ("connections", "per_address", "header_timeout", "body_timeout", "writ
 # How long a connection closed on purpose may take to flush what it was sent before it is
 # aborted: a client that never reads would otherwise keep it (and its slot) forever.
 LINGER = 5.0
+# How long an address that sent an authorized request may use the reserved slots, and how
+# many such addresses are remembered (only a client with the secret can add one).
+TRUST_SECONDS = 3600.0
+TRUSTED_MAX = 1024
 
 
 def _answer(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -76,6 +92,21 @@ class Limits:
     max_connections: int = 64
     max_per_address: int = 64
     max_line_size: int = 8190  # aiohttp's: the request line and each header line, bytes
+    reserved: int = 0  # of max_connections, the slots only trusted clients may take
+
+
+def client_key(address: str) -> str:
+    """The client a connection counts against: its IPv4 address, or its IPv6 /64 (one
+    subscriber's network: an attacker has 2**64 addresses there, not one)."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class BodyTimeout(Exception):
@@ -95,6 +126,8 @@ class Guard:
             closed.setdefault(reason, 0)
         self.open = 0
         self._per_address: Counter[str] = Counter()
+        self._trusted: dict[str, float] = {}  # client key -> until (monotonic), oldest first
+        self.handshaking: set[asyncio.Transport] = set()  # admitted, TLS not yet done
         # a logger of this listener's own (not registered: each listener its own filters),
         # a child of `name` for levels and handlers
         self.logger = logging.Logger(name + ".aiohttp")
@@ -102,8 +135,10 @@ class Guard:
         self.logger.addFilter(RateLimitFilter(self.logger))  # first: keyed on the template
         self.logger.addFilter(_client_errors_as_warnings)
 
-    def factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory for `loop.create_server` (`server`: the runner's)."""
+    def factory(self, server: web.Server, tls: ssl.SSLContext | None = None
+                ) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory for `loop.create_server` (`server`: the runner's), which is
+        given no `ssl`: with `tls` the guard does the handshake, after admission."""
         lim = self.limits
         options: dict[str, Any] = {
             # ours closes idle connections; aiohttp's own timer is a backstop behind it
@@ -113,55 +148,115 @@ class Guard:
             "access_log": None,
         }
         loop = asyncio.get_running_loop()
-        return lambda: GuardedHandler(self, server, loop=loop, **options)
+        return lambda: GuardedHandler(self, server, tls, loop=loop, **options)
 
     def admit(self, address: str) -> str | None:
         """None if a connection from `address` may open (counted), else the reason not."""
-        if self.open >= self.limits.max_connections:
+        key = client_key(address)
+        cap = self.limits.max_connections
+        if not self.trusted(key):
+            cap -= self.limits.reserved
+        if self.open >= cap:
             return "connections"
-        if self._per_address[address] >= self.limits.max_per_address:
+        if self._per_address[key] >= self.limits.max_per_address:
             return "per_address"
         self.open += 1
-        self._per_address[address] += 1
+        self._per_address[key] += 1
         return None
 
     def release(self, address: str) -> None:
+        key = client_key(address)
         self.open -= 1
-        self._per_address[address] -= 1
-        if not self._per_address[address]:
-            del self._per_address[address]
+        self._per_address[key] -= 1
+        if not self._per_address[key]:
+            del self._per_address[key]
+
+    def trust(self, address: str) -> None:
+        """`address` sent an authorized request: it may use the reserved slots for an hour."""
+        key = client_key(address)
+        self._trusted.pop(key, None)
+        self._trusted[key] = time.monotonic() + TRUST_SECONDS
+        if len(self._trusted) > TRUSTED_MAX:
+            del self._trusted[next(iter(self._trusted))]
+
+    def trusted(self, key: str) -> bool:
+        until = self._trusted.get(key)
+        return until is not None and until > time.monotonic()
+
+    def close(self) -> None:
+        """The listener stops: handshakes under way are cut (aiohttp, which closes the
+        connections it has, does not know them)."""
+        for transport in list(self.handshaking):
+            transport.abort()
 
 
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection protocol with the guard's cap and deadline (module docstring)."""
 
-    def __init__(self, guard: Guard, manager: web.Server, **options: Any) -> None:
+    def __init__(self, guard: Guard, manager: web.Server, tls: ssl.SSLContext | None,
+                 **options: Any) -> None:
         super().__init__(manager, **options)
         self.guard = guard
+        self.tls = tls
         self.address = ""
         self.admitted = False
         self.state = _IDLE
         self.served = 0
         self.timer: asyncio.TimerHandle | None = None
         self.stall: asyncio.TimerHandle | None = None  # armed while our writes are paused
-        self.raw: asyncio.Transport | None = None
+        self.raw: asyncio.Transport | None = None  # the client's (TLS: the secure one)
+        self.handshake: asyncio.Future[None] | None = None  # with TLS, until it is done
+        self.opened = False  # aiohttp has the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        # a Transport in fact; not an isinstance check: uvloop's transports (the image runs
+        # uvloop) do not subclass asyncio's
+        raw = cast(asyncio.Transport, transport)
+        if self.handshake is not None:  # the TLS layer hands over the secure transport
+            self._open(raw)
+            return
         refused = self.guard.admit(self.address)
         if refused is not None:
             self.guard.closed[refused] += 1
-            # a WriteTransport in fact; not an isinstance check: uvloop's transports (the
-            # image runs uvloop) do not subclass asyncio's
-            writer = cast(asyncio.WriteTransport, transport)
-            writer.write(REFUSED)
-            writer.close()
+            if self.tls is None:  # a TLS client could not read a plain-text answer
+                raw.write(REFUSED)
+            raw.close()
             return  # never aiohttp's: it does not see this connection
         self.admitted = True
-        self.raw = cast(asyncio.Transport, transport)  # uvloop: not a subclass, same API
+        if self.tls is None:
+            self._open(raw)
+            return
+        # its TLS handshake first, under the header deadline (the layer's own is a backstop)
+        self.raw = raw
+        self.guard.handshaking.add(raw)
+        self.handshake = tls_layer.install(raw, self, self.tls,
+                                           self.guard.limits.header_timeout + LINGER)
+        self.handshake.add_done_callback(self._handshake_done)
+        self._arm(self.guard.limits.header_timeout)
+
+    def _handshake_done(self, done: asyncio.Future[None]) -> None:
+        """The handshake ended: unless it gave aiohttp the connection (the client's failure,
+        or the connection lost, is its own loss, not ours to log), the slot comes back."""
+        self.guard.handshaking.discard(cast(asyncio.Transport, self.raw))
+        if not done.cancelled():
+            done.exception()  # retrieved: a failed handshake is not an "unhandled" error
+        if not self.opened:
+            self._disarm()
+            self._release()
+
+    def _open(self, transport: asyncio.Transport) -> None:
+        """The connection (TLS: its handshake done) is aiohttp's, under the header deadline."""
+        self.raw = transport
+        self.opened = True
         super().connection_made(transport)
         self._arm(self.guard.limits.header_timeout)
+
+    def _release(self) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.guard.release(self.address)
 
     def data_received(self, data: bytes) -> None:
         if not self.admitted:
@@ -174,12 +269,12 @@ class GuardedHandler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.admitted:
             return
-        self.admitted = False
+        self._release()
         self._disarm()
         if self.stall is not None:
             self.stall.cancel()
-        self.guard.release(self.address)
-        super().connection_lost(exc)
+        if self.opened:
+            super().connection_lost(exc)
 
     def pause_writing(self) -> None:
         """The client does not read what it is sent: it has `header_timeout` to start again
@@ -201,7 +296,7 @@ class GuardedHandler(web.RequestHandler):
     def _abort_if_open(self) -> None:
         """A client that stopped reading (or a connection closed on purpose that is still
         flushing after `LINGER`): cut; connection_lost follows and releases the slot."""
-        if self.admitted and self.raw is not None:
+        if self.admitted and self.opened and self.raw is not None:
             self.guard.closed["write_timeout"] += 1
             self.raw.abort()
 
@@ -227,6 +322,11 @@ class GuardedHandler(web.RequestHandler):
 
     def _expired(self) -> None:
         self.timer = None
+        if not self.opened:  # a TLS handshake still under way: cut (the slot comes back)
+            self.guard.closed["header_timeout"] += 1
+            if self.raw is not None:
+                self.raw.abort()
+            return
         if self.state == _BUSY or self.transport is None:
             return
         if self.state == _WAITING or not self.served:

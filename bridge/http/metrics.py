@@ -157,6 +157,9 @@ class BridgeCollector(Collector):
         yield self._counter("stream_connections_closed",
                             "flespi HTTP stream connections closed or refused by the bridge's "
                             "limits, by reason.", ["reason"], s.stream_connections_closed)
+        yield GaugeMetricFamily(PREFIX + "stream_connections_open",
+                                "flespi HTTP stream connections open (TLS handshakes included).",
+                                value=s.stream_connections_open())
         up = GaugeMetricFamily(PREFIX + "connection_up", "1 while the broker is connected.",
                                labels=["side"])
         for side in SIDES:

@@ -83,11 +83,9 @@ class WebServer:
                                shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
         assert runner.server is not None
-        tls = self.ssl_context
-        try:  # what web.TCPSite does, with the guard's protocol factory
+        try:  # what web.TCPSite does, with the guard's protocol factory (and TLS handshake)
             self._listener = await asyncio.get_running_loop().create_server(
-                self.guard.factory(runner.server), self.host, self.port, ssl=tls,
-                ssl_handshake_timeout=self.guard.limits.header_timeout if tls else None)
+                self.guard.factory(runner.server, self.ssl_context), self.host, self.port)
         except BaseException:
             await runner.cleanup()
             raise
@@ -104,6 +102,7 @@ class WebServer:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()  # no new connections; those open are closed by the runner
+        self.guard.close()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()

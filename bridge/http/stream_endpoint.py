@@ -45,6 +45,9 @@ SOURCE = "stream"
 # Batches waiting for the local broker at most; more are answered 503 (flespi sends one at
 # a time, so only several streams, or retries of abandoned requests, get here).
 MAX_WAITING = 64
+# A quarter of `stream.max_connections` is kept for addresses that sent an authorized batch
+# within the hour: strangers filling the port cannot lock out flespi (bridge.http.guard).
+RESERVED_SHARE = 4
 ANSWERS = ("200", "400", "401", "405", "408", "413", "503")
 # A batch is applied in CHUNKS chunks of at least CHUNK messages, the publisher getting a
 # turn after each: the local broker acknowledges the states of one chunk while the next is
@@ -92,10 +95,12 @@ class StreamEndpoint:
         app.router.add_route("*", stream.path, self._serve)
         self.limits = Limits(stream.header_timeout, stream.body_timeout,
                              stream.keepalive_timeout, stream.max_connections,
-                             stream.max_connections_per_address)
-        guard = Guard(self.limits, stats.stream_connections_closed, __name__)
+                             stream.max_connections_per_address,
+                             reserved=stream.max_connections // RESERVED_SHARE)
+        self.guard = Guard(self.limits, stats.stream_connections_closed, __name__)
+        stats.stream_connections_open = lambda: self.guard.open
         self.server = WebServer(app, stream.host, stream.port,
-                                ssl_context=stream_tls_context(stream), guard=guard)
+                                ssl_context=stream_tls_context(stream), guard=self.guard)
         for code in ANSWERS:
             stats.stream_requests.setdefault(code, 0)
 
@@ -133,6 +138,7 @@ class StreamEndpoint:
         if not self._authorized(request):
             self._invalid("unauthorized", f"from {request.remote}")  # never the value
             return self._answer(401, "wrong or missing Authorization")
+        self.guard.trust(request.remote or "")  # flespi: the reserved slots are its own
         limit = self.settings.max_body
         if (request.content_length or 0) > limit:
             self._invalid("oversized", f"{request.content_length} bytes")

@@ -1,21 +1,25 @@
 """The HTTP stream port faces the internet ("Hardening the doors"): idle and half-sent
 connections are closed within their deadline (408 to a client that sent part of a request),
 connections beyond the caps are answered 503 at once, a flood leaves `/healthz` and
-authorized batches alone, and malformed requests cannot fill the log. Real Mosquitto
-brokers, the bridge in-process, raw sockets on loopback only (the flood comes from
-127.0.0.2-127.0.0.7, the authorized batches from 127.0.0.1: all of 127/8 is loopback)."""
+authorized batches alone (a quarter of the slots is kept for clients that pushed), TLS
+handshakes under way count against the caps, and malformed requests cannot fill the log.
+Real Mosquitto brokers, the bridge in-process, raw sockets on loopback only (the flood comes
+from 127.0.0.2-127.0.0.9, the authorized batches from 127.0.0.1: all of 127/8 is loopback)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from support.helpers import BridgeFactory, make_settings, metric
+import trustme
+from support.helpers import BridgeFactory, make_settings, metric, wait_until
 
 from bridge.app.bridge import Bridge
 from bridge.sim import brokers as mosquitto
@@ -69,10 +73,11 @@ def partial_body() -> bytes:
             "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{").encode()
 
 
-async def post(url: str, *, source: str = "127.0.0.1") -> httpx.Response:
+async def post(url: str, *, source: str = "127.0.0.1", verify: ssl.SSLContext | bool = True
+               ) -> httpx.Response:
     batch = orjson.dumps([{"device.id": 21, "ident": "i21", "timestamp": time.time(),
                            "battery.level": 64}])
-    transport = httpx.AsyncHTTPTransport(local_address=source)
+    transport = httpx.AsyncHTTPTransport(local_address=source, verify=verify)
     async with httpx.AsyncClient(timeout=10, transport=transport) as http:
         return await http.post(url, content=batch, headers={"Authorization": AUTH})
 
@@ -136,20 +141,22 @@ async def test_connections_beyond_the_caps_are_answered_503(
     assert all(b"Retry-After: 1" in a for a in refused)
     results = await asyncio.gather(*[held(port, b"", "127.0.0.2") for _ in range(4)],
                                    *others)
-    assert sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results) == 1  # 7 > 6
+    # 7 > 5: of the 6 slots, one (a quarter, rounded down) is kept for clients that pushed
+    assert sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results) == 2
     health = bridge.health.port
     assert await metric(health, P + "stream_connections_closed_total",
                         reason="per_address") == 2
     assert await metric(health, P + "stream_connections_closed_total",
-                        reason="connections") == 1
+                        reason="connections") == 2
 
 
 async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
         upstream: mosquitto.Broker, local: mosquitto.Broker,
         bridge_factory: BridgeFactory) -> None:
-    """600 unauthenticated connections, idle or half-sent, from 6 addresses over a few
-    seconds (at most 20): each closed within its deadline, and meanwhile /healthz answers
-    200 and authorized batches 200 every time."""
+    """800 unauthenticated connections, idle or half-sent, from 8 addresses over a few
+    seconds (at most 25), enough to take every one of the 64 slots: each closed within its
+    deadline, and meanwhile /healthz answers 200 and a client that had pushed before gets
+    200 for every batch (the 16 reserved slots)."""
     bridge = await started(bridge_factory, upstream, local, max_connections=64,
                            max_connections_per_address=8)
     assert bridge.stream is not None
@@ -158,12 +165,13 @@ async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
     url = f"http://127.0.0.1:{port}{PATH}"
     began = time.monotonic()
     stop = asyncio.Event()
+    assert (await post(url)).status_code == 200  # flespi pushed before the flood came
 
     async def flood() -> list[tuple[bytes, float]]:
         out: list[tuple[bytes, float]] = []
-        for _wave in range(10):  # 10 waves of 60: 10 per address, 8 held, 2 refused
-            attempts = [held(port, HALF_SENT if i % 2 else b"", f"127.0.0.{2 + i % 6}",
-                             limit=HEADER + MARGIN) for i in range(60)]
+        for _wave in range(10):  # 10 waves of 80: 10 per address, at most 8 held
+            attempts = [held(port, HALF_SENT if i % 2 else b"", f"127.0.0.{2 + i % 8}",
+                             limit=HEADER + MARGIN) for i in range(80)]
             out += await asyncio.gather(*attempts)
         stop.set()
         return out
@@ -180,22 +188,65 @@ async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
         return probes, batches
 
     results, (probes, batches) = await asyncio.wait_for(
-        asyncio.gather(flood(), legitimate()), 20)
+        asyncio.gather(flood(), legitimate()), 25)
     took = time.monotonic() - began
-    assert len(results) == 600
-    assert took <= 20
+    assert len(results) == 800
+    assert took <= 25
     assert probes >= 3
     assert batches >= 3
     for answer, seconds in results:
         assert seconds <= HEADER + MARGIN
         assert answer == b"" or answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 503 "))
     refused = sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results)
-    assert refused >= 100  # 2 of each 10 per address and wave at least
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="per_address") == refused
+    assert refused >= 320  # of each wave's 80: 16 over the per-address cap, 16 over 48
+    by_reason = [await metric(health, P + "stream_connections_closed_total", reason=r)
+                 for r in ("per_address", "connections")]
+    assert sum(n or 0 for n in by_reason) == refused
     logging.getLogger(__name__).warning(
-        "flood: 600 connections in %.1f s, %d refused 503, %d /healthz and %d batches "
-        "answered 200 meanwhile", took, refused, probes, batches)
+        "flood: 800 connections in %.1f s, %d refused 503 (per address, in all: %s), "
+        "%d /healthz and %d batches answered 200 meanwhile", took, refused, by_reason,
+        probes, batches)
+
+
+async def test_tls_handshakes_under_way_count_against_the_caps(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory, tmp_path: Path) -> None:
+    """With the built-in TLS, 40 connections that never finish their handshake (20 silent,
+    20 stopping inside their ClientHello) from 2 addresses: the 6 strangers' slots of 8 are
+    held until the header deadline, every other connection is closed at once, /healthz
+    answers 200, and the client that had pushed still gets its batches in (the reserve)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    bridge = await started(bridge_factory, upstream, local, max_connections=8,
+                           max_connections_per_address=8, cert_file=str(cert_file),
+                           key_file=str(key_file))
+    assert bridge.stream is not None
+    assert bridge.health is not None
+    port, health = bridge.stream.port, bridge.health.port
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    url = f"https://127.0.0.1:{port}{PATH}"
+    assert (await post(url, verify=client)).status_code == 200
+    hello = bytes.fromhex("16030100c8010000c40303")  # a ClientHello's first 11 bytes
+    stalled = [held(port, hello if i % 2 else b"", f"127.0.0.{2 + i % 2}",
+                    limit=HEADER + MARGIN) for i in range(40)]
+    flood = asyncio.gather(*stalled)
+    await wait_until(lambda: bridge.stats.stream_connections_closed["connections"] >= 34,
+                     timeout=HEADER, what="the stalled handshakes beyond the cap closed")
+    assert (await post(url, verify=client)).status_code == 200  # meanwhile
+    async with httpx.AsyncClient(timeout=5) as http:
+        assert (await http.get(f"http://127.0.0.1:{health}/healthz")).status_code == 200
+    results = await flood
+    assert all(answer in (b"", b"<reset>") for answer, _ in results)  # no plain-text answer
+    assert sorted(took > HEADER - 0.2 for _, took in results) == [False] * 34 + [True] * 6
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="header_timeout") == 6
+    assert await metric(health, P + "stream_connections_closed_total",
+                        reason="connections") == 34
+    assert await metric(health, P + "stream_connections_open") == 0
 
 
 async def test_malformed_requests_cannot_fill_the_log(
