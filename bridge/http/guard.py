@@ -36,7 +36,9 @@ THE ONE PLACE WITH aiohttp INTERNALS (project rule): `GuardedHandler` subclasses
 arguments (`keepalive_timeout`, `max_line_size`, ...), because no public hook sees a
 connection before its first request is parsed. It overrides only asyncio's protocol methods
 (`connection_made`, `data_received`, `connection_lost`) and calls `force_close()`.
-`tests/unit/http/test_guard_aiohttp.py` fails by name if an aiohttp upgrade changes any of it.
+`expect_continue` calls aiohttp's default `Expect: 100-continue` handler once its own check
+passed. `tests/unit/http/test_guard_aiohttp.py` fails by name if an aiohttp upgrade changes
+any of it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge.http import tls_layer
 from bridge.logs import RateLimitFilter
@@ -352,6 +355,24 @@ async def guarded(request: web.Request,
         return await handler(request)
     finally:
         protocol.request_done()
+
+
+def expect_continue(check: Callable[[web.Request], web.StreamResponse | None]
+                    ) -> Callable[[web.Request], Awaitable[web.StreamResponse | None]]:
+    """A route's `expect_handler`: a client sending `Expect: 100-continue` is told to go on
+    only if `check` passes its headers; else it gets `check`'s answer (and the connection is
+    closed: its body never comes), not a `100 Continue` and then a 401. aiohttp's own handler
+    (`web_urldispatcher._default_expect_handler`) does the rest."""
+
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        refusal = check(request)
+        if refusal is not None:
+            refusal.force_close()
+            return refusal
+        await _default_expect_handler(request)
+        return None
+
+    return expect
 
 
 async def read_body(request: web.Request, seconds: float) -> bytes:

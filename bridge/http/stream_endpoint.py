@@ -34,7 +34,7 @@ from bridge.core.stats import Stats
 from bridge.core.store import Store
 from bridge.core.transport import Intake
 from bridge.flespi.ingest import Ingest
-from bridge.http.guard import BodyTimeout, Guard, Limits, read_body
+from bridge.http.guard import BodyTimeout, Guard, Limits, expect_continue, read_body
 from bridge.http.server import WebServer, listen, text
 from bridge.logs import RateLimitedLog
 from bridge.normalize import messages
@@ -48,6 +48,7 @@ MAX_WAITING = 64
 # A quarter of `stream.max_connections` is kept for addresses that sent an authorized batch
 # within the hour: strangers filling the port cannot lock out flespi (bridge.http.guard).
 RESERVED_SHARE = 4
+PASSED = web.RequestKey("headers_passed", bool)  # a request's headers were checked, and pass
 ANSWERS = ("200", "400", "401", "405", "408", "413", "503")
 # A batch is applied in CHUNKS chunks of at least CHUNK messages, the publisher getting a
 # turn after each: the local broker acknowledges the states of one chunk while the next is
@@ -92,7 +93,8 @@ class StreamEndpoint:
         self._expected = stream.authorization.get_secret_value().encode()
         self._bad = RateLimitedLog(log)
         app = web.Application(client_max_size=stream.max_body)
-        app.router.add_route("*", stream.path, self._serve)
+        app.router.add_route("*", stream.path, self._serve,
+                             expect_handler=expect_continue(self._refusal))
         self.limits = Limits(stream.header_timeout, stream.body_timeout,
                              stream.keepalive_timeout, stream.max_connections,
                              stream.max_connections_per_address,
@@ -132,7 +134,9 @@ class StreamEndpoint:
             return False
         return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._expected)
 
-    async def _serve(self, request: web.Request) -> web.Response:
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """The answer to a request refused on its headers alone, else None (a client that
+        asks `Expect: 100-continue` gets it before sending its body)."""
         if request.method != "POST":
             return self._answer(405, "POST a JSON array of messages", {"Allow": "POST"})
         if not self._authorized(request):
@@ -143,6 +147,15 @@ class StreamEndpoint:
         if (request.content_length or 0) > limit:
             self._invalid("oversized", f"{request.content_length} bytes")
             return self._answer(413, f"the body is over {limit} bytes")
+        request[PASSED] = True
+        return None
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        if not request.get(PASSED):  # else passed before its 100 Continue
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+        limit = self.settings.max_body
         try:
             body = await read_body(request, self.limits.body_timeout)
         except BodyTimeout as exc:

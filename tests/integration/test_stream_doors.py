@@ -267,3 +267,33 @@ async def test_malformed_requests_cannot_fill_the_log(
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in from_aiohttp)
     assert "Traceback" not in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_expect_100_continue_is_answered_only_once_the_headers_pass(
+        upstream: mosquitto.Broker, local: mosquitto.Broker,
+        bridge_factory: BridgeFactory) -> None:
+    """A client asking `Expect: 100-continue` with a wrong Authorization (or too big a body)
+    gets the refusal at once, never a `100 Continue` inviting its body; an authorized one is
+    told to go on and its batch is taken. An empty Expect skips nothing."""
+    bridge = await started(bridge_factory, upstream, local)
+    assert bridge.stream is not None
+    port = bridge.stream.port
+    body = orjson.dumps([{"device.id": 21, "timestamp": time.time(), "battery.level": 64}])
+
+    def head(auth: str, expect: str = "100-continue", length: int = len(body)) -> bytes:
+        return (f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                f"Expect: {expect}\r\nContent-Length: {length}\r\n\r\n").encode()
+
+    for request, status in ((head("Bearer wrong"), b"401"), (head("", ""), b"401"),
+                            (head(AUTH, length=10**9), b"413")):
+        answer, _ = await held(port, request)
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:60]
+        assert b"100 Continue" not in answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head(AUTH))
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == (
+        b"HTTP/1.1 100 Continue\r\n\r\n")
+    writer.write(body)
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    assert bridge.stats.invalid["stream", "unauthorized"] == 2

@@ -46,3 +46,11 @@ def test_the_rate_limit_filter_keys_on_the_template(caplog: pytest.LogCaptureFix
     for i in range(50):
         logger.error("Error handling request from %s", f"10.0.0.{i}")
     assert len([r for r in caplog.records if r.name == "flood"]) == 3
+
+
+def test_aiohttp_still_has_the_default_expect_handler_the_guard_delegates_to() -> None:
+    from aiohttp import web_urldispatcher
+    default = getattr(web_urldispatcher, "_default_expect_handler", None)
+    assert default is not None, "aiohttp lost web_urldispatcher._default_expect_handler"
+    assert inspect.iscoroutinefunction(default)
+    assert list(inspect.signature(default).parameters) == ["request"]
