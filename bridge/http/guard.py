@@ -37,8 +37,9 @@ arguments (`keepalive_timeout`, `max_line_size`, ...), because no public hook se
 connection before its first request is parsed. It overrides only asyncio's protocol methods
 (`connection_made`, `data_received`, `connection_lost`) and calls `force_close()`.
 `expect_continue` calls aiohttp's default `Expect: 100-continue` handler once its own check
-passed. `tests/unit/http/test_guard_aiohttp.py` fails by name if an aiohttp upgrade changes
-any of it.
+passed. `_unparseable` reads the handler's queue (`_messages`, `_ErrInfo`) and `_upgraded`
+to stop parsing a connection that sent junk. `tests/unit/http/test_guard_aiohttp.py` fails
+by name if an aiohttp upgrade changes any of it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import _ErrInfo
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge.http import tls_layer
@@ -268,6 +270,8 @@ class GuardedHandler(web.RequestHandler):
             self.state = _WAITING  # the header deadline runs from a request's first byte
             self._arm(self.guard.limits.header_timeout)
         super().data_received(data)
+        if _unparseable(self):
+            self.close()  # its 400 is all it gets: not one more byte is parsed or kept
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.admitted:
@@ -352,7 +356,15 @@ async def guarded(request: web.Request,
         return await handler(request)
     protocol.request_started()
     try:
-        return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                exc.force_close()
+            raise
+        if response.status >= 400:  # a refused client gets its answer and the door: it
+            response.force_close()  # cannot hold its slot with a request every 10 s
+        return response
     finally:
         protocol.request_done()
 
@@ -386,6 +398,15 @@ async def read_body(request: web.Request, seconds: float) -> bytes:
         if isinstance(protocol, GuardedHandler):
             protocol.guard.closed["body_timeout"] += 1
         raise BodyTimeout(f"no body within {seconds:g} s") from None
+
+
+def _unparseable(handler: web.RequestHandler) -> bool:
+    """aiohttp queued a parse error (or took an Upgrade the bridge never serves) for this
+    connection. It would go on parsing what follows, each error holding a copy of the bytes
+    buffered so far: unauthenticated junk held ~15 MB a connection (2 GB for a few hundred)."""
+    queued = handler._messages  # aiohttp internals: see the module docstring
+    failed = bool(queued) and isinstance(queued[-1][0], _ErrInfo)
+    return failed or handler._upgraded
 
 
 def _client_errors_as_warnings(record: logging.LogRecord) -> bool:

@@ -75,6 +75,14 @@ def parse_batch(body: bytes) -> list[dict[str, Any]]:
     return batch
 
 
+def _not_found(_: web.Request) -> web.Response:
+    return text(404, "not found\n")
+
+
+async def _nowhere(request: web.Request) -> web.Response:
+    return _not_found(request)
+
+
 class StreamEndpoint:
     def __init__(self, settings: Settings, ingest: Ingest, store: Store, ledger: AckLedger,
                  stats: Stats, intake: Intake) -> None:
@@ -95,6 +103,9 @@ class StreamEndpoint:
         app = web.Application(client_max_size=stream.max_body)
         app.router.add_route("*", stream.path, self._serve,
                              expect_handler=expect_continue(self._refusal))
+        # any other path: 404, and with `Expect: 100-continue` before the body, not after it
+        app.router.add_route("*", "/{elsewhere:.*}", _nowhere,
+                             expect_handler=expect_continue(_not_found))
         self.limits = Limits(stream.header_timeout, stream.body_timeout,
                              stream.keepalive_timeout, stream.max_connections,
                              stream.max_connections_per_address,

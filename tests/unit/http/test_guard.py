@@ -60,12 +60,19 @@ def test_a_connection_beyond_the_cap_reads_the_whole_503_on_either_event_loop(
     assert run(_refused_beyond_the_cap()) == REFUSED
 
 
+async def _kilobyte(_: web.Request) -> web.Response:
+    return web.Response(body=b"x" * 1024)
+
+
 async def _a_client_that_never_reads(limits: Limits) -> tuple[float, int, bytes]:
-    """Seconds until the guard cut a client that pipelines many requests and never reads
-    the answers (a small receive buffer, set before connecting, so they back up to the
-    server), how many write_timeout closes it counted, and what a new client gets."""
+    """Seconds until the guard cut a client that pipelines many requests (each answered 200
+    with a kilobyte) and never reads the answers (a small receive buffer, set before
+    connecting, so they back up to the server), how many write_timeout closes it counted,
+    and what a new client gets."""
     closed: Counter[str] = Counter()
-    server = WebServer(web.Application(), "127.0.0.1", 0, guard=Guard(limits, closed, "t.g"))
+    app = web.Application()
+    app.router.add_get("/", _kilobyte)
+    server = WebServer(app, "127.0.0.1", 0, guard=Guard(limits, closed, "t.g"))
     await server.start()
     loop = asyncio.get_running_loop()
     try:
@@ -73,7 +80,7 @@ async def _a_client_that_never_reads(limits: Limits) -> tuple[float, int, bytes]
             rude.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             rude.setblocking(False)
             await loop.sock_connect(rude, ("127.0.0.1", server.port))
-            await loop.sock_sendall(rude, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000)
+            await loop.sock_sendall(rude, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 20_000)
             began = loop.time()
             await wait_until(lambda: closed["write_timeout"] > 0, timeout=30,
                              what="the client that never reads to be cut")

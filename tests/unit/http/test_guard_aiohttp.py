@@ -54,3 +54,16 @@ def test_aiohttp_still_has_the_default_expect_handler_the_guard_delegates_to() -
     assert default is not None, "aiohttp lost web_urldispatcher._default_expect_handler"
     assert inspect.iscoroutinefunction(default)
     assert list(inspect.signature(default).parameters) == ["request"]
+
+
+def test_aiohttp_still_queues_parse_errors_where_the_guard_looks() -> None:
+    # the guard stops parsing a connection whose last queued message is a parse error, or
+    # that aiohttp took as upgraded (bridge.http.guard._unparseable)
+    from aiohttp import web_protocol
+    assert hasattr(web_protocol, "_ErrInfo"), "aiohttp lost web_protocol._ErrInfo"
+    from aiohttp import base_protocol
+    assert "_messages" in web.RequestHandler.__slots__, "RequestHandler lost _messages"
+    assert "_upgraded" in base_protocol.BaseProtocol.__slots__, "BaseProtocol lost _upgraded"
+    feed = inspect.getsource(web.RequestHandler.data_received)
+    assert "_ErrInfo(" in feed
+    assert "self._messages.append" in feed
