@@ -16,7 +16,8 @@ import pytest
 from support.helpers import Brokers
 
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt.client import MqttClient, Options, Will
+from bridge.mqtt.client import MqttClient
+from bridge.mqtt.options import Options, Will
 from bridge.sim.brokers import Broker
 
 QUICK = Options(timeout=5)
@@ -172,15 +173,17 @@ async def test_the_will_is_published_on_abort_and_not_on_disconnect(brokers: Bro
         assert await next_message(watcher) == ("bridge/status", b"offline", False)
 
 
-@pytest.mark.parametrize(("config", "client_id", "reason"), [
-    (("allow_anonymous false",), "anonymous", "not authorized"),
-    (("allow_zero_length_clientid false",), "", "identifier rejected"),
+@pytest.mark.parametrize(("config", "client_id", "protocol", "reason"), [
+    (("allow_anonymous false",), "anonymous", 4, "not authorized"),
+    (("allow_zero_length_clientid false",), "", 4, "identifier rejected"),
+    (("allow_anonymous false",), "anonymous", 5, "not authorized"),  # MQTT 5 reason 0x87
+    (("allow_zero_length_clientid false",), "", 5, "unspecified error"),  # Mosquitto's 0x80
 ])
 async def test_a_refused_connack_says_why(brokers: Brokers, config: tuple[str, ...],
-                                          client_id: str, reason: str) -> None:
+                                          client_id: str, protocol: int, reason: str) -> None:
     broker = brokers(extra_config=config)
     client = MqttClient(broker.host, broker.port, client_id=client_id,
-                        options=Options(timeout=5))
+                        options=Options(timeout=5, protocol=protocol))
     with pytest.raises(LocalUnavailableError, match=f"connection refused: {reason}"):
         await client.connect()
     with pytest.raises(LocalUnavailableError):  # and the connection is dropped

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.mqtt import codec
+from bridge.mqtt import codec, v5
 from bridge.mqtt.codec import MalformedPacketError, PacketReader, parse_publish, utf8, varint
 
 TOPIC = "homeassistant/sensor/flespi_5537057/battery_voltage/state"
@@ -188,8 +188,8 @@ def test_connack_codes_and_receive_maximum() -> None:
     assert codec.REFUSED[5] == "not authorized"
     assert codec.connack_code(b"\x00") == 0xFF  # too short to say: not accepted
     props = b"\x24\x01" + b"\x21\x00\x14" + b"\x12" + codec.utf8("id")
-    assert codec.connack_receive_maximum(b"\x00\x00" + codec.varint(len(props)) + props) == 20
-    assert codec.connack_receive_maximum(b"\x00\x00\x00") is None  # not sent: 65535
+    assert v5.connack_receive_maximum(b"\x00\x00" + codec.varint(len(props)) + props) == 20
+    assert v5.connack_receive_maximum(b"\x00\x00\x00") is None  # not sent: 65535
 
 
 # -- an independent decoder: paho-mqtt (installed with aiomqtt) --------------------------------
