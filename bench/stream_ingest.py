@@ -125,6 +125,9 @@ class _Acks:
         if self.left == 0:
             self.done.set_result(None)
 
+    def refused(self, publication: tuple[str, bytes, bool], code: int) -> None:
+        raise AssertionError(f"the broker refused {publication[0]}: 0x{code:02X}")
+
 
 async def broker_alone(host: str, port: int, pubs: list[list[Publication]],
                        timeout: float) -> float:

@@ -50,11 +50,16 @@ def frozen(broker: Broker) -> Iterator[None]:
 
 
 class Counter:
-    """A `Waiter` that counts PUBACKs and wakes the test once `expected` have come."""
+    """A `Waiter` that counts PUBACKs and wakes the test once `expected` have come; it
+    keeps the refusals, (topic, reason code)."""
 
     def __init__(self, expected: int) -> None:
         self.count, self.expected = 0, expected
         self.done = asyncio.Event()
+        self.refusals: list[tuple[str, int]] = []
+
+    def refused(self, publication: tuple[str, bytes, bool], code: int) -> None:
+        self.refusals.append((publication[0], code))
 
     def set(self) -> None:
         self.count += 1
