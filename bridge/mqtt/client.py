@@ -123,6 +123,7 @@ class MqttClient:
         self.options = options
         self.keepalive, self.tls, self.timeout = options.keepalive, options.tls, options.timeout
         self._transport: asyncio.Transport | None = None
+        self._tcp_up = False  # the TCP (and TLS) connection was made
         self._tcp = QuickAck(None)
         self.v5 = options.protocol == 5
         self._reader = PacketReader()
@@ -154,6 +155,7 @@ class MqttClient:
                     lambda: _Protocol(self), self.host, self.port, ssl=self.tls,
                     server_hostname=self.host if self.tls else None)
                 self._transport = transport
+                self._tcp_up = True
                 self._tcp = QuickAck(transport.get_extra_info("socket"))
                 o, will = self.options, self.options.will
                 fields = None if will is None else (will.topic, will.payload, will.qos,
@@ -165,10 +167,13 @@ class MqttClient:
                                                username=o.username, password=o.password,
                                                will=fields))
                 body = await self._connack
-        except TimeoutError:
+        except (TimeoutError, LocalUnavailableError) as exc:
             self.abort()
-            raise LocalUnavailableError(
-                f"no CONNACK from {self.where} within {self.timeout:g}s") from None
+            why = str(exc) if isinstance(exc, LocalUnavailableError) else \
+                f"no CONNACK from {self.where} within {self.timeout:g}s"
+            if self.v5 and self._tcp_up:  # some MQTT 3.1.1 brokers close, or never answer
+                raise ProtocolRefusedError(f"{why} (to an MQTT 5 CONNECT)") from None
+            raise LocalUnavailableError(why) from None
         except OSError as exc:  # ssl.SSLError included
             self.abort()
             raise LocalUnavailableError(str(exc) or type(exc).__name__) from None

@@ -10,8 +10,9 @@ from bridge.exceptions import BridgeError, LocalUnavailableError
 
 
 class ProtocolRefusedError(LocalUnavailableError):
-    """The broker refused MQTT 5 (CONNACK "unsupported protocol version"): connect again
-    with `Options(protocol=4)`."""
+    """The broker refused MQTT 5 (CONNACK "unsupported protocol version"), or closed the
+    connection or stayed silent after an MQTT 5 CONNECT, as some MQTT 3.1.1 brokers do:
+    worth trying again at once with `Options(protocol=4)`."""
 
 
 class SessionTakenOverError(LocalUnavailableError):

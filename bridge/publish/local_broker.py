@@ -70,7 +70,8 @@ class LocalBroker:
         self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
-        self.protocol = 5  # 4 once the broker refused MQTT 5
+        self.protocol = 5  # 4 once the broker refused MQTT 5 and took MQTT 3.1.1
+        self._fell_back = ""  # why MQTT 5 was refused, until MQTT 3.1.1 is tried
         self._refused_topics: set[str] = set()
 
     async def start(self) -> None:
@@ -111,6 +112,12 @@ class LocalBroker:
                 for topic in self._routes.filters:
                     await client.subscribe(topic, qos=1)
                 self._backoff.reset()
+                if self._fell_back:
+                    log.warning("local broker %s:%s: %s: connected with MQTT 3.1.1, and "
+                                "will keep to it. Over MQTT 3.1.1 the broker cannot say that "
+                                "it refused a publication (see local.max_string_length)",
+                                s.host, s.port, self._fell_back)
+                    self._fell_back = ""
                 self.connects += 1
                 self.connected.set()
                 log.info("connected to local broker %s:%s", s.host, s.port)
@@ -123,12 +130,13 @@ class LocalBroker:
                     self._routes.dispatch(topic, payload, retain)
             except ProtocolRefusedError as exc:
                 self._lost()
-                self.protocol = 4
-                log.warning("%s: speaking MQTT 3.1.1 to it from now on. Over MQTT 3.1.1 the "
-                            "broker cannot say that it refused a publication; see "
-                            "local.max_string_length", exc)
+                self.protocol = 4  # at once, without a backoff: kept if it connects
+                self._fell_back = str(exc)
+                continue
             except LocalUnavailableError as exc:
                 self._lost()
+                if self._fell_back:  # MQTT 3.1.1 failed too: MQTT 5 was not the reason
+                    self.protocol, self._fell_back = 5, ""
                 delay = self._backoff.next()
                 if isinstance(exc, SessionTakenOverError):
                     delay = max(delay, TAKEN_OVER_DELAY)
