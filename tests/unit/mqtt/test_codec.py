@@ -419,7 +419,8 @@ def test_mqtt5_reads_the_clients_subscribe_acknowledgements_and_disconnect() -> 
     for kind, cls in ((codec.PUBREC, mqtt5.PubRecPacket), (codec.PUBREL, mqtt5.PubRelPacket),
                       (codec.PUBCOMP, mqtt5.PubCompPacket)):
         packet, _ = mqtt5.read(bytearray(codec.ack(kind, 300)))
-        assert isinstance(packet, cls) and packet.packet_id == 300
+        assert isinstance(packet, cls)
+        assert packet.packet_id == 300
     packet, _ = mqtt5.read(bytearray(codec.disconnect5()))
     assert packet.reason_code == mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION
 
@@ -428,7 +429,8 @@ def test_the_client_reads_mqtt5s_connack_properties() -> None:
     raw = mqtt5.ConnAckPacket(receive_max=20, max_packet_size=65536, topic_alias_max=10,
                               reason_str="hello", user_properties=[("k", "v")]).write()
     _, [(first, body)] = frames(raw)
-    assert first == codec.CONNACK and codec.connack_code(body) == 0
+    assert first == codec.CONNACK
+    assert codec.connack_code(body) == 0
     props = v5.connack_properties(body)
     assert (props[v5.RECEIVE_MAXIMUM], props[v5.MAXIMUM_PACKET_SIZE]) == (20, 65536)
     assert props[v5.REASON_STRING] == b"hello"

@@ -80,7 +80,8 @@ def test_the_receive_maximum_holds_publications_back_until_pubacks_return() -> N
         assert waiter is first
         waiter.set()
     assert [topic for topic, _ in written(flight.release())] == ["t/3", "t/4"]
-    assert flight.waiting == 1 and len(flight.acks) == 3
+    assert flight.waiting == 1
+    assert len(flight.acks) == 3
 
 
 def test_a_publication_over_the_maximum_packet_size_is_refused_and_never_written() -> None:
