@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 
 from bridge.config.sections import LocalSettings, ReconnectSettings
 from bridge.config.tls import local_tls_context
-from bridge.core.backoff import Backoff
+from bridge.core.backoff import STABLE_AFTER, Backoff
 from bridge.core.events import EventHub, LocalConnected
 from bridge.core.stats import Stats
 from bridge.core.transport import Handler, Publication, Routes
@@ -102,6 +103,7 @@ class LocalBroker:
         s = self.settings
         while True:
             client = self._make_client()
+            up_since: float | None = None
             try:
                 await client.connect()
                 self._client = client
@@ -112,6 +114,7 @@ class LocalBroker:
                 for topic in self._routes.filters:
                     await client.subscribe(topic, qos=1)
                 self._backoff.reset()
+                up_since = time.monotonic()
                 if self._fell_back:
                     log.warning("local broker %s:%s: %s: connected with MQTT 3.1.1, and "
                                 "will keep to it. Over MQTT 3.1.1 the broker cannot say that "
@@ -144,6 +147,13 @@ class LocalBroker:
                               "id %r (two bridges, or two replicas, sharing local.client_id?); "
                               "give each bridge its own. Reconnecting in %.0fs", s.host,
                               s.port, exc, s.client_id, delay)
+                elif up_since is not None and time.monotonic() - up_since < STABLE_AFTER:
+                    log.error("local broker %s:%s: %s, %.1fs after connecting; reconnecting "
+                              "in %.1fs. If this repeats: is another client connected with "
+                              "client id %r (two bridges, or two replicas, sharing "
+                              "local.client_id)? Does the broker refuse what the bridge "
+                              "publishes (its log says why)?", s.host, s.port, exc,
+                              time.monotonic() - up_since, delay, s.client_id)
                 else:
                     # a refused login or TLS failure must be visible at the default level
                     log.warning("local broker %s:%s: %s; reconnecting in %.1fs", s.host,

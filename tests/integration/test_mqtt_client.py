@@ -297,7 +297,7 @@ async def test_a_session_taken_over_says_so() -> None:
         client = MqttClient("127.0.0.1", port, client_id="twin", options=QUICK)
         await client.connect()
         with pytest.raises(SessionTakenOverError,
-                           match="session taken over .another client connected with this id"):
+                           match=r"session taken over \(another client connected with this id\)"):
             await asyncio.wait_for(asyncio.shield(client.closed), 10)
         client.abort()
 
