@@ -5,14 +5,14 @@ QoS 1 PUBLISH packets (MQTT 5) and reading the broker's PUBACKs from the byte st
     python -m bench.codec [--batch 1000] [--repeat 200]
 
 Prints the best of `--repeat` runs per publication, in microseconds (the decision it fed:
-docs/decisions/0003-local-mqtt5-codec.md)."""
+docs/decisions/0002-local-link-mqtt5-codec.md)."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from importlib.metadata import version
 from collections.abc import Callable
+from importlib.metadata import version
 
 from bridge.mqtt import codec
 
