@@ -55,10 +55,11 @@ def main() -> None:
         return codec.PacketReader().split(stream).acks
 
     def decode_mqtt5(stream: bytes) -> list[int]:
-        buffer, got = bytearray(stream), []
-        while buffer:
-            packet, size = mqtt5.read(buffer)
-            del buffer[:size]
+        view, pos, got = memoryview(stream), 0, []
+        while pos < len(stream):
+            packet, size = mqtt5.read(view[pos:])
+            pos += size
+            assert isinstance(packet, mqtt5.PubAckPacket)
             got.append(packet.packet_id)
         return got
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.amqtt_broker import amqtt_broker
@@ -97,7 +98,8 @@ async def test_two_bridges_with_one_client_id_do_not_fight(
     """Each bridge's connect closes the other's connection (Debian's Mosquitto 2.0.11 says
     no reason). With the backoff reset on every CONNECT they took the session from each
     other several times a second, each time republishing the fleet."""
-    sections = {"reconnect": {"min_delay": 0.5, "max_delay": 30}, "log": {"level": "INFO"}}
+    sections: dict[str, dict[str, Any]] = {"reconnect": {"min_delay": 0.5, "max_delay": 30},
+                                           "log": {"level": "INFO"}}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = procs(BridgeProcess(tmp_path / "a", upstream, local, **sections))

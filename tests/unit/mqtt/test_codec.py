@@ -432,7 +432,7 @@ def test_the_client_reads_mqtt5s_connack_properties() -> None:
     assert first == codec.CONNACK
     assert codec.connack_code(body) == 0
     props = v5.connack_properties(body)
-    assert (props[v5.RECEIVE_MAXIMUM], props[v5.MAXIMUM_PACKET_SIZE]) == (20, 65536)
+    assert (props[codec.RECEIVE_MAXIMUM], props[v5.MAXIMUM_PACKET_SIZE]) == (20, 65536)
     assert props[v5.REASON_STRING] == b"hello"
     assert v5.connack_receive_maximum(mqtt5.ConnAckPacket().write()[2:]) is None
 
