@@ -63,11 +63,10 @@ from bridge.mqtt.options import (
 from bridge.mqtt.tcp import QuickAck
 from bridge.mqtt.v5 import (
     MAXIMUM_PACKET_SIZE,
-    REASON_STRING,
     SESSION_TAKEN_OVER,
     UNSUPPORTED_PROTOCOL,
     connack_properties,
-    properties,
+    disconnect_reason,
     reason,
     reason_code,
     suback_codes,
@@ -392,10 +391,7 @@ class MqttClient:
 
     def _on_disconnect(self, body: bytes) -> None:
         """The broker says why it closes the connection (MQTT 5)."""
-        code = reason_code(body, 0)
-        said = properties(body, 1).get(REASON_STRING) if len(body) > 1 else None
-        words = reason(code) + (f" ({said.decode(errors='replace')})"
-                                if isinstance(said, bytes) else "")
+        code, words = disconnect_reason(body)
         error = SessionTakenOverError if code == SESSION_TAKEN_OVER else LocalUnavailableError
         self._disconnected = error(f"{self.where} closed the connection: {words}")
 

@@ -87,3 +87,11 @@ def suback_codes(body: bytes, v5: bool) -> bytes:
     except (IndexError, ValueError):
         return b"\x80"
     return body[pos + plen:]
+
+
+def disconnect_reason(body: bytes) -> tuple[int, str]:
+    """A DISCONNECT body's reason code, and in words with its reason string if any."""
+    code = reason_code(body, 0)
+    said = properties(body, 1).get(REASON_STRING) if len(body) > 1 else None
+    return code, reason(code) + (f" ({said.decode(errors='replace')})"
+                                 if isinstance(said, bytes) else "")
