@@ -90,22 +90,31 @@ def packet(first: int, body: bytes) -> bytes:
 # -- what a client sends -----------------------------------------------------------------
 
 
-def connect311(client_id: str, *, keepalive: int, username: str | None = None,
-               password: str | None = None,
-               will: tuple[str, bytes, int, bool] | None = None) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session; `will` is (topic, payload, qos, retain)."""
+def _connect_payload(client_id: str, will: tuple[str, bytes, int, bool] | None,
+                     username: str | None, password: str | None, v5: bool
+                     ) -> tuple[int, bytes]:
+    """A CONNECT's flags (clean session/start) and payload; MQTT 5 puts an (empty) property
+    block before the will."""
     flags = 0x02
     payload = utf8(client_id)
     if will is not None:
         topic, message, qos, retain = will
         flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
-        payload += utf8(topic) + utf8(message)
+        payload += (b"\x00" if v5 else b"") + utf8(topic) + utf8(message)
     if username is not None:
         flags |= 0x80
         payload += utf8(username)
         if password is not None:
             flags |= 0x40
             payload += utf8(password)
+    return flags, payload
+
+
+def connect311(client_id: str, *, keepalive: int, username: str | None = None,
+               password: str | None = None,
+               will: tuple[str, bytes, int, bool] | None = None) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session; `will` is (topic, payload, qos, retain)."""
+    flags, payload = _connect_payload(client_id, will, username, password, False)
     return packet(CONNECT, utf8(b"MQTT") + bytes((4, flags)) + keepalive.to_bytes(2, "big")
                   + payload)
 
@@ -116,18 +125,7 @@ def connect5(client_id: str, *, keepalive: int = 60, username: str | None = None
     """An MQTT 5 CONNECT with a clean start (the session ends with the connection);
     `receive_maximum`, when given, is how many QoS 1 messages the broker may send before
     waiting for their PUBACKs. Without options: the benchmark's load generator's."""
-    flags = 0x02
-    payload = utf8(client_id)
-    if will is not None:
-        topic, message, qos, retain = will
-        flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
-        payload += b"\x00" + utf8(topic) + utf8(message)  # no will properties
-    if username is not None:
-        flags |= 0x80
-        payload += utf8(username)
-        if password is not None:
-            flags |= 0x40
-            payload += utf8(password)
+    flags, payload = _connect_payload(client_id, will, username, password, True)
     props = b"" if receive_maximum is None else \
         bytes((RECEIVE_MAXIMUM,)) + receive_maximum.to_bytes(2, "big")
     return packet(CONNECT, utf8(b"MQTT") + bytes((5, flags)) + keepalive.to_bytes(2, "big")
