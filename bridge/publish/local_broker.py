@@ -260,7 +260,7 @@ class LocalBroker:
             try:
                 await client.publish(self._state_topic, b"offline", qos=1, retain=True,
                                      timeout=5)
-            except LocalUnavailableError as exc:
+            except (LocalUnavailableError, PublishRefusedError) as exc:
                 log.warning("could not publish offline state: %s", exc)
 
 
