@@ -92,8 +92,7 @@ class InFlight:
             publications = self._fitting(publications, waiter)
         if not qos:
             return publish311_many(publications, 0, (), self.v5), 0
-        room = self.quota - len(self.acks)
-        if self._queue or room < len(publications):
+        if self._queue or self._room() < len(publications):
             self._queue.extend((pub, waiter) for pub in publications)
             return self._release(), len(publications)
         return self._encode(publications, waiter), len(publications)
@@ -121,7 +120,7 @@ class InFlight:
 
     def _release(self) -> bytes:
         queue, parts = self._queue, []
-        room = self.quota - len(self.acks)
+        room = self._room()
         while queue and room > 0:  # consecutive publications of one waiter: one batch
             waiter, pubs = queue[0][1], []
             while queue and room > 0 and queue[0][1] is waiter:
@@ -130,13 +129,19 @@ class InFlight:
             parts.append(self._encode(pubs, waiter))
         return b"".join(parts)
 
+    def _room(self) -> int:
+        """Publications the window takes now: within the quota, and never more than the
+        packet ids free (so `_encode` always finds one)."""
+        acks = len(self.acks)
+        return min(self.quota - acks, 65535 - acks - len(self.subacks))
+
     def _encode(self, publications: Sequence[Pub], waiter: Waiter) -> bytes:
         """The hot path: ids taken here, the packets encoded by the codec."""
         mids: list[int] = []
         add = mids.append
         acks, subacks = self.acks, self.subacks
         mid = self.mid
-        for pub in publications:  # the window keeps ids free: this ends
+        for pub in publications:  # `_room` keeps ids free: this ends
             mid = mid % 65535 + 1
             while mid in acks or mid in subacks:
                 mid = mid % 65535 + 1

@@ -107,3 +107,14 @@ def test_a_refused_puback_completes_its_publication_after_saying_so() -> None:
     assert waiter.refusals == [("t/0", 0x87)]
     assert flight.refused(1, 0x87) is None  # answered once
     assert flight.acked(2) is waiter
+
+
+def test_ids_held_by_subscriptions_hold_publications_back_rather_than_loop() -> None:
+    flight = InFlight()
+    for _ in range(1000):  # more subscriptions in flight than the 535 ids kept for them
+        flight.subacks[flight.next_mid()] = None  # type: ignore[assignment]
+    data, expected = flight.take(pubs(MAX_IN_FLIGHT), 1, Waiter())
+    assert expected == MAX_IN_FLIGHT
+    assert len(flight.acks) == 65535 - 1000  # every id in use, the rest waiting
+    assert flight.waiting == MAX_IN_FLIGHT - (65535 - 1000)
+    assert len(written(data)) == 65535 - 1000
