@@ -14,24 +14,12 @@ import argparse
 import asyncio
 import time
 
+from bench.stream_ingest import Acks
 from bridge.mqtt.client import MqttClient
 from bridge.mqtt.options import Options
 from bridge.sim.brokers import Broker, free_port
 
 N, BATCH, PAYLOAD = 40_000, 1_000, b'{"battery":87,"voltage":4.02,"charging":false}' * 4
-
-
-class _Batch:
-    def __init__(self, n: int, done: asyncio.Future[None]) -> None:
-        self.n, self.done = n, done
-
-    def set(self) -> None:
-        self.n -= 1
-        if self.n == 0:
-            self.done.set_result(None)
-
-    def refused(self, publication: tuple[str, bytes, bool], code: int) -> None:
-        raise AssertionError(f"{publication[0]} refused: 0x{code:02X}")
 
 
 async def publish_all(config: tuple[str, ...], protocol: int) -> tuple[float, float]:
@@ -43,12 +31,12 @@ async def publish_all(config: tuple[str, ...], protocol: int) -> tuple[float, fl
         await client.connect()
         batches = [[(f"flespi/{i}/state", PAYLOAD, True) for i in range(k, k + BATCH)]
                    for k in range(0, N, BATCH)]
-        loop = asyncio.get_running_loop()
         start, cpu = time.perf_counter(), time.process_time()
         done: list[asyncio.Future[None]] = []
         for batch in batches:
-            done.append(loop.create_future())
-            client.publish_many(batch, 1, _Batch(len(batch), done[-1]))
+            acks = Acks(len(batch))
+            done.append(acks.done)
+            client.publish_many(batch, 1, acks)
             if len(done) >= 5:
                 await done[-5]
         await asyncio.gather(*done)
