@@ -226,7 +226,7 @@ class LocalBroker:
         if len(self._refused_topics) >= LOGGED_REFUSALS:
             self._refused_topics.clear()
         self._refused_topics.add(topic)
-        limit = self._client.max_packet_size if self._client is not None else None
+        limit = self._client.max_packet_size if too_large and self._client else None
         log.warning("local broker refused the publication on %s (%d bytes%s): %s; dropped, "
                     "the next one on this topic is tried again", topic, len(publication[1]),
                     f", its Maximum Packet Size is {limit}" if limit else "",
