@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bridge.mqtt import codec as wire
+from bridge.mqtt.v5 import connack_receive_maximum
 
 CHUNK = 512  # packets per write in blast mode
 ACK_TIMEOUT = 120.0
@@ -132,7 +133,7 @@ def _connect(host: str, port: int, client_id: str) -> tuple[socket.socket, int]:
                 if wire.connack_code(body) != 0:
                     raise ConnectionError(f"CONNACK reason {wire.connack_code(body)}")
                 sock.settimeout(None)
-                return sock, wire.connack_receive_maximum(body) or 65535
+                return sock, connack_receive_maximum(body) or 65535
 
 
 def send(host: str, port: int, stream: Stream, *, mode: str = "blast", rate: float = 0.0,

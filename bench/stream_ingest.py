@@ -113,7 +113,7 @@ def states(bodies: list[bytes]) -> list[list[Publication]]:
     return out
 
 
-class _Acks:
+class Acks:
     """Counts a batch's PUBACKs (the `Waiter` of `MqttClient.publish_many`)."""
 
     def __init__(self, expected: int) -> None:
@@ -124,6 +124,9 @@ class _Acks:
         self.left -= 1
         if self.left == 0:
             self.done.set_result(None)
+
+    def refused(self, publication: tuple[str, bytes, bool], code: int) -> None:
+        raise AssertionError(f"the broker refused {publication[0]}: 0x{code:02X}")
 
 
 async def broker_alone(host: str, port: int, pubs: list[list[Publication]],
@@ -136,7 +139,7 @@ async def broker_alone(host: str, port: int, pubs: list[list[Publication]],
         async with asyncio.timeout(timeout):
             start = time.perf_counter()
             for batch in pubs:
-                acks = _Acks(len(batch))
+                acks = Acks(len(batch))
                 if client.publish_many(batch, 1, acks):
                     await acks.done
             return time.perf_counter() - start

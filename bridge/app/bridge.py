@@ -82,8 +82,8 @@ class Bridge:
         rest: Rest = link.rest if http_rest is None else http_rest
         # flespi's names for the device info, looked up through the commands' REST client
         self.device_types = DeviceTypes(rest, stats, events)
-        self.renderer = renderer = Renderer(settings, attrs,
-                                            names=self.device_types.names)
+        self.renderer = renderer = Renderer(settings, attrs, names=self.device_types.names,
+                                            dropped=stats.dropped)
         self.local = local = LocalBroker(settings.local, settings.reconnect,
                                          state_topic=renderer.topics.bridge_state,
                                          stats=stats, events=events)

@@ -202,6 +202,11 @@ class LocalSettings(Section):
         0.1, ge=0, le=60, description="seconds to merge a device's updates into one publish"
     )
     output: Literal["json", "attribute", "both"] = "json"
+    max_string_length: int = Field(
+        4096, ge=0, le=268_435_455,
+        description="bytes (UTF-8) of a string attribute at most; a longer one is left out "
+                    "of the state and its topic, counted and logged (0: no limit)",
+    )
 
     @field_validator("ca_file")
     @classmethod

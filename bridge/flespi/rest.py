@@ -4,6 +4,10 @@
   `flespi/rest/<method>/<uri>` with a response topic unique to the request (outside
   `flespi/`, under the bridge's reply prefix), correlation data, and
   `response_chunked=true`; chunks are joined until the one carrying `http_code`.
+  At QoS 0: the upstream session is persistent, and gmqtt replays every QoS 1 PUBLISH not
+  yet acknowledged when it reconnects with the session present (without the DUP flag), so
+  a command flespi had already run would run again, or one already answered `timeout` would
+  run late. A request lost on the way is a `timeout`: "may or may not have been executed".
 - `HttpRest`: REST over HTTPS with httpx and `Authorization: FlespiToken <token>`.
 
 Both return a `RestResponse` or raise `RestError` with a short code; callers never see
@@ -141,7 +145,7 @@ class MqttRest:
                 up.publish(
                     rest_topic(method, uri),
                     b"" if body is None else orjson.dumps(body),
-                    qos=1,
+                    qos=0,  # never replayed by the session (module docstring)
                     response_topic=self._prefix + request_id,
                     correlation_data=request_id.encode(),
                     user_properties=[("response_chunked", "true")],

@@ -1,18 +1,25 @@
-"""A small asyncio MQTT 3.1.1 client: the bridge's connection to the local broker.
+"""A small asyncio MQTT client (MQTT 5, or 3.1.1 on request): the bridge's connection to the
+local broker.
 
 Written for the one thing the local side does in bulk, publishing retained messages at QoS 1
 (a start-up publishes four or more per device): a batch is encoded into one buffer and
 written at once, and PUBACKs are parsed straight from the socket's data, a few microseconds
-each. The packets themselves are `codec.py`'s; this module holds the connection's I/O and
-state (packet ids, waiters, keepalive). paho (under aiomqtt) spent ~47 us of CPU per
-publication here: a message object, a `threading.Condition` and three `recv` calls per
-acknowledgement.
+each. The packets themselves are `codec.py`'s (`v5.py` reads MQTT 5's reason codes and
+properties); outgoing publications and the broker's limits are `flight.py`'s, incoming
+messages and their back-pressure `inbox.py`'s; this module holds the connection's I/O and
+state (waiters, keepalive). paho (under aiomqtt) spent ~47 us of CPU per publication here.
 
-What it does, and no more: CONNECT (clean session, username/password, a retained will,
-keepalive), PUBLISH QoS 0/1 out, SUBSCRIBE, PUBLISH QoS 0/1 in (acknowledged on receipt),
-PINGREQ, DISCONNECT. Every failure is a `LocalUnavailableError` that says why (a refused
-CONNACK, a TLS alert, a timeout, the connection lost); every waiter fails with it when the
-connection is lost.
+What it does, and no more: CONNECT (clean start, username/password, a retained will,
+keepalive), PUBLISH QoS 0/1 out within the broker's Receive Maximum and Maximum Packet Size,
+SUBSCRIBE, PUBLISH QoS 0/1/2 in (acknowledged when taken), PINGREQ, DISCONNECT.
+
+Failures: a refusal is told apart from a loss. A publication the broker refuses (an MQTT 5
+PUBACK reason code, or too large for its Maximum Packet Size) is that publication's
+failure (`Waiter.refused`, `PublishRefusedError`); the connection goes on. Everything else
+is a `LocalUnavailableError` that says why (a refused CONNACK, a TLS alert, a timeout, the
+broker's DISCONNECT reason, the connection lost); `ProtocolRefusedError` when the broker
+does not speak MQTT 5, `SessionTakenOverError` when another client took the client id; every
+waiter fails with it when the connection is lost.
 """
 
 from __future__ import annotations
@@ -20,68 +27,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from bridge.exceptions import LocalUnavailableError
-from bridge.logs import RateLimitedLog
 from bridge.mqtt.codec import (
     CONNACK,
+    DISCONNECT,
     DISCONNECT_PACKET,
     PINGREQ_PACKET,
     PUBACK,
     PUBLISH,
+    PUBREL,
+    RECEIVE_MAXIMUM,
     REFUSED,
     SUBACK,
     PacketReader,
     connack_code,
+    connect5,
     connect311,
     packet_id,
-    puback,
-    publish311_many,
-    publish_fields,
+    subscribe5,
     subscribe311,
 )
+from bridge.mqtt.flight import InFlight, Pub, Waiter
+from bridge.mqtt.inbox import Inbox, Message
+from bridge.mqtt.options import (
+    DEFAULT_OPTIONS,
+    Options,
+    ProtocolRefusedError,
+    PublishRefusedError,
+    SessionTakenOverError,
+)
 from bridge.mqtt.tcp import QuickAck
+from bridge.mqtt.v5 import (
+    MAXIMUM_PACKET_SIZE,
+    SESSION_TAKEN_OVER,
+    UNSUPPORTED_PROTOCOL,
+    connack_properties,
+    disconnect_reason,
+    reason,
+    reason_code,
+    suback_codes,
+)
 
 log = logging.getLogger("bridge.publish.local_broker.mqtt")
 
-# Received messages waiting for the reader at most; past it they are dropped (and logged).
+# Received messages held for the reader at most; past it the connection stops reading.
 MAX_QUEUED_MESSAGES = 10_000
+# QoS 1 messages the broker may send before waiting for our PUBACKs (MQTT 5), which are
+# sent as the reader takes them.
+RECEIVE_MAXIMUM_IN = 1_000
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    """How to connect, besides where to and as whom: credentials, the will, keepalive (s),
-    TLS, and how long to wait for CONNACK and SUBACK (s)."""
-
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    will: Will | None = None
-    keepalive: int = 60
-    tls: ssl.SSLContext | None = None
-    timeout: float = 10.0
-
-
-DEFAULT_OPTIONS = Options()
-
-
-class Waiter(Protocol):
-    """Told `set()` once the broker acknowledged a publication (a batch shares one)."""
-
-    def set(self) -> None: ...
 
 
 class _Single:
@@ -93,6 +91,12 @@ class _Single:
     def set(self) -> None:
         if not self.future.done():
             self.future.set_result(None)
+
+    def refused(self, publication: Pub, code: int) -> None:
+        if not self.future.done():
+            self.future.set_exception(PublishRefusedError(
+                f"the broker refused the publication on {publication[0]}: {reason(code)}",
+                code))
 
 
 class _Protocol(asyncio.Protocol):
@@ -116,27 +120,24 @@ class MqttClient:
         self.host, self.port = host, port
         self.client_id = client_id
         self.options = options
-        self.username, self.password = options.username, options.password
-        self.will = options.will
-        self.keepalive = options.keepalive
-        self.tls = options.tls
-        self.timeout = options.timeout
+        self.keepalive, self.tls, self.timeout = options.keepalive, options.tls, options.timeout
         self._transport: asyncio.Transport | None = None
+        self._tcp_up = False  # the TCP (and TLS) connection was made
         self._tcp = QuickAck(None)
+        self.v5 = options.protocol == 5
         self._reader = PacketReader()
-        self._acks: dict[int, Waiter] = {}  # message id -> what its PUBACK completes
-        self._subacks: dict[int, asyncio.Future[bytes]] = {}
-        self._mid = 0
-        self._messages: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue(
-            MAX_QUEUED_MESSAGES)
+        self._flight = InFlight()
+        self._subacks = self._flight.subacks
+        self._inbox = Inbox(self._write_quietly, self._pause_reading, MAX_QUEUED_MESSAGES)
         self._received = time.monotonic()
-        self._connack: asyncio.Future[int] | None = None
+        self._connack: asyncio.Future[bytes] | None = None
+        # the broker's DISCONNECT (MQTT 5): why it closed the connection
+        self._disconnected: LocalUnavailableError | None = None
         self._pinger: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         # fails with the reason once the connection is lost (or closed by `disconnect`)
         self.closed: asyncio.Future[None] = loop.create_future()
         self._lost_handlers: list[Callable[[], None]] = []
-        self._bad = RateLimitedLog(log)
 
     @property
     def where(self) -> str:
@@ -153,25 +154,40 @@ class MqttClient:
                     lambda: _Protocol(self), self.host, self.port, ssl=self.tls,
                     server_hostname=self.host if self.tls else None)
                 self._transport = transport
+                self._tcp_up = True
                 self._tcp = QuickAck(transport.get_extra_info("socket"))
-                will = self.will
-                transport.write(connect311(
-                    self.client_id, keepalive=self.keepalive, username=self.username,
-                    password=self.password,
-                    will=None if will is None else (will.topic, will.payload, will.qos,
-                                                    will.retain)))
-                code = await self._connack
-        except TimeoutError:
+                o, will = self.options, self.options.will
+                fields = None if will is None else (will.topic, will.payload, will.qos,
+                                                    will.retain)
+                transport.write(connect5(
+                    self.client_id, keepalive=o.keepalive, username=o.username,
+                    password=o.password, will=fields, receive_maximum=RECEIVE_MAXIMUM_IN)
+                    if self.v5 else connect311(self.client_id, keepalive=o.keepalive,
+                                               username=o.username, password=o.password,
+                                               will=fields))
+                body = await self._connack
+        except (TimeoutError, LocalUnavailableError) as exc:
             self.abort()
-            raise LocalUnavailableError(
-                f"no CONNACK from {self.where} within {self.timeout:g}s") from None
+            why = str(exc) if isinstance(exc, LocalUnavailableError) else \
+                f"no CONNACK from {self.where} within {self.timeout:g}s"
+            if self.v5 and self._tcp_up:  # some MQTT 3.1.1 brokers close, or never answer
+                raise ProtocolRefusedError(f"{why} (to an MQTT 5 CONNECT)") from None
+            raise LocalUnavailableError(why) from None
         except OSError as exc:  # ssl.SSLError included
             self.abort()
             raise LocalUnavailableError(str(exc) or type(exc).__name__) from None
+        code = connack_code(body)
         if code:
             self.abort()
-            raise LocalUnavailableError(
-                f"connection refused: {REFUSED.get(code, f'return code {code}')}")
+            if self.v5 and code in (1, UNSUPPORTED_PROTOCOL):  # 1: a 3.1.1 broker's answer
+                raise ProtocolRefusedError(f"{self.where} does not accept MQTT 5")
+            words = reason(code) if self.v5 else REFUSED.get(code, f"return code {code}")
+            raise LocalUnavailableError(f"connection refused: {words}")
+        if self.v5:
+            props = connack_properties(body)
+            receive, size = props.get(RECEIVE_MAXIMUM), props.get(MAXIMUM_PACKET_SIZE)
+            self._flight.limits(v5=True, receive_maximum=receive if isinstance(receive, int)
+                                else None, max_packet=size if isinstance(size, int) else None)
         self._pinger = asyncio.create_task(self._ping(), name="local-keepalive")
 
     async def _ping(self) -> None:
@@ -179,7 +195,9 @@ class MqttClient:
         interval = max(self.keepalive / 2, 0.5)
         while self._transport is not None:
             await asyncio.sleep(interval)
-            if time.monotonic() - self._received > 1.5 * self.keepalive:
+            if self._inbox.paused:  # not reading, by our choice: the broker is not silent
+                self._received = time.monotonic()
+            elif time.monotonic() - self._received > 1.5 * self.keepalive:
                 log.warning("local broker %s silent for %.0fs: closing the connection",
                             self.where, time.monotonic() - self._received)
                 self.abort()
@@ -202,18 +220,17 @@ class MqttClient:
         self._tcp.close()
         if self._pinger is not None:
             self._pinger.cancel()
-        reason = LocalUnavailableError(
+        why = self._disconnected or LocalUnavailableError(
             f"connection to {self.where} lost" + (f": {exc}" if exc else ""))
         if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(reason if exc is None else
+            self._connack.set_exception(why if exc is None else
                                         LocalUnavailableError(str(exc) or type(exc).__name__))
         for future in self._subacks.values():
             if not future.done():
-                future.set_exception(reason)
-        self._subacks.clear()
-        self._acks.clear()
+                future.set_exception(why)
+        self._flight.clear()
         if not self.closed.done():
-            self.closed.set_exception(reason)
+            self.closed.set_exception(why)
             self.closed.exception()  # retrieved: nobody has to wait for it
         handlers, self._lost_handlers = self._lost_handlers, []
         for handler in handlers:
@@ -250,34 +267,42 @@ class MqttClient:
             raise LocalUnavailableError(f"not connected to {self.where}")
         self._transport.write(data)
 
-    def _next_mid(self) -> int:
-        mid = self._mid
-        while True:
-            mid = mid % 65535 + 1
-            if mid not in self._acks and mid not in self._subacks:
-                self._mid = mid
-                return mid
+    def _write_quietly(self, data: bytes) -> None:
+        """An acknowledgement: lost with the connection, as the broker's copy is."""
+        with contextlib.suppress(LocalUnavailableError):
+            self._write(data)
 
-    def publish_many(self, publications: Sequence[tuple[str, bytes, bool]], qos: int,
-                     waiter: Waiter) -> int:
-        """Write publications in one go; at QoS 1 `waiter.set()` is called once per PUBACK.
-        Returns how many acknowledgements to expect."""
+    def _pause_reading(self, pause: bool) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if pause:
+                log.warning("local broker %s: %d messages not yet handled: not reading "
+                            "until half of them are", self.where, self._inbox.limit)
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    @property
+    def waiting(self) -> int:
+        """Publications held back by the broker's Receive Maximum."""
+        return self._flight.waiting
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size (MQTT 5 CONNACK), None when it gave none."""
+        return self._flight.max_packet
+
+    def publish_many(self, publications: Sequence[Pub], qos: int, waiter: Waiter) -> int:
+        """Write publications in one go (what the broker's Receive Maximum holds back goes
+        out as PUBACKs return); at QoS 1 `waiter.set()` is called once per PUBACK. Returns
+        how many `set()` calls to expect: one refused at once for its size is not counted.
+        """
         if not self.connected:
             raise LocalUnavailableError(f"not connected to {self.where}")
-        mids: list[int] = []
-        if qos:  # the hot path: ids taken here, the packets encoded by the codec
-            add = mids.append
-            acks, subacks = self._acks, self._subacks
-            mid = self._mid
-            for _ in publications:
-                mid = mid % 65535 + 1
-                while mid in acks or mid in subacks:
-                    mid = mid % 65535 + 1
-                acks[mid] = waiter
-                add(mid)
-            self._mid = mid
-        self._write(publish311_many(publications, qos, mids))
-        return len(mids)
+        data, expected = self._flight.take(publications, qos, waiter)
+        if data:
+            self._write(data)
+        return expected
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> None:
@@ -285,17 +310,21 @@ class MqttClient:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiter = _Single(future)
         if not self.publish_many([(topic, payload, retain)], qos, waiter):
+            if future.done():
+                future.result()  # refused for its size
             return
         await self._until(future, timeout, f"no PUBACK for {topic}")
 
     async def subscribe(self, topic: str, qos: int = 1) -> None:
-        mid = self._next_mid()
+        mid = self._flight.next_mid()
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = future
-        self._write(subscribe311(mid, [topic], qos))
-        codes = await self._until(future, self.timeout, f"no SUBACK for {topic}")
-        if any(code >= 0x80 for code in codes):
-            raise LocalUnavailableError(f"subscription to {topic} refused")
+        self._write((subscribe5 if self.v5 else subscribe311)(mid, [topic], qos))
+        body = await self._until(future, self.timeout, f"no SUBACK for {topic}")
+        codes = suback_codes(body, self.v5)
+        if not codes or any(code >= 0x80 for code in codes):
+            raise LocalUnavailableError(f"subscription to {topic} refused"
+                                        + (f": {reason(codes[0])}" if codes else ""))
 
     async def _until(self, future: asyncio.Future[T], timeout: float | None,
                         what: str) -> T:
@@ -315,55 +344,56 @@ class MqttClient:
 
     # -- receiving -----------------------------------------------------------------------
 
-    async def message(self) -> tuple[str, bytes, bool]:
-        """The next message received: (topic, payload, retain)."""
-        if self._messages.empty():
-            getter = asyncio.ensure_future(self._messages.get())
-            try:
-                await self._until(getter, None, "no message")
-            finally:
-                getter.cancel()
-            return getter.result()
-        return self._messages.get_nowait()
+    async def message(self) -> Message:
+        """The next message received: (topic, payload, retain); acknowledged to the broker
+        now that it is taken."""
+        while True:
+            message = self._inbox.take()
+            if message is not None:
+                return message
+            await self._until(asyncio.shield(self._inbox.ready()), None, "no message")
 
     def _feed(self, data: bytes) -> None:
         self._received = time.monotonic()
         acks, packets, malformed = self._reader.split(data)
+        flight = self._flight
         if acks:  # most of what comes: one PUBACK per publication
-            pop = self._acks.pop
+            pop = flight.acks.pop
             for mid in acks:
-                waiter = pop(mid, None)
-                if waiter is not None:
-                    waiter.set()
+                entry = pop(mid, None)
+                if entry is not None:
+                    entry[0].set()
         for first, body in packets:
             kind = first & 0xF0
             if kind == PUBACK:
-                waiter = self._acks.pop(packet_id(body), None)
+                code = reason_code(body, 2)
+                waiter = flight.refused(packet_id(body), code) if code >= 0x80 \
+                    else flight.acked(packet_id(body))
                 if waiter is not None:
                     waiter.set()
             elif kind == PUBLISH:
-                self._on_publish(first, body)
+                self._inbox.received(first, body, self.v5)
+            elif kind == PUBREL:
+                self._inbox.released(packet_id(body))
             elif kind == CONNACK:
                 if self._connack is not None and not self._connack.done():
-                    self._connack.set_result(connack_code(body))
+                    self._connack.set_result(body)
             elif kind == SUBACK:
                 future = self._subacks.pop(packet_id(body), None)
                 if future is not None and not future.done():
-                    future.set_result(body[2:])
+                    future.set_result(body)
+            elif kind == DISCONNECT:
+                self._on_disconnect(body)
+        if flight.waiting:
+            self._write_quietly(flight.release())
         if malformed:
             self._protocol_error("malformed remaining length")
 
-    def _on_publish(self, first: int, body: bytes) -> None:
-        topic, mid, payload = publish_fields(first, body)
-        if first & 0x06:
-            with contextlib.suppress(LocalUnavailableError):
-                self._write(puback(mid))
-        try:
-            self._messages.put_nowait((topic, payload, bool(first & 0x01)))
-        except asyncio.QueueFull:  # a flood: logged rate-limited
-            self._bad.warning("queue", "local broker %s: %d messages not yet handled: "
-                              "dropped the one on %.200r", self.where, MAX_QUEUED_MESSAGES,
-                              topic)
+    def _on_disconnect(self, body: bytes) -> None:
+        """The broker says why it closes the connection (MQTT 5)."""
+        code, words = disconnect_reason(body)
+        error = SessionTakenOverError if code == SESSION_TAKEN_OVER else LocalUnavailableError
+        self._disconnected = error(f"{self.where} closed the connection: {words}")
 
     def _protocol_error(self, what: str) -> None:
         log.warning("local broker %s: %s: closing the connection", self.where, what)

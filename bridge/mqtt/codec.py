@@ -1,7 +1,7 @@
 """The MQTT wire format, the one place the project encodes and decodes MQTT packets: pure
 functions and a stream splitter, no I/O.
 
-Its users: the local client (`bridge/mqtt/client.py`, MQTT 3.1.1), the upstream PUBLISH
+Its users: the local client (`bridge/mqtt/client.py`, MQTT 5 or 3.1.1), the upstream PUBLISH
 parser (`parse_publish`, MQTT 5, used by `bridge/flespi/upstream.py`), and the benchmark's
 load generator and checkers (`bench/`), which encode MQTT 5 PUBLISH packets ahead of the
 clock and read the broker's answers with `PacketReader`.
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
+PUBREC, PUBREL, PUBCOMP = 0x50, 0x60, 0x70
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x80, 0x90, 0xC0, 0xD0, 0xE0
 # CONNACK return codes of MQTT 3.1.1
 REFUSED = {1: "unacceptable protocol version", 2: "identifier rejected",
@@ -89,55 +90,73 @@ def packet(first: int, body: bytes) -> bytes:
 # -- what a client sends -----------------------------------------------------------------
 
 
-def connect311(client_id: str, *, keepalive: int, username: str | None = None,
-               password: str | None = None,
-               will: tuple[str, bytes, int, bool] | None = None) -> bytes:
-    """An MQTT 3.1.1 CONNECT with a clean session; `will` is (topic, payload, qos, retain)."""
+def _connect_payload(client_id: str, will: tuple[str, bytes, int, bool] | None,
+                     username: str | None, password: str | None, v5: bool
+                     ) -> tuple[int, bytes]:
+    """A CONNECT's flags (clean session/start) and payload; MQTT 5 puts an (empty) property
+    block before the will."""
     flags = 0x02
     payload = utf8(client_id)
     if will is not None:
         topic, message, qos, retain = will
         flags |= 0x04 | qos << 3 | (0x20 if retain else 0)
-        payload += utf8(topic) + utf8(message)
+        payload += (b"\x00" if v5 else b"") + utf8(topic) + utf8(message)
     if username is not None:
         flags |= 0x80
         payload += utf8(username)
         if password is not None:
             flags |= 0x40
             payload += utf8(password)
+    return flags, payload
+
+
+def connect311(client_id: str, *, keepalive: int, username: str | None = None,
+               password: str | None = None,
+               will: tuple[str, bytes, int, bool] | None = None) -> bytes:
+    """An MQTT 3.1.1 CONNECT with a clean session; `will` is (topic, payload, qos, retain)."""
+    flags, payload = _connect_payload(client_id, will, username, password, False)
     return packet(CONNECT, utf8(b"MQTT") + bytes((4, flags)) + keepalive.to_bytes(2, "big")
                   + payload)
 
 
-def connect5(client_id: str, *, keepalive: int = 60) -> bytes:
-    """An MQTT 5 CONNECT with a clean start and no properties (the benchmark's load
-    generator)."""
-    return packet(CONNECT, utf8(b"MQTT") + bytes((5, 0x02)) + keepalive.to_bytes(2, "big")
-                  + b"\x00" + utf8(client_id))
+def connect5(client_id: str, *, keepalive: int = 60, username: str | None = None,
+             password: str | None = None, will: tuple[str, bytes, int, bool] | None = None,
+             receive_maximum: int | None = None) -> bytes:
+    """An MQTT 5 CONNECT with a clean start (the session ends with the connection);
+    `receive_maximum`, when given, is how many QoS 1 messages the broker may send before
+    waiting for their PUBACKs. Without options: the benchmark's load generator's."""
+    flags, payload = _connect_payload(client_id, will, username, password, True)
+    props = b"" if receive_maximum is None else \
+        bytes((RECEIVE_MAXIMUM,)) + receive_maximum.to_bytes(2, "big")
+    return packet(CONNECT, utf8(b"MQTT") + bytes((5, flags)) + keepalive.to_bytes(2, "big")
+                  + varint(len(props)) + props + payload)
 
 
 def publish311_many(publications: Sequence[tuple[str, bytes, bool]], qos: int,
-                   mids: Sequence[int]) -> bytes:
+                   mids: Sequence[int], v5: bool = False) -> bytes:
     """MQTT 3.1.1 PUBLISH packets back to back, one per (topic, payload, retain), all at
     `qos`; at QoS 1 the n-th has packet id `mids[n]` (at QoS 0 `mids` is not read).
 
     The local client's hot path, run for every publication: one join for the whole batch,
-    one loop per QoS (timed no slower than the encoding inlined in the client's loop)."""
+    one loop per QoS (timed no slower than the encoding inlined in the client's loop).
+    `v5`: MQTT 5 PUBLISH packets instead, each with an empty property block (one byte)."""
     parts: list[bytes] = []
     add = parts.extend
     first = PUBLISH | qos << 1
+    extra = 1 if v5 else 0
+    props = b"\x00" if v5 else b""
     if qos:
         for (topic, payload, retain), mid in zip(publications, mids, strict=True):
             encoded = topic.encode()
             size = len(encoded)
-            add((fixed_header(first | retain, 4 + size + len(payload)),
-                 size.to_bytes(2, "big"), encoded, mid.to_bytes(2, "big"), payload))
+            add((fixed_header(first | retain, 4 + extra + size + len(payload)),
+                 size.to_bytes(2, "big"), encoded, mid.to_bytes(2, "big") + props, payload))
     else:
         for topic, payload, retain in publications:
             encoded = topic.encode()
             size = len(encoded)
-            add((fixed_header(first | retain, 2 + size + len(payload)),
-                 size.to_bytes(2, "big"), encoded, payload))
+            add((fixed_header(first | retain, 2 + extra + size + len(payload)),
+                 size.to_bytes(2, "big"), encoded + props, payload))
     return b"".join(parts)
 
 
@@ -178,9 +197,26 @@ def subscribe311(mid: int, filters: Sequence[str], qos: int = 1) -> bytes:
     return packet(SUBSCRIBE | 0x02, body)
 
 
+def subscribe5(mid: int, filters: Sequence[str], qos: int = 1) -> bytes:
+    """An MQTT 5 SUBSCRIBE of `filters`, all at maximum `qos`, without properties."""
+    body = mid.to_bytes(2, "big") + b"\x00" + b"".join(utf8(f) + bytes((qos,))
+                                                       for f in filters)
+    return packet(SUBSCRIBE | 0x02, body)
+
+
 def puback(mid: int) -> bytes:
     """A PUBACK without a reason code (MQTT 3.1.1; success in MQTT 5)."""
     return bytes((PUBACK, 2)) + mid.to_bytes(2, "big")
+
+
+def ack(kind: int, mid: int) -> bytes:
+    """A PUBREC, PUBREL or PUBCOMP (success) of `mid`; PUBREL's flags are 0b0010."""
+    return bytes((kind | (0x02 if kind == PUBREL else 0), 2)) + mid.to_bytes(2, "big")
+
+
+def disconnect5(reason: int = 0) -> bytes:
+    """An MQTT 5 DISCONNECT with a reason code."""
+    return bytes((DISCONNECT, 1, reason))
 
 
 # -- what a client reads ------------------------------------------------------------------
@@ -213,33 +249,6 @@ def publish_fields(first: int, body: bytes) -> tuple[str, int, bytes]:
         if not first & 0x06:
             return topic, 0, body[start:]
         return topic, int.from_bytes(body[start:start + 2], "big"), body[start + 2:]
-
-
-def connack_receive_maximum(body: bytes) -> int | None:
-    """The Receive Maximum of an MQTT 5 CONNACK body (None: not sent, i.e. 65535)."""
-    if len(body) < 3:
-        return None
-    plen, pos = read_varint(body, 2)
-    end = pos + plen
-    while pos < end:
-        prop = body[pos]
-        pos += 1
-        if prop == RECEIVE_MAXIMUM:
-            return int.from_bytes(body[pos:pos + 2], "big")
-        if prop in (0x24, 0x25, 0x28, 0x29, 0x2A):  # one-byte properties
-            pos += 1
-        elif prop in (0x21, 0x13, 0x22):  # two-byte integers
-            pos += 2
-        elif prop in (0x11, 0x27):  # four-byte integers
-            pos += 4
-        elif prop in (0x12, 0x1A, 0x1C, 0x1F, 0x15, 0x16):  # strings, binary data
-            pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
-        elif prop == USER_PROPERTY:
-            for _ in range(2):
-                pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
-        else:
-            return None
-    return None
 
 
 def parse_publish(raw: bytes, qos: int
@@ -297,8 +306,9 @@ def parse_publish(raw: bytes, qos: int
 
 
 class Frames(NamedTuple):
-    """What one read of the stream held: `acks`, the packet ids of the plain PUBACKs (four
-    bytes, success), decoded here because a publisher receives one per message; `packets`,
+    """What one read of the stream held: `acks`, the packet ids of the PUBACKs that say
+    success (MQTT 3.1.1's, and MQTT 5's with a reason code under 0x80 and no properties),
+    decoded here because a publisher receives one per message; `packets`,
     every other packet as (first byte, body), in order; `malformed`, whether the stream
     stopped making sense (a remaining length over four bytes) after those."""
 
@@ -345,6 +355,11 @@ class PacketReader:
                     break
                 acks.append(data[pos + 2] << 8 | data[pos + 3])
                 pos += 4
+                continue
+            if first == PUBACK and length == 3 and end - pos >= 5 and data[pos + 4] < 0x80:
+                # MQTT 5: success with a reason (Mosquitto's 0x10, no matching subscribers)
+                acks.append(data[pos + 2] << 8 | data[pos + 3])
+                pos += 5
                 continue
             if length < 0x80:  # the common one-byte remaining length, inline
                 start = pos + 2

@@ -3,23 +3,41 @@
 Keeps one connection alive with backoff; `<base>/bridge/state` is `online` while connected
 and the retained will says `offline` when the bridge dies. The MQTT client is the bridge's
 own (`bridge.mqtt.client`), made for publishing retained state in bulk.
+
+It speaks MQTT 5, or MQTT 3.1.1 to a broker that refuses MQTT 5 (said once in the log). A
+publication the broker refuses (too large for its Maximum Packet Size, an ACL, a
+`message_size_limit`) is that publication's failure, not the connection's: it counts as
+answered (what it carried is acknowledged upstream: retrying cannot help), is counted in
+`flespi_bridge_dropped_total{reason="too_large"|"refused"}` and logged once per topic.
+Another client taking the session (same `local.client_id`, MQTT 5) is an error and a long
+wait, not a fight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bridge.config.sections import LocalSettings, ReconnectSettings
 from bridge.config.tls import local_tls_context
-from bridge.core.backoff import Backoff
+from bridge.core.backoff import STABLE_AFTER, Backoff
 from bridge.core.events import EventHub, LocalConnected
 from bridge.core.stats import Stats
 from bridge.core.transport import Handler, Publication, Routes
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt.client import MqttClient, Options, Will
+from bridge.mqtt.client import MqttClient
+from bridge.mqtt.flight import PACKET_TOO_LARGE, Pub
+from bridge.mqtt.options import (
+    Options,
+    ProtocolRefusedError,
+    PublishRefusedError,
+    SessionTakenOverError,
+    Will,
+)
+from bridge.mqtt.v5 import reason
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +45,11 @@ log = logging.getLogger(__name__)
 PUBLISH_WINDOW = 256
 # Seconds to connect (TCP, TLS and the CONNACK) and to wait for a SUBACK.
 TIMEOUT = 10.0
+# Seconds to wait after another client took our session: long enough that two bridges
+# sharing a client id do not take it from each other over and over.
+TAKEN_OVER_DELAY = 300.0
+# Refused topics remembered so that each is logged once (then the memory starts over).
+LOGGED_REFUSALS = 10_000
 
 
 class LocalBroker:
@@ -48,6 +71,9 @@ class LocalBroker:
         self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+        self.protocol = 5  # 4 once the broker refused MQTT 5 and took MQTT 3.1.1
+        self._fell_back = ""  # why MQTT 5 was refused, until MQTT 3.1.1 is tried
+        self._refused_topics: set[str] = set()
 
     async def start(self) -> None:
         """Nothing to prepare: `run` is an essential task (`bridge.app.supervisor`)."""
@@ -68,6 +94,7 @@ class LocalBroker:
                 keepalive=s.keepalive,
                 tls=self._tls,
                 timeout=TIMEOUT,
+                protocol=self.protocol,
             ),
         )
 
@@ -76,13 +103,24 @@ class LocalBroker:
         s = self.settings
         while True:
             client = self._make_client()
+            up_since: float | None = None
             try:
                 await client.connect()
                 self._client = client
-                await client.publish(self._state_topic, b"online", qos=1, retain=True)
+                try:
+                    await client.publish(self._state_topic, b"online", qos=1, retain=True)
+                except PublishRefusedError as exc:
+                    log.warning("%s", exc)
                 for topic in self._routes.filters:
                     await client.subscribe(topic, qos=1)
                 self._backoff.reset()
+                up_since = time.monotonic()
+                if self._fell_back:
+                    log.warning("local broker %s:%s: %s: connected with MQTT 3.1.1, and "
+                                "will keep to it. Over MQTT 3.1.1 the broker cannot say that "
+                                "it refused a publication (see local.max_string_length)",
+                                s.host, s.port, self._fell_back)
+                    self._fell_back = ""
                 self.connects += 1
                 self.connected.set()
                 log.info("connected to local broker %s:%s", s.host, s.port)
@@ -93,12 +131,33 @@ class LocalBroker:
                 while True:
                     topic, payload, retain = await client.message()
                     self._routes.dispatch(topic, payload, retain)
+            except ProtocolRefusedError as exc:
+                self._lost()
+                self.protocol = 4  # at once, without a backoff: kept if it connects
+                self._fell_back = str(exc)
+                continue
             except LocalUnavailableError as exc:
                 self._lost()
+                if self._fell_back:  # MQTT 3.1.1 failed too: MQTT 5 was not the reason
+                    self.protocol, self._fell_back = 5, ""
                 delay = self._backoff.next()
-                # a refused login or TLS failure must be visible at the default level too
-                log.warning("local broker %s:%s: %s; reconnecting in %.1fs", s.host, s.port,
-                            exc, delay)
+                if isinstance(exc, SessionTakenOverError):
+                    delay = max(delay, TAKEN_OVER_DELAY)
+                    log.error("local broker %s:%s: %s: another client connected with client "
+                              "id %r (two bridges, or two replicas, sharing local.client_id?); "
+                              "give each bridge its own. Reconnecting in %.0fs", s.host,
+                              s.port, exc, s.client_id, delay)
+                elif up_since is not None and time.monotonic() - up_since < STABLE_AFTER:
+                    log.error("local broker %s:%s: %s, %.1fs after connecting; reconnecting "
+                              "in %.1fs. If this repeats: is another client connected with "
+                              "client id %r (two bridges, or two replicas, sharing "
+                              "local.client_id)? Does the broker refuse what the bridge "
+                              "publishes (its log says why)?", s.host, s.port, exc,
+                              time.monotonic() - up_since, delay, s.client_id)
+                else:
+                    # a refused login or TLS failure must be visible at the default level
+                    log.warning("local broker %s:%s: %s; reconnecting in %.1fs", s.host,
+                                s.port, exc, delay)
                 await asyncio.sleep(delay)
             except asyncio.CancelledError:
                 self._lost()
@@ -154,6 +213,24 @@ class LocalBroker:
                 await client.publish(topic, payload, qos=self.settings.qos, retain=retain)
             except LocalUnavailableError as exc:
                 raise LocalUnavailableError(f"publish to {topic} failed: {exc}") from None
+            except PublishRefusedError as exc:
+                self._refused((topic, payload, retain), exc.code)
+
+    def _refused(self, publication: Pub, code: int) -> None:
+        """A publication the broker refused: counted, and logged once per topic."""
+        too_large = code == PACKET_TOO_LARGE
+        self._stats.dropped["too_large" if too_large else "refused"] += 1
+        topic = publication[0]
+        if topic in self._refused_topics:
+            return
+        if len(self._refused_topics) >= LOGGED_REFUSALS:
+            self._refused_topics.clear()
+        self._refused_topics.add(topic)
+        limit = self._client.max_packet_size if too_large and self._client else None
+        log.warning("local broker refused the publication on %s (%d bytes%s): %s; dropped, "
+                    "the next one on this topic is tried again", topic, len(publication[1]),
+                    f", its Maximum Packet Size is {limit}" if limit else "",
+                    reason(code))
 
     def publish_nowait(self, publications: Sequence[Publication]) -> asyncio.Future[None]:
         """Hand publications to the broker at once; the future completes when the broker has
@@ -165,7 +242,7 @@ class LocalBroker:
         client = self._client
         if client is None or not self.connected.is_set() or not client.connected:
             raise LocalUnavailableError("local broker not connected")
-        countdown = _Countdown(asyncio.get_running_loop())
+        countdown = _Countdown(asyncio.get_running_loop(), self._refused)
         countdown.remaining = client.publish_many(publications, self.settings.qos, countdown)
         if countdown.remaining <= 0:
             countdown.future.set_result(None)
@@ -183,7 +260,7 @@ class LocalBroker:
             try:
                 await client.publish(self._state_topic, b"offline", qos=1, retain=True,
                                      timeout=5)
-            except LocalUnavailableError as exc:
+            except (LocalUnavailableError, PublishRefusedError) as exc:
                 log.warning("could not publish offline state: %s", exc)
 
 
@@ -191,11 +268,14 @@ class _Countdown:
     """Counts a batch's acknowledgements: the client calls `set()` on each PUBACK; the
     future completes with the last one."""
 
-    __slots__ = ("future", "remaining")
+    __slots__ = ("future", "refused", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 refused: Callable[[Pub, int], None]) -> None:
         self.remaining = 0
         self.future: asyncio.Future[None] = loop.create_future()
+        # a refusal completes its publication like a PUBACK: counted, logged, released
+        self.refused = refused
 
     def set(self) -> None:
         self.remaining -= 1

@@ -5,10 +5,17 @@ availability, per-attribute topics, discovery configs); `clear_discovery(dev)` a
 `clear_topics(dev)` list what a removed device leaves behind. Pure but for two memories that
 save republishing what did not change: the discovery configs published (`Discovery`) and
 each device's `sent` attributes.
+
+A string attribute longer than `local.max_string_length` bytes is left out of the state and
+of its own topic (counted in `dropped["too_long"]`, logged once per device and attribute):
+one catalogue string must not make a device's whole state too large for the broker (which
+drops the connection, or over MQTT 3.1.1 may acknowledge and discard it unseen).
 """
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -44,7 +51,12 @@ from bridge.homeassistant.payloads import (
 from bridge.homeassistant.templates import DiscoveryTemplates
 from bridge.normalize.catalog import Attribute
 
+log = logging.getLogger(__name__)
+
 _UNSENT = object()
+# (device, attribute) pairs remembered so that each too long string is logged once (then
+# the memory starts over)
+LOGGED_TOO_LONG = 10_000
 # Publication(topic, payload, retain) without the NamedTuple's Python-level __new__: once
 # per device state, on the hot path.
 _publication = partial(tuple.__new__, Publication)
@@ -52,7 +64,10 @@ _publication = partial(tuple.__new__, Publication)
 
 class Renderer:
     def __init__(self, settings: Settings, attributes: dict[str, Attribute],
-                 names: Callable[[int | None, int | None], Names] | None = None) -> None:
+                 names: Callable[[int | None, int | None], Names] | None = None,
+                 dropped: Counter[str] | None = None) -> None:
+        """`dropped`: where strings left out for their length are counted (the metrics'
+        `Stats.dropped`)."""
         self.settings = settings
         self.attributes = attributes
         # flespi's names of a device type and protocol (bridge.flespi.device_types)
@@ -60,6 +75,9 @@ class Renderer:
         loc = settings.local
         self.topics = LocalTopics(loc.base_topic)
         self._output = loc.output
+        self._max_string = loc.max_string_length or None
+        self._dropped: Counter[str] = Counter() if dropped is None else dropped
+        self._too_long: set[tuple[int, str]] = set()
         # device type -> its profile's locks shown from telemetry (profiles never change)
         self._lock_specs: dict[int | None, list[tuple[str, CommandSpec]]] = {}
         ha = settings.homeassistant
@@ -128,8 +146,12 @@ class Renderer:
         if dev.values or dev.last_seen is not None:
             output = self._output
             if output != "attribute":
-                pubs.append(_publication((self.topics.state(dev.id),
-                                          orjson.dumps(dev.state()), True)))
+                state = orjson.dumps(dev.state())
+                limit = self._max_string
+                if limit is not None and len(state) > limit:  # else no string can be over
+                    state = orjson.dumps({k: v for k, v in dev.state().items()
+                                          if not self._too_long_string(dev, k, v)})
+                pubs.append(_publication((self.topics.state(dev.id), state, True)))
             if output != "json":
                 pubs.extend(self._attributes(dev))
         locks = self._lock_specs.get(dev.info.device_type_id)
@@ -183,10 +205,14 @@ class Renderer:
     def _attributes(self, dev: Device) -> list[Publication]:
         """Per-attribute topics, only for values that changed since last published."""
         pubs = []
+        limit = self._max_string
         for name, value in dev.state().items():
             if dev.sent.get(name, _UNSENT) != value:
-                dev.sent[name] = value
                 data = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                if limit is not None and len(data) > limit \
+                        and self._too_long_string(dev, name, value):
+                    continue
+                dev.sent[name] = value
                 pubs.append(Publication(self.topics.device(dev.id, name), data))
         if "latitude" in dev.values and "position" not in dev.values:
             pos = orjson.dumps(tracker_position(dev))
@@ -194,6 +220,23 @@ class Renderer:
                 dev.sent["position"] = pos
                 pubs.append(Publication(self.topics.device(dev.id, "position"), pos))
         return pubs
+
+    def _too_long_string(self, dev: Device, name: str, value: object) -> bool:
+        """Whether `value` is a string over the limit: then counted, and logged once per
+        device and attribute."""
+        limit = self._max_string
+        if limit is None or not isinstance(value, str) or len(value) * 4 <= limit \
+                or len(value.encode()) <= limit:
+            return False
+        self._dropped["too_long"] += 1
+        if (dev.id, name) not in self._too_long:
+            if len(self._too_long) >= LOGGED_TOO_LONG:
+                self._too_long.clear()
+            self._too_long.add((dev.id, name))
+            log.warning("device %s: %s is %d bytes long, over local.max_string_length (%d): "
+                        "left out of what is published", dev.id, name, len(value.encode()),
+                        limit)
+        return True
 
     def clear_discovery(self, dev: Device) -> list[Publication]:
         """What removes a removed device from Home Assistant."""

@@ -11,12 +11,22 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 
+import aiomqtt
 import pytest
+from support.amqtt_broker import amqtt_broker
 from support.helpers import Brokers
 
 from bridge.exceptions import LocalUnavailableError
-from bridge.mqtt.client import MqttClient, Options, Will
+from bridge.mqtt.client import MAX_QUEUED_MESSAGES, MqttClient
+from bridge.mqtt.options import (
+    Options,
+    ProtocolRefusedError,
+    PublishRefusedError,
+    SessionTakenOverError,
+    Will,
+)
 from bridge.sim.brokers import Broker
 
 QUICK = Options(timeout=5)
@@ -49,11 +59,16 @@ def frozen(broker: Broker) -> Iterator[None]:
 
 
 class Counter:
-    """A `Waiter` that counts PUBACKs and wakes the test once `expected` have come."""
+    """A `Waiter` that counts PUBACKs and wakes the test once `expected` have come; it
+    keeps the refusals, (topic, reason code)."""
 
     def __init__(self, expected: int) -> None:
         self.count, self.expected = 0, expected
         self.done = asyncio.Event()
+        self.refusals: list[tuple[str, int]] = []
+
+    def refused(self, publication: tuple[str, bytes, bool], code: int) -> None:
+        self.refusals.append((publication[0], code))
 
     def set(self) -> None:
         self.count += 1
@@ -172,15 +187,17 @@ async def test_the_will_is_published_on_abort_and_not_on_disconnect(brokers: Bro
         assert await next_message(watcher) == ("bridge/status", b"offline", False)
 
 
-@pytest.mark.parametrize(("config", "client_id", "reason"), [
-    (("allow_anonymous false",), "anonymous", "not authorized"),
-    (("allow_zero_length_clientid false",), "", "identifier rejected"),
+@pytest.mark.parametrize(("config", "client_id", "protocol", "reason"), [
+    (("allow_anonymous false",), "anonymous", 4, "not authorized"),
+    (("allow_zero_length_clientid false",), "", 4, "identifier rejected"),
+    (("allow_anonymous false",), "anonymous", 5, "not authorized"),  # MQTT 5 reason 0x87
+    (("allow_zero_length_clientid false",), "", 5, "unspecified error"),  # Mosquitto's 0x80
 ])
 async def test_a_refused_connack_says_why(brokers: Brokers, config: tuple[str, ...],
-                                          client_id: str, reason: str) -> None:
+                                          client_id: str, protocol: int, reason: str) -> None:
     broker = brokers(extra_config=config)
     client = MqttClient(broker.host, broker.port, client_id=client_id,
-                        options=Options(timeout=5))
+                        options=Options(timeout=5, protocol=protocol))
     with pytest.raises(LocalUnavailableError, match=f"connection refused: {reason}"):
         await client.connect()
     with pytest.raises(LocalUnavailableError):  # and the connection is dropped
@@ -196,3 +213,138 @@ async def test_nothing_listening_is_an_unavailable_broker(brokers: Brokers) -> N
     with pytest.raises(LocalUnavailableError):
         await client.connect()
     assert not client.connected
+
+
+# -- the broker's limits (MQTT 5): a refusal is not a loss -------------------------------------
+
+
+async def test_the_brokers_receive_maximum_holds_publications_back_not_the_connection(
+        brokers: Brokers) -> None:
+    broker = brokers(extra_config=("max_inflight_messages 5",))  # CONNACK Receive Maximum 5
+    batch = [(f"fleet/{i}/state", b"%d" % i, True) for i in range(300)]
+    async with connected(broker, "publisher") as publisher, \
+            connected(broker, "subscriber") as subscriber:
+        await subscriber.subscribe("fleet/#", qos=1)
+        counter = Counter(len(batch))
+        assert publisher.publish_many(batch, 1, counter) == len(batch)
+        assert publisher.waiting == len(batch) - 5  # five on the wire, the rest held back
+        await asyncio.wait_for(counter.done.wait(), 10)
+        assert publisher.waiting == 0
+        assert counter.refusals == []
+        got = [await next_message(subscriber) for _ in batch]
+        assert got == [(topic, payload, False) for topic, payload, _ in batch]
+
+
+async def test_a_publication_over_the_maximum_packet_size_is_refused_and_the_rest_go_on(
+        brokers: Brokers) -> None:
+    broker = brokers(extra_config=("max_packet_size 65536",))
+    big = ("fleet/1/state", b'{"vehicle.vin": "' + b"V" * 100_000 + b'"}', True)
+    batch = [("fleet/0/state", b"before", True), big, ("fleet/2/state", b"after", True)]
+    async with connected(broker, "publisher") as publisher, \
+            connected(broker, "subscriber") as subscriber:
+        assert publisher.max_packet_size == 65536
+        await subscriber.subscribe("fleet/#", qos=1)
+        counter = Counter(2)
+        assert publisher.publish_many(batch, 1, counter) == 2
+        assert counter.refusals == [("fleet/1/state", 0x95)]  # at once: never written
+        await asyncio.wait_for(counter.done.wait(), 10)
+        assert [await next_message(subscriber) for _ in range(2)] == [
+            ("fleet/0/state", b"before", False), ("fleet/2/state", b"after", False)]
+        assert publisher.connected
+        with pytest.raises(PublishRefusedError, match="packet too large"):
+            await publisher.publish(big[0], big[1], qos=1, retain=True, timeout=5)
+        await publisher.publish("fleet/3/state", b"still here", qos=1, timeout=5)
+
+
+@pytest.mark.parametrize("protocol", [5, 4])
+async def test_message_size_limit_is_a_refusal_over_mqtt5_and_unknowable_over_311(
+        brokers: Brokers, protocol: int) -> None:
+    """Mosquitto's `message_size_limit` acknowledges an oversized publication and drops it.
+    MQTT 5's PUBACK says so (0x95); MQTT 3.1.1's PUBACK has no room to: the client cannot
+    know, which is why the bridge limits strings itself (`local.max_string_length`)."""
+    broker = brokers(extra_config=("message_size_limit 1000",))
+    async with connected(broker, "publisher", Options(timeout=5, protocol=protocol)) as pub, \
+            connected(broker, "subscriber") as subscriber:
+        await subscriber.subscribe("fleet/#", qos=1)
+        counter = Counter(2)
+        pub.publish_many([("fleet/1/state", b"x" * 2000, True), ("fleet/2/state", b"ok", True)],
+                         1, counter)
+        await asyncio.wait_for(counter.done.wait(), 10)
+        assert counter.refusals == ([("fleet/1/state", 0x95)] if protocol == 5 else [])
+        assert await next_message(subscriber) == ("fleet/2/state", b"ok", False)
+        assert pub.connected
+
+
+async def test_a_session_taken_over_says_so() -> None:
+    """MQTT 5's DISCONNECT 0x8E (newer Mosquitto, EMQX, HiveMQ; Debian's Mosquitto 2.0.11
+    just closes the connection, which the bridge's backoff covers): a scripted peer on
+    loopback sends what such a broker sends, encoded by the independent `mqtt5` codec."""
+    mqtt5 = pytest.importorskip("mqtt5")
+    taken_over = mqtt5.DisconnectPacket(
+        reason_code=mqtt5.DisconnectReasonCode.SESSION_TAKEN_OVER,
+        reason_str="another client connected with this id").write()
+
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(mqtt5.ConnAckPacket().write())
+        await writer.drain()
+        writer.write(taken_over)
+        writer.close()
+
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        client = MqttClient("127.0.0.1", port, client_id="twin", options=QUICK)
+        await client.connect()
+        with pytest.raises(SessionTakenOverError,
+                           match=r"session taken over \(another client connected with this id\)"):
+            await asyncio.wait_for(asyncio.shield(client.closed), 10)
+        client.abort()
+
+
+async def test_a_broker_that_does_not_speak_mqtt5_is_told_from_a_lost_one(
+        tmp_path: Path) -> None:
+    with amqtt_broker(tmp_path) as (host, port):
+        client = MqttClient(host, port, client_id="modern", options=Options(timeout=3))
+        with pytest.raises(ProtocolRefusedError, match="MQTT 5"):
+            await client.connect()
+        client = MqttClient(host, port, client_id="classic",
+                            options=Options(timeout=5, protocol=4))
+        await client.connect()
+        await client.subscribe("fleet/#")
+        await client.publish("fleet/1/state", b"on", qos=1, timeout=5)
+        assert await next_message(client) == ("fleet/1/state", b"on", False)
+        await client.disconnect()
+
+
+# -- what the broker sends: acknowledged when taken, never dropped ------------------------------
+
+
+async def test_a_flood_past_the_queue_limit_is_held_back_not_dropped(brokers: Brokers) -> None:
+    """Issue 21: past 10,000 queued, messages were acknowledged and dropped."""
+    broker = brokers(extra_config=("max_queued_messages 0", "max_inflight_messages 0"))
+    flood = 3 * MAX_QUEUED_MESSAGES
+    async with connected(broker, "slow-reader", Options(timeout=5, protocol=4)) as reader, \
+            connected(broker, "flooder") as flooder:
+        await reader.subscribe("cmd/#", qos=1)
+        counter = Counter(flood)
+        flooder.publish_many([(f"cmd/{i}", b"%d" % i, False) for i in range(flood)], 1, counter)
+        await asyncio.wait_for(counter.done.wait(), 30)  # all with the broker, none read yet
+        got = [await next_message(reader) for _ in range(flood)]
+        assert [payload for _, payload, _ in got] == [b"%d" % i for i in range(flood)]
+        assert reader.connected
+
+
+async def test_a_qos2_message_is_answered_as_qos2(brokers: Brokers) -> None:
+    """One QoS 2 message in flight at a time: the next comes only once the previous one's
+    PUBREC/PUBREL/PUBCOMP exchange is complete (a PUBACK would leave it open forever)."""
+    broker = brokers(extra_config=("max_inflight_messages 1",))
+    for protocol in (5, 4):
+        async with connected(broker, f"reader{protocol}",
+                             Options(timeout=5, protocol=protocol)) as reader:
+            await reader.subscribe("qos2/#", qos=2)
+            async with aiomqtt.Client(broker.host, broker.port) as sender:
+                for i in range(3):
+                    await sender.publish(f"qos2/{i}", b"%d" % i, qos=2)
+            assert [await next_message(reader) for _ in range(3)] == [
+                (f"qos2/{i}", b"%d" % i, False) for i in range(3)]

@@ -25,7 +25,7 @@ from support.helpers import (
     wait_until,
 )
 
-from bridge.core.backoff import Backoff
+from bridge.core.backoff import STABLE_AFTER, Backoff
 from bridge.sim import Responder, Simulator
 from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
@@ -189,13 +189,15 @@ async def _reconnect_delays(caplog: pytest.LogCaptureFixture, count: int) -> lis
 def test_backoff_grows_with_jitter_and_stays_bounded() -> None:
     import random
 
-    backoff = Backoff(0.5, 8.0, random.Random(1))
+    now = [0.0]
+    backoff = Backoff(0.5, 8.0, random.Random(1), clock=lambda: now[0])
     delays = [backoff.next() for _ in range(40)]
     assert all(0.5 <= d <= 8.0 for d in delays)
     assert max(delays[:2]) <= 1.0  # starts small
     assert max(delays[10:]) > 4.0  # grows to the cap
     assert len({round(d, 3) for d in delays}) > 30  # jittered, not a fixed schedule
     backoff.reset()
+    now[0] += STABLE_AFTER  # connected, and it lasted
     assert backoff.next() == 0.5  # after a success the next outage starts small again
 
 

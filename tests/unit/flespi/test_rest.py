@@ -119,6 +119,18 @@ async def test_mqtt_chunks_are_joined() -> None:
     assert rest.on_reply(topic, b"late", [("http_code", "200")])  # stale answer: ignored
 
 
+async def test_a_request_is_never_left_for_the_session_to_replay() -> None:
+    """Issue 21: gmqtt keeps every unacknowledged QoS 1 PUBLISH and sends it again when it
+    reconnects with the (persistent) session present, so a command that flespi had run
+    before the connection dropped ran a second time. At QoS 0 it is never kept."""
+    up = FakeUpstream()
+    rest = MqttRest(lambda: up, PREFIX)
+    task, topic = await request(rest, up)
+    assert up.published[-1][2]["qos"] == 0
+    reply(rest, topic, b'{"result": []}', "200")
+    await asyncio.wait_for(task, 5)
+
+
 @pytest.mark.parametrize("code", ["", "abc", "2e2", "20", "2000", "-200", "99", "600",
                                   "٢٠٠", "9" * 5000, "200.0", "0x10"])
 async def test_mqtt_odd_http_code_is_bad_response(code: str) -> None:

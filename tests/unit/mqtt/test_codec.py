@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.mqtt import codec
+from bridge.mqtt import codec, v5
 from bridge.mqtt.codec import MalformedPacketError, PacketReader, parse_publish, utf8, varint
 
 TOPIC = "homeassistant/sensor/flespi_5537057/battery_voltage/state"
@@ -188,8 +188,8 @@ def test_connack_codes_and_receive_maximum() -> None:
     assert codec.REFUSED[5] == "not authorized"
     assert codec.connack_code(b"\x00") == 0xFF  # too short to say: not accepted
     props = b"\x24\x01" + b"\x21\x00\x14" + b"\x12" + codec.utf8("id")
-    assert codec.connack_receive_maximum(b"\x00\x00" + codec.varint(len(props)) + props) == 20
-    assert codec.connack_receive_maximum(b"\x00\x00\x00") is None  # not sent: 65535
+    assert v5.connack_receive_maximum(b"\x00\x00" + codec.varint(len(props)) + props) == 20
+    assert v5.connack_receive_maximum(b"\x00\x00\x00") is None  # not sent: 65535
 
 
 # -- an independent decoder: paho-mqtt (installed with aiomqtt) --------------------------------
@@ -372,3 +372,98 @@ def test_random_bytes_never_raise() -> None:
             raw = bytearray(rng.randrange(256) for _ in range(rng.randrange(40)))
         result = parse_publish(bytes(raw[:rng.randrange(len(raw) + 1)]), rng.randrange(3))
         assert result is None or isinstance(result[0], str)
+
+
+# -- MQTT 5, against an independent codec: `mqtt5` (Rust, the codec under aiomqtt 3) ---------
+
+mqtt5 = pytest.importorskip("mqtt5")
+
+
+def test_mqtt5_reads_the_clients_connect_with_will_credentials_and_receive_maximum() -> None:
+    raw = codec.connect5("bridge-1", keepalive=30, username="u", password="p",
+                         will=("flespi/bridge/state", b"offline", 1, True),
+                         receive_maximum=1000)
+    packet, size = mqtt5.read(bytearray(raw))
+    assert size == len(raw)
+    assert (packet.client_id, packet.username, packet.password, packet.keep_alive,
+            packet.clean_start, packet.receive_max) == ("bridge-1", "u", b"p", 30, True, 1000)
+    will = packet.will
+    assert (will.topic, will.payload, will.qos, will.retain) == (
+        "flespi/bridge/state", b"offline", mqtt5.QoS.AT_LEAST_ONCE, True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=30).filter(lambda t: "\x00" not in t),
+                          st.binary(max_size=20_000), st.booleans()), min_size=1, max_size=5),
+       st.integers(0, 1))
+def test_mqtt5_reads_the_clients_publish_batch(
+        batch: list[tuple[str, bytes, bool]], qos: int) -> None:
+    mids = list(range(65534, 65534 + len(batch)))
+    mids = [mid % 65535 + 1 for mid in mids]
+    raw = bytearray(codec.publish311_many(batch, qos, mids, v5=True))
+    got = []
+    while raw:
+        packet, size = mqtt5.read(raw)
+        del raw[:size]
+        got.append((packet.topic, packet.payload, packet.retain, int(packet.qos.value),
+                    packet.packet_id, packet.user_properties))
+    assert got == [(t, p, r, qos, mid if qos else None, [])
+                   for (t, p, r), mid in zip(batch, mids, strict=True)]
+
+
+def test_mqtt5_reads_the_clients_subscribe_acknowledgements_and_disconnect() -> None:
+    sub, _ = mqtt5.read(bytearray(codec.subscribe5(9, ["flespi/+/set", "a/#"], 1)))
+    assert sub.packet_id == 9
+    assert [(f.pattern, f.max_qos) for f in sub.topic_filters] == [
+        ("flespi/+/set", mqtt5.QoS.AT_LEAST_ONCE), ("a/#", mqtt5.QoS.AT_LEAST_ONCE)]
+    for kind, cls in ((codec.PUBREC, mqtt5.PubRecPacket), (codec.PUBREL, mqtt5.PubRelPacket),
+                      (codec.PUBCOMP, mqtt5.PubCompPacket)):
+        packet, _ = mqtt5.read(bytearray(codec.ack(kind, 300)))
+        assert isinstance(packet, cls)
+        assert packet.packet_id == 300
+    packet, _ = mqtt5.read(bytearray(codec.disconnect5()))
+    assert packet.reason_code == mqtt5.DisconnectReasonCode.NORMAL_DISCONNECTION
+
+
+def test_the_client_reads_mqtt5s_connack_properties() -> None:
+    raw = mqtt5.ConnAckPacket(receive_max=20, max_packet_size=65536, topic_alias_max=10,
+                              reason_str="hello", user_properties=[("k", "v")]).write()
+    _, [(first, body)] = frames(raw)
+    assert first == codec.CONNACK
+    assert codec.connack_code(body) == 0
+    props = v5.connack_properties(body)
+    assert (props[codec.RECEIVE_MAXIMUM], props[v5.MAXIMUM_PACKET_SIZE]) == (20, 65536)
+    assert props[v5.REASON_STRING] == b"hello"
+    assert v5.connack_receive_maximum(mqtt5.ConnAckPacket().write()[2:]) is None
+
+
+@pytest.mark.parametrize(("code", "refused"), [
+    ("SUCCESS", False), ("NO_MATCHING_SUBSCRIBERS", False), ("NOT_AUTHORIZED", True),
+    ("QUOTA_EXCEEDED", True), ("IMPLEMENTATION_SPECIFIC_ERROR", True),
+])
+def test_a_pubacks_reason_code_tells_success_from_refusal(code: str, refused: bool) -> None:
+    reason_code = getattr(mqtt5.PubAckReasonCode, code)
+    plain = mqtt5.PubAckPacket(7, reason_code=reason_code).write()
+    with_reason_string = mqtt5.PubAckPacket(8, reason_code=reason_code, reason_str="why").write()
+    acks, packets = frames(plain + with_reason_string)
+    # a success without properties is read on the fast path, like MQTT 3.1.1's PUBACK
+    assert acks == ([] if refused else [7])
+    others = {codec.packet_id(body): v5.reason_code(body, 2) for _, body in packets}
+    assert {mid: code >= 0x80 for mid, code in others.items()} == (
+        {7: True, 8: True} if refused else {8: False})
+
+
+def test_the_client_reads_mqtt5s_suback_and_disconnect_reasons() -> None:
+    raw = mqtt5.SubAckPacket(3, [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE,
+                                 mqtt5.SubAckReasonCode.NOT_AUTHORIZED],
+                             reason_str="partly").write()
+    _, [(_, body)] = frames(raw)
+    assert codec.packet_id(body) == 3
+    assert v5.suback_codes(body, True) == bytes((1, 0x87))
+    raw = mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode.SESSION_TAKEN_OVER,
+                                 reason_str="another client").write()
+    _, [(first, body)] = frames(raw)
+    assert first == codec.DISCONNECT
+    assert v5.reason_code(body, 0) == v5.SESSION_TAKEN_OVER
+    assert v5.properties(body, 1)[v5.REASON_STRING] == b"another client"
+    assert v5.reason(v5.SESSION_TAKEN_OVER) == "session taken over"
