@@ -27,7 +27,8 @@ import trustme
 import uvloop
 from aiohttp import web
 
-from bridge.http.guard import Guard, Limits
+from bridge.http.guard import Guard
+from bridge.http.seats import Limits
 from bridge.http.server import WebServer
 
 ROUNDS = 5

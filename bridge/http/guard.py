@@ -45,13 +45,10 @@ by name if an aiohttp upgrade changes any of it.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import ssl
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
@@ -60,6 +57,7 @@ from aiohttp.web_protocol import _ErrInfo
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from bridge.http import tls_layer
+from bridge.http.seats import Limits, Seats
 from bridge.logs import RateLimitFilter
 
 # reasons a connection is closed on purpose (the `reason` label of the metric)
@@ -67,10 +65,6 @@ REASONS = ("connections", "per_address", "header_timeout", "body_timeout", "writ
 # How long a connection closed on purpose may take to flush what it was sent before it is
 # aborted: a client that never reads would otherwise keep it (and its slot) forever.
 LINGER = 5.0
-# How long an address that sent an authorized request may use the reserved slots, and how
-# many such addresses are remembered (only a client with the secret can add one).
-TRUST_SECONDS = 3600.0
-TRUSTED_MAX = 1024
 
 
 def _answer(status: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -86,52 +80,21 @@ TIMED_OUT = _answer("408 Request Timeout", b"request took too long")
 _IDLE, _WAITING, _BUSY = range(3)  # between requests; a request under way; being handled
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Seconds and counts one listener holds its clients to (defaults: the metrics port's).
-    `max_per_address` is at most `max_connections` (the smaller one rules)."""
-
-    header_timeout: float = 10.0
-    body_timeout: float = 10.0
-    keepalive_timeout: float = 15.0
-    max_connections: int = 64
-    max_per_address: int = 64
-    max_line_size: int = 8190  # aiohttp's: the request line and each header line, bytes
-    reserved: int = 0  # of max_connections, the slots only trusted clients may take
-
-
-def client_key(address: str) -> str:
-    """The client a connection counts against: its IPv4 address, or its IPv6 /64 (one
-    subscriber's network: an attacker has 2**64 addresses there, not one)."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
 class BodyTimeout(Exception):
     """The body did not arrive within `Limits.body_timeout` (answer 408 and close)."""
 
 
-class Guard:
-    """The connections of one listener: counts (total, per client address), the counters of
-    connections closed on purpose, and the logger aiohttp writes to (client errors one line,
-    at warning level, at most 5 a minute per message: unauthenticated clients cannot fill
-    the log)."""
+class Guard(Seats):
+    """The connections of one listener: its seats (counts in total and per client, the
+    trusted clients), the counters of connections closed on purpose, and the logger aiohttp
+    writes to (client errors one line, at warning level, at most 5 a minute per message:
+    unauthenticated clients cannot fill the log)."""
 
     def __init__(self, limits: Limits, closed: Counter[str], name: str) -> None:
-        self.limits = limits
         self.closed = closed
         for reason in REASONS:
             closed.setdefault(reason, 0)
-        self.open = 0
-        self._per_address: Counter[str] = Counter()
-        self._trusted: dict[str, float] = {}  # client key -> until (monotonic), oldest first
+        super().__init__(limits)
         self.handshaking: set[asyncio.Transport] = set()  # admitted, TLS not yet done
         # a logger of this listener's own (not registered: each listener its own filters),
         # a child of `name` for levels and handlers
@@ -154,39 +117,6 @@ class Guard:
         }
         loop = asyncio.get_running_loop()
         return lambda: GuardedHandler(self, server, tls, loop=loop, **options)
-
-    def admit(self, address: str) -> str | None:
-        """None if a connection from `address` may open (counted), else the reason not."""
-        key = client_key(address)
-        cap = self.limits.max_connections
-        if not self.trusted(key):
-            cap -= self.limits.reserved
-        if self.open >= cap:
-            return "connections"
-        if self._per_address[key] >= self.limits.max_per_address:
-            return "per_address"
-        self.open += 1
-        self._per_address[key] += 1
-        return None
-
-    def release(self, address: str) -> None:
-        key = client_key(address)
-        self.open -= 1
-        self._per_address[key] -= 1
-        if not self._per_address[key]:
-            del self._per_address[key]
-
-    def trust(self, address: str) -> None:
-        """`address` sent an authorized request: it may use the reserved slots for an hour."""
-        key = client_key(address)
-        self._trusted.pop(key, None)
-        self._trusted[key] = time.monotonic() + TRUST_SECONDS
-        if len(self._trusted) > TRUSTED_MAX:
-            del self._trusted[next(iter(self._trusted))]
-
-    def trusted(self, key: str) -> bool:
-        until = self._trusted.get(key)
-        return until is not None and until > time.monotonic()
 
     def close(self) -> None:
         """The listener stops: handshakes under way are cut (aiohttp, which closes the

@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from bridge.http.guard import Guard, Limits
+from bridge.http.guard import Guard
 from bridge.http.metrics import Metrics
+from bridge.http.seats import Limits
 from bridge.http.server import WebServer, add_get, listen, text
 
 log = logging.getLogger(__name__)

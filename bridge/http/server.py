@@ -18,7 +18,8 @@ from typing import Any
 from aiohttp import web
 
 from bridge.exceptions import ListenError
-from bridge.http.guard import Guard, Limits, guarded
+from bridge.http.guard import Guard, guarded
+from bridge.http.seats import Limits
 
 log = logging.getLogger(__name__)
 

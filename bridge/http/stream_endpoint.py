@@ -34,7 +34,8 @@ from bridge.core.stats import Stats
 from bridge.core.store import Store
 from bridge.core.transport import Intake
 from bridge.flespi.ingest import Ingest
-from bridge.http.guard import BodyTimeout, Guard, Limits, expect_continue, read_body
+from bridge.http.guard import BodyTimeout, Guard, expect_continue, read_body
+from bridge.http.seats import Limits
 from bridge.http.server import WebServer, listen, text
 from bridge.logs import RateLimitedLog
 from bridge.normalize import messages

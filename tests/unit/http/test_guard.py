@@ -18,7 +18,8 @@ import uvloop
 from aiohttp import web
 from support.helpers import wait_until
 
-from bridge.http.guard import REFUSED, TIMED_OUT, TRUSTED_MAX, Guard, Limits, client_key
+from bridge.http.guard import REFUSED, TIMED_OUT, Guard
+from bridge.http.seats import TRUSTED_MAX, Limits, client_key
 from bridge.http.server import WebServer
 
 
