@@ -66,6 +66,13 @@ def demo_settings(upstream: mosquitto.Broker, local: mosquitto.Broker) -> config
 async def run(*, devices: int, rate: float, duration: float | None,
               fleet: str = "scooters") -> int:
     logs.setup("WARNING", "text", [DEMO_TOKEN])
+    # Ctrl-C from the first moment on only sets `stop`: a KeyboardInterrupt raised inside the
+    # bridge's start-up or shutdown would end in a traceback with the brokers half stopped.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     with (
         mosquitto.start(extra_config=mosquitto.FLESPI_LIKE) as upstream,
         mosquitto.start() as local,
@@ -92,11 +99,6 @@ async def run(*, devices: int, rate: float, duration: float | None,
                   """-m '{"lock": false, "transaction": "demo-1"}'""")
         print("Ctrl-C stops everything. Local broker receives:", flush=True)
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         tasks = [
             asyncio.create_task(_watch(local.host, local.port, base)),
             asyncio.create_task(sim.run(rate)),

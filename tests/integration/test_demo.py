@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -111,3 +113,44 @@ def test_demo_settings_take_nothing_from_the_environment(
     assert s.log.level == "INFO"
     # and the environment is back for the next load
     assert config.load().local.host == "bogus-host.invalid"
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of `pid`'s child processes (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    """Ctrl-C is SIGINT to the terminal's whole process group: the demo's throwaway brokers
+    must not die under the bridge, and the demo says `demo stopped` with nothing on stderr."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bridge_env(),
+        start_new_session=True,  # its own process group, as a terminal gives a command
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # blocks until the demo reports states
+            lines.append(line)
+            if "/state: battery" in line:
+                break
+        brokers = _children(proc.pid)
+        assert len(brokers) == 2, lines
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert err == ""
+    assert out.rstrip().endswith("demo stopped")
+    assert all(not Path(f"/proc/{pid}").exists() for pid in brokers)
