@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import ssl
 import sys
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge import __version__
+from bridge.app.signals import stop_on_signals
 from bridge.config import settings as config
 from bridge.exceptions import BrokerUnavailableError, ConfigError, ListenError
 
@@ -54,13 +54,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for line in config.summary(settings):
         print(f"  {line}")
     return 0
-
-
-def _install_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
 
 
 def _secrets(settings: config.Settings) -> list[str]:
@@ -105,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        _install_signals(stop)
+        stop_on_signals(stop)
         try:
             bridge = Bridge(settings)
         except (OSError, ssl.SSLError) as exc:  # a TLS file changed since it was checked
@@ -118,88 +111,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge import logs
+    from bridge.app import simulate
 
-    logs.setup("INFO", "text", [args.authorization or ""])
-    if args.http_stream:
-        return asyncio.run(_simulate_stream(args))
-    from bridge.sim import Simulator
-
-    host, _, port = args.broker.rpartition(":")
-
-    async def main() -> None:
-        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed,
-                        kind=args.fleet)
-        await sim.start()
-        print(f"simulating {args.devices} devices ({args.fleet}) on {args.broker} at "
-              f"{args.rate} messages/s", flush=True)
-        responder = None
-        if args.rest_port is not None:  # history, telemetry, sessions, tokens for the tools
-            from bridge.sim import Responder
-
-            responder = Responder(sim)
-            url = await responder.serve_http("127.0.0.1", args.rest_port)
-            print(f"REST API on {url} (commands.http_url for track, telemetry, sessions, "
-                  "token)", flush=True)
-        stop = asyncio.Event()
-        _install_signals(stop)
-        runner = asyncio.create_task(sim.run(args.rate, args.duration))
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        runner.cancel()
-        waiter.cancel()
-        if responder is not None:
-            await responder.close()
-        await sim.stop()
-
-    asyncio.run(main())
-    return 0
-
-
-async def _simulate_stream(args: argparse.Namespace) -> int:
-    """`simulate --http-stream URL`: the fleet's messages pushed as flespi's HTTP stream;
-    after `--duration`, waits until every message is delivered (or Ctrl-C)."""
-    import logging
-
-    import orjson
-
-    from bridge.sim.fleet import Fleet
-    from bridge.sim.http_stream import HttpStream, feed, final_telemetry
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
-    verify: ssl.SSLContext | bool = True
-    if args.ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(args.ca_file))
-    fleet = Fleet(args.devices, seed=args.seed)
-    stream = HttpStream(args.http_stream, authorization=args.authorization,
-                        limit_messages=args.limit_messages, retry_delay=args.retry_delay,
-                        verify=verify)
-    print(f"streaming {args.devices} devices to {args.http_stream} at {args.rate} "
-          f"messages/s, batches of at most {args.limit_messages}", flush=True)
-    stop = asyncio.Event()
-    _install_signals(stop)
-    sender = asyncio.create_task(stream.run())
-    waiter = asyncio.create_task(stop.wait())
-    try:
-        feeder = asyncio.create_task(feed(fleet, stream, args.rate, args.duration))
-        await asyncio.wait({feeder, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if feeder.done():
-            drained = asyncio.create_task(stream.drain(timeout=24 * 3600))
-            await asyncio.wait({drained, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            drained.cancel()
-        feeder.cancel()
-    finally:
-        sender.cancel()
-        waiter.cancel()
-        await stream.close()
-    answers = ", ".join(f"{code}: {n}" for code, n in sorted(stream.answers.items()))
-    print(f"delivered {stream.delivered} messages in {stream.batches} batches "
-          f"({stream.pending} pending); answers {answers or 'none'}", flush=True)
-    if args.report is not None:
-        args.report.write_bytes(orjson.dumps({
-            "delivered": stream.delivered, "pending": stream.pending,
-            "answers": dict(stream.answers), "telemetry": final_telemetry(fleet)}))
-    return 0 if stream.pending == 0 else 1
+    _event_loop_policy()
+    return simulate.run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -213,6 +128,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -241,8 +163,10 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_config)
 
     sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
-    target = sim.add_mutually_exclusive_group(required=True)
-    target.add_argument("--broker", help="HOST:PORT of the broker to publish to")
+    target = sim.add_mutually_exclusive_group()
+    target.add_argument("--broker", type=_host_port,
+                        help="HOST:PORT of the broker to publish to (default: a throwaway "
+                             "broker on a free loopback port, as the demo's)")
     target.add_argument("--http-stream", metavar="URL",
                         help="push the messages to URL as flespi's HTTP stream does")
     sim.add_argument("--devices", type=int, default=10)

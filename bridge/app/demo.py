@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from typing import Any
 
 import aiomqtt
@@ -12,6 +11,7 @@ import orjson
 
 from bridge import logs
 from bridge.app.bridge import Bridge
+from bridge.app.signals import stop_on_signals
 from bridge.config import settings as config
 from bridge.sim import Responder, Simulator
 from bridge.sim import brokers as mosquitto
@@ -69,10 +69,7 @@ async def run(*, devices: int, rate: float, duration: float | None,
     # Ctrl-C from the first moment on only sets `stop`: a KeyboardInterrupt raised inside the
     # bridge's start-up or shutdown would end in a traceback with the brokers half stopped.
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     with (
         mosquitto.start(extra_config=mosquitto.FLESPI_LIKE) as upstream,
         mosquitto.start() as local,
