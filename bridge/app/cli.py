@@ -118,16 +118,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    import aiomqtt
+
     from bridge.app import demo
 
+    own = None
+    if args.home_assistant is not None:
+        host, port = args.home_assistant
+        own = demo.LocalBroker(host, port, args.username, os.environ.get("DEMO_MQTT_PASSWORD"),
+                               own=True)
     try:
+        if args.clean:
+            if own is None:
+                print("error: --clean needs --home-assistant HOST:PORT", file=sys.stderr)
+                return EXIT_CONFIG
+            from bridge.app import demo_clean
+
+            cleared = asyncio.run(demo_clean.clean(own))
+            print(f"cleared {cleared} retained topic(s) of the demo from {own.address}")
+            return 0
         return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
-                                    duration=args.duration, fleet=args.fleet))
+                                    duration=args.duration, fleet=args.fleet, own=own))
     except BrokerUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+        return EXIT_FAILED
+    except (OSError, aiomqtt.MqttError) as exc:
+        where = own.address if own else "the local broker"
+        print(f"error: cannot use the MQTT broker at {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -195,6 +215,15 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
     demo.add_argument("--fleet", choices=FLEETS, default="scooters",
                       help="e-scooters, delivery vans, or every other device a van")
+    demo.add_argument("--home-assistant", type=_host_port, nargs="?", metavar="HOST:PORT",
+                      const=("localhost", 1883),
+                      help="publish to your own broker (default localhost:1883) instead of a "
+                           "throwaway one, so the fleet appears in your Home Assistant; "
+                           "topics under flespi-demo/ (password: DEMO_MQTT_PASSWORD)")
+    demo.add_argument("--username", help="--home-assistant: the broker's user name")
+    demo.add_argument("--clean", action="store_true",
+                      help="--home-assistant: remove every retained topic the demo published "
+                           "there (and so its devices from Home Assistant), then exit")
     demo.set_defaults(func=cmd_demo)
 
     from bridge.toolbox.subcommands import add_subcommands

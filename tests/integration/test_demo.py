@@ -9,8 +9,9 @@ import signal
 import subprocess
 from pathlib import Path
 
+import aiomqtt
 import pytest
-from support.helpers import PYTHON, bridge_env
+from support.helpers import PYTHON, bridge_env, retained
 
 from bridge.app import demo
 from bridge.config import settings as config
@@ -154,3 +155,35 @@ def test_ctrl_c_stops_the_demo_cleanly() -> None:
     assert err == ""
     assert out.rstrip().endswith("demo stopped")
     assert all(not Path(f"/proc/{pid}").exists() for pid in brokers)
+
+
+async def test_demo_on_your_own_broker_shows_commandable_entities_and_clean_removes_them(
+        local: mosquitto.Broker) -> None:
+    """`demo --home-assistant HOST:PORT`: the fleet on the user's own broker (here a
+    throwaway one standing in for it), with discovery configs for the scooters' lock, button
+    and number entities; `--clean` removes every retained topic the demo published, and
+    nothing of anyone else's."""
+    async with aiomqtt.Client(local.host, local.port) as client:
+        await client.publish("flespi/42/state", b'{"battery": 1}', qos=1, retain=True)
+        await client.publish("homeassistant/sensor/other/config", b'{"state_topic": "x"}',
+                             qos=1, retain=True)
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--home-assistant", local.address, "--devices", "2",
+         "--rate", "5", "--duration", "4"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert f"--home-assistant {local.address} --clean" in result.stdout
+    found = await retained(local, ["flespi-demo/#", "homeassistant/#"])
+    assert "flespi-demo/5537000/state" in found
+    configs = b"".join(p for t, p in found.items() if t.startswith("homeassistant/"))
+    assert b'"flespi-demo/' in configs
+    for platform in (b'"lock"', b'"button"', b'"number"'):  # the scooters' commands
+        assert platform in configs
+
+    cleaned = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--home-assistant", local.address, "--clean"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90)
+    assert cleaned.returncode == 0, cleaned.stderr
+    left = await retained(local, ["#"])
+    assert set(left) == {"flespi/42/state", "homeassistant/sensor/other/config"}
+    assert re.fullmatch(r"cleared \d+ retained topic\(s\) of the demo from .*\n", cleaned.stdout)
