@@ -53,7 +53,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("ok")
     for line in config.summary(settings):
         print(f"  {line}")
-    return 0
+    if not args.online:
+        return 0
+    from bridge.app import online
+
+    print("online:", flush=True)
+    _event_loop_policy()
+    return asyncio.run(online.run(settings))
 
 
 def _secrets(settings: config.Settings) -> list[str]:
@@ -180,6 +186,10 @@ def parser() -> argparse.ArgumentParser:
                        help="do not look at the files the configuration names (token_file, "
                             "ca_file, cert_file, key_file): for a configuration meant for "
                             "another machine, e.g. a Helm chart's ConfigMap")
+    check.add_argument("--online", action="store_true",
+                       help="also connect: to flespi with the token (the devices it sees, "
+                            "the subscriptions its ACL refuses) and to the local broker; "
+                            "exit status 1 if any fails")
     check.set_defaults(func=cmd_check_config)
 
     sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
