@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -124,7 +125,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import os
 
     import aiomqtt
 
@@ -242,7 +242,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options whose values may start with "-" (`--from -2h`): argparse would take "-2h" for an
+# option of its own unless it is joined to its option (`--from=-2h`).
+DASHED_VALUES = ("--from", "--to")
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a program ended by SIGPIPE
+
+
+def _join_dashed(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASHED_VALUES and arg.startswith("-") and len(arg) > 1 \
+                and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result: int = args.func(args)
+    args = parser().parse_args(_join_dashed(sys.argv[1:] if argv is None else argv))
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep Python from complaining
+        # about the unflushed standard output at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result
