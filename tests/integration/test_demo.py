@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from support.helpers import PYTHON, bridge_env, retained
+from support.helpers import PYTHON, Foreground, bridge_env, retained
 
 from bridge.app import demo
 from bridge.config import settings as config
@@ -131,27 +130,12 @@ def _children(pid: int) -> list[int]:
 def test_ctrl_c_stops_the_demo_cleanly() -> None:
     """Ctrl-C is SIGINT to the terminal's whole process group: the demo's throwaway brokers
     must not die under the bridge, and the demo says `demo stopped` with nothing on stderr."""
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "bridge", "demo", "--devices", "2", "--rate", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bridge_env(),
-        start_new_session=True,  # its own process group, as a terminal gives a command
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:  # blocks until the demo reports states
-            lines.append(line)
-            if "/state: battery" in line:
-                break
-        brokers = _children(proc.pid)
+    with Foreground("demo", "--devices", "2", "--rate", "5") as demo:
+        lines = demo.read_until("/state: battery")
+        brokers = _children(demo.proc.pid)
         assert len(brokers) == 2, lines
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+        out, err = demo.ctrl_c()
+    assert demo.proc.returncode == 0
     assert err == ""
     assert out.rstrip().endswith("demo stopped")
     assert all(not Path(f"/proc/{pid}").exists() for pid in brokers)

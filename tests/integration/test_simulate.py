@@ -4,16 +4,14 @@ throwaway one), against a broker that is not there (one line, no traceback), and
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import aiomqtt
 import pytest
-from support.helpers import PYTHON, bridge_env
+from support.helpers import PYTHON, Foreground, bridge_env
 
 from bridge.sim import brokers as mosquitto
 
@@ -30,33 +28,16 @@ async def _battery_levels(port: int) -> int:
     return len(found)
 
 
-def _start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([PYTHON, "-m", "bridge", "simulate", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=bridge_env(), start_new_session=True)
-
-
 def test_without_a_broker_it_starts_a_throwaway_one_and_ctrl_c_stops_both() -> None:
-    proc = _start("--devices", "2", "--rest-port", "0")
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("REST API on"):
-                break
+    with Foreground("simulate", "--devices", "2", "--rest-port", "0") as sim:
+        lines = sim.read_until("REST API on")
         found = re.search(r"started a throwaway broker on 127\.0\.0\.1:(\d+)", "".join(lines))
         assert found, lines
         port = int(found.group(1))
         # the fleet is on that broker: a subscriber finds its retained telemetry
         assert asyncio.run(_battery_levels(port)) == 2
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: SIGINT to the terminal's group
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+        out, err = sim.ctrl_c()
+    assert sim.proc.returncode == 0
     assert err == ""
     assert out.rstrip().endswith("simulator stopped")
     with pytest.raises(ConnectionRefusedError):  # the throwaway broker stopped with it
