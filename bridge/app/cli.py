@@ -125,7 +125,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-
     import aiomqtt
 
     from bridge.app import demo
@@ -154,6 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         where = own.address if own else "the local broker"
         print(f"error: cannot use the MQTT broker at {where}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handler is installed
+        return 0
 
 
 def _host_port(text: str) -> tuple[str, int]:
