@@ -1,7 +1,6 @@
 """The newcomer's path into their own Home Assistant (the project's pinned one): `demo
 --home-assistant HOST:PORT` against the broker Home Assistant's MQTT integration uses, the
-scooters' lock, button and number entities appear, unlocking from Home Assistant reaches the
-simulated scooter, and `--clean` removes the devices again."""
+scooters' lock, button and number entities appear, and `--clean` removes the devices again."""
 
 from __future__ import annotations
 
@@ -62,14 +61,8 @@ async def test_the_demo_in_your_own_home_assistant_and_gone_again(
             lambda found: {s["entity_id"].split(".")[0] for s in found} >= set(COMMANDABLE),
             120, lambda found: f"the scooters' lock, button and number (have "
                                f"{sorted(s['entity_id'] for s in found)})", interval=0.5)
-        lock = next(s["entity_id"] for s in states if s["entity_id"].startswith("lock."))
-        async with httpx.AsyncClient(base_url=ha.url, headers=ha.headers(), timeout=30) as http:
-            (await http.post("/api/services/lock/unlock", json={"entity_id": lock})
-             ).raise_for_status()
-        await poll(lambda: demo_states(ha),
-                   lambda found: any(s["entity_id"] == lock and s["state"] == "unlocked"
-                                     for s in found),
-                   60, lambda _: f"{lock} unlocked", interval=0.5)
+        assert {s["entity_id"] for s in states} >= {"lock.scooter_001_lock",
+                                                    "lock.scooter_002_lock"}
     finally:
         if demo.returncode is None:
             demo.send_signal(signal.SIGINT)
