@@ -27,7 +27,7 @@ from bridge.sim import brokers as mosquitto
 
 MARK = "<!-- runnable -->"
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
-_BLOCK = re.compile(re.escape(MARK) + r"\s*\n```sh\n(.*?)\n```", re.DOTALL)
+_BLOCK = re.compile("^" + re.escape(MARK) + r"\s*\n```sh\n(.*?)\n```", re.DOTALL | re.M)
 
 
 def runnable() -> Iterator[tuple[str, str]]:
@@ -42,7 +42,8 @@ SNIPPETS = dict(runnable())
 
 def test_every_marked_block_is_an_sh_block() -> None:
     """A mark above anything but a ```sh fence would leave its snippet untested."""
-    marks = sum(page.read_text(encoding="utf-8").count(MARK) for page in PAGES)
+    marks = sum(len(re.findall(rf"^{re.escape(MARK)}$", page.read_text(encoding="utf-8"),
+                               re.M)) for page in PAGES)
     assert marks == len(SNIPPETS)
     assert len(SNIPPETS) >= 3
 
