@@ -1,12 +1,13 @@
 """The newcomer's path into their own Home Assistant (the project's pinned one): `demo
 --home-assistant HOST:PORT` against the broker Home Assistant's MQTT integration uses, the
-scooters' lock, button and number entities appear, and `--clean` removes the devices again."""
+scooters' lock, button and number entities appear, unlocking from Home Assistant reaches the
+simulated scooter, and `--clean` removes the devices again."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,20 @@ async def test_the_demo_in_your_own_home_assistant_and_gone_again(
                                f"{sorted(s['entity_id'] for s in found)})", interval=0.5)
         assert {s["entity_id"] for s in states} >= {"lock.scooter_001_lock",
                                                     "lock.scooter_002_lock"}
+        lock = "lock.scooter_001_lock"
+
+        def lock_is(state: str) -> Callable[[list[dict[str, Any]]], bool]:
+            return lambda found: any(s["entity_id"] == lock and s["state"] == state
+                                     for s in found)
+
+        # available first: Home Assistant ignores a service call on an unavailable entity
+        await poll(lambda: demo_states(ha), lock_is("locked"), 60, lambda _: f"{lock} locked",
+                   interval=0.5)
+        async with httpx.AsyncClient(base_url=ha.url, headers=ha.headers(), timeout=30) as http:
+            (await http.post("/api/services/lock/unlock", json={"entity_id": lock})
+             ).raise_for_status()
+        await poll(lambda: demo_states(ha), lock_is("unlocked"), 60,
+                   lambda _: f"{lock} unlocked", interval=0.5)
     finally:
         if demo.returncode is None:
             demo.send_signal(signal.SIGINT)
