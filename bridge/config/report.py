@@ -1,7 +1,7 @@
-"""Configuration problems in plain words: pydantic's errors turned into `(where, reason)` pairs
-a person can act on.
+"""Configuration problems in plain words: pydantic's errors turned into `(option, reason)`
+pairs a person can act on.
 
-- `where` is the option's dotted name (`flespi.devices`, `commands.profiles.12[1]`), never a
+- The option is its dotted name (`flespi.devices`, `commands.profiles.12[1]`), never a
   pydantic type tag (`literal['all']`, `list[constrained-int]`); the reason ends with where the
   value came from: the TOML file and line, the environment variable, or the secrets file.
 - A union's alternatives become one reason (`should be 'all' or a valid list`), pydantic's
