@@ -65,9 +65,19 @@ def setup(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # gmqtt and paho narrate every packet at DEBUG; keep that behind an explicit opt-in.
-    for noisy in ("bridge.flespi.gmqtt", "bridge.sim.gmqtt", "bridge.publish.local_broker.mqtt"):
-        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.INFO))
+    # The MQTT and HTTP libraries narrate every connection and subscription at INFO
+    # ([CONNECTION MADE], SUBACK ...): at WARNING unless the level is DEBUG. The clients the
+    # bridge names itself narrate every packet at DEBUG: even then, that stays off.
+    debug = logging.getLevelName(level) <= logging.DEBUG
+    for noisy in CHATTY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if debug else logging.WARNING)
+    for noisy in PACKET_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.INFO if debug else logging.WARNING)
+
+
+# Other libraries' loggers whose INFO is chatter, and the bridge's names for its MQTT clients.
+CHATTY = ("gmqtt", "aiomqtt", "httpx", "httpcore")
+PACKET_LOGGERS = ("bridge.flespi.gmqtt", "bridge.sim.gmqtt", "bridge.publish.local_broker.mqtt")
 
 
 SUPPRESSED = "%d more %r warnings suppressed in the last %.0fs"

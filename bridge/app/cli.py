@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
+import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge import __version__
+from bridge.app.signals import stop_on_signals
 from bridge.config import settings as config
 from bridge.exceptions import BrokerUnavailableError, ConfigError, ListenError
 
@@ -53,14 +54,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("ok")
     for line in config.summary(settings):
         print(f"  {line}")
-    return 0
+    if not args.online:
+        return 0
+    from bridge.app import online
 
-
-def _install_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    print("online:", flush=True)
+    _event_loop_policy()
+    return asyncio.run(online.run(settings))
 
 
 def _secrets(settings: config.Settings) -> list[str]:
@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop = asyncio.Event()
-        _install_signals(stop)
+        stop_on_signals(stop)
         try:
             bridge = Bridge(settings)
         except (OSError, ssl.SSLError) as exc:  # a TLS file changed since it was checked
@@ -118,101 +118,50 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from bridge import logs
+    from bridge.app import simulate
 
-    logs.setup("INFO", "text", [args.authorization or ""])
-    if args.http_stream:
-        return asyncio.run(_simulate_stream(args))
-    from bridge.sim import Simulator
-
-    host, _, port = args.broker.rpartition(":")
-
-    async def main() -> None:
-        sim = Simulator(host or "127.0.0.1", int(port), devices=args.devices, seed=args.seed,
-                        kind=args.fleet)
-        await sim.start()
-        print(f"simulating {args.devices} devices ({args.fleet}) on {args.broker} at "
-              f"{args.rate} messages/s", flush=True)
-        responder = None
-        if args.rest_port is not None:  # history, telemetry, sessions, tokens for the tools
-            from bridge.sim import Responder
-
-            responder = Responder(sim)
-            url = await responder.serve_http("127.0.0.1", args.rest_port)
-            print(f"REST API on {url} (commands.http_url for track, telemetry, sessions, "
-                  "token)", flush=True)
-        stop = asyncio.Event()
-        _install_signals(stop)
-        runner = asyncio.create_task(sim.run(args.rate, args.duration))
-        waiter = asyncio.create_task(stop.wait())
-        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        runner.cancel()
-        waiter.cancel()
-        if responder is not None:
-            await responder.close()
-        await sim.stop()
-
-    asyncio.run(main())
-    return 0
-
-
-async def _simulate_stream(args: argparse.Namespace) -> int:
-    """`simulate --http-stream URL`: the fleet's messages pushed as flespi's HTTP stream;
-    after `--duration`, waits until every message is delivered (or Ctrl-C)."""
-    import logging
-
-    import orjson
-
-    from bridge.sim.fleet import Fleet
-    from bridge.sim.http_stream import HttpStream, feed, final_telemetry
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per batch is too many
-    verify: ssl.SSLContext | bool = True
-    if args.ca_file is not None:
-        verify = ssl.create_default_context(cafile=str(args.ca_file))
-    fleet = Fleet(args.devices, seed=args.seed)
-    stream = HttpStream(args.http_stream, authorization=args.authorization,
-                        limit_messages=args.limit_messages, retry_delay=args.retry_delay,
-                        verify=verify)
-    print(f"streaming {args.devices} devices to {args.http_stream} at {args.rate} "
-          f"messages/s, batches of at most {args.limit_messages}", flush=True)
-    stop = asyncio.Event()
-    _install_signals(stop)
-    sender = asyncio.create_task(stream.run())
-    waiter = asyncio.create_task(stop.wait())
-    try:
-        feeder = asyncio.create_task(feed(fleet, stream, args.rate, args.duration))
-        await asyncio.wait({feeder, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if feeder.done():
-            drained = asyncio.create_task(stream.drain(timeout=24 * 3600))
-            await asyncio.wait({drained, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            drained.cancel()
-        feeder.cancel()
-    finally:
-        sender.cancel()
-        waiter.cancel()
-        await stream.close()
-    answers = ", ".join(f"{code}: {n}" for code, n in sorted(stream.answers.items()))
-    print(f"delivered {stream.delivered} messages in {stream.batches} batches "
-          f"({stream.pending} pending); answers {answers or 'none'}", flush=True)
-    if args.report is not None:
-        args.report.write_bytes(orjson.dumps({
-            "delivered": stream.delivered, "pending": stream.pending,
-            "answers": dict(stream.answers), "telemetry": final_telemetry(fleet)}))
-    return 0 if stream.pending == 0 else 1
+    _event_loop_policy()
+    return simulate.run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import aiomqtt
+
     from bridge.app import demo
 
+    own = None
+    if args.home_assistant is not None:
+        host, port = args.home_assistant
+        own = demo.LocalBroker(host, port, args.username, os.environ.get("DEMO_MQTT_PASSWORD"),
+                               own=True)
     try:
+        if args.clean:
+            if own is None:
+                print("error: --clean needs --home-assistant HOST:PORT", file=sys.stderr)
+                return EXIT_CONFIG
+            from bridge.app import demo_clean
+
+            cleared = asyncio.run(demo_clean.clean(own))
+            print(f"cleared {cleared} retained topic(s) of the demo from {own.address}")
+            return 0
         return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
-                                    duration=args.duration, fleet=args.fleet))
+                                    duration=args.duration, fleet=args.fleet, own=own))
     except BrokerUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except (OSError, aiomqtt.MqttError) as exc:
+        where = own.address if own else "the local broker"
+        print(f"error: cannot use the MQTT broker at {where}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before the demo's own handler is installed
         return 0
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -238,11 +187,17 @@ def parser() -> argparse.ArgumentParser:
                        help="do not look at the files the configuration names (token_file, "
                             "ca_file, cert_file, key_file): for a configuration meant for "
                             "another machine, e.g. a Helm chart's ConfigMap")
+    check.add_argument("--online", action="store_true",
+                       help="also connect: to flespi with the token (the devices it sees, "
+                            "the subscriptions its ACL refuses) and to the local broker; "
+                            "exit status 1 if any fails")
     check.set_defaults(func=cmd_check_config)
 
     sim = sub.add_parser("simulate", help="publish a simulated flespi fleet to a broker")
-    target = sim.add_mutually_exclusive_group(required=True)
-    target.add_argument("--broker", help="HOST:PORT of the broker to publish to")
+    target = sim.add_mutually_exclusive_group()
+    target.add_argument("--broker", type=_host_port,
+                        help="HOST:PORT of the broker to publish to (default: a throwaway "
+                             "broker on a free loopback port, as the demo's)")
     target.add_argument("--http-stream", metavar="URL",
                         help="push the messages to URL as flespi's HTTP stream does")
     sim.add_argument("--devices", type=int, default=10)
@@ -271,6 +226,15 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
     demo.add_argument("--fleet", choices=FLEETS, default="scooters",
                       help="e-scooters, delivery vans, or every other device a van")
+    demo.add_argument("--home-assistant", type=_host_port, nargs="?", metavar="HOST:PORT",
+                      const=("localhost", 1883),
+                      help="publish to your own broker (default localhost:1883) instead of a "
+                           "throwaway one, so the fleet appears in your Home Assistant; "
+                           "topics under flespi-demo/ (password: DEMO_MQTT_PASSWORD)")
+    demo.add_argument("--username", help="--home-assistant: the broker's user name")
+    demo.add_argument("--clean", action="store_true",
+                      help="--home-assistant: remove every retained topic the demo published "
+                           "there (and so its devices from Home Assistant), then exit")
     demo.set_defaults(func=cmd_demo)
 
     from bridge.toolbox.subcommands import add_subcommands
@@ -279,7 +243,30 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options whose values may start with "-" (`--from -2h`): argparse would take "-2h" for an
+# option of its own unless it is joined to its option (`--from=-2h`).
+DASHED_VALUES = ("--from", "--to")
+EXIT_BROKEN_PIPE = 128 + 13  # as a shell reports a program ended by SIGPIPE
+
+
+def _join_dashed(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in DASHED_VALUES and arg.startswith("-") and len(arg) > 1 \
+                and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    result: int = args.func(args)
+    args = parser().parse_args(_join_dashed(sys.argv[1:] if argv is None else argv))
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing, and keep Python from complaining
+        # about the unflushed standard output at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     return result

@@ -319,8 +319,9 @@ class CommandGateway:
         except CommandError as exc:
             outcome = result(transaction, command, error=exc)
             self._count(exc.code)
-            self._bad.warning(f"command:{exc.code}", "command %.64r for device %s refused: %s",
-                              command, device_id, exc.message)
+            self._bad.warning(f"command:{exc.code}", "%s for device %s refused: %s",
+                              "request" if command is None else f"command {command!r:.64}",
+                              device_id, exc.message)
         except Exception as exc:  # a bug: the requester still hears back
             log.exception("command %.64r for device %s failed", command, device_id)
             error = CommandError("internal_error", "the bridge failed to handle the "

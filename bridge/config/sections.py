@@ -147,8 +147,14 @@ class FlespiSettings(Section):
     @field_validator("token")
     @classmethod
     def _token_not_blank(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+        text = value.get_secret_value().strip()
+        if not text:
             raise ValueError("the token is empty")
+        if text.lower().startswith("flespitoken ") or any(c.isspace() for c in text):
+            # `FlespiToken <token>` is the REST header's form; MQTT sends the token alone as
+            # the user name, and flespi refuses it with the prefix.
+            raise ValueError("give the token alone, without the \"FlespiToken \" prefix "
+                             "or spaces (copy it from the flespi panel: Tokens)")
         return value
 
     @field_validator("extra_parameters")

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from bridge.config import report
 from bridge.config.files import CHECK_FILES
 from bridge.config.profiles import CommandSettings
 from bridge.config.sections import (
@@ -45,6 +46,8 @@ SECRET_FILE_MAX_BYTES = 64 * 1024
 # Secrets stripped of surrounding whitespace wherever they come from (an environment variable
 # set from a file keeps its trailing newline; `echo` into a secret file adds one).
 SECRETS = (("flespi", "token"), ("local", "password"), ("stream", "authorization"))
+TOKEN_MISSING = ("missing: set flespi.token, flespi.token_file, "
+                 f"{ENV_PREFIX}FLESPI__TOKEN or a secrets-dir file flespi__token")
 
 
 # False while `load(..., environment=False)` builds a Settings: no environment source.
@@ -108,14 +111,17 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
+    """The document and its text (the text says on which line a bad value is)."""
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text), text
     except FileNotFoundError:
         raise ConfigError([("--config", f"file not found: {path}")]) from None
     except OSError as exc:
         raise ConfigError([("--config", f"cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([("--config", f"{path} is not UTF-8 text")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("--config", f"invalid TOML in {path}: {exc}")]) from None
 
@@ -143,24 +149,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
-    errors = exc.errors(include_url=False, include_input=False)
+def _problems(exc: ValidationError, origins: report.Origins) -> list[tuple[str, str]]:
     token_file_problem = any(
-        tuple(err["loc"]) == ("flespi", "token_file") for err in errors
+        tuple(err["loc"]) == ("flespi", "token_file") for err in exc.errors()
     )
-    for err in errors:
-        key = ".".join(str(part) for part in err["loc"]) or "(root)"
-        reason = err["msg"]
-        if err["type"] == "missing" and key == "flespi.token":
+    problems: list[tuple[str, str]] = []
+    for key, reason in report.problems(exc, Settings, origins):
+        if reason == "missing" and key == "flespi.token":
             if token_file_problem:
                 continue  # the token_file problem says it all
-            reason = (
-                "missing: set flespi.token, flespi.token_file, "
-                f"{ENV_PREFIX}FLESPI__TOKEN or a secrets-dir file flespi__token"
-            )
-        elif err["type"] == "extra_forbidden":
-            reason = "unknown option" if "." in key else "unknown section"
+            reason = TOKEN_MISSING
+        elif reason == "missing" and key == "flespi":
+            reason = ("missing: the bridge needs at least a flespi token. "
+                      + ("" if origins.path else "No --config FILE was given; copy "
+                         "config.example.toml to config.toml and pass --config config.toml, "
+                         "or ") + TOKEN_MISSING.removeprefix("missing: "))
         problems.append((key, reason))
     return problems
 
@@ -181,7 +184,8 @@ def load(
     With `check_files=False` the file options are not checked (a configuration meant for
     another machine); a readable `flespi.token_file` still supplies the token.
     """
-    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    data, text = _read_toml(path) if path is not None else ({}, "")
+    secrets: dict[str, Any] = {}
     if environment and secrets_dir is None and os.environ.get(f"{ENV_PREFIX}SECRETS_DIR"):
         secrets_dir = Path(os.environ[f"{ENV_PREFIX}SECRETS_DIR"])
     if environment and secrets_dir is None and DEFAULT_SECRETS_DIR.is_dir():
@@ -189,7 +193,8 @@ def load(
     if secrets_dir is not None:
         if not secrets_dir.is_dir():
             raise ConfigError([("--secrets-dir", f"not a directory: {secrets_dir}")])
-        data = _merge(data, _read_secrets_dir(secrets_dir))
+        secrets = _read_secrets_dir(secrets_dir)
+        data = _merge(data, secrets)
     if overrides:
         data = _merge(data, overrides)
     try:
@@ -200,7 +205,11 @@ def load(
             finally:
                 CHECK_FILES.reset(files)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        origins = report.Origins.of_file(
+            path, text, secrets_dir=secrets_dir,
+            secrets=frozenset((s, k) for s, keys in secrets.items() for k in keys),
+            environment=os.environ if environment else None, env_prefix=ENV_PREFIX)
+        raise ConfigError(_problems(exc, origins)) from None
 
 
 def mask(secret: SecretStr | None) -> str:

@@ -114,6 +114,9 @@ class Broker:
             self._process = subprocess.Popen(
                 [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                # Its own process group: the terminal's Ctrl-C (SIGINT to the foreground group)
+                # must reach only the program that started it, which stops it in order.
+                process_group=0,
             )
             log.close()
             process = self._process

@@ -37,6 +37,7 @@ class FlespiClient:
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, verify=verify,
             headers={"Authorization": f"FlespiToken {token}", "Accept": "application/json"})
+        self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.min_delay, self.max_delay = delays
         self.retried = 0  # requests sent again after a 429 or 5xx
@@ -54,10 +55,12 @@ class FlespiClient:
             try:
                 code, delay, content = await self._exchange(method, uri, params, body)
             except httpx.TimeoutException:
-                raise RestError("timeout", "flespi REST did not answer in time") from None
+                raise RestError("timeout", f"flespi REST at {self.base_url} did not answer "
+                                "in time") from None
             except httpx.HTTPError as exc:  # messages name the URL, never the headers
-                raise RestError("upstream_disconnected",
-                                f"cannot reach flespi REST ({type(exc).__name__})") from None
+                reason = str(exc) or type(exc).__name__
+                raise RestError("upstream_disconnected", f"cannot reach flespi REST at "
+                                f"{self.base_url}: {reason}") from None
             # 429: not executed, always safe to repeat; 5xx: repeat reads only
             retry = code == 429 or (code >= 500 and method == "GET")
             if retry and attempt < self.retries:

@@ -57,5 +57,7 @@ def run(args: argparse.Namespace,
     except ModuleNotFoundError as exc:  # an optional dependency of the toolbox
         return fail(settings, f"this command needs the tools extra (missing {exc.name}): "
                     "pip install 'flespi-bridge[tools]'")
+    except BrokenPipeError:  # `| head` has read enough: not an error (the CLI ends quietly)
+        raise
     except OSError as exc:
         return fail(settings, f"cannot write the output: {exc}")

@@ -35,7 +35,8 @@ class Tee:
     def __init__(self, *sinks: TripSink) -> None:
         self.sinks = sinks
         self.summaries: list[TripSummary] = []
-        self.points = 0
+        self.points = 0  # every point of the range
+        self.trip_points = 0  # those inside trips (what GPX, GeoJSON, KML and maps draw)
 
     def start_trip(self, index: int) -> None:
         for s in self.sinks:
@@ -43,6 +44,7 @@ class Tee:
 
     def trip_point(self, point: Point) -> None:
         self.points += 1
+        self.trip_points += 1
         for s in self.sinks:
             s.trip_point(point)
 

@@ -27,12 +27,14 @@ def add_parser(sub: Any, with_config: Any) -> None:
 
 
 def normalized(telemetry: dict[str, Any], params: parameters.Parameters) -> dict[str, Any]:
-    """{"attributes": {name: value}, "timestamps": {name: ts}, "unmapped": {param: value}}:
+    """{"attributes": {name: value}, "timestamps": {name: ts}, "units": {name: unit},
+    "unmapped": {param: value}}, each sorted by name:
     the attributes as the live path makes them (the same table: the catalogue, the
     configuration's overrides and ignores, and with `flespi.parameters = "all"` the
     rule-made attributes); parameters that make none are listed raw, ignored ones left out."""
     attributes: dict[str, Any] = {}
     stamps: dict[str, float] = {}
+    units: dict[str, str] = {}
     unmapped: dict[str, Any] = {}
     for name in sorted(telemetry):
         entry = telemetry[name]
@@ -53,19 +55,26 @@ def normalized(telemetry: dict[str, Any], params: parameters.Parameters) -> dict
             unmapped[name] = value
             continue
         attributes.update(values)
+        for attribute in (param.attribute, *param.fields.values()):
+            if attribute is not None and attribute.unit and attribute.name in values:
+                units[attribute.name] = attribute.unit
         if isinstance(ts, int | float):
             stamps.update(dict.fromkeys(values, float(ts)))
-    return {"attributes": attributes, "timestamps": stamps, "unmapped": unmapped}
+    return {"attributes": dict(sorted(attributes.items())), "timestamps": stamps,
+            "units": units, "unmapped": unmapped}
 
 
 def render(device_id: int, doc: dict[str, Any]) -> str:
-    rows = [("attribute", "value", "updated")]
+    rows = [("attribute", "value", "unit", "updated")]
     for name, value in doc["attributes"].items():
         ts = doc["timestamps"].get(name)
-        rows.append((name, orjson.dumps(value).decode(), iso(ts) if ts else ""))
+        rows.append((name, orjson.dumps(value).decode(), doc["units"].get(name, ""),
+                     iso(ts) if ts else ""))
     for name, value in doc["unmapped"].items():
-        rows.append((name, orjson.dumps(value).decode(), "(not in the catalogue)"))
-    width = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((name, orjson.dumps(value).decode(), "", "(not in the catalogue)"))
+    for name in doc.get("missing", []):
+        rows.append((name, "-", "", "(not reported by this device)"))
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"device {device_id}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)).rstrip()
               for r in rows]
@@ -80,7 +89,10 @@ def cmd_telemetry(args: argparse.Namespace) -> int:
                      None) if isinstance(result, list) else None
         if entry is None:
             return common.fail(settings, f"flespi returned no telemetry for {args.device}")
-        doc = normalized(entry.get("telemetry") or {}, settings.flespi.parameter_table())
+        telemetry = entry.get("telemetry") or {}
+        doc = normalized(telemetry, settings.flespi.parameter_table())
+        # a parameter asked for by name that the device does not report: said, not omitted
+        doc["missing"] = [p for p in args.params if p not in telemetry]
         if args.json:
             print(orjson.dumps({"device_id": args.device, **doc},
                                option=orjson.OPT_INDENT_2).decode())

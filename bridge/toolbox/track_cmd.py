@@ -121,6 +121,6 @@ async def export(args: argparse.Namespace, rest: FlespiClient, start: float, end
     if args.summary:
         print(table(tee.summaries), end="", file=summary_out)
     if args.output is not None:
-        print(f"{args.output}: {tee.points} points, {len(tee.summaries)} trip(s)",
-              file=sys.stderr)
+        print(f"{args.output}: {len(tee.summaries)} trip(s) of {tee.trip_points} points "
+              f"({tee.points} points in the range)", file=sys.stderr)
     return 0

@@ -3,7 +3,8 @@
 A trip is a run of moving points; it ends on a stop (not moving for `min_stop` seconds), a
 gap (no point for `max_gap` seconds) or ignition off where the device reports it. Moving
 means the reported speed (or, without one, the speed between the last two points) reaches
-`min_speed` km/h. Short halts inside a trip (a traffic light) stay in it. Only the points of
+`min_speed` km/h. Short halts inside a trip (a traffic light) stay in it; a trip that ends on
+a stop ends with its arrival, the first point stopped. Only the points of
 the halt in progress are buffered, so memory is bounded by `min_stop`, not by the range.
 """
 
@@ -93,6 +94,10 @@ class TripSplitter:
             self.sink.other_point(self._candidate[0])
             self._candidate = None
         if self._trip is not None:
+            if self._halt:  # the arrival: the first point stopped belongs to the trip
+                arrival, speed = self._halt.pop(0)
+                self._trip.add(arrival, speed)
+                self.sink.trip_point(arrival)
             self.sink.end_trip(self._trip.summary())
             self._trip = None
         for point, _ in self._halt:

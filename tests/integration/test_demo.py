@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 from pathlib import Path
 
+import aiomqtt
 import pytest
-from support.helpers import PYTHON, bridge_env
+from support.helpers import PYTHON, Foreground, bridge_env, retained
 
 from bridge.app import demo
 from bridge.config import settings as config
@@ -111,3 +113,61 @@ def test_demo_settings_take_nothing_from_the_environment(
     assert s.log.level == "INFO"
     # and the environment is back for the next load
     assert config.load().local.host == "bogus-host.invalid"
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs of `pid`'s child processes (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    """Ctrl-C is SIGINT to the terminal's whole process group: the demo's throwaway brokers
+    must not die under the bridge, and the demo says `demo stopped` with nothing on stderr."""
+    with Foreground("demo", "--devices", "2", "--rate", "5") as demo:
+        lines = demo.read_until("/state: battery")
+        brokers = _children(demo.proc.pid)
+        assert len(brokers) == 2, lines
+        out, err = demo.ctrl_c()
+    assert demo.proc.returncode == 0
+    assert err == ""
+    assert out.rstrip().endswith("demo stopped")
+    assert all(not Path(f"/proc/{pid}").exists() for pid in brokers)
+
+
+async def test_demo_on_your_own_broker_shows_commandable_entities_and_clean_removes_them(
+        local: mosquitto.Broker) -> None:
+    """`demo --home-assistant HOST:PORT`: the fleet on the user's own broker (here a
+    throwaway one standing in for it), with discovery configs for the scooters' lock, button
+    and number entities; `--clean` removes every retained topic the demo published, and
+    nothing of anyone else's."""
+    async with aiomqtt.Client(local.host, local.port) as client:
+        await client.publish("flespi/42/state", b'{"battery": 1}', qos=1, retain=True)
+        await client.publish("homeassistant/sensor/other/config", b'{"state_topic": "x"}',
+                             qos=1, retain=True)
+    result = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--home-assistant", local.address, "--devices", "2",
+         "--rate", "5", "--duration", "4"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert f"--home-assistant {local.address} --clean" in result.stdout
+    found = await retained(local, ["flespi-demo/#", "homeassistant/#"])
+    assert "flespi-demo/5537000/state" in found
+    configs = b"".join(p for t, p in found.items() if t.startswith("homeassistant/"))
+    assert b'"flespi-demo/' in configs
+    for platform in (b'"lock"', b'"button"', b'"number"'):  # the scooters' commands
+        assert platform in configs
+
+    cleaned = subprocess.run(
+        [PYTHON, "-m", "bridge", "demo", "--home-assistant", local.address, "--clean"],
+        capture_output=True, text=True, env=bridge_env(), timeout=90)
+    assert cleaned.returncode == 0, cleaned.stderr
+    left = await retained(local, ["#"])
+    assert set(left) == {"flespi/42/state", "homeassistant/sensor/other/config"}
+    assert re.fullmatch(r"cleared \d+ retained topic\(s\) of the demo from .*\n", cleaned.stdout)

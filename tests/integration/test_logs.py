@@ -99,3 +99,21 @@ async def test_the_bridge_logs_json_lines(
     assert any(d["level"] == "WARNING" and d["logger"] == "bridge.app.bridge"
                and d["message"].startswith(f"metrics.fleet_parameters: no such attribute "
                                            f"{logs.REDACTED} ") for d in docs), text
+
+
+async def test_the_bridge_at_info_logs_no_library_chatter(
+        tmp_path: Path, upstream: mosquitto.Broker, local: mosquitto.Broker,
+        procs: Callable[[BridgeProcess], BridgeProcess]) -> None:
+    """At the default level the log says what the bridge does, not what gmqtt does with
+    each packet ([CONNECTION MADE], [SEND SUB], SUBACK): those only at DEBUG."""
+    proc = procs(BridgeProcess(tmp_path, upstream, local, log={"level": "INFO"}).start())
+    await wait_until(lambda: "connected to flespi" in proc.log(), 30, "the flespi connection")
+    await wait_until(lambda: "connected to local broker" in proc.log(), 30,
+                     "the local connection")
+    proc.signal(signal.SIGTERM)
+    await wait_until(lambda: proc.proc is not None and proc.proc.poll() is not None, 30,
+                     "the bridge to stop")
+    text = proc.log()
+    for chatter in ("[CONNECTION MADE]", "[SEND SUB]", "SUBACK", "[CMD 0x"):
+        assert chatter not in text, text
+    assert "connected to flespi" in text

@@ -73,7 +73,7 @@ async def test_gpx_validates_against_the_gpx_1_1_schema(api: Api) -> None:
     assert len(summary) == 3
     moving = [m for m in _expected_positions(api, start, end) if m["position.speed"] > 0]
     points = [p for s in segments for p in s.findall(f"{GPX_NS}trkpt")]
-    assert len(points) == len(moving)
+    assert len(points) == len(moving) + len(segments)  # each ride and its arrival
     first = moving[0]
     assert float(points[0].get("lat", "")) == pytest.approx(first["position.latitude"])
     assert float(points[0].get("lon", "")) == pytest.approx(first["position.longitude"])

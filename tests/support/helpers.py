@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -206,6 +207,40 @@ class BridgeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class Foreground:
+    """`python -m bridge ARGS` as a terminal runs a command: in a process group of its own
+    (the test's to signal, as Ctrl-C signals the terminal's foreground group), its output read
+    line by line; killed (by PID) if it still runs when the `with` block ends."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "bridge", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=bridge_env(), start_new_session=True)
+
+    def __enter__(self) -> Foreground:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def read_until(self, marker: str) -> list[str]:
+        """The lines printed up to the first holding `marker` (blocks until then)."""
+        assert self.proc.stdout is not None
+        lines = []
+        for line in self.proc.stdout:
+            lines.append(line)
+            if marker in line:
+                return lines
+        raise AssertionError(f"exited before printing {marker!r}: {lines}")
+
+    def ctrl_c(self, timeout: float = 30) -> tuple[str, str]:
+        """SIGINT to the whole group, then the rest of stdout and all of stderr."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        return self.proc.communicate(timeout=timeout)
 
 
 Procs = Callable[[BridgeProcess], BridgeProcess]  # the `procs` fixture: tracks one, returns it

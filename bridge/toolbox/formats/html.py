@@ -5,12 +5,20 @@ Every layer is one GeoJSON object, whatever it holds: folium keeps some 60 kB of
 path, marker and popup until the map is rendered, which for a month of hourly rides made the
 map's memory grow with the range. With at most `MAX_LAYERS` layers (a layer per trip up to
 that, else runs of consecutive trips) and the points thinned by `Collector`, memory is
-bounded whatever the range."""
+bounded whatever the range.
+
+The page is one self-contained file: folium's links to Leaflet, jQuery, Bootstrap and Font
+Awesome on CDNs are dropped and Leaflet's JavaScript and CSS (a pinned copy in `assets/leaflet`,
+BSD-2-Clause, docs/decisions/0003-self-contained-html-map.md) are inlined, so the map and its
+trips work opened from disk with no network; only the background tiles need one."""
 
 from __future__ import annotations
 
+import base64
 import html
+import re
 from collections.abc import Sequence
+from importlib import resources
 from typing import IO, Any
 
 import folium
@@ -22,6 +30,28 @@ from bridge.toolbox.formats.labels import title, trip_text
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
 START, END = "#00a000", "#d00000"
 MAX_LAYERS = 100
+# folium's <script src>/<link href> to CDNs (the only external resources besides the tiles)
+_EXTERNAL = re.compile(r'<script src="https?://[^"]*">\s*</script>\s*'
+                       r'|<link rel="stylesheet" href="https?://[^"]*"\s*/?>\s*')
+
+
+def _leaflet() -> str:
+    """Leaflet's CSS and JavaScript as inline elements (the layer control's icon a data URL)."""
+    assets = resources.files("bridge.toolbox.formats") / "assets" / "leaflet"
+    icon = base64.b64encode((assets / "layers.png").read_bytes()).decode()
+    css = (assets / "leaflet.css").read_text(encoding="utf-8").replace(
+        "url(images/layers.png)", f"url(data:image/png;base64,{icon})").replace(
+        "url(images/layers-2x.png)", f"url(data:image/png;base64,{icon})")
+    js = (assets / "leaflet.js").read_text(encoding="utf-8")
+    js = js.replace("</script", "<\\/script")  # cannot end the element early
+    return f"<style>{css}</style>\n<script>{js}</script>\n"
+
+
+def self_contained(page: str) -> str:
+    """`page` without its CDN links, Leaflet inlined at the top of its head."""
+    page = _EXTERNAL.sub("", page)
+    head = page.index("<head>") + len("<head>")
+    return page[:head] + "\n" + _leaflet() + page[head:]
 
 
 def groups(trips: Sequence[Trip], most: int = MAX_LAYERS) -> list[Sequence[Trip]]:
@@ -82,4 +112,4 @@ class HtmlWriter(Collector):
             lons = [p.lon for trip in trips for p in trip.points]
             fmap.fit_bounds([[min(lats), min(lons)], [max(lats), max(lons)]])
         folium.LayerControl(collapsed=False).add_to(fmap)
-        self._out.write(fmap.get_root().render())
+        self._out.write(self_contained(fmap.get_root().render()))

@@ -85,8 +85,8 @@ host = "x"
     keys = dict(err.value.problems)
     assert set(keys) >= {"flespi.token", "flespi.port", "local.qos", "local.colour", "mqtt"}
     assert "missing" in keys["flespi.token"]
-    assert keys["mqtt"] == "unknown section"
-    assert keys["local.colour"] == "unknown option"
+    assert keys["mqtt"] == f"unknown section ({path}, line 10)"
+    assert keys["local.colour"] == f"unknown option ({path}, line 8)"
 
 
 def test_check_config_ok_masks_the_token(tmp_path: Path) -> None:
@@ -257,7 +257,8 @@ def test_an_unknown_secret_is_an_unknown_option(tmp_path: Path) -> None:
     secrets = secrets_dir(tmp_path, {"flespi__token": TOKEN, "local__colour": "blue"})
     with pytest.raises(ConfigError) as err:
         config.load(secrets_dir=secrets)
-    assert dict(err.value.problems) == {"local.colour": "unknown option"}
+    assert dict(err.value.problems) == {
+        "local.colour": f"unknown option (secrets file {secrets / 'local__colour'})"}
 
 
 def test_a_too_large_secret_file_is_refused(tmp_path: Path) -> None:

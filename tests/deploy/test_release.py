@@ -1,0 +1,109 @@
+"""What a release is made of, checked by the tools that will read it: the release workflow by
+actionlint, the compose quick start by `docker-compose config`, the systemd unit by
+`systemd-analyze verify`, the changelog by its Keep a Changelog shape, and the add-on's
+Dockerfile by hadolint (it installs a wheel from wheels/ when there is one)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+from support import REPO
+
+WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
+COMPOSE = REPO / "compose.yaml"
+UNIT = REPO / "deploy" / "systemd" / "flespi-bridge.service"
+CHANGELOG = REPO / "CHANGELOG.md"
+ADDON = REPO / "homeassistant-addon" / "flespi-bridge"
+
+
+def tool(name: str) -> str:
+    found = shutil.which(name)
+    assert found, f"`{name}` is not installed (.ci/run installs it)"
+    return found
+
+
+def test_actionlint_passes_the_release_workflow() -> None:
+    result = subprocess.run([tool("actionlint"), str(WORKFLOW)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_does_find_problems(tmp_path: Path) -> None:
+    """The check above could not pass on a broken workflow."""
+    broken = tmp_path / "broken.yml"
+    broken.write_text(WORKFLOW.read_text(encoding="utf-8").replace(
+        "runs-on: ubuntu-latest", "runs-on: ubuntu-latest\n    needs: nowhere", 1))
+    result = subprocess.run([tool("actionlint"), str(broken)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+
+
+def test_the_release_builds_both_architectures_and_publishes_with_trusted_publishing() -> None:
+    jobs = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))["jobs"]
+    assert jobs["pypi"]["permissions"] == {"id-token": "write"}
+    image = next(s for s in jobs["image"]["steps"]
+                 if s.get("uses", "").startswith("docker/build-push-action"))
+    assert image["with"]["platforms"] == "linux/amd64,linux/arm64"
+    build = yaml.safe_load((ADDON / "build.yaml").read_text(encoding="utf-8"))
+    arches = {entry["arch"] for entry in jobs["addon"]["strategy"]["matrix"]["include"]}
+    assert arches == set(build["build_from"])
+
+
+def test_the_compose_file_is_valid(tmp_path: Path) -> None:
+    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={"FLESPI_TOKEN": "not-a-token", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert set(services) == {"bridge", "mosquitto", "prometheus", "grafana"}
+    mounts = " ".join(str(v) for s in services.values() for v in s.get("volumes", []))
+    for path in ("deploy/compose/config.toml", "deploy/compose/prometheus.yml",
+                 "monitoring/alerts.yml", "monitoring/grafana-dashboard.json",
+                 "deploy/compose/grafana/provisioning"):
+        assert (REPO / path).exists()
+        assert path in mounts
+    # ports on loopback only
+    assert all("127.0.0.1" in str(p) for s in services.values() for p in s.get("ports", []))
+
+
+def test_the_compose_file_needs_the_token() -> None:
+    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config"],
+                            capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode != 0
+    assert "set FLESPI_TOKEN" in result.stderr
+
+
+def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
+    result = subprocess.run([tool("systemd-analyze"), "verify", "--man=no", str(UNIT)],
+                            capture_output=True, text=True, timeout=120)
+    # the ExecStart binary does not exist on this machine: the only complaint allowed
+    problems = [line for line in result.stderr.splitlines()
+                if line.strip() and "/opt/flespi-bridge/bin/flespi-bridge" not in line]
+    assert problems == [], result.stderr
+
+
+def test_the_changelog_keeps_a_changelog() -> None:
+    text = CHANGELOG.read_text(encoding="utf-8")
+    assert "## [Unreleased]" in text
+    versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", text, re.M)
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert project["version"] in versions
+    for version in versions:
+        assert re.search(rf"^\[{re.escape(version)}\]: https://", text, re.M)
+
+
+def test_the_addon_installs_a_wheel_from_its_folder() -> None:
+    dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
+    assert "COPY wheels/ /tmp/wheels/" in dockerfile
+    assert "--find-links /tmp/wheels" in dockerfile
+    assert (ADDON / "wheels").is_dir()
+    result = subprocess.run([tool("hadolint"), "--failure-threshold", "warning", "-"],
+                            input=dockerfile, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
