@@ -20,6 +20,7 @@ from support.helpers import (
     make_settings,
     names_looked_up,
     retained,
+    wait_until,
 )
 
 from bridge.app.bridge import Bridge
@@ -472,3 +473,40 @@ async def test_clearing_a_retained_command_executes_nothing(commanding: tuple[Br
     result = await command(rec, device_id, b"PRESS", entity="restart")
     assert result["status"] == "ok"
     assert len(commands_sent(responder.requests)) == before + 1
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "http"])
+async def test_a_command_in_flight_at_shutdown_gets_one_honest_result(
+        transport: str, upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        responder: Responder) -> None:
+    """flespi is slow to answer a lock command and the bridge is stopped (what SIGTERM
+    does) with a short grace period: the requester hears back once, that the command may
+    or may not have been executed; before, the cancelled task published nothing."""
+    commands: dict[str, Any] = {**PROFILES, "transport": transport, "timeout": 30}
+    if transport == "http":
+        commands["http_url"] = await responder.serve_http()
+    bridge = Bridge(make_settings(upstream, local, commands=commands,
+                                  shutdown={"grace": 0.5}))
+    await bridge.start()
+    stopped = False
+    try:
+        await asyncio.wait_for(bridge.loaded.wait(), 10)
+        await names_looked_up(responder.requests)
+        device_id = next(iter(sim.devices))
+        async with Recorder(local, [f"{BASE}/+/result"]) as rec:
+            responder.delay = 60  # flespi takes its time
+            await rec.publish(f"{BASE}/{device_id}/set", b'{"lock": true, "transaction": "t"}',
+                              qos=1)
+            await wait_until(lambda: commands_sent(responder.requests),
+                             what="the command sent to flespi")
+            await bridge.stop()
+            stopped = True
+            results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
+            assert len(results) == 1, results
+            assert results[0]["transaction"] == "t"
+            assert results[0]["code"] == "interrupted"
+            assert "may or may not have been executed" in results[0]["error"]
+    finally:
+        responder.delay = 0
+        if not stopped:
+            await bridge.stop()
