@@ -137,6 +137,7 @@ class MqttClient:
         self.closed: asyncio.Future[None] = loop.create_future()
         self._lost_handlers: list[Callable[[], None]] = []
         self._bad = RateLimitedLog(log)
+        self.dropped = 0  # received messages dropped on a full queue
 
     @property
     def where(self) -> str:
@@ -361,6 +362,7 @@ class MqttClient:
         try:
             self._messages.put_nowait((topic, payload, bool(first & 0x01)))
         except asyncio.QueueFull:  # a flood: logged rate-limited
+            self.dropped += 1
             self._bad.warning("queue", "local broker %s: %d messages not yet handled: "
                               "dropped the one on %.200r", self.where, MAX_QUEUED_MESSAGES,
                               topic)
