@@ -3,11 +3,12 @@ behind: the topics of a device deleted in flespi, and leftovers of earlier runs 
 longer selected or gone, entities no longer generated).
 
 Leftovers are found by an inventory of retained topics taken after every local connect
-(`bridge.publish.inventory`: complete on a stock broker, every depth of device topic and both
-discovery layouts), and cleared only once the upstream state is positively known in full (`loaded`, set by the
-start-up marker): before that, a device not yet replayed would look gone, and clearing its
-discovery configs would make Home Assistant delete live entities. (Entities a live device
-stops having are removed by `discovery.Discovery`, which compares with what it published.)
+(`bridge.publish.inventory`: complete on a stock broker, every depth of device topic and
+both discovery layouts), and cleared only once the upstream state is positively known in
+full (`loaded`, set by the start-up marker): before that, a device not yet replayed would
+look gone, and clearing its discovery configs would make Home Assistant delete live
+entities. (Entities a live device stops having are removed by `discovery.Discovery`, which
+compares with what it published.)
 
 Configs in the other discovery layout (an earlier run with the other
 `homeassistant.discovery_mode`) are not cleared here when a live device stands behind them:
