@@ -412,7 +412,7 @@ async def ingest(settings: Settings, log: Callable[[str], None]) -> list[Measure
         checker_state = StateChecker(w.expected)
         checker = await RawClient.open(local.host, local.port, "bench-check-bridge",
                                        checker_state.on_message)
-        await checker.subscribe([f"{BASE}/+/state"])
+        await checker.subscribe([f"{BASE}/+/state"], qos=0 if stock else 1)  # see startup
         proc = await start_bridge(lab, name, up, local, settings)
         rss = RssSampler(proc.pid).start()
         await _prime(up, checker_state.primed,
@@ -702,7 +702,10 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
             states.on_message(topic, payload, retain)
 
     checker = await RawClient.open(local.host, local.port, f"bench-check-{name}", on_message)
-    await checker.subscribe([f"{BASE}/+/state", "homeassistant/#"])
+    # On a stock broker a QoS 1 subscriber gets at most 1,020 messages queued and loses the
+    # rest of a burst (measured: the bridge published all 40,000 states, the checker missed
+    # some and waited for them until the timeout): the checker reads at QoS 0 there.
+    await checker.subscribe([f"{BASE}/+/state", "homeassistant/#"], qos=0 if stock else 1)
     t0 = time.monotonic()
     proc = await start_bridge(lab, name, up, local, settings)
     rss = RssSampler(proc.pid, interval=0.05).start()
