@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -15,6 +17,8 @@ from hypothesis import strategies as st
 from support.helpers import (
     TOKEN,
     BridgeFactory,
+    BridgeProcess,
+    Procs,
     Recorder,
     commands_sent,
     make_settings,
@@ -510,3 +514,36 @@ async def test_a_command_in_flight_at_shutdown_gets_one_honest_result(
         responder.delay = 0
         if not stopped:
             await bridge.stop()
+
+
+async def test_sigterm_with_a_command_waiting_for_flespi_answers_it_once(
+        tmp_path: Path, upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        responder: Responder, procs: Procs) -> None:
+    """The reproduced failure, on a real process: `commands.transport = "http"`, flespi
+    slow to answer, SIGTERM: one result, `interrupted`, and a clean exit."""
+    url = await responder.serve_http()
+    bridge = procs(BridgeProcess(tmp_path, upstream, local, log={"level": "INFO"},
+                                 shutdown={"grace": 0.5},
+                                 commands={**PROFILES, "transport": "http", "http_url": url,
+                                           "timeout": 30}))
+    device_id = next(iter(sim.devices))
+    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/bridge/state"]) as rec:
+        bridge.start()
+        await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
+                           and rec.latest[f"{BASE}/bridge/state"].payload == b"online",
+                           timeout=20, what="online")
+        await names_looked_up(responder.requests, timeout=20)
+        responder.delay = 60
+        await rec.publish(f"{BASE}/{device_id}/set", b'{"command": "restart"}', qos=1)
+        await wait_until(lambda: commands_sent(responder.requests),
+                         what="the command sent to flespi")
+        bridge.signal(signal.SIGTERM)
+        proc = bridge.proc
+        assert proc is not None
+        await wait_until(lambda: proc.poll() is not None, timeout=20, what="exit")
+        await rec.wait_for(lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+                           what="offline")
+    responder.delay = 0
+    results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
+    assert [r["code"] for r in results] == ["interrupted"], results
+    assert proc.returncode == 0
