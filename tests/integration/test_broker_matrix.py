@@ -85,6 +85,7 @@ async def test_cleanup_clears_a_gone_devices_topics(started: tuple[Bridge, Recor
                                                     user_broker: mosquitto.Broker,
                                                     sim: Simulator) -> None:
     _, rec = started
+    await states_arrive(rec, sim)
     await rec.wait_for(lambda: all(any(m.topic == t and not m.payload for m in rec.messages)
                                    for t in GONE), timeout=30, what="the gone topics cleared")
     left = await retained(user_broker, [f"{BASE}/+/+", f"{BASE}/+/+/+", f"{PREFIX}/#"])
