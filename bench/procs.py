@@ -105,9 +105,12 @@ class Lab:
         """The simulated flespi broker."""
         return self.broker("upstream", nodelay=self.nodelay in ("upstream", "all"))
 
-    def local(self) -> mosquitto.Broker:
-        """The local broker (a stock Mosquitto unless `nodelay` is "all")."""
-        return self.broker("local", nodelay=self.nodelay == "all")
+    def local(self, *, stock: bool = False) -> mosquitto.Broker:
+        """The local broker: without per-client queue limits, or `stock` (Mosquitto's
+        defaults, as Home Assistant's add-on keeps them: 20 QoS 1 messages in flight and
+        1,000 queued per client); Nagle on unless `nodelay` is "all"."""
+        return self.broker("local", mosquitto.STOCK if stock else mosquitto.FLESPI_LIKE,
+                           nodelay=self.nodelay == "all")
 
     def mosquitto_bridge(self, upstream: mosquitto.Broker,
                          local: mosquitto.Broker) -> mosquitto.Broker:

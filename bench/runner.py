@@ -28,6 +28,7 @@ from bench.scenarios import (
     BRIDGE_RSS,
     ECHO,
     REPLAY,
+    STOCK_BRIDGE,
     Measurement,
     Settings,
     command_contestant,
@@ -49,6 +50,7 @@ TARGETS = {
     "startup_rss_mb": 250.0,
     "startup_ratio": 1.5,  # bridge <= 1.5x the gmqtt replay counter (issue 12) ...
     "startup_rss_40k_mb": 300.0,  # ... and peak RSS <= 300 MB at 40,000 devices
+    "stock_ingest": 1.0,  # on a stock local broker: >= the gmqtt counter (issue 21)
     "command_p99_ms": 25.0,
     "stream": 0.5,  # stream ingest >= 0.5x a minimal receiver on the same server (issue 15)
 }
@@ -184,6 +186,7 @@ def verdicts(ms: list[Measurement]) -> list[dict[str, Any]]:
         if d == 40_000:
             limit(f["rss"], "start-up peak RSS, 40,000 devices (issue 12)",
                   "startup_rss_40k_mb", "MB")
+    rows += stock_verdicts(ms)
     # the command target is judged on the configuration recommended for latency-sensitive
     # setups (local Mosquitto with `set_tcp_nodelay true`); the stock local broker's figure
     # and the echo that shows where it comes from stand beside it
@@ -350,6 +353,35 @@ def fleet_sizes(text: str) -> list[int]:
     if not sizes:
         raise argparse.ArgumentTypeError("no fleet size given")
     return sizes
+
+
+def stock_verdicts(ms: list[Measurement]) -> list[dict[str, Any]]:
+    """Issue 21's targets, the local broker at Mosquitto's defaults: start-up within 1.5x
+    the same run's replay baseline at 10,000 and 40,000 devices, ingest at or above the
+    gmqtt counter."""
+    rows: list[dict[str, Any]] = []
+    stock = _find(ms, "ingest", STOCK_BRIDGE, exact=True)
+    base = _find(ms, "ingest", "gmqtt counter")
+    if stock is not None and base is not None:
+        value = round(stock.value / base.value, 2) if stock.value and base.value else None
+        rows.append({"target": "ingest, stock local broker: bridge / gmqtt counter (issue 21)",
+                     "goal": f">= {TARGETS['stock_ingest']:.2f}x", "measured": value,
+                     "unit": "x", "met": None if value is None
+                     else value >= TARGETS["stock_ingest"], "note": stock.note})
+    for m in ms:
+        d = m.extra.get("devices")
+        if m.scenario != "startup" or not isinstance(d, int) or \
+                m.contestant != startup_label(STOCK_BRIDGE, d):
+            continue
+        times, target = m.extra.get("ratio"), d in (10_000, 40_000)
+        rows.append({
+            "target": f"start-up, {d:,} devices, stock local broker: bridge / gmqtt replay "
+                      "counter (issue 21" + ("" if target else ", no target") + ")",
+            "goal": f"<= {TARGETS['startup_ratio']:.2f}x" if target else "-",
+            "measured": times, "unit": "x",
+            "met": None if times is None or not target else times <= TARGETS["startup_ratio"],
+            "note": "" if times is not None else (m.note or "no baseline")})
+    return rows
 
 
 def startup_fleets(ms: list[Measurement]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ answered with an error result and nothing reaches flespi.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -34,7 +35,12 @@ INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
 # "bad_device_id", "retained", "shutting_down" and "busy" before a request reaches here.
 RESULT_CODES = INVALID_INPUT | {
     "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
-    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy"}
+    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy",
+    "interrupted"}
+# The error of a request still waiting for flespi when the bridge stops (its task cancelled
+# at the end of `shutdown.grace`): it may have reached flespi, and the device.
+INTERRUPTED = CommandError("interrupted", "the bridge stopped before flespi answered; the "
+                           "command may or may not have been executed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +303,8 @@ class CommandGateway:
 
         Whatever flespi answers and whatever fails in here, exactly one result is
         published: a bug becomes `internal_error`, an answer that cannot be encoded into
-        the result `bad_response`.
+        the result `bad_response`, a cancellation while waiting for flespi (a stop past
+        `shutdown.grace`) `interrupted`, published before the cancellation goes on.
         """
         transaction: Any = None
         command: str | None = entity
@@ -329,6 +336,13 @@ class CommandGateway:
                                  "not have been executed")
             outcome = result(transaction, command, error=error)
             self._count("internal_error")
+        except asyncio.CancelledError:
+            outcome = result(transaction, command, error=INTERRUPTED)
+            self._count(INTERRUPTED.code)
+            log.warning("command %.64r for device %s interrupted by the stop: %s", command,
+                        device_id, INTERRUPTED.message)
+            await self._publish_result(device_id, outcome)
+            raise
         await self._publish_result(device_id, outcome)
         return outcome
 

@@ -39,6 +39,8 @@ from bridge.flespi.rest import Rest
 from bridge.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
+# Seconds the results of the commands cancelled at a stop may take to reach the broker.
+RESULT_TIMEOUT = 5.0
 
 
 class CommandHandler:
@@ -191,8 +193,17 @@ class CommandHandler:
                 self.outbox.add_result(pub)  # published once the local broker is back
 
     async def drain(self, timeout: float) -> None:
-        """Stop taking commands; wait for those in flight."""
+        """Stop taking commands; wait for those in flight, `timeout` seconds at most; then
+        cancel those still waiting for flespi, each answered `interrupted` while the local
+        broker is still connected (the gateway publishes it; `RESULT_TIMEOUT` bounds that)."""
         self.stopping = True
-        if self.tasks:
-            log.info("waiting for %d command(s) in flight", len(self.tasks))
-            await asyncio.wait(set(self.tasks), timeout=timeout)
+        if not self.tasks:
+            return
+        log.info("waiting for %d command(s) in flight", len(self.tasks))
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        if pending:
+            log.warning("%d command(s) still waiting for flespi at the end of the grace "
+                        "period: answered as interrupted", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=RESULT_TIMEOUT)

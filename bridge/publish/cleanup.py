@@ -2,17 +2,23 @@
 behind: the topics of a device deleted in flespi, and leftovers of earlier runs (devices no
 longer selected or gone, entities no longer generated).
 
-Leftovers are found by an inventory of retained topics taken after every local connect, and
-cleared only once the upstream state is positively known in full (`loaded`, set by the
-start-up marker): before that, a device not yet replayed would look gone, and clearing its
-discovery configs would make Home Assistant delete live entities. (Entities a live device
-stops having are removed by `discovery.Discovery`, which compares with what it published.)
+Leftovers are found by an inventory of retained topics taken after every local connect
+(`bridge.publish.inventory`: complete on a stock broker, every depth of device topic and
+both discovery layouts), and cleared only once the upstream state is positively known in
+full (`loaded`, set by the start-up marker): before that, a device not yet replayed would
+look gone, and clearing its discovery configs would make Home Assistant delete live
+entities. (Entities a live device stops having are removed by `discovery.Discovery`, which
+compares with what it published.)
 
 Configs in the other discovery layout (an earlier run with the other
 `homeassistant.discovery_mode`) are not cleared here when a live device stands behind them:
 they are handed to `Discovery`, which migrates them with Home Assistant's `migrate_discovery`
 protocol. Until the inventory says whether there is anything to migrate (and, if there is,
-until the upstream state is loaded), discovery is held back.
+until the upstream state is loaded), discovery is held back. An inventory that fails (the
+connection, or a page that does not arrive whole) is retried with a growing delay, discovery
+still held: announcing without it would lose the `migrate_discovery` markers and clear
+nothing. Only a broker that refuses the inventory's subscriptions (an ACL) lets discovery go
+ahead without it.
 
 Until the upstream state is loaded, a device is announced once it has telemetry (see
 `Renderer.complete`); the devices still unannounced then are announced when it is, or after
@@ -35,6 +41,7 @@ from bridge.core.outbox import Outbox
 from bridge.core.store import Device, Store
 from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
+from bridge.publish.inventory import PAGE_TIMEOUT, SubscriptionRefused
 from bridge.publish.local_broker import LocalBroker
 from bridge.publish.renderer import Renderer
 
@@ -43,6 +50,9 @@ log = logging.getLogger(__name__)
 TOPICS_DELAY = 5.0
 # Seconds devices without telemetry wait for the upstream state before being announced.
 DISCOVERY_HOLD = 60.0
+# Seconds between attempts at an inventory that failed (doubling up to RETRY_MAX).
+RETRY_MIN = 2.0
+RETRY_MAX = 60.0
 
 
 class Cleanup:
@@ -60,6 +70,7 @@ class Cleanup:
         self.loaded = loaded
         self.events = events
         self.discovery_hold = DISCOVERY_HOLD
+        self.page_timeout = PAGE_TIMEOUT
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,18 +110,40 @@ class Cleanup:
             self._task.cancel()
             self._task = None
 
-    def _filters(self) -> list[str]:
-        filters = [f"{self.renderer.topics.base}/+/+"]
+    def pages(self) -> list[str]:
+        """The inventory's filters, one page each: every depth of device topic the bridge
+        publishes (`<base>/<id>/<leaf>`, and a lock's or setting's `<base>/<id>/<key>/state`)
+        and, with discovery, both layouts' configs."""
+        base = self.renderer.topics.base
+        pages = [f"{base}/+/+", f"{base}/+/+/+"]
         if self.settings.discovery:
-            filters.append(self.renderer.ha.config_filter)
-        return filters
+            pages.append(self.renderer.ha.config_filter)
+        return pages
+
+    async def _inventory(self) -> set[str] | None:
+        """The retained topics, retried with a growing delay until the inventory is
+        complete (discovery stays held meanwhile: announcing before it would lose the
+        `migrate_discovery` markers). None when the broker refuses a page's subscription
+        (an ACL): nothing can be cleared or migrated then, and discovery goes ahead."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                return await self.local.retained(self.pages(), page_timeout=self.page_timeout)
+            except SubscriptionRefused as exc:
+                log.warning("could not list retained topics on the local broker (%s): stale "
+                            "topics are not cleared and discovery configs of the other "
+                            "layout are not migrated", exc)
+                return None
+            except LocalUnavailableError as exc:
+                log.warning("could not list retained topics on the local broker: %s; "
+                            "cleanup and discovery wait, retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     async def _run(self) -> None:
         discovery = self.renderer.discovery
-        try:
-            inventory = await self.local.retained(self._filters())
-        except (LocalUnavailableError, TimeoutError) as exc:
-            log.warning("could not list retained topics on the local broker: %s", exc)
+        inventory = await self._inventory()
+        if inventory is None:
             self._release({})
             await self._until_loaded()
             return

@@ -38,6 +38,7 @@ from bridge.mqtt.options import (
     Will,
 )
 from bridge.mqtt.v5 import reason
+from bridge.publish import inventory
 
 log = logging.getLogger(__name__)
 
@@ -177,32 +178,17 @@ class LocalBroker:
             self._stats.up["local"] = False
         self._client = None
 
-    async def retained(self, filters: Sequence[str], timeout: float = 60) -> set[str]:
-        """Topics holding a retained message under `filters`.
+    async def retained(self, pages: Sequence[str], *,
+                       page_timeout: float = inventory.PAGE_TIMEOUT) -> set[str]:
+        """Topics holding a retained message under the filters `pages` (see
+        `bridge.publish.inventory`; raises its `InventoryError`).
 
         Uses a second, short-lived connection, so the main one never sees (and never acts
-        twice on) messages matched by these wide filters. A marker published after the
-        subscriptions arrives after every retained message they deliver.
+        twice on) messages matched by these wide filters.
         """
-        marker = f"{self._state_topic}/inventory-{uuid.uuid4().hex[:8]}"
-        found: set[str] = set()
         client = self._make_client(suffix=f"-inventory-{uuid.uuid4().hex[:6]}", will=False)
-        try:
-            async with asyncio.timeout(timeout):
-                await client.connect()
-                for topic in (*filters, marker):
-                    await client.subscribe(topic, qos=1)
-                await client.publish(marker, b"1", qos=1)
-                while True:
-                    topic, payload, retain = await client.message()
-                    if topic == marker:
-                        break
-                    if retain and payload:
-                        found.add(topic)
-            await client.disconnect()
-        finally:
-            client.abort()
-        return found
+        return await inventory.take(client, pages, self._state_topic,
+                                    page_timeout=page_timeout)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = True) -> None:
         client = self._client

@@ -1,7 +1,14 @@
-"""Throwaway Mosquitto brokers on loopback, for the demo, the tests and the benchmarks.
+"""Throwaway brokers on loopback, for the demo, the tests and the benchmarks.
 
 The `mosquitto` binary is used when it is installed; otherwise, when a Docker engine
 answers, testcontainers runs the `eclipse-mosquitto` image. Brokers bind 127.0.0.1 only.
+
+Named Mosquitto configurations say which broker a test or a benchmark runs against:
+`STOCK` (Mosquitto's defaults, which Home Assistant's Mosquitto add-on keeps: at most 20
+QoS 1 messages in flight and 1,000 queued per client), `LIMITED` (a stock broker protected by
+a packet size limit), `TUNED` (no per-client queue limits, Nagle off) and `FLESPI_LIKE` (the
+simulated flespi). `start(foreign=True)` starts amqtt instead, a broker that is not Mosquitto
+and speaks only MQTT 3.1.1 (the `amqtt` package, a test dependency), run as a child process.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,6 +32,13 @@ IMAGE = "eclipse-mosquitto:2.0"
 # A simulated flespi keeps what an offline persistent session missed without limit, as
 # flespi does (up to 1 GB); Mosquitto's default would drop QoS 1 messages past 1000.
 FLESPI_LIKE = ("max_queued_messages 0", "max_inflight_messages 0")
+STOCK: tuple[str, ...] = ()
+# Bytes: a broker protecting itself from large packets (Mosquitto drops the connection
+# of a client that sends a larger one).
+PACKET_LIMIT = 65536
+LIMITED = (f"max_packet_size {PACKET_LIMIT}",)
+TUNED = (*FLESPI_LIKE, "set_tcp_nodelay true")
+CONFIGURATIONS = {"stock": STOCK, "limited": LIMITED, "tuned": TUNED}
 
 
 def find_binary() -> str | None:
@@ -64,9 +79,9 @@ def _wait_port(host: str, port: int, timeout: float, alive: Any = None) -> None:
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return
         if alive is not None and not alive():
-            raise BrokerUnavailableError(f"mosquitto on port {port} exited during start-up")
+            raise BrokerUnavailableError(f"the broker on port {port} exited during start-up")
         if time.monotonic() > deadline:
-            raise BrokerUnavailableError(f"mosquitto on port {port} did not start in {timeout}s")
+            raise BrokerUnavailableError(f"the broker on port {port} did not start in {timeout}s")
         time.sleep(0.02)
 
 
@@ -97,8 +112,8 @@ class Broker:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/" if self.persistence else "",
             # Started as root, mosquitto would switch to the `mosquitto` user, which cannot
-            # write its persistence file into our private temporary directory.
-            f"user {_user()}" if self.persistence and os.geteuid() == 0 else "",
+            # read or write our private temporary directories (persistence, an ACL file).
+            f"user {_user()}" if os.geteuid() == 0 else "",
             "log_type error",
             "log_type warning",
             *self.extra_config,
@@ -177,15 +192,41 @@ class Broker:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+@dataclass
+class Amqtt(Broker):
+    """amqtt (a Python broker, MQTT 3.1.1 only) in a child process: stopped by its PID,
+    restarted on the same port. It keeps retained messages in memory only."""
+
+    def config_text(self, listen_host: str) -> str:
+        return "\n".join([
+            "listeners:", "  default:", "    type: tcp", f"    bind: {listen_host}:{self.port}",
+            "plugins:", "  amqtt.plugins.authentication.AnonymousAuthPlugin:",
+            "    allow_anonymous: true", ""])
+
+    def start(self, timeout: float = 20.0) -> Broker:
+        conf = self.workdir / "amqtt.yaml"
+        conf.write_text(self.config_text(self.host))
+        log = (self.workdir / "amqtt.log").open("ab")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(conf)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        process = self._process
+        _wait_port(self.host, self.port, timeout, alive=lambda: process.poll() is None)
+        return self
+
+
 def start(
     *, port: int | None = None, extra_config: tuple[str, ...] = (), persistence: bool = False,
-    attempts: int = 3,
+    attempts: int = 3, foreign: bool = False,
 ) -> Broker:
-    """Start a broker on a free loopback port (retrying if another process takes the port)."""
+    """Start a broker on a free loopback port (retrying if another process takes the port):
+    Mosquitto with `extra_config`, or amqtt when `foreign`."""
     last: BrokerUnavailableError | None = None
+    kind = Amqtt if foreign else Broker
     for _ in range(attempts):
-        broker = Broker(port=port or free_port(), extra_config=extra_config,
-                        persistence=persistence)
+        broker = kind(port=port or free_port(), extra_config=extra_config,
+                      persistence=persistence)
         try:
             return broker.start()
         except BrokerUnavailableError as exc:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -15,11 +17,14 @@ from hypothesis import strategies as st
 from support.helpers import (
     TOKEN,
     BridgeFactory,
+    BridgeProcess,
+    Procs,
     Recorder,
     commands_sent,
     make_settings,
     names_looked_up,
     retained,
+    wait_until,
 )
 
 from bridge.app.bridge import Bridge
@@ -472,3 +477,73 @@ async def test_clearing_a_retained_command_executes_nothing(commanding: tuple[Br
     result = await command(rec, device_id, b"PRESS", entity="restart")
     assert result["status"] == "ok"
     assert len(commands_sent(responder.requests)) == before + 1
+
+
+@pytest.mark.parametrize("transport", ["mqtt", "http"])
+async def test_a_command_in_flight_at_shutdown_gets_one_honest_result(
+        transport: str, upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        responder: Responder) -> None:
+    """flespi is slow to answer a lock command and the bridge is stopped (what SIGTERM
+    does) with a short grace period: the requester hears back once, that the command may
+    or may not have been executed; before, the cancelled task published nothing."""
+    commands: dict[str, Any] = {**PROFILES, "transport": transport, "timeout": 30}
+    if transport == "http":
+        commands["http_url"] = await responder.serve_http()
+    bridge = Bridge(make_settings(upstream, local, commands=commands,
+                                  shutdown={"grace": 0.5}))
+    await bridge.start()
+    stopped = False
+    try:
+        await asyncio.wait_for(bridge.loaded.wait(), 10)
+        await names_looked_up(responder.requests)
+        device_id = next(iter(sim.devices))
+        async with Recorder(local, [f"{BASE}/+/result"]) as rec:
+            responder.delay = 60  # flespi takes its time
+            await rec.publish(f"{BASE}/{device_id}/set", b'{"lock": true, "transaction": "t"}',
+                              qos=1)
+            await wait_until(lambda: commands_sent(responder.requests),
+                             what="the command sent to flespi")
+            await bridge.stop()
+            stopped = True
+            results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
+            assert len(results) == 1, results
+            assert results[0]["transaction"] == "t"
+            assert results[0]["code"] == "interrupted"
+            assert "may or may not have been executed" in results[0]["error"]
+    finally:
+        responder.delay = 0
+        if not stopped:
+            await bridge.stop()
+
+
+async def test_sigterm_with_a_command_waiting_for_flespi_answers_it_once(
+        tmp_path: Path, upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        responder: Responder, procs: Procs) -> None:
+    """The reproduced failure, on a real process: `commands.transport = "http"`, flespi
+    slow to answer, SIGTERM: one result, `interrupted`, and a clean exit."""
+    url = await responder.serve_http()
+    bridge = procs(BridgeProcess(tmp_path, upstream, local, log={"level": "INFO"},
+                                 shutdown={"grace": 0.5},
+                                 commands={**PROFILES, "transport": "http", "http_url": url,
+                                           "timeout": 30}))
+    device_id = next(iter(sim.devices))
+    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/bridge/state"]) as rec:
+        bridge.start()
+        await rec.wait_for(lambda: rec.latest.get(f"{BASE}/bridge/state")
+                           and rec.latest[f"{BASE}/bridge/state"].payload == b"online",
+                           timeout=20, what="online")
+        await names_looked_up(responder.requests, timeout=20)
+        responder.delay = 60
+        await rec.publish(f"{BASE}/{device_id}/set", b'{"command": "restart"}', qos=1)
+        await wait_until(lambda: commands_sent(responder.requests),
+                         what="the command sent to flespi")
+        bridge.signal(signal.SIGTERM)
+        proc = bridge.proc
+        assert proc is not None
+        await wait_until(lambda: proc.poll() is not None, timeout=20, what="exit")
+        await rec.wait_for(lambda: rec.latest[f"{BASE}/bridge/state"].payload == b"offline",
+                           what="offline")
+    responder.delay = 0
+    results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
+    assert [r["code"] for r in results] == ["interrupted"], results
+    assert proc.returncode == 0

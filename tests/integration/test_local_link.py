@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.amqtt_broker import amqtt_broker
 from support.helpers import (
     BridgeFactory,
     BridgeProcess,
@@ -121,17 +120,16 @@ async def test_two_bridges_with_one_client_id_do_not_fight(
 
 async def test_a_broker_without_mqtt5_is_spoken_to_in_mqtt_311(
         upstream: mosquitto.Broker, sim: Simulator, bridge_factory: BridgeFactory,
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        brokers: Brokers, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "bridge.publish.local_broker")
-    with amqtt_broker(tmp_path) as (host, port):
-        local = mosquitto.Broker(port, host)  # where amqtt listens (not started here)
-        device = next(iter(sim.devices))
-        async with Recorder(local, [f"{BASE}/{device}/state"]) as rec:
-            bridge = await bridge_factory(make_settings(upstream, local))
-            await rec.wait_for(lambda: rec.state(BASE, device) == expected_state(sim, device),
-                               timeout=30, what="the state, over MQTT 3.1.1")
-            assert bridge.local.protocol == 4
-            assert bridge.local.connects == 1
+    local = brokers(foreign=True)  # amqtt: MQTT 3.1.1 only
+    device = next(iter(sim.devices))
+    async with Recorder(local, [f"{BASE}/{device}/state"]) as rec:
+        bridge = await bridge_factory(make_settings(upstream, local))
+        await rec.wait_for(lambda: rec.state(BASE, device) == expected_state(sim, device),
+                           timeout=30, what="the state, over MQTT 3.1.1")
+        assert bridge.local.protocol == 4
+        assert bridge.local.connects == 1
     said = [r.getMessage() for r in caplog.records if "MQTT 3.1.1" in r.getMessage()]
     assert len(said) == 1, said
     assert "connected with MQTT 3.1.1" in said[0]

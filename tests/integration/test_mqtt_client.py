@@ -11,11 +11,9 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
-from pathlib import Path
 
 import aiomqtt
 import pytest
-from support.amqtt_broker import amqtt_broker
 from support.helpers import Brokers
 
 from bridge.exceptions import LocalUnavailableError
@@ -303,18 +301,18 @@ async def test_a_session_taken_over_says_so() -> None:
 
 
 async def test_a_broker_that_does_not_speak_mqtt5_is_told_from_a_lost_one(
-        tmp_path: Path) -> None:
-    with amqtt_broker(tmp_path) as (host, port):
-        client = MqttClient(host, port, client_id="modern", options=Options(timeout=3))
-        with pytest.raises(ProtocolRefusedError, match="MQTT 5"):
-            await client.connect()
-        client = MqttClient(host, port, client_id="classic",
-                            options=Options(timeout=5, protocol=4))
+        brokers: Brokers) -> None:
+    amqtt = brokers(foreign=True)
+    host, port = amqtt.host, amqtt.port
+    client = MqttClient(host, port, client_id="modern", options=Options(timeout=3))
+    with pytest.raises(ProtocolRefusedError, match="MQTT 5"):
         await client.connect()
-        await client.subscribe("fleet/#")
-        await client.publish("fleet/1/state", b"on", qos=1, timeout=5)
-        assert await next_message(client) == ("fleet/1/state", b"on", False)
-        await client.disconnect()
+    client = MqttClient(host, port, client_id="classic", options=Options(timeout=5, protocol=4))
+    await client.connect()
+    await client.subscribe("fleet/#")
+    await client.publish("fleet/1/state", b"on", qos=1, timeout=5)
+    assert await next_message(client) == ("fleet/1/state", b"on", False)
+    await client.disconnect()
 
 
 # -- what the broker sends: acknowledged when taken, never dropped ------------------------------

@@ -86,9 +86,7 @@ async def test_until_the_replay_is_complete_a_device_without_telemetry_waits(
     are announced with it, the one without waits."""
     acl = tmp_path / "acl"
     acl.write_text(f"topic readwrite #\nuser {TOKEN}\ntopic read #\n")
-    # as root, mosquitto would switch to its own user, who cannot read our temporary files
-    as_root = ("user root",) if os.geteuid() == 0 else ()
-    upstream = brokers(extra_config=(*mosquitto.FLESPI_LIKE, f"acl_file {acl}", *as_root))
+    upstream = brokers(extra_config=(*mosquitto.FLESPI_LIKE, f"acl_file {acl}"))
     await preload(upstream)
     async with Recorder(local, ["homeassistant/#", "flespi/+/state"]) as rec:
         bridge = await bridge_factory(make_settings(upstream, local))
