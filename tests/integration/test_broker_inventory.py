@@ -26,6 +26,7 @@ from support.helpers import (
 )
 
 from bridge.mqtt.client import MqttClient
+from bridge.mqtt.flight import Pub
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
@@ -54,6 +55,10 @@ class _Acks:
         self.count -= 1
         if self.count == 0:
             self.done.set_result(None)
+
+    def refused(self, publication: Pub, code: int) -> None:
+        if not self.done.done():
+            self.done.set_exception(AssertionError(f"the broker refused {publication}: {code}"))
 
 
 async def seed(broker: mosquitto.Broker, topics: Iterable[str]) -> None:
