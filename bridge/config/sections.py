@@ -208,6 +208,9 @@ class LocalSettings(Section):
         0.1, ge=0, le=60, description="seconds to merge a device's updates into one publish"
     )
     output: Literal["json", "attribute", "both"] = "json"
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto", description="MQTT version to the local broker: auto = MQTT 5, falling back to "
+                            "3.1.1 for a broker that refuses it (or does not answer it)")
     max_string_length: int = Field(
         4096, ge=0, le=268_435_455,
         description="bytes (UTF-8) of a string attribute at most; a longer one is left out "

@@ -72,7 +72,8 @@ class LocalBroker:
         self._connected = asyncio.Event()
         self.connects = 0
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
-        self.protocol = 5  # 4 once the broker refused MQTT 5 and took MQTT 3.1.1
+        # 4 once the broker refused MQTT 5 and took MQTT 3.1.1 (local.protocol = "auto")
+        self.protocol = 4 if settings.protocol == "3.1.1" else 5
         self._fell_back = ""  # why MQTT 5 was refused, until MQTT 3.1.1 is tried
         self._refused_topics: set[str] = set()
 
@@ -119,7 +120,8 @@ class LocalBroker:
                 if self._fell_back:
                     log.warning("local broker %s:%s: %s: connected with MQTT 3.1.1, and "
                                 "will keep to it. Over MQTT 3.1.1 the broker cannot say that "
-                                "it refused a publication (see local.max_string_length)",
+                                "it refused a publication (see local.max_string_length). "
+                                "local.protocol = \"3.1.1\" skips trying MQTT 5 at start",
                                 s.host, s.port, self._fell_back)
                     self._fell_back = ""
                 self.connects += 1
@@ -134,8 +136,14 @@ class LocalBroker:
                     self._routes.dispatch(topic, payload, retain)
             except ProtocolRefusedError as exc:
                 self._lost()
-                self.protocol = 4  # at once, without a backoff: kept if it connects
-                self._fell_back = str(exc)
+                if s.protocol == "auto":
+                    self.protocol = 4  # at once, without a backoff: kept if it connects
+                    self._fell_back = str(exc)
+                    continue
+                delay = self._backoff.next()
+                log.error("local broker %s:%s: %s, and local.protocol is \"5\": reconnecting "
+                          "in %.0fs", s.host, s.port, exc, delay)
+                await asyncio.sleep(delay)
                 continue
             except LocalUnavailableError as exc:
                 self._lost()

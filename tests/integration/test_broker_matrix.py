@@ -44,7 +44,9 @@ def user_broker(request: pytest.FixtureRequest, brokers: Brokers) -> mosquitto.B
 
 
 def settings(upstream: mosquitto.Broker, local: mosquitto.Broker) -> Settings:
-    return make_settings(upstream, local, commands=PROFILES)
+    # as the docs advise for a broker without MQTT 5 (the fallback itself: test_local_link)
+    protocol = "3.1.1" if isinstance(local, mosquitto.Amqtt) else "auto"
+    return make_settings(upstream, local, commands=PROFILES, local={"protocol": protocol})
 
 
 async def seed(rec: Recorder, topics: list[str], payload: bytes = b'{"old": 1}') -> None:

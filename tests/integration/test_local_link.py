@@ -133,3 +133,28 @@ async def test_a_broker_without_mqtt5_is_spoken_to_in_mqtt_311(
     said = [r.getMessage() for r in caplog.records if "MQTT 3.1.1" in r.getMessage()]
     assert len(said) == 1, said
     assert "connected with MQTT 3.1.1" in said[0]
+
+
+@pytest.mark.parametrize("pinned", ["3.1.1", "5"])
+async def test_local_protocol_pins_the_mqtt_version(
+        pinned: str, upstream: mosquitto.Broker, sim: Simulator,
+        bridge_factory: BridgeFactory, brokers: Brokers,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`local.protocol = "3.1.1"` connects to a broker without MQTT 5 at once (no 10 s try
+    of MQTT 5 first); `"5"` never falls back: an error, and no connection."""
+    caplog.set_level(logging.WARNING, "bridge.publish.local_broker")
+    local = brokers(foreign=True)  # amqtt: MQTT 3.1.1 only
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    bridge = await bridge_factory(make_settings(upstream, local, local={"protocol": pinned}))
+    if pinned == "3.1.1":
+        await asyncio.wait_for(bridge.local.connected.wait(), 5)  # well under the 10 s try
+        assert loop.time() - began < 5
+        assert bridge.local.protocol == 4
+        assert not [r for r in caplog.records if "MQTT 5" in r.getMessage()]
+    else:
+        await wait_until(lambda: any('local.protocol is "5"' in r.getMessage()
+                                     for r in caplog.records), timeout=30,
+                         what="the refusal of MQTT 5 logged")
+        assert not bridge.local.connected.is_set()
+        assert bridge.local.protocol == 5
