@@ -34,7 +34,8 @@ INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
 # "bad_device_id", "retained", "shutting_down" and "busy" before a request reaches here.
 RESULT_CODES = INVALID_INPUT | {
     "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
-    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy"}
+    "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy",
+    "unconfirmed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +282,7 @@ class CommandGateway:
         publish_result: Callable[[int, dict[str, Any]], Awaitable[None]],
         count: Callable[[str], None],
         in_flight: Callable[[int, Request, bool], None] | None = None,
+        confirmed: Callable[[int, Request], Awaitable[bool]] | None = None,
     ) -> None:
         self.settings = settings
         self.rest = rest
@@ -289,6 +291,8 @@ class CommandGateway:
         self._count = count
         # told when a request goes to flespi (True) and when its answer is in (False)
         self._in_flight = in_flight or (lambda device_id, request, begun: None)
+        # waits for the device's telemetry to confirm an accepted command (False: it did not)
+        self._confirmed = confirmed
         self.limits = Limits(settings)
         self._bad = RateLimitedLog(log)
 
@@ -348,13 +352,28 @@ class CommandGateway:
         try:
             answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
                                           timeout + min(5.0, timeout))
-            return answer.result()
+            response = answer.result()
+            await self._confirm(device_id, request)
+            return response
         except RestError as exc:
             sent = exc.sent
             raise CommandError(exc.code, exc.message) from None
         finally:
             limits.end(device_id, transaction, sent=sent, now=limits.clock())
             self._in_flight(device_id, request, False)
+
+    async def _confirm(self, device_id: int, request: Request) -> None:
+        """A command whose effect telemetry shows (`state_attribute`) is done when the device
+        reports it, not when flespi accepts it (flespi's `executed: false`: the device has
+        not answered yet). Still in flight meanwhile (a lock shows `UNLOCKING`)."""
+        attribute = request.spec.state_attribute
+        wait = self.settings.confirm_timeout
+        if attribute is None or not wait or self._confirmed is None:
+            return
+        if not await self._confirmed(device_id, request):
+            raise CommandError("unconfirmed", f"accepted by flespi, not confirmed by the "
+                               f"device: its {attribute} did not become {request.value!r} "
+                               f"within {wait:g} s")
 
     def _check(self, device_id: int, entity: str | None, payload: bytes) -> Request:
         if self.settings.read_only:

@@ -26,7 +26,10 @@ import orjson
 from bridge import __version__
 from bridge.config.profiles import CommandSpec
 from bridge.core.store import Device, Names
+from bridge.homeassistant.controls import LAST_COMMAND, command_entities
 from bridge.normalize.catalog import DEVICE_INFO, LAST_SEEN, Attribute
+
+__all__ = ["LAST_COMMAND"]  # the renderer's, with the rest of a device's topics
 
 PROJECT_URL = "https://github.com/flespi-bridge/flespi-bridge"
 # The flespi panel opens an item from `#/panel/open/<items>/<id>` (as flespi's webhook
@@ -40,9 +43,6 @@ MIGRATE = b'{"migrate_discovery":true}'
 METRES_PER_HDOP = 5.0
 TRACKER_FIELDS = ("latitude", "longitude", "altitude", "speed", "direction", "satellites",
                   "hdop")
-LAST_COMMAND = "last_command"
-LOCK_STATES = {"state_locked": "LOCKED", "state_unlocked": "UNLOCKED",
-               "state_locking": "LOCKING", "state_unlocking": "UNLOCKING"}
 # (platform, entity key, options): an entity before the layout adds device and origin
 Entity = tuple[str, str, dict[str, Any]]
 
@@ -58,6 +58,10 @@ class Context:
     output: str = "json"  # json | attribute | both
     expire_after: int = 0
     mode: str = "device"  # device | entity
+
+    @property
+    def uses_json(self) -> bool:
+        return self.output in ("json", "both")
 
     @property
     def node(self) -> str:
@@ -108,12 +112,15 @@ def device_owner(device_id: int) -> str:
 
 
 def bridge_device(ctx: Context) -> dict[str, Any]:
+    """The bridge itself: named after its base topic only when that is not the default
+    (two bridges on one broker need different base topics, and names)."""
     return {
         "identifiers": [ctx.bridge_identifier],
-        "name": f"flespi bridge ({ctx.base})",
-        "manufacturer": "flespi-bridge",
-        "model": "flespi-bridge",
+        "name": "flespi-bridge" if ctx.base == "flespi" else f"flespi-bridge ({ctx.base})",
+        "manufacturer": "flespi-bridge project",
+        "model": "flespi to MQTT bridge",
         "sw_version": __version__,
+        "configuration_url": PROJECT_URL,
     }
 
 
@@ -193,7 +200,7 @@ def layout(ctx: Context, owner: str, device: dict[str, Any],
 
 
 def _uses_json(ctx: Context) -> bool:
-    return ctx.output in ("json", "both")
+    return ctx.uses_json
 
 
 def _value_entity(ctx: Context, dev: Device, attr: Attribute) -> Entity:
@@ -278,58 +285,6 @@ def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
     """Config topic -> payload of the device's entities, in the context's layout."""
     return layout(ctx, device_owner(dev.id), device_block(ctx, dev, names),
                   availability(ctx, dev), device_entities(ctx, dev, attrs, profile))
-
-
-def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpec]
-                     ) -> list[tuple[str, str, dict[str, Any]]]:
-    """lock/button/number entities for the device type's command profile, and the "Last
-    command" sensor. A lock's state comes from telemetry (`state_attribute`), never from
-    assuming the command worked, and shows a command in flight (`lock_state`); a number's
-    from the device setting it changes (`setting`, see `setting_state`) or telemetry, so a
-    refused command never leaves it showing the value Home Assistant sent."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for key, spec in profile.items():
-        cfg: dict[str, Any] = {
-            "name": spec.label or key.replace("_", " ").capitalize(),
-            "command_topic": f"{ctx.base}/{dev.id}/{key}/set",
-        }
-        state = spec.state_attribute
-        if spec.component == "lock":
-            cfg.update(payload_lock="LOCK", payload_unlock="UNLOCK", optimistic=state is None)
-            if state is not None:  # the bridge's lock state topic (`lock_state`)
-                cfg.update(state_topic=f"{ctx.base}/{dev.id}/{key}/state", **LOCK_STATES)
-        elif spec.component == "button":
-            cfg["payload_press"] = "PRESS"
-        else:
-            if spec.setting is not None:  # the bridge's setting state topic (`setting_state`)
-                cfg["state_topic"] = f"{ctx.base}/{dev.id}/{key}/state"
-            elif state is not None:
-                cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + (
-                    "state" if _uses_json(ctx) else state)
-            cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
-                       optimistic="state_topic" not in cfg)
-            if spec.unit:
-                cfg["unit_of_measurement"] = spec.unit
-            if state is not None and spec.setting is None and _uses_json(ctx):
-                cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
-        out.append((spec.component, key, cfg))
-    if profile:
-        out.append(("sensor", LAST_COMMAND, last_command_sensor(ctx, dev)))
-    return out
-
-
-def last_command_sensor(ctx: Context, dev: Device) -> dict[str, Any]:
-    """The latest command result (retained `<base>/<id>/last_command`): its status as the
-    state, code, error, command and transaction as attributes. Available with the bridge,
-    whether or not the device is connected (a timeout is worth seeing)."""
-    topic = f"{ctx.base}/{dev.id}/{LAST_COMMAND}"
-    fields = ", ".join(f"'{f}': value_json.get('{f}')"
-                       for f in ("code", "error", "command", "transaction"))
-    return {"name": "Last command", "availability": [{"topic": ctx.bridge_state}],
-            "state_topic": topic, "value_template": "{{ value_json.status }}",
-            "json_attributes_topic": topic,
-            "json_attributes_template": "{{ {" + fields + "} | tojson }}",
-            "entity_category": "diagnostic", "icon": "mdi:console-line"}
 
 
 def lock_state(dev: Device, key: str, spec: CommandSpec) -> str | None:

@@ -83,7 +83,8 @@ _POSITION_FIELDS = {
                      state_class="measurement", minimum=0),
     "direction": _sensor("direction", "Direction", unit="°", state_class="measurement",
                          icon="mdi:compass", minimum=0, maximum=360),
-    "valid": _binary("position_valid", "Position valid", entity_category="diagnostic"),
+    "valid": _binary("position_valid", "Position valid", entity_category="diagnostic",
+                     icon="mdi:map-marker-check"),
 }
 
 _DIAG = "diagnostic"

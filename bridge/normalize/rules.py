@@ -59,6 +59,9 @@ DIAGNOSTIC_TAGS = frozenset({
     "event", "counter", "custom", "io", "peer", "lbs", "sleep", "segment", "packet",
     "position", "diagnostic", "acceleration", "accelerometer", "x", "y", "z",
 })
+# First tags that say only where a value comes from: diagnostic unless another tag says what
+# it is (`custom.door` is a door, `custom.param.77` nobody knows).
+SOURCE_TAGS = frozenset({"custom", "io"})
 # Last tags of identifiers and codes: plain diagnostic sensors, no unit, no statistics.
 CODE_TAGS = frozenset({
     "id", "code", "enum", "type", "mask", "bitmask", "seqnum", "hash", "iccid", "imsi", "imei",
@@ -71,7 +74,7 @@ WORDS = {
     "ain": "analog input", "lbs": "LBS", "sim": "SIM", "obd": "OBD", "pto": "PTO",
     "iccid": "ICCID", "imsi": "IMSI", "imei": "IMEI", "mcc": "MCC", "mnc": "MNC", "lac": "LAC",
     "hdop": "HDOP", "pdop": "PDOP", "vdop": "VDOP", "dtc": "DTC", "adblue": "AdBlue",
-    "motorhours": "engine hours",
+    "motorhours": "engine hours", "cellid": "cell ID", "rssi": "RSSI",
 }
 # Binary sensor device classes by a tag of the name.
 BINARY_CLASSES = {
@@ -120,6 +123,8 @@ NUMBER_TAGS: dict[str, Meaning] = {
     "current": Meaning("A", "current", _MEASURE),
     "weight": Meaning("kg", "weight", _MEASURE),
     "dbm": Meaning("dBm", "signal_strength", _MEASURE),
+    # flespi's pressures (oil, fuel, air, tyre) are in kPa
+    "pressure": Meaning("kPa", "pressure", _MEASURE),
     "ain": Meaning("V", "voltage", _MEASURE),
 }
 # Counters that are not totals: what remains, what a trip or a period covers.
@@ -205,7 +210,8 @@ def rule_attribute(name: str, value: Any, taken: Container[str] = frozenset()
         return NO_ENTITY
     parts, _ = tags(name)
     attr = maker(name, parts)
-    diag = diagnostic(parts)
+    diag = diagnostic(parts) and not (parts[0] in SOURCE_TAGS and parts[-1] not in CODE_TAGS
+                                      and (attr.device_class or attr.unit) is not None)
     return Attribute(
         attribute_name(name, taken), attr.type, label(name), unit=attr.unit,
         component=attr.component, device_class=attr.device_class,
