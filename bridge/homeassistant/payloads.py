@@ -27,6 +27,7 @@ from bridge import __version__
 from bridge.config.profiles import CommandSpec
 from bridge.core.store import Device, Names
 from bridge.homeassistant.controls import LAST_COMMAND, command_entities
+from bridge.homeassistant.events import event_entities
 from bridge.normalize.catalog import DEVICE_INFO, LAST_SEEN, Attribute
 
 __all__ = ["LAST_COMMAND"]  # the renderer's, with the rest of a device's topics
@@ -252,7 +253,10 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
         attr = attrs.get(name)
         if attr is None or attr.component is None or name in shown:
             continue
-        out.append(_value_entity(ctx, dev, attr))
+        if attr.component != "event":
+            out.append(_value_entity(ctx, dev, attr))
+        if attr.events:
+            out.extend(event_entities(ctx, dev, attr))
     if dev.last_seen is not None:
         out.append(_value_entity(ctx, dev, LAST_SEEN))
     if "latitude" in dev.values and "longitude" in dev.values:

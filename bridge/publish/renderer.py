@@ -9,6 +9,7 @@ each device's `sent` attributes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -31,6 +32,7 @@ from bridge.core.store import (
 from bridge.core.topics import LocalTopics
 from bridge.core.transport import Publication
 from bridge.homeassistant.discovery import Discovery
+from bridge.homeassistant.events import EVENT_LEAF, event_payload
 from bridge.homeassistant.payloads import (
     LAST_COMMAND,
     Context,
@@ -72,6 +74,9 @@ class Renderer:
         # `connected` before any telemetry, and an announcement without the sensors would
         # be published again moments later.
         self.complete = False
+        # events stamped before the bridge started are flespi's replay, not news
+        self._since = time.time()
+        self._event_attrs: tuple[int, list[str]] = (-1, [])
 
     def _names(self, dev: Device) -> Names | None:
         return self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
@@ -140,6 +145,34 @@ class Renderer:
                 if spec.component == "lock" and spec.state_attribute is not None]
         if locks:
             pubs.extend(self._locks(dev, locks))
+        events = self._event_names()
+        if events:
+            pubs.extend(self._events(dev, events))
+        return pubs
+
+    def _event_names(self) -> list[str]:
+        """The attributes whose values are events (the table grows with rule-made rows)."""
+        known, names = self._event_attrs
+        if known != len(self.attributes):
+            names = [n for n, a in self.attributes.items() if a.events]
+            self._event_attrs = (len(self.attributes), names)
+        return names
+
+    def _events(self, dev: Device, names: list[str]) -> list[Publication]:
+        """`<base>/<id>/<attribute>/event` (not retained) for each event value reported
+        since the last one published, or since the bridge started."""
+        pubs = []
+        for name in names:
+            stamp = dev.stamps.get(name)
+            if stamp is None or name not in dev.values:
+                continue
+            leaf = f"{name}/{EVENT_LEAF}"
+            if stamp <= dev.sent.get(leaf, self._since):
+                continue
+            dev.sent[leaf] = stamp
+            payload = event_payload(self.attributes[name], dev.values[name], stamp)
+            if payload is not None:
+                pubs.append(Publication(self.topics.device(dev.id, leaf), payload, False))
         return pubs
 
     def _settings(self, dev: Device) -> list[Publication]:

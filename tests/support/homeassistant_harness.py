@@ -80,7 +80,11 @@ class Runtime:
     root: Path | None = None
 
     def command(self, config: Path, *args: str) -> list[str]:
-        """`python -m homeassistant` with `config` as its config directory."""
+        """`python -m homeassistant` with `config` as its config directory. `--skip-pip`:
+        the cache holds what the tests load; Home Assistant 2026 also sets up integrations
+        nobody configured (assist_pipeline, ...) whose requirements have no Python 3.14
+        wheel, and would spend half a minute failing to build them at every start."""
+        args = ("--skip-pip", *args)
         if self.root is None:
             return [str(self.python), "-m", "homeassistant", "--config", str(config),
                     "--log-file", str(config / "home-assistant.log"), *args]
@@ -202,7 +206,8 @@ def ensure(release: Release) -> Runtime:
             python = "python{}.{}".format(*release.python)
             if stamp_file.exists() and json.loads(stamp_file.read_text()).get(
                     "stamp") == _stamp(release, python) \
-                    and (root / IN_ROOT_VENV.lstrip("/") / "bin" / "python").exists():
+                    and os.path.lexists(root / IN_ROOT_VENV.lstrip("/") / "bin" / "python"):
+                # (lexists: the venv's python links to /usr/bin/python3.x of the root)
                 return runtime
         stamp_file.unlink(missing_ok=True)
         log = base / "install.log"
@@ -396,6 +401,29 @@ async def onboard(ha: HomeAssistant) -> None:
         # integrations (radio browser, weather, ...) that have nothing to do with the bridge.
 
 
+def form_data(schema: list[dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
+    """A config flow form filled as the UI submits it: `given`, and what the user leaves
+    alone (defaults; a required switch off, a required menu's first choice), in the
+    expandable sections Home Assistant 2025.x added as well."""
+    data: dict[str, Any] = {}
+    for field in schema:
+        name = field["name"]
+        if field.get("type") == "expandable":
+            data[name] = form_data(field["schema"], given)
+        elif name in given:
+            data[name] = given[name]
+        elif "default" in field:
+            data[name] = field["default"]
+        elif field.get("required"):
+            selector = field.get("selector", {})
+            if "boolean" in selector:
+                data[name] = False
+            elif "select" in selector:
+                first = selector["select"]["options"][0]
+                data[name] = first["value"] if isinstance(first, dict) else first
+    return data
+
+
 async def add_mqtt(ha: HomeAssistant, host: str, port: int) -> dict[str, Any]:
     """Set up the MQTT integration through its config flow (as a user would in the UI)."""
     async with httpx.AsyncClient(timeout=60, base_url=ha.url, headers=ha.headers()) as http:
@@ -409,7 +437,7 @@ async def add_mqtt(ha: HomeAssistant, host: str, port: int) -> dict[str, Any]:
             if flow.get("type") == "menu":
                 data: dict[str, Any] = {"next_step_id": "broker"}
             elif flow.get("type") == "form":
-                data = {"broker": host, "port": port}
+                data = form_data(flow.get("data_schema", []), {"broker": host, "port": port})
             else:
                 raise HarnessError(f"MQTT config flow: unexpected step {flow}")
             response = await http.post(f"/api/config/config_entries/flow/{flow['flow_id']}",

@@ -24,9 +24,11 @@ import httpx
 import pytest
 from support.helpers import BridgeFactory, make_settings, poll, retained, wait_until
 from support.homeassistant_harness import (
+    RELEASES,
     HomeAssistant,
+    Runtime,
     add_mqtt,
-    ensure_venv,
+    ensure,
     onboard,
     running,
     wait_api,
@@ -93,15 +95,16 @@ EXPECTED: dict[str, Expected] = {
 }
 
 
-@pytest.fixture(scope="session")
-def ha_python() -> Path:
-    """The cached Home Assistant venv (built on first use). A failure fails the test."""
-    return ensure_venv()
+@pytest.fixture(scope="session", params=RELEASES, ids=lambda r: f"ha{r.version}")
+def ha_runtime(request: pytest.FixtureRequest) -> Runtime:
+    """Each pinned Home Assistant release, installed (cached; built on first use). A failure
+    fails the test."""
+    return ensure(request.param)
 
 
 @pytest.fixture
-def homeassistant(ha_python: Path, tmp_path: Path) -> Iterator[HomeAssistant]:
-    with running(ha_python, tmp_path / "ha") as ha:
+def homeassistant(ha_runtime: Runtime, tmp_path: Path) -> Iterator[HomeAssistant]:
+    with running(ha_runtime, tmp_path / "ha") as ha:
         yield ha
 
 

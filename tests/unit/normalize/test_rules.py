@@ -29,8 +29,10 @@ RULES = [
     ("can.hood.status", True, ("binary_sensor", "bool", None, "opening", None)),
     ("engine.working.status", False, ("binary_sensor", "bool", None, None, None)),
     ("can.front.left.door.status", True, ("binary_sensor", "bool", None, "door", None)),
-    ("harsh.braking.event", True, ("binary_sensor", "bool", None, None, None)),
-    ("panic.alarm.status", True, ("binary_sensor", "bool", None, "safety", None)),
+    # events: an event entity (and device triggers), no binary sensor
+    ("harsh.braking.event", True, ("event", "bool", None, None, None)),
+    ("panic.alarm.status", True, ("event", "bool", None, None, None)),
+    ("geofence.depot.status", True, ("binary_sensor", "bool", None, "presence", None)),
     ("can.vehicle.battery.voltage", 12.7, ("sensor", "float", "V", "voltage", "measurement")),
     ("ain.3", 3.3, ("sensor", "float", "V", "voltage", "measurement")),
     ("can.intake.air.temperature", 31, ("sensor", "float", "°C", "temperature",
