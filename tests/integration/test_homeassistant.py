@@ -164,7 +164,8 @@ def test_entity_names_follow_home_assistant_conventions() -> None:
     for uid, (component, cfg) in entities(device_configs(Context(PREFIX, BASE), dev,
                                                          ATTRS)).items():
         if component == "device_automation":
-            assert cfg["subtype"] == "Ignition" and cfg["type"] in ("on", "off"), uid
+            assert cfg["subtype"] == "Ignition", uid
+            assert cfg["type"] in ("on", "off"), uid
             continue
         assert cfg["name"], uid
         assert dev.name.lower() not in cfg["name"].lower(), uid

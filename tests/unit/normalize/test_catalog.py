@@ -115,7 +115,8 @@ def test_every_row_is_valid_for_home_assistant(param: catalog.Parameter) -> None
     if attr.component == "event":
         assert attr.events, "an event-only row makes events"
     for value, event_type in attr.events:
-        assert isinstance(value, bool) and event_type.isidentifier()
+        assert isinstance(value, bool)
+        assert event_type.isidentifier()
 
 
 # the rows users chart most: (parameter) -> (attribute, type, unit, device class, state class)
