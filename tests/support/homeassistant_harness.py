@@ -60,11 +60,12 @@ NEWEST = Release("2026.11.0", (3, 14), debian="unstable")
 RELEASES = (OLDEST, NEWEST)
 HA_VERSION = OLDEST.version
 PYTHON_VERSION = OLDEST.python
-# Integrations the tests load (their manifest dependencies are followed).
+# Integrations the tests load (their manifest dependencies are followed). `automation`
+# brings `frontend` along (Home Assistant starts in recovery mode without it).
 INTEGRATIONS = ["mqtt", "api", "config", "onboarding", "http", "auth", "person",
                 "device_tracker", "lock", "button", "number", "sensor", "binary_sensor",
-                "event", "automation", "backup", "analytics", "search", "repairs",
-                "homeassistant_alerts"]
+                "event", "automation", "frontend", "backup", "analytics", "search",
+                "repairs", "homeassistant_alerts"]
 PIP_TIMEOUT = 1800
 IN_ROOT_VENV = "/opt/venv"
 IN_ROOT_CONFIG = "/config"
