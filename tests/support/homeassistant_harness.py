@@ -50,11 +50,13 @@ from support import debian_chroot
 class Release:
     version: str
     python: tuple[int, int]
-    debian: str | None = None  # the Debian suite of its root; None: this machine's Python
+    debian: str | None = None  # the Debian suite whose `python` a root is built with
+    host_python: bool = False  # this machine's Python `python` first, if it has one
 
 
-# 2025.4.4: the newest 2025.4 patch, the last release that runs on Python 3.13.
-OLDEST = Release("2025.4.4", (3, 13))
+# 2025.4.4: the newest 2025.4 patch, the last release that runs on Python 3.13 (a machine
+# without one gets Debian trixie's).
+OLDEST = Release("2025.4.4", (3, 13), debian="trixie", host_python=True)
 # 2026.11.0: the newest on PyPI when pinned; Python 3.14, from Debian unstable.
 NEWEST = Release("2026.11.0", (3, 14), debian="unstable")
 RELEASES = (OLDEST, NEWEST)
@@ -193,12 +195,20 @@ def ensure(release: Release) -> Runtime:
     base = cache_dir(release)
     base.mkdir(parents=True, exist_ok=True)
     stamp_file = base / "complete"
-    root = base / "root" if release.debian else None
     with (base / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs wait for one build
+        root = base / "root" if release.debian else None
+        python = ""
+        if release.host_python:
+            try:
+                python = find_python(release.python)
+                root = None
+            except HarnessError:
+                if root is None:
+                    raise
         if root is None:
+            python = python or find_python(release.python)
             runtime = Runtime(release, base / "venv" / "bin" / "python")
-            python = find_python(release.python)
             if stamp_file.exists() and stamp_file.read_text() == _stamp(release, python) \
                     and runtime.python.exists():
                 return runtime
