@@ -44,6 +44,10 @@ MODEL = DEVICE_TYPES[DEVICE_TYPE_ID]["title"]
 MANUFACTURER = PROTOCOLS[DEVICE_TYPES[DEVICE_TYPE_ID]["protocol_id"]]["title"]
 
 
+# Home Assistant's warning when a device config is replaced by per-entity configs
+ROLLBACK = "No device components to cleanup"
+
+
 @dataclass(frozen=True)
 class Expected:
     """One entity of the seed scooter as Home Assistant must show it."""
@@ -309,9 +313,23 @@ async def test_scooter_in_a_real_home_assistant(
     ha.start()
     await wait_api(ha)
     await check_states(api, ids, seed)
-
-    ha.stop()
     assert mqtt_problems(ha) == [], "MQTT warnings or errors in Home Assistant's log"
+
+    # Back to per-entity discovery: the same entities and entity ids, no orphan. Home
+    # Assistant logs its own rollback of each device config it unloads (documented in
+    # docs/home-assistant.md): that line only, and only in this direction.
+    await bridge.stop()
+    back = await bridge_factory(make_settings(upstream, local, commands=profiles,
+                                              homeassistant={"discovery_mode": "entity"}))
+    await asyncio.wait_for(back.loaded.wait(), 30)
+    await wait_until_async(lambda: retained(local, ["homeassistant/device/flespi/+/config"]),
+                           lambda found: found == {}, what="no device config left")
+    await check_states(api, ids, seed)
+    ha.stop()
+    assert check_registries(ha, seed) == ids
+    check_no_orphans(ha, sim)
+    assert mqtt_problems(ha, allowed=(ROLLBACK,)) == [], \
+        "MQTT warnings or errors in Home Assistant's log"
 
 
 # A deleted device's state topic is cleared (empty retained payload) while Home Assistant's
