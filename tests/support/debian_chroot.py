@@ -49,14 +49,7 @@ def build(root: Path, suite: str, python: tuple[int, int], log: Path) -> str:
     root.parent.mkdir(parents=True, exist_ok=True)
     cmd = [DEBOOTSTRAP, "--variant=minbase", f"--include={','.join(packages(python))}",
            suite, str(root), MIRROR]
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT,
-                              check=False)
-    if done.returncode:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise ChrootError(f"debootstrap {suite} failed ({done.returncode}):\n{tail}")
+    run_logged(cmd, log)
     for part in TRIM:
         shutil.rmtree(root / part, ignore_errors=True)
     # name resolution and TLS trust for pip inside the root: the host's (a build machine
@@ -70,6 +63,19 @@ def build(root: Path, suite: str, python: tuple[int, int], log: Path) -> str:
         ["chroot", str(root), "dpkg-query", "-W", "-f=${Version}", name],
         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     return version
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float = TIMEOUT) -> None:
+    """Run `cmd` with its output appended to `log`; ChrootError with the log's tail if it
+    fails."""
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(cmd)}\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                              check=False)
+    if done.returncode:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise ChrootError(f"`{' '.join(cmd)}` failed ({done.returncode}):\n{tail}")
 
 
 def command(root: Path, argv: list[str], binds: dict[Path, str] | None = None) -> list[str]:

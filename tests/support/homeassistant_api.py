@@ -13,8 +13,17 @@ from typing import Any
 import aiohttp
 import httpx
 
+from bridge.sim import brokers as mosquitto
 from support.helpers import poll
-from support.homeassistant_harness import HomeAssistant
+from support.homeassistant_harness import HomeAssistant, add_mqtt, onboard, wait_api
+
+
+async def start_homeassistant(ha: HomeAssistant, broker: mosquitto.Broker) -> None:
+    """Start it, onboard the owner, add the MQTT integration on `broker`."""
+    ha.start()
+    await wait_api(ha)
+    await onboard(ha)
+    await add_mqtt(ha, broker.host, broker.port)
 
 
 class Api:

@@ -146,14 +146,10 @@ def find_python(version: tuple[int, int] = PYTHON_VERSION) -> str:
 
 
 def run_logged(cmd: list[str], log: Path) -> None:
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=PIP_TIMEOUT,
-                                check=False)
-    if result.returncode:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise HarnessError(f"`{' '.join(cmd)}` failed ({result.returncode}):\n{tail}")
+    try:
+        debian_chroot.run_logged(cmd, log, PIP_TIMEOUT)
+    except debian_chroot.ChrootError as error:
+        raise HarnessError(str(error)) from None
 
 
 # Run inside the venv: the requirements of INTEGRATIONS and what they depend on, from

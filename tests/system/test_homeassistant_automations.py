@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from support.helpers import BridgeFactory, Recorder, make_settings, wait_until
-from support.homeassistant_api import Api, mqtt_entities, mqtt_problems
-from support.homeassistant_harness import HomeAssistant, add_mqtt, onboard, wait_api
+from support.homeassistant_api import Api, mqtt_entities, mqtt_problems, start_homeassistant
+from support.homeassistant_harness import HomeAssistant
 
 from bridge.sim import Responder, Simulator
 from bridge.sim import brokers as mosquitto
@@ -51,10 +51,7 @@ async def test_automations_fire_on_device_events_and_command_results(
     ha = homeassistant
     sim, responder = scooter
     api = Api(ha)
-    ha.start()
-    await wait_api(ha)
-    await onboard(ha)
-    await add_mqtt(ha, local.host, local.port)
+    await start_homeassistant(ha, local)
     (dev,) = sim.devices.values()
     bridge = await bridge_factory(make_settings(upstream, local, commands={
         "profiles": {str(DEVICE_TYPE_ID): SCOOTER_PROFILE},

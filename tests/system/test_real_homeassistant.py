@@ -26,9 +26,10 @@ from support.homeassistant_api import (
     devices_by_identifier,
     mqtt_entities,
     mqtt_problems,
+    start_homeassistant,
     wait_until_async,
 )
-from support.homeassistant_harness import HomeAssistant, add_mqtt, onboard, wait_api
+from support.homeassistant_harness import HomeAssistant, wait_api
 
 from bridge.app.bridge import Bridge
 from bridge.sim import Responder, Simulator
@@ -202,13 +203,6 @@ async def fleet(upstream: mosquitto.Broker) -> AsyncIterator[tuple[Simulator, Re
     yield sim, responder
     await responder.close()
     await sim.stop()
-
-
-async def start_homeassistant(ha: HomeAssistant, broker: mosquitto.Broker) -> None:
-    ha.start()
-    await wait_api(ha)
-    await onboard(ha)
-    await add_mqtt(ha, broker.host, broker.port)
 
 
 async def test_scooter_in_a_real_home_assistant(
