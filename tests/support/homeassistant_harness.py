@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -102,8 +103,13 @@ class HarnessError(RuntimeError):
 
 
 def cache_dir(release: Release = OLDEST) -> Path:
+    """`homeassistant-<version>-<key>`: the key is a digest of what is pinned (the release,
+    its Python and Debian suite, the integrations), so branches that pin differently keep
+    their own installs instead of rebuilding each other's."""
     root = os.environ.get("FLESPI_BRIDGE_CACHE") or Path.home() / ".cache" / "flespi-bridge"
-    return Path(root) / f"homeassistant-{release.version}"
+    pinned = json.dumps([release.version, release.python, release.debian, INTEGRATIONS])
+    key = hashlib.sha256(pinned.encode()).hexdigest()[:8]
+    return Path(root) / f"homeassistant-{release.version}-{key}"
 
 
 def _version_of(python: str) -> tuple[int, int] | None:
