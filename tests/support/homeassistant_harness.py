@@ -321,10 +321,18 @@ class HomeAssistant:
         return self.config / "home-assistant.log"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """Everything Home Assistant logged since the first start: it renames its log to
+        `.log.1` at every start (one backup), so `start` keeps the earlier ones."""
+        return "".join(path.read_text(errors="replace")
+                       for path in (self.config / "earlier.log", self.log_path)
+                       if path.exists())
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        if self.log_path.exists():  # before Home Assistant rotates it away
+            with (self.config / "earlier.log").open("a") as earlier:
+                earlier.write(self.log_path.read_text(errors="replace"))
+            self.log_path.unlink()
         with (self.config / "stdout.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 self.runtime.command(self.config),

@@ -386,3 +386,16 @@ def test_mqtt_problem_check_catches_home_assistant_log_lines(tmp_path: Path) -> 
         "Template variable error: 'value_json' is undefined\n"
         "2025-04-20 10:00:00.126 ERROR (MainThread) [homeassistant.core] not ours\n")
     assert [line.split()[2] for line in mqtt_problems(ha)] == ["WARNING", "ERROR"]
+
+
+def test_the_log_check_reads_what_was_logged_before_a_restart(tmp_path: Path) -> None:
+    """Home Assistant renames its log at every start: a warning logged before a restart
+    still fails the check."""
+    ha = HomeAssistant(Path("python"), tmp_path)
+    ha.log_path.write_text("2026-12-07 10:00:00.123+00:00 WARNING (MainThread) "
+                           "[homeassistant.components.mqtt.discovery] before the restart\n")
+    ha.runtime = type(ha.runtime)(ha.runtime.release, Path("/bin/true"))
+    ha.start()  # `/bin/true` for Home Assistant: only the log's hand-over matters here
+    assert ha.proc is not None
+    ha.proc.wait()
+    assert [line.split()[2] for line in mqtt_problems(ha)] == ["WARNING"]
