@@ -58,7 +58,7 @@ class CommandHandler:
         self.topics = LocalTopics(settings.local.base_topic)
         self.gateway = CommandGateway(settings.commands, rest, device=self._commandable,
                                       publish_result=self.publish_result, count=self.count,
-                                      in_flight=self._in_flight, confirmed=self._confirmed)
+                                      watch=self)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._bad = RateLimitedLog(log)
@@ -151,7 +151,7 @@ class CommandHandler:
             return None
         return self.store.devices.get(device_id)
 
-    def _in_flight(self, device_id: int, request: Request, begun: bool) -> None:
+    def in_flight(self, device_id: int, request: Request, begun: bool) -> None:
         """A lock command went to flespi (or its answer is in): the lock's state shows it."""
         dev = self.store.devices.get(device_id)
         if dev is None or request.spec.component != "lock":
@@ -166,7 +166,7 @@ class CommandHandler:
         self.store.mark(dev, STATE)
         self.wake()
 
-    async def _confirmed(self, device_id: int, request: Request) -> bool:
+    async def confirmed(self, device_id: int, request: Request) -> bool:
         """Whether the device's telemetry shows the command's value (`state_attribute`)
         within `commands.confirm_timeout`; False at once when the bridge stops. Polled: the
         store has no per-value notification, and a few checks a second per command awaiting

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from bridge.config.profiles import CommandSpec
 from bridge.core.store import Device
-
-if TYPE_CHECKING:
-    from bridge.homeassistant.payloads import Context
+from bridge.homeassistant.context import Context
 
 LAST_COMMAND = "last_command"
 COMMAND_RESULT = "command_result"

@@ -12,15 +12,13 @@ connects, and a panic button pressed last week is not an event now.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from bridge.core.store import Device, iso
+from bridge.homeassistant.context import Context, Entity
 from bridge.normalize.catalog import Attribute
-
-if TYPE_CHECKING:
-    from bridge.homeassistant.payloads import Context, Entity
 
 EVENT_LEAF = "event"
 

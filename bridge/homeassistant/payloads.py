@@ -16,9 +16,7 @@ the layouts are `bridge.homeassistant.discovery.Discovery`'s.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,11 +24,13 @@ import orjson
 from bridge import __version__
 from bridge.config.profiles import CommandSpec
 from bridge.core.store import Device, Names
+from bridge.homeassistant.context import Context, Entity, node_id
 from bridge.homeassistant.controls import LAST_COMMAND, command_entities
 from bridge.homeassistant.events import event_entities
 from bridge.normalize.catalog import DEVICE_INFO, LAST_SEEN, Attribute
 
-__all__ = ["LAST_COMMAND"]  # the renderer's, with the rest of a device's topics
+# the renderer's and discovery's, with the rest of what a device's discovery is made of
+__all__ = ["LAST_COMMAND", "Context", "Entity", "node_id"]
 
 PROJECT_URL = "https://github.com/flespi-bridge/flespi-bridge"
 # The flespi panel opens an item from `#/panel/open/<items>/<id>` (as flespi's webhook
@@ -44,70 +44,6 @@ MIGRATE = b'{"migrate_discovery":true}'
 METRES_PER_HDOP = 5.0
 TRACKER_FIELDS = ("latitude", "longitude", "altitude", "speed", "direction", "satellites",
                   "hdop")
-# (platform, entity key, options): an entity before the layout adds device and origin
-Entity = tuple[str, str, dict[str, Any]]
-
-
-def node_id(base_topic: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", base_topic) or "flespi"
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    prefix: str
-    base: str
-    output: str = "json"  # json | attribute | both
-    expire_after: int = 0
-    mode: str = "device"  # device | entity
-
-    @property
-    def uses_json(self) -> bool:
-        return self.output in ("json", "both")
-
-    @property
-    def node(self) -> str:
-        return node_id(self.base)
-
-    @property
-    def bridge_identifier(self) -> str:
-        return f"flespi_bridge_{self.node}"
-
-    @property
-    def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
-
-    @property
-    def status_topic(self) -> str:
-        return f"{self.prefix}/status"
-
-    @property
-    def config_filter(self) -> str:
-        return f"{self.prefix}/+/{self.node}/+/config"
-
-    def config_topic(self, component: str, object_id: str) -> str:
-        return f"{self.prefix}/{component}/{self.node}/{object_id}/config"
-
-    def owner(self, topic: str) -> tuple[str, str, str | None] | None:
-        """(owner, layout, entity key) of one of this bridge's config topics: the owner is
-        `flespi_<device_id>` or the bridge's identifier, the layout `device` or `entity`,
-        the key the entity's (None for a device config). None for anything else."""
-        parts = topic.split("/")
-        head = self.prefix.split("/")
-        if (len(parts) != len(head) + 4 or parts[:len(head)] != head
-                or parts[-1] != "config" or parts[-3] != self.node):
-            return None
-        component, object_id = parts[-4], parts[-2]
-        bridge = self.bridge_identifier
-        if component == "device":
-            if object_id == bridge or re.fullmatch(r"flespi_[0-9]+", object_id):
-                return object_id, "device", None
-            return None
-        if object_id.startswith(bridge + "_"):
-            return bridge, "entity", object_id[len(bridge) + 1:]
-        m = re.fullmatch(r"(flespi_[0-9]+)_(.+)", object_id)
-        return (m[1], "entity", m[2]) if m else None
-
-
 def device_owner(device_id: int) -> str:
     return f"flespi_{device_id}"
 
