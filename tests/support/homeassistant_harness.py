@@ -5,8 +5,8 @@ supports (`OLDEST`) and the newest on PyPI when it was last pinned (`NEWEST`). `
 returns a `Runtime`: a venv holding `homeassistant==<version>` and the requirements of the
 integrations the tests load (resolved from Home Assistant's own manifests, installed under its
 own package constraints), built once, under a file lock, in `cache_dir(release)`
-(`$FLESPI_BRIDGE_CACHE` or `~/.cache/flespi-bridge`, then `homeassistant-<version>`), and
-reused while its stamp matches.
+(`$FLESPI_BRIDGE_CACHE` or `~/.cache/flespi-bridge`, then `homeassistant-<version>-<digest>`,
+the digest of what is pinned), and reused while its stamp matches.
 
 Each release needs its own Python. `OLDEST` (2025.4, Python 3.13) uses this machine's:
 `$FLESPI_BRIDGE_HA_PYTHON`, else `python3.13` on PATH, else pyenv's 3.13 (none: `HarnessError`,
