@@ -136,14 +136,10 @@ def layout(ctx: Context, owner: str, device: dict[str, Any],
     return {ctx.config_topic("device", owner): root}
 
 
-def _uses_json(ctx: Context) -> bool:
-    return ctx.uses_json
-
-
 def _value_entity(ctx: Context, dev: Device, attr: Attribute) -> Entity:
     component = attr.component or "sensor"
     cfg: dict[str, Any] = {"name": attr.label, "unique_id": f"flespi_{dev.id}_{attr.name}"}
-    json_mode = _uses_json(ctx)
+    json_mode = ctx.uses_json
     cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + ("state" if json_mode else attr.name)
     if component == "binary_sensor":
         on, off = ("OFF", "ON") if attr.invert else ("ON", "OFF")
@@ -199,8 +195,8 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
         cfg: dict[str, Any] = {"name": "Position", "unique_id": f"flespi_{dev.id}_position",
                                "source_type": "gps"}
         cfg["json_attributes_topic"] = f"{ctx.base}/{dev.id}/" + (
-            "state" if _uses_json(ctx) else "position")
-        if _uses_json(ctx):
+            "state" if ctx.uses_json else "position")
+        if ctx.uses_json:
             cfg["json_attributes_template"] = tracker_attributes_template()
         out.append(("device_tracker", "position", cfg))
     if dev.online is not None:

@@ -183,10 +183,6 @@ def _stamp(release: Release, python: str) -> str:
                        "debian": release.debian, "integrations": INTEGRATIONS})
 
 
-def venv_python() -> Path:
-    return cache_dir() / "venv" / "bin" / "python"
-
-
 def ensure_venv() -> Path:
     """The oldest release's venv Python (on this machine), built first unless cached."""
     return ensure(OLDEST).python
