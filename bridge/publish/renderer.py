@@ -74,9 +74,12 @@ class Renderer:
         # `connected` before any telemetry, and an announcement without the sensors would
         # be published again moments later.
         self.complete = False
-        # events stamped before the bridge started are flespi's replay, not news
+        # events stamped before the bridge started are flespi's replay, not news; then the
+        # stamp of the newest event published per (device, attribute). Not in `Device.sent`,
+        # which a local reconnect clears: an event must not fire twice.
         self._since = time.time()
         self._event_attrs: tuple[int, list[str]] = (-1, [])
+        self._event_stamps: dict[tuple[int, str], float] = {}
 
     def _names(self, dev: Device) -> Names | None:
         return self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
@@ -166,13 +169,13 @@ class Renderer:
             stamp = dev.stamps.get(name)
             if stamp is None or name not in dev.values:
                 continue
-            leaf = f"{name}/{EVENT_LEAF}"
-            if stamp <= dev.sent.get(leaf, self._since):
+            if stamp <= self._event_stamps.get((dev.id, name), self._since):
                 continue
-            dev.sent[leaf] = stamp
+            self._event_stamps[dev.id, name] = stamp
             payload = event_payload(self.attributes[name], dev.values[name], stamp)
             if payload is not None:
-                pubs.append(Publication(self.topics.device(dev.id, leaf), payload, False))
+                pubs.append(Publication(self.topics.device(dev.id, f"{name}/{EVENT_LEAF}"),
+                                        payload, False))
         return pubs
 
     def _settings(self, dev: Device) -> list[Publication]:
@@ -233,7 +236,10 @@ class Renderer:
         return self.discovery.forget(device_owner(dev.id))
 
     def clear_topics(self, dev: Device) -> list[Publication]:
-        """Empty retained payloads for every device topic a removed device had."""
+        """Empty retained payloads for every device topic a removed device had (its events
+        are not retained: only their memory goes)."""
+        for name in self._event_names():
+            self._event_stamps.pop((dev.id, name), None)
         locks = [f"{key}/state" for key, spec
                  in self.settings.commands.profile(dev.info.device_type_id).items()
                  if spec.component == "lock" or spec.setting is not None]
