@@ -24,7 +24,7 @@ RESULT_EVENTS = ("ok", "error", "unconfirmed")
 # how the device behaves (Configuration), a lock is a main control.
 COMMAND_CATEGORY = {"button": "config", "number": "config"}
 # A button's device class by a word of its key or command (`restart`, `reboot_device`).
-BUTTON_CLASSES = {"restart": "restart", "reboot": "restart", "reset": "restart",
+BUTTON_CLASSES = {"restart": "restart", "reboot": "restart",
                   "identify": "identify", "beep": "identify", "locate": "identify"}
 # A number's device class by its unit (Home Assistant's NumberDeviceClass units).
 NUMBER_UNIT_CLASSES = {"s": "duration", "min": "duration", "h": "duration", "d": "duration",
