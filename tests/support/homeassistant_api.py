@@ -6,16 +6,33 @@ errors in its log. Used with a `support.homeassistant_harness.HomeAssistant`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import httpx
 
+from bridge.sim import Responder, Simulator
 from bridge.sim import brokers as mosquitto
 from support.helpers import poll
 from support.homeassistant_harness import HomeAssistant, add_mqtt, onboard, wait_api
+
+
+@contextlib.asynccontextmanager
+async def simulated_scooters(upstream: mosquitto.Broker, devices: int
+                             ) -> AsyncIterator[tuple[Simulator, Responder]]:
+    """The simulator's scooters (seed 7) on `upstream`, with flespi's REST responder."""
+    sim = Simulator(upstream.host, upstream.port, devices=devices, seed=7)
+    await sim.start()
+    responder = Responder(sim)
+    await responder.attach()
+    try:
+        yield sim, responder
+    finally:
+        await responder.close()
+        await sim.stop()
 
 
 async def start_homeassistant(ha: HomeAssistant, broker: mosquitto.Broker) -> None:

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 from support.helpers import BridgeFactory, Recorder, make_settings, wait_until
-from support.homeassistant_api import Api, mqtt_entities, mqtt_problems, start_homeassistant
+from support.homeassistant_api import (
+    Api,
+    mqtt_entities,
+    mqtt_problems,
+    simulated_scooters,
+    start_homeassistant,
+)
 from support.homeassistant_harness import HomeAssistant
 
 from bridge.sim import Responder, Simulator
@@ -31,13 +37,8 @@ CONFIRM_TIMEOUT = 4  # commands.confirm_timeout of the bridge under test
 
 @pytest.fixture
 async def scooter(upstream: mosquitto.Broker) -> AsyncIterator[tuple[Simulator, Responder]]:
-    sim = Simulator(upstream.host, upstream.port, devices=1, seed=7)
-    await sim.start()
-    responder = Responder(sim)
-    await responder.attach()
-    yield sim, responder
-    await responder.close()
-    await sim.stop()
+    async with simulated_scooters(upstream, 1) as both:
+        yield both
 
 
 def fired(rec: Recorder, prefix: str) -> list[str]:

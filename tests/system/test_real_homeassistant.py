@@ -26,6 +26,7 @@ from support.homeassistant_api import (
     devices_by_identifier,
     mqtt_entities,
     mqtt_problems,
+    simulated_scooters,
     start_homeassistant,
     wait_until_async,
 )
@@ -196,13 +197,8 @@ async def check_states(api: Api, ids: dict[str, str], dev: SimDevice,
 
 @pytest.fixture
 async def fleet(upstream: mosquitto.Broker) -> AsyncIterator[tuple[Simulator, Responder]]:
-    sim = Simulator(upstream.host, upstream.port, devices=2, seed=7)
-    await sim.start()
-    responder = Responder(sim)
-    await responder.attach()
-    yield sim, responder
-    await responder.close()
-    await sim.stop()
+    async with simulated_scooters(upstream, 2) as both:
+        yield both
 
 
 async def test_scooter_in_a_real_home_assistant(
