@@ -1,23 +1,26 @@
 """A screenshot of one simulated flespi device's page in a real Home Assistant:
-docs/images/ha-device.png, the README's picture of a device in Home Assistant.
+docs/images/ha-device.png, the README's picture of a device in Home Assistant (entities
+grouped as Controls, Sensors, Events, Configuration and Diagnostic).
 
 Everything runs on 127.0.0.1 and is stopped at the end (child processes by their PID): two
 throwaway Mosquitto brokers (the simulated flespi and the local broker), the simulator with
-its REST responder and the bridge (in this process), the pinned Home Assistant of the system
-tests (tests/support/homeassistant_harness.py) with the MQTT integration, and headless
-Chromium driven by Playwright.
+its REST responder and the bridge (in this process), the oldest pinned Home Assistant of
+the system tests (tests/support/homeassistant_harness.py; `--release newest` for the other,
+whose frontend does not get past "Loading..." in headless Chromium yet) with the MQTT
+integration, and headless Chromium driven by Playwright.
 
-The harness's cached venv has no frontend (the tests need none). An overlay venv next to it
-(`<cache>-frontend`) sees the cached venv's packages through a .pth file and adds only the
-frontend's requirements and those of the default TOTP auth module (which Home Assistant would
-otherwise install at start-up), so the cache itself is left as the tests built it. Home Assistant's
-own package installs run offline (UV_OFFLINE): the integrations onboarding sets up (met,
-radio browser, ...) fail to load instead of being fetched.
+For the oldest release, an overlay venv next to the harness's venv (`<cache>-frontend`) sees
+the cached venv's packages through a .pth file and adds only the requirements of the default
+TOTP auth module, so the cache itself is left as the tests built it. Home Assistant never
+installs packages (the harness starts it with --skip-pip; UV_OFFLINE as well): the
+integrations onboarding sets up (met, radio browser, ...) fail to load instead of being
+fetched.
 
-    python tools/screenshot_ha.py [--output docs/images/ha-device.png]
+    python tools/screenshot_ha.py [--output docs/images/ha-device.png] [--release newest]
 
-Needs: mosquitto, a Python 3.13 (as the harness finds it), Chromium (`/usr/bin/chromium` or
---chromium) and the playwright package (`pip install playwright`; no browser download).
+Needs: mosquitto, the harness's requirements (root and debootstrap for the newest release, a
+Python 3.13 or those for the oldest), Chromium (`/usr/bin/chromium` or --chromium) and the
+playwright package (`pip install playwright`; no browser download).
 """
 
 from __future__ import annotations
@@ -50,11 +53,14 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from support.helpers import make_settings, retained  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
 from support.homeassistant_harness import (  # type: ignore[import-not-found,unused-ignore]  # noqa: E402
     HA_VERSION,
+    NEWEST,
     REQUIREMENTS_SCRIPT,
     HarnessError,
     HomeAssistant,
+    Runtime,
     add_mqtt,
     cache_dir,
+    ensure,
     ensure_venv,
     find_python,
     run_logged,
@@ -257,7 +263,13 @@ async def screenshot(ha: HomeAssistant, tokens: dict[str, Any], device_id: str,
             log(f"opening {url}")
             await page.goto(url, wait_until="load")
             # Playwright's CSS selectors pierce the frontend's (open) shadow roots
-            await page.locator("ha-device-entities-card").first.wait_for(timeout=90_000)
+            try:
+                await page.locator("ha-device-entities-card").first.wait_for(timeout=90_000)
+            except Exception:
+                shown = Path(tempfile.gettempdir()) / "ha-screenshot-failed.png"
+                await page.screenshot(path=str(shown))
+                log(f"what the browser showed instead: {shown}")
+                raise
             await page.locator("ha-device-entities-card state-badge").first.wait_for(
                 timeout=30_000)
             await page.wait_for_load_state("networkidle")
@@ -292,7 +304,7 @@ def shrink(png: bytes) -> bytes:
 
 # -- everything together ---------------------------------------------------------------------
 
-async def run(python: Path, chromium: str) -> bytes:
+async def run(python: Path | Runtime, chromium: str) -> bytes:
     os.environ["UV_OFFLINE"] = "1"  # Home Assistant's own package installs: none
     upstream = mosquitto.start(extra_config=mosquitto.FLESPI_LIKE)
     local = mosquitto.start()
@@ -337,9 +349,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--chromium", default=CHROMIUM)
+    parser.add_argument("--release", choices=["newest", "oldest"], default="oldest",
+                        help="the tests' oldest release (with the frontend overlay venv; "
+                        "default) or the newest (whose frontend stays at \"Loading...\" in "
+                        "headless Chromium for now)")
     args = parser.parse_args()
     try:
-        png = asyncio.run(run(ensure_frontend_venv(), args.chromium))
+        runtime = ensure(NEWEST) if args.release == "newest" else ensure_frontend_venv()
+        png = asyncio.run(run(runtime, args.chromium))
     except (HarnessError, BrokerUnavailableError) as error:
         sys.exit(f"screenshot failed: {error}")
     output: Path = args.output

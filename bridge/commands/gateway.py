@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -36,7 +36,7 @@ INVALID_INPUT = frozenset({"invalid_json", "invalid_payload", "unknown_command",
 RESULT_CODES = INVALID_INPUT | {
     "read_only", "device_not_allowed", "duplicate", "rate_limited", "upstream_disconnected",
     "timeout", "flespi_error", "bad_response", "internal_error", "shutting_down", "busy",
-    "interrupted"}
+    "interrupted", "unconfirmed"}
 # The error of a request still waiting for flespi when the bridge stops (its task cancelled
 # at the end of `shutdown.grace`): it may have reached flespi, and the device.
 INTERRUPTED = CommandError("interrupted", "the bridge stopped before flespi answered; the "
@@ -277,6 +277,17 @@ class Limits:
 
 # -- the gateway (I/O through the callables it is given) ---------------------------------
 
+class Watch(Protocol):
+    """Who follows the requests sent to flespi (the handler: a lock shows its command in
+    flight, and the device's telemetry confirms it)."""
+
+    def in_flight(self, device_id: int, request: Request, begun: bool) -> None:
+        """A request went to flespi (`begun`), or is done (answered, confirmed or not)."""
+
+    async def confirmed(self, device_id: int, request: Request) -> bool:
+        """Whether the device's telemetry came to show the request's value in time."""
+
+
 class CommandGateway:
     def __init__(
         self,
@@ -286,15 +297,14 @@ class CommandGateway:
         device: Callable[[int], Device | None],
         publish_result: Callable[[int, dict[str, Any]], Awaitable[None]],
         count: Callable[[str], None],
-        in_flight: Callable[[int, Request, bool], None] | None = None,
+        watch: Watch | None = None,
     ) -> None:
         self.settings = settings
         self.rest = rest
         self._device = device
         self._publish_result = publish_result
         self._count = count
-        # told when a request goes to flespi (True) and when its answer is in (False)
-        self._in_flight = in_flight or (lambda device_id, request, begun: None)
+        self._watch = watch
         self.limits = Limits(settings)
         self._bad = RateLimitedLog(log)
 
@@ -359,17 +369,34 @@ class CommandGateway:
         timeout = self.settings.timeout
         sent = True  # unless the transport knows better: may have reached flespi
         limits.begin(device_id, transaction)
-        self._in_flight(device_id, request, True)
+        if self._watch is not None:
+            self._watch.in_flight(device_id, request, True)
         try:
             answer = await self.rest.call("post", f"gw/devices/{device_id}/commands", body,
                                           timeout + min(5.0, timeout))
-            return answer.result()
+            response = answer.result()
+            await self._confirm(device_id, request)
+            return response
         except RestError as exc:
             sent = exc.sent
             raise CommandError(exc.code, exc.message) from None
         finally:
             limits.end(device_id, transaction, sent=sent, now=limits.clock())
-            self._in_flight(device_id, request, False)
+            if self._watch is not None:
+                self._watch.in_flight(device_id, request, False)
+
+    async def _confirm(self, device_id: int, request: Request) -> None:
+        """A command whose effect telemetry shows (`state_attribute`) is done when the device
+        reports it, not when flespi accepts it (flespi's `executed: false`: the device has
+        not answered yet). Still in flight meanwhile (a lock shows `UNLOCKING`)."""
+        attribute = request.spec.state_attribute
+        wait = self.settings.confirm_timeout
+        if attribute is None or not wait or self._watch is None:
+            return
+        if not await self._watch.confirmed(device_id, request):
+            raise CommandError("unconfirmed", f"accepted by flespi, not confirmed by the "
+                               f"device: its {attribute} did not become {request.value!r} "
+                               f"within {wait:g} s")
 
     def _check(self, device_id: int, entity: str | None, payload: bytes) -> Request:
         if self.settings.read_only:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -31,7 +32,7 @@ from bridge.commands.gateway import INVALID_INPUT, CommandGateway, Request, peek
 from bridge.config.settings import Settings
 from bridge.core.outbox import Outlet
 from bridge.core.stats import Stats
-from bridge.core.store import STATE, Device, Store
+from bridge.core.store import STATE, Device, Store, iso
 from bridge.core.topics import LocalTopics, canonical_id
 from bridge.core.transport import LocalLink, Publication, publication_kind
 from bridge.exceptions import CommandError, LocalUnavailableError
@@ -41,6 +42,7 @@ from bridge.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 # Seconds the results of the commands cancelled at a stop may take to reach the broker.
 RESULT_TIMEOUT = 5.0
+CONFIRM_POLL = 0.1  # seconds between looks at the telemetry a command awaits
 
 
 class CommandHandler:
@@ -58,7 +60,7 @@ class CommandHandler:
         self.topics = LocalTopics(settings.local.base_topic)
         self.gateway = CommandGateway(settings.commands, rest, device=self._commandable,
                                       publish_result=self.publish_result, count=self.count,
-                                      in_flight=self._in_flight)
+                                      watch=self)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.stopping = False
         self._bad = RateLimitedLog(log)
@@ -151,7 +153,7 @@ class CommandHandler:
             return None
         return self.store.devices.get(device_id)
 
-    def _in_flight(self, device_id: int, request: Request, begun: bool) -> None:
+    def in_flight(self, device_id: int, request: Request, begun: bool) -> None:
         """A lock command went to flespi (or its answer is in): the lock's state shows it."""
         dev = self.store.devices.get(device_id)
         if dev is None or request.spec.component != "lock":
@@ -166,6 +168,25 @@ class CommandHandler:
         self.store.mark(dev, STATE)
         self.wake()
 
+    async def confirmed(self, device_id: int, request: Request) -> bool:
+        """Whether the device's telemetry shows the command's value (`state_attribute`)
+        within `commands.confirm_timeout`; False at once when the bridge stops. Polled: the
+        store has no per-value notification, and a few checks a second per command awaiting
+        confirmation cost nothing next to the seconds a device takes."""
+        attribute = request.spec.state_attribute
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.commands.confirm_timeout
+        while not self.stopping:
+            dev = self.store.devices.get(device_id)
+            if dev is None:
+                return False
+            if attribute in dev.values and dev.values[attribute] == request.value:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(CONFIRM_POLL)
+        return False
+
     def count(self, outcome: str) -> None:
         self.stats.commands[outcome] += 1
         if outcome in INVALID_INPUT:
@@ -178,7 +199,9 @@ class CommandHandler:
         pubs = [Publication(self.topics.device_level(level, "result"), orjson.dumps(outcome),
                             False)]
         if last:
+            # the time tells two identical results apart ("Last command" in Home Assistant)
             latest = {k: v for k, v in outcome.items() if k != "response"}
+            latest["time"] = iso(time.time())
             pubs.append(Publication(self.topics.device_level(level, "last_command"),
                                     orjson.dumps(latest), True))
         return pubs

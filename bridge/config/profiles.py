@@ -65,6 +65,9 @@ class CommandSettings(Section):
     global_rate: float = Field(10.0, gt=0, description="commands per second in all")
     global_burst: int = Field(20, ge=1)
     dedup_window: float = Field(300, ge=0, description="seconds a transaction id is remembered")
+    confirm_timeout: float = Field(
+        60, ge=0, le=3600, description="seconds a command with a state_attribute waits, once "
+        "flespi accepted it, for the device's telemetry to confirm it (0: no wait)")
     # Above what the default rates let reach flespi within a timeout (a burst of 20, then
     # 10/s for timeout + 5 s: 170), so it refuses only a flood the rates would refuse anyway.
     max_in_flight: int = Field(

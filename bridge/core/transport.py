@@ -23,7 +23,7 @@ class Publication(NamedTuple):
 
 
 _KINDS = frozenset(("state", "availability", "info", "message", "config", "result",
-                    "last_command", "connections"))
+                    "last_command", "connections", "event"))
 
 
 def publication_kind(topic: str) -> str:

@@ -16,9 +16,7 @@ the layouts are `bridge.homeassistant.discovery.Discovery`'s.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,7 +24,13 @@ import orjson
 from bridge import __version__
 from bridge.config.profiles import CommandSpec
 from bridge.core.store import Device, Names
+from bridge.homeassistant.context import Context, Entity, node_id
+from bridge.homeassistant.controls import LAST_COMMAND, command_entities
+from bridge.homeassistant.events import event_entities
 from bridge.normalize.catalog import DEVICE_INFO, LAST_SEEN, Attribute
+
+# the renderer's and discovery's, with the rest of what a device's discovery is made of
+__all__ = ["LAST_COMMAND", "Context", "Entity", "node_id"]
 
 PROJECT_URL = "https://github.com/flespi-bridge/flespi-bridge"
 # The flespi panel opens an item from `#/panel/open/<items>/<id>` (as flespi's webhook
@@ -40,80 +44,20 @@ MIGRATE = b'{"migrate_discovery":true}'
 METRES_PER_HDOP = 5.0
 TRACKER_FIELDS = ("latitude", "longitude", "altitude", "speed", "direction", "satellites",
                   "hdop")
-LAST_COMMAND = "last_command"
-LOCK_STATES = {"state_locked": "LOCKED", "state_unlocked": "UNLOCKED",
-               "state_locking": "LOCKING", "state_unlocking": "UNLOCKING"}
-# (platform, entity key, options): an entity before the layout adds device and origin
-Entity = tuple[str, str, dict[str, Any]]
-
-
-def node_id(base_topic: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", base_topic) or "flespi"
-
-
-@dataclass(frozen=True, slots=True)
-class Context:
-    prefix: str
-    base: str
-    output: str = "json"  # json | attribute | both
-    expire_after: int = 0
-    mode: str = "device"  # device | entity
-
-    @property
-    def node(self) -> str:
-        return node_id(self.base)
-
-    @property
-    def bridge_identifier(self) -> str:
-        return f"flespi_bridge_{self.node}"
-
-    @property
-    def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
-
-    @property
-    def status_topic(self) -> str:
-        return f"{self.prefix}/status"
-
-    @property
-    def config_filter(self) -> str:
-        return f"{self.prefix}/+/{self.node}/+/config"
-
-    def config_topic(self, component: str, object_id: str) -> str:
-        return f"{self.prefix}/{component}/{self.node}/{object_id}/config"
-
-    def owner(self, topic: str) -> tuple[str, str, str | None] | None:
-        """(owner, layout, entity key) of one of this bridge's config topics: the owner is
-        `flespi_<device_id>` or the bridge's identifier, the layout `device` or `entity`,
-        the key the entity's (None for a device config). None for anything else."""
-        parts = topic.split("/")
-        head = self.prefix.split("/")
-        if (len(parts) != len(head) + 4 or parts[:len(head)] != head
-                or parts[-1] != "config" or parts[-3] != self.node):
-            return None
-        component, object_id = parts[-4], parts[-2]
-        bridge = self.bridge_identifier
-        if component == "device":
-            if object_id == bridge or re.fullmatch(r"flespi_[0-9]+", object_id):
-                return object_id, "device", None
-            return None
-        if object_id.startswith(bridge + "_"):
-            return bridge, "entity", object_id[len(bridge) + 1:]
-        m = re.fullmatch(r"(flespi_[0-9]+)_(.+)", object_id)
-        return (m[1], "entity", m[2]) if m else None
-
-
 def device_owner(device_id: int) -> str:
     return f"flespi_{device_id}"
 
 
 def bridge_device(ctx: Context) -> dict[str, Any]:
+    """The bridge itself: named after its base topic only when that is not the default
+    (two bridges on one broker need different base topics, and names)."""
     return {
         "identifiers": [ctx.bridge_identifier],
-        "name": f"flespi bridge ({ctx.base})",
-        "manufacturer": "flespi-bridge",
-        "model": "flespi-bridge",
+        "name": "flespi-bridge" if ctx.base == "flespi" else f"flespi-bridge ({ctx.base})",
+        "manufacturer": "flespi-bridge project",
+        "model": "flespi to MQTT bridge",
         "sw_version": __version__,
+        "configuration_url": PROJECT_URL,
     }
 
 
@@ -192,14 +136,10 @@ def layout(ctx: Context, owner: str, device: dict[str, Any],
     return {ctx.config_topic("device", owner): root}
 
 
-def _uses_json(ctx: Context) -> bool:
-    return ctx.output in ("json", "both")
-
-
 def _value_entity(ctx: Context, dev: Device, attr: Attribute) -> Entity:
     component = attr.component or "sensor"
     cfg: dict[str, Any] = {"name": attr.label, "unique_id": f"flespi_{dev.id}_{attr.name}"}
-    json_mode = _uses_json(ctx)
+    json_mode = ctx.uses_json
     cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + ("state" if json_mode else attr.name)
     if component == "binary_sensor":
         on, off = ("OFF", "ON") if attr.invert else ("ON", "OFF")
@@ -245,15 +185,18 @@ def device_entities(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
         attr = attrs.get(name)
         if attr is None or attr.component is None or name in shown:
             continue
-        out.append(_value_entity(ctx, dev, attr))
+        if attr.component != "event":
+            out.append(_value_entity(ctx, dev, attr))
+        if attr.events:
+            out.extend(event_entities(ctx, dev, attr))
     if dev.last_seen is not None:
         out.append(_value_entity(ctx, dev, LAST_SEEN))
     if "latitude" in dev.values and "longitude" in dev.values:
         cfg: dict[str, Any] = {"name": "Position", "unique_id": f"flespi_{dev.id}_position",
                                "source_type": "gps"}
         cfg["json_attributes_topic"] = f"{ctx.base}/{dev.id}/" + (
-            "state" if _uses_json(ctx) else "position")
-        if _uses_json(ctx):
+            "state" if ctx.uses_json else "position")
+        if ctx.uses_json:
             cfg["json_attributes_template"] = tracker_attributes_template()
         out.append(("device_tracker", "position", cfg))
     if dev.online is not None:
@@ -278,58 +221,6 @@ def device_configs(ctx: Context, dev: Device, attrs: Mapping[str, Attribute],
     """Config topic -> payload of the device's entities, in the context's layout."""
     return layout(ctx, device_owner(dev.id), device_block(ctx, dev, names),
                   availability(ctx, dev), device_entities(ctx, dev, attrs, profile))
-
-
-def command_entities(ctx: Context, dev: Device, profile: Mapping[str, CommandSpec]
-                     ) -> list[tuple[str, str, dict[str, Any]]]:
-    """lock/button/number entities for the device type's command profile, and the "Last
-    command" sensor. A lock's state comes from telemetry (`state_attribute`), never from
-    assuming the command worked, and shows a command in flight (`lock_state`); a number's
-    from the device setting it changes (`setting`, see `setting_state`) or telemetry, so a
-    refused command never leaves it showing the value Home Assistant sent."""
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    for key, spec in profile.items():
-        cfg: dict[str, Any] = {
-            "name": spec.label or key.replace("_", " ").capitalize(),
-            "command_topic": f"{ctx.base}/{dev.id}/{key}/set",
-        }
-        state = spec.state_attribute
-        if spec.component == "lock":
-            cfg.update(payload_lock="LOCK", payload_unlock="UNLOCK", optimistic=state is None)
-            if state is not None:  # the bridge's lock state topic (`lock_state`)
-                cfg.update(state_topic=f"{ctx.base}/{dev.id}/{key}/state", **LOCK_STATES)
-        elif spec.component == "button":
-            cfg["payload_press"] = "PRESS"
-        else:
-            if spec.setting is not None:  # the bridge's setting state topic (`setting_state`)
-                cfg["state_topic"] = f"{ctx.base}/{dev.id}/{key}/state"
-            elif state is not None:
-                cfg["state_topic"] = f"{ctx.base}/{dev.id}/" + (
-                    "state" if _uses_json(ctx) else state)
-            cfg.update(min=spec.min, max=spec.max, step=spec.step, mode="box",
-                       optimistic="state_topic" not in cfg)
-            if spec.unit:
-                cfg["unit_of_measurement"] = spec.unit
-            if state is not None and spec.setting is None and _uses_json(ctx):
-                cfg["value_template"] = f"{{{{ value_json.{state} }}}}"
-        out.append((spec.component, key, cfg))
-    if profile:
-        out.append(("sensor", LAST_COMMAND, last_command_sensor(ctx, dev)))
-    return out
-
-
-def last_command_sensor(ctx: Context, dev: Device) -> dict[str, Any]:
-    """The latest command result (retained `<base>/<id>/last_command`): its status as the
-    state, code, error, command and transaction as attributes. Available with the bridge,
-    whether or not the device is connected (a timeout is worth seeing)."""
-    topic = f"{ctx.base}/{dev.id}/{LAST_COMMAND}"
-    fields = ", ".join(f"'{f}': value_json.get('{f}')"
-                       for f in ("code", "error", "command", "transaction"))
-    return {"name": "Last command", "availability": [{"topic": ctx.bridge_state}],
-            "state_topic": topic, "value_template": "{{ value_json.status }}",
-            "json_attributes_topic": topic,
-            "json_attributes_template": "{{ {" + fields + "} | tojson }}",
-            "entity_category": "diagnostic", "icon": "mdi:console-line"}
 
 
 def lock_state(dev: Device, key: str, spec: CommandSpec) -> str | None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 ValueType = Literal["int", "float", "bool", "str", "object"]
-Component = Literal["sensor", "binary_sensor", "device_tracker"]
+Component = Literal["sensor", "binary_sensor", "device_tracker", "event"]
+# (value, event type): a value that, when reported, means something happened
+Events = tuple[tuple[Any, str], ...]
 
 # Values beyond this are treated as garbage rather than published (JSON numbers that
 # large are usually overflowed counters, and Home Assistant cannot graph them).
@@ -48,6 +50,9 @@ class Attribute:
     invert: bool = False
     # False: Home Assistant creates the entity disabled (rule-made diagnostics)
     enabled_by_default: bool = True
+    # Reported values that are events (an `event` entity and device triggers, alongside
+    # the component's entity unless that is "event" itself): `((True, "pressed"),)`.
+    events: Events = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +88,20 @@ _POSITION_FIELDS = {
                      state_class="measurement", minimum=0),
     "direction": _sensor("direction", "Direction", unit="°", state_class="measurement",
                          icon="mdi:compass", minimum=0, maximum=360),
-    "valid": _binary("position_valid", "Position valid", entity_category="diagnostic"),
+    "valid": _binary("position_valid", "Position valid", entity_category="diagnostic",
+                     icon="mdi:map-marker-check"),
 }
 
 _DIAG = "diagnostic"
+
+
+def _event(name: str, label: str, event_type: str = "detected", **kw: Any) -> Attribute:
+    """A parameter reported true when something happened: an event, no state entity."""
+    kw.setdefault("component", "event")
+    return Attribute(name, "bool", label, events=((True, event_type),), **kw)
+
+
+ON_OFF: Events = ((True, "on"), (False, "off"))
 
 
 def _io(prefix: str, label: str, count: int) -> tuple[Parameter, ...]:
@@ -136,7 +151,8 @@ CATALOG: tuple[Parameter, ...] = (
     Parameter("position.speed", _POSITION_FIELDS["speed"]),
     Parameter("position.satellites", _POSITION_FIELDS["satellites"]),
     # engine and motion
-    Parameter("engine.ignition.status", _binary("ignition", "Ignition", icon="mdi:engine")),
+    Parameter("engine.ignition.status", _binary("ignition", "Ignition", icon="mdi:engine",
+                                                events=ON_OFF)),
     Parameter("movement.status", _binary("movement", "Movement", device_class="moving")),
     Parameter("engine.blocked.status", _binary("engine_blocked", "Engine blocked",
               icon="mdi:engine-off")),
@@ -199,9 +215,30 @@ CATALOG: tuple[Parameter, ...] = (
     *_io("dout", "Digital output", 4),
     *_ain(2),
     # events and alarms
-    Parameter("alarm.event", _binary("alarm", "Alarm", device_class="safety")),
-    Parameter("crash.event", _binary("crash", "Crash", device_class="safety")),
-    Parameter("towing.alarm.status", _binary("towing", "Towing", device_class="safety")),
+    # (a status that is also an event: a binary sensor, and an event when it turns on)
+    Parameter("alarm.event", _binary("alarm", "Alarm", device_class="safety",
+                                     events=((True, "triggered"),))),
+    Parameter("crash.event", _binary("crash", "Crash", device_class="safety",
+                                     events=((True, "detected"),))),
+    Parameter("towing.alarm.status", _binary("towing", "Towing", device_class="safety",
+                                             events=((True, "detected"),))),
+    Parameter("alarm.event.trigger", _event("alarm_trigger", "Alarm trigger", "triggered",
+                                            icon="mdi:alarm-light")),
+    Parameter("panic.button.event", _event("panic_button", "Panic button", "pressed",
+                                           device_class="button", icon="mdi:alarm-bell")),
+    Parameter("panic.button.status", _event("panic_button_status", "Panic button",
+                                            "pressed", device_class="button",
+                                            icon="mdi:alarm-bell")),
+    Parameter("crash.event.status", _event("crash_detected", "Crash detection",
+                                           icon="mdi:car-emergency")),
+    Parameter("harsh.acceleration.event", _event("harsh_acceleration", "Harsh acceleration",
+                                                 icon="mdi:speedometer")),
+    Parameter("harsh.braking.event", _event("harsh_braking", "Harsh braking",
+                                            icon="mdi:car-brake-alert")),
+    Parameter("harsh.cornering.event", _event("harsh_cornering", "Harsh cornering",
+                                              icon="mdi:car-turbocharger")),
+    Parameter("geofence.status", _binary("geofence", "Geofence", device_class="presence",
+                                         events=((True, "enter"), (False, "leave")))),
     Parameter("overspeeding.status", _binary("overspeeding", "Overspeeding",
               device_class="problem", icon="mdi:speedometer")),
     Parameter("can.doors.status", _binary("doors", "Doors", device_class="door")),

@@ -125,6 +125,7 @@ SENSOR_STATE_CLASSES: dict[str, frozenset[str]] = {
 }
 SENSOR_DEVICE_CLASSES = frozenset({'date', 'enum', 'timestamp', 'apparent_power', 'aqi', 'area', 'atmospheric_pressure', 'battery', 'blood_glucose_concentration', 'carbon_monoxide', 'carbon_dioxide', 'conductivity', 'current', 'data_rate', 'data_size', 'distance', 'duration', 'energy', 'energy_distance', 'energy_storage', 'frequency', 'gas', 'humidity', 'illuminance', 'irradiance', 'moisture', 'monetary', 'nitrogen_dioxide', 'nitrogen_monoxide', 'nitrous_oxide', 'ozone', 'ph', 'pm1', 'pm10', 'pm25', 'power_factor', 'power', 'precipitation', 'precipitation_intensity', 'pressure', 'reactive_power', 'signal_strength', 'sound_pressure', 'speed', 'sulphur_dioxide', 'temperature', 'volatile_organic_compounds', 'volatile_organic_compounds_parts', 'voltage', 'volume', 'volume_storage', 'volume_flow_rate', 'water', 'weight', 'wind_direction', 'wind_speed'})
 BINARY_SENSOR_DEVICE_CLASSES = frozenset({'battery', 'battery_charging', 'carbon_monoxide', 'cold', 'connectivity', 'door', 'garage_door', 'gas', 'heat', 'light', 'lock', 'moisture', 'motion', 'moving', 'occupancy', 'opening', 'plug', 'power', 'presence', 'problem', 'running', 'safety', 'smoke', 'sound', 'tamper', 'update', 'vibration', 'window'})
+EVENT_DEVICE_CLASSES = frozenset({'button', 'doorbell', 'motion'})
 STATE_CLASSES = frozenset({'measurement', 'measurement_angle', 'total', 'total_increasing'})
 
 
@@ -133,6 +134,12 @@ def problems(component: str, device_class: str | None, unit: str | None,
     """Why Home Assistant would refuse (or log errors for) an entity with these options;
     empty when it accepts them. `numeric`: the state is a number (not a boolean or text)."""
     out: list[str] = []
+    if component == "event":
+        if device_class is not None and device_class not in EVENT_DEVICE_CLASSES:
+            out.append(f"device_class {device_class!r} is not an event device class")
+        if unit is not None or state_class is not None:
+            out.append("an event takes no unit and no state_class")
+        return out
     if component == "binary_sensor":
         if device_class is not None and device_class not in BINARY_SENSOR_DEVICE_CLASSES:
             out.append(f"device_class {device_class!r} is not a binary_sensor device class")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.normalize.catalog import Attribute, ValueType
+from bridge.normalize.catalog import ON_OFF, Attribute, Events, ValueType
 
 # Why a parameter makes no entity (the label of flespi_bridge_skipped_parameters_total).
 NO_ENTITY = "no_entity"  # an object or array value
@@ -59,6 +59,9 @@ DIAGNOSTIC_TAGS = frozenset({
     "event", "counter", "custom", "io", "peer", "lbs", "sleep", "segment", "packet",
     "position", "diagnostic", "acceleration", "accelerometer", "x", "y", "z",
 })
+# First tags that say only where a value comes from: diagnostic unless another tag says what
+# it is (`custom.door` is a door, `custom.param.77` nobody knows).
+SOURCE_TAGS = frozenset({"custom", "io"})
 # Last tags of identifiers and codes: plain diagnostic sensors, no unit, no statistics.
 CODE_TAGS = frozenset({
     "id", "code", "enum", "type", "mask", "bitmask", "seqnum", "hash", "iccid", "imsi", "imei",
@@ -71,7 +74,7 @@ WORDS = {
     "ain": "analog input", "lbs": "LBS", "sim": "SIM", "obd": "OBD", "pto": "PTO",
     "iccid": "ICCID", "imsi": "IMSI", "imei": "IMEI", "mcc": "MCC", "mnc": "MNC", "lac": "LAC",
     "hdop": "HDOP", "pdop": "PDOP", "vdop": "VDOP", "dtc": "DTC", "adblue": "AdBlue",
-    "motorhours": "engine hours",
+    "motorhours": "engine hours", "cellid": "cell ID", "rssi": "RSSI",
 }
 # Binary sensor device classes by a tag of the name.
 BINARY_CLASSES = {
@@ -82,6 +85,18 @@ BINARY_CLASSES = {
     "connection": "connectivity", "lock": "lock", "locked": "lock", "hood": "opening",
     "trunk": "opening", "plug": "plug", "overspeeding": "problem", "jamming": "problem",
     "malfunction": "problem", "mil": "problem",
+}
+
+
+# Events by the tags of a boolean's name: a last tag (over `status`) that says the value is
+# an event, or a first tag of what only ever happens (a press, a harsh manoeuvre).
+EVENT_LAST_TAGS = frozenset({"event", "trigger", "triggered", "pressed"})
+EVENT_FIRST_TAGS = frozenset({"panic", "harsh", "sos"})
+# Tags of a state that also makes events when it changes (a binary sensor as well).
+CHANGE_EVENTS: dict[str, Events] = {
+    "ignition": ON_OFF,
+    "geofence": ((True, "enter"), (False, "leave")),
+    "zone": ((True, "enter"), (False, "leave")),
 }
 
 
@@ -120,6 +135,8 @@ NUMBER_TAGS: dict[str, Meaning] = {
     "current": Meaning("A", "current", _MEASURE),
     "weight": Meaning("kg", "weight", _MEASURE),
     "dbm": Meaning("dBm", "signal_strength", _MEASURE),
+    # flespi's pressures (oil, fuel, air, tyre) are in kPa
+    "pressure": Meaning("kPa", "pressure", _MEASURE),
     "ain": Meaning("V", "voltage", _MEASURE),
 }
 # Counters that are not totals: what remains, what a trip or a period covers.
@@ -205,16 +222,36 @@ def rule_attribute(name: str, value: Any, taken: Container[str] = frozenset()
         return NO_ENTITY
     parts, _ = tags(name)
     attr = maker(name, parts)
-    diag = diagnostic(parts)
+    diag = diagnostic(parts) and not (parts[0] in SOURCE_TAGS and parts[-1] not in CODE_TAGS
+                                      and (attr.device_class or attr.unit) is not None)
     return Attribute(
         attribute_name(name, taken), attr.type, label(name), unit=attr.unit,
         component=attr.component, device_class=attr.device_class,
-        state_class=attr.state_class, icon=attr.icon,
-        entity_category="diagnostic" if diag else None, enabled_by_default=not diag)
+        state_class=attr.state_class, icon=attr.icon, events=attr.events,
+        entity_category="diagnostic" if diag and not attr.events else None,
+        enabled_by_default=not diag or bool(attr.events))
+
+
+def rule_events(parts: list[str]) -> tuple[bool, Events]:
+    """(whether the value is only an event, the events it makes) by the name's tags."""
+    meaningful = [p for p in parts if p != "status"]
+    if meaningful and (meaningful[-1] in EVENT_LAST_TAGS or parts[0] in EVENT_FIRST_TAGS):
+        happened = "pressed" if "button" in parts else (
+            "triggered" if {"alarm", "trigger"} & set(parts) else "detected")
+        return True, ((True, happened),)
+    for part in parts:
+        if part in CHANGE_EVENTS:
+            return False, CHANGE_EVENTS[part]
+    return False, ()
 
 
 def _from_bool(_name: str, parts: list[str]) -> Attribute:
-    return Attribute("", "bool", "", component="binary_sensor", device_class=_binary(parts))
+    only, events = rule_events(parts)
+    if only:
+        return Attribute("", "bool", "", component="event", events=events)
+    device_class = "presence" if "geofence" in parts or "zone" in parts else _binary(parts)
+    return Attribute("", "bool", "", component="binary_sensor", device_class=device_class,
+                     events=events)
 
 
 def _from_number(_name: str, parts: list[str]) -> Attribute:

@@ -15,6 +15,7 @@ drops the connection, or over MQTT 3.1.1 may acknowledge and discard it unseen).
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -38,6 +39,7 @@ from bridge.core.store import (
 from bridge.core.topics import LocalTopics
 from bridge.core.transport import Publication
 from bridge.homeassistant.discovery import Discovery
+from bridge.homeassistant.events import EVENT_LEAF, event_payload
 from bridge.homeassistant.payloads import (
     LAST_COMMAND,
     Context,
@@ -90,6 +92,12 @@ class Renderer:
         # `connected` before any telemetry, and an announcement without the sensors would
         # be published again moments later.
         self.complete = False
+        # events stamped before the bridge started are flespi's replay, not news; then the
+        # stamp of the newest event published per (device, attribute). Not in `Device.sent`,
+        # which a local reconnect clears: an event must not fire twice.
+        self._since = time.time()
+        self._event_attrs: tuple[int, list[str]] = (-1, [])
+        self._event_stamps: dict[tuple[int, str], float] = {}
 
     def _names(self, dev: Device) -> Names | None:
         return self.names(dev.info.device_type_id, dev.info.protocol_id) if self.names \
@@ -162,6 +170,34 @@ class Renderer:
                 if spec.component == "lock" and spec.state_attribute is not None]
         if locks:
             pubs.extend(self._locks(dev, locks))
+        events = self._event_names()
+        if events:
+            pubs.extend(self._events(dev, events))
+        return pubs
+
+    def _event_names(self) -> list[str]:
+        """The attributes whose values are events (the table grows with rule-made rows)."""
+        known, names = self._event_attrs
+        if known != len(self.attributes):
+            names = [n for n, a in self.attributes.items() if a.events]
+            self._event_attrs = (len(self.attributes), names)
+        return names
+
+    def _events(self, dev: Device, names: list[str]) -> list[Publication]:
+        """`<base>/<id>/<attribute>/event` (not retained) for each event value reported
+        since the last one published, or since the bridge started."""
+        pubs = []
+        for name in names:
+            stamp = dev.stamps.get(name)
+            if stamp is None or name not in dev.values:
+                continue
+            if stamp <= self._event_stamps.get((dev.id, name), self._since):
+                continue
+            self._event_stamps[dev.id, name] = stamp
+            payload = event_payload(self.attributes[name], dev.values[name], stamp)
+            if payload is not None:
+                pubs.append(Publication(self.topics.device(dev.id, f"{name}/{EVENT_LEAF}"),
+                                        payload, False))
         return pubs
 
     def _settings(self, dev: Device) -> list[Publication]:
@@ -243,7 +279,10 @@ class Renderer:
         return self.discovery.forget(device_owner(dev.id))
 
     def clear_topics(self, dev: Device) -> list[Publication]:
-        """Empty retained payloads for every device topic a removed device had."""
+        """Empty retained payloads for every device topic a removed device had (its events
+        are not retained: only their memory goes)."""
+        for name in self._event_names():
+            self._event_stamps.pop((dev.id, name), None)
         locks = [f"{key}/state" for key, spec
                  in self.settings.commands.profile(dev.info.device_type_id).items()
                  if spec.component == "lock" or spec.setting is not None]

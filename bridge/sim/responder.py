@@ -61,6 +61,9 @@ class Responder:
         self.requests: list[RestRequest] = []
         self.delay = 0.0  # seconds before answering (tests of timeouts)
         self.silent = False  # never answer
+        # seconds until the device reports the lock state a command set (flespi has answered
+        # `executed: false` long before); None: the device never does
+        self.report_after: float | None = 0.0
         self.fail_next: tuple[int, str] | None = None  # (http_code, reason) for one request
         self.raw_next: tuple[int, bytes] | None = None  # (http_code, exact body) for one
         # (http_code, reason) for each of the next requests, in order (e.g. 429s, 503s)
@@ -163,6 +166,21 @@ class Responder:
             return answer
         return 404, _errors(f"unknown API {uri}")
 
+    async def _report(self, device_id: int, values: dict[str, Any]) -> None:
+        """The device's telemetry after a command, `report_after` seconds later."""
+        if self.report_after is None:
+            return
+        if not self.report_after:
+            await self.sim.set_values(device_id, values)
+            return
+
+        async def later(delay: float) -> None:
+            await asyncio.sleep(delay)
+            await self.sim.set_values(device_id, values)
+        task = asyncio.create_task(later(self.report_after))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _commands(self, selector: str, body: Any) -> tuple[int, Any]:
         if not selector.isdigit() or int(selector) not in self.sim.devices:
             return 404, _errors(f"device {selector} not found", 404)
@@ -183,7 +201,7 @@ class Responder:
             if name == "setting.r0.set":
                 if props.get("lock") not in (0, 1):
                     return 400, _errors("lock must be 0 or 1", 400)
-                await self.sim.set_values(dev.id, {"lock.status": props["lock"] == 1})
+                await self._report(dev.id, {"lock.status": props["lock"] == 1})
             for setting_name, setting in settings.items():
                 value = props.get(setting.property)
                 if isinstance(value, bool) or not isinstance(value, int | float):

@@ -4,7 +4,8 @@ Each message stands for `PERIOD` seconds of the van's life. It drives its round 
 roads of Santa Cruz (a closed route of straight streets between waypoints) with the ignition
 on, then parks with the ignition off, and again. Mileage and engine hours only grow (while
 driving), fuel drops with the distance and jumps back up when the van refuels at a stop, the
-coolant warms up on the road and cools down when parked. Parameter names are flespi's.
+coolant warms up on the road and cools down when parked; a sharp slow-down is reported as
+a harsh braking event (in that message only). Parameter names are flespi's.
 
 Pure and deterministic for a seed (`random.Random` passed in).
 """
@@ -22,6 +23,7 @@ PERIOD = 10.0  # seconds of van time per message
 TANK = 80.0  # litres
 CONSUMPTION = 0.11  # litres per km
 REFUEL_BELOW = 20.0  # percent: the van refuels at its next stop
+HARSH_BRAKING = 7.0  # km/h lost within one PERIOD: the tracker reports harsh braking
 METRES_PER_DEGREE = 111_320.0
 OPERATOR = "73602"
 # Waypoints of the van's round (Santa Cruz de la Sierra, along its ring roads), in order.
@@ -76,6 +78,7 @@ class Van:
     coolant: float = 25.0  # °C
     door: bool = False
     signal: int = 80
+    braked: bool = False  # slowed by HARSH_BRAKING km/h or more within the last step
 
     @classmethod
     def start(cls, rng: random.Random) -> Van:
@@ -106,6 +109,7 @@ class Van:
             self.steps_left = rng.randint(30, 90) if self.driving else rng.randint(6, 20)
             if not self.driving and self.fuel < REFUEL_BELOW:
                 self.fuel = round(rng.uniform(92, 100), 1)  # at the pump
+        before = self.speed
         if self.driving:
             self.speed = round(min(70.0, max(20.0, (self.speed or 35.0) + rng.uniform(-8, 8))), 1)
             metres = self.speed / 3.6 * PERIOD
@@ -122,6 +126,7 @@ class Van:
             self.coolant = round(max(25.0, self.coolant - rng.uniform(1, 4)), 1)
             self.door = rng.random() < 0.2  # loading
         self.signal = max(20, min(100, self.signal + rng.choice((-5, 0, 0, 5))))
+        self.braked = self.driving and before - self.speed >= HARSH_BRAKING
 
     def _advance(self, metres: float) -> None:
         self.along += metres
@@ -162,4 +167,6 @@ class Van:
             "towing.alarm.status": False, "crash.event": False, "alarm.event": False,
             "gnss.status": True,
             "gsm.signal.level": self.signal, "gsm.operator.code": OPERATOR,
+            # an event: in the message of the step it happened in only, as trackers send it
+            **({"harsh.braking.event": True} if self.braked else {}),
         }

@@ -289,8 +289,9 @@ async def test_a_failed_lock_command_is_visible(commanding: tuple[Bridge, Record
     assert env.from_string(sensor["value_template"]).render(value_json=outcome) == "error"
     attrs = orjson.loads(env.from_string(sensor["json_attributes_template"]).render(
         value_json=outcome))
-    assert attrs == {"code": "timeout", "error": outcome["error"], "command": "lock",
-                     "transaction": None}
+    # the command's label (what its entity shows), and the time of the result
+    assert attrs == {"code": "timeout", "error": outcome["error"], "command": "Lock",
+                     "transaction": None, "time": outcome["time"]}
 
     result = await command(rec, device_id, b'{"upload_interval": 0, "transaction": "x"}')
     assert result["code"] == "invalid_value"
@@ -547,3 +548,34 @@ async def test_sigterm_with_a_command_waiting_for_flespi_answers_it_once(
     results = [m.json() for m in rec.messages if m.topic.endswith("/result")]
     assert [r["code"] for r in results] == ["interrupted"], results
     assert proc.returncode == 0
+
+
+async def test_a_lock_waits_for_the_device_to_confirm(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, sim: Simulator,
+        responder: Responder, bridge_factory: BridgeFactory) -> None:
+    """flespi accepts an unlock (`executed: false`) long before the device reports it: the
+    lock shows UNLOCKING until the telemetry does (never LOCKED in between), and the result
+    is ok only then. A device that never reports: back to its reported state after
+    `commands.confirm_timeout`, result `unconfirmed`."""
+    bridge = await bridge_factory(make_settings(upstream, local, commands={
+        **PROFILES, "timeout": 5, "confirm_timeout": 3}))
+    await asyncio.wait_for(bridge.loaded.wait(), 10)
+    device_id = next(iter(sim.devices))
+    async with Recorder(local, [f"{BASE}/+/result", f"{BASE}/+/lock/state"]) as rec:
+        await rec.wait_for(lambda: lock_states(rec, device_id) == ["LOCKED"], what="LOCKED")
+        responder.report_after = 1.0
+        result = await command(rec, device_id, "UNLOCK", entity="lock")
+        assert (result["status"], result["code"]) == ("ok", None), result
+        assert sim.devices[device_id].value("lock.status") is False
+        await rec.wait_for(lambda: lock_states(rec, device_id)[-1] == "UNLOCKED",
+                           what="UNLOCKED")
+        assert lock_states(rec, device_id) == ["LOCKED", "UNLOCKING", "UNLOCKED"]
+
+        responder.report_after = None  # accepted by flespi, never reported by the device
+        result = await command(rec, device_id, "LOCK", entity="lock")
+        assert (result["status"], result["code"]) == ("error", "unconfirmed"), result
+        assert "not confirmed by the device" in result["error"]
+        await rec.wait_for(lambda: lock_states(rec, device_id)[-1] == "UNLOCKED",
+                           what="back to the reported state")
+        assert lock_states(rec, device_id) == ["LOCKED", "UNLOCKING", "UNLOCKED", "LOCKING",
+                                               "UNLOCKED"]

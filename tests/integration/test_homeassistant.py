@@ -27,7 +27,9 @@ UNITS = {"battery": {"%"}, "voltage": {"V", "mV"}, "speed": {"km/h", "m/s", "mph
          "distance": {"m", "km"}, "timestamp": {None}, "battery_charging": {None},
          "lock": {None}, "moving": {None}, "connectivity": {None}, None: None}
 REQUIRED = {"sensor": {"state_topic"}, "binary_sensor": {"state_topic"},
-            "device_tracker": {"json_attributes_topic"}}
+            "device_tracker": {"json_attributes_topic"},
+            "event": {"state_topic", "event_types"},
+            "device_automation": {"automation_type", "topic", "type", "subtype"}}
 
 
 def full_device(store: Store, device_id: int = 5537057) -> Any:
@@ -85,7 +87,10 @@ def test_configs_cover_every_entity_with_valid_keys(mode: str) -> None:
                 "altitude": "sensor", "hdop": "sensor", "satellites": "sensor",
                 "speed": "sensor", "direction": "sensor", "position_valid": "binary_sensor",
                 "last_seen": "sensor", "position": "device_tracker",
-                "connectivity": "binary_sensor"}
+                "connectivity": "binary_sensor",
+                # the ignition's changes as events, and a device trigger for each
+                "ignition_event": "event", "ignition_on_trigger": "device_automation",
+                "ignition_off_trigger": "device_automation"}
     assert {uid: comp for uid, (comp, _) in by_uid.items()} == {
         f"flespi_5537057_{key}": comp for key, comp in expected.items()}
     state = dev.state()
@@ -99,6 +104,8 @@ def test_configs_cover_every_entity_with_valid_keys(mode: str) -> None:
         assert cfg["device"]["via_device"] == "flespi_bridge_flespi"
         assert cfg["origin"]["name"] == "flespi-bridge"
         assert "object_id" not in cfg  # ignored by Home Assistant since 2026.4
+        if component == "device_automation":
+            continue  # a trigger has no availability (Home Assistant drops what it is given)
         if uid.endswith("_connectivity"):
             assert cfg["availability"] == [{"topic": f"{BASE}/bridge/state"}]
         else:
@@ -156,6 +163,10 @@ def test_entity_names_follow_home_assistant_conventions() -> None:
     binary_classes = {"battery_charging", "lock", "moving", "connectivity", None}
     for uid, (component, cfg) in entities(device_configs(Context(PREFIX, BASE), dev,
                                                          ATTRS)).items():
+        if component == "device_automation":
+            assert cfg["subtype"] == "Ignition", uid
+            assert cfg["type"] in ("on", "off"), uid
+            continue
         assert cfg["name"], uid
         assert dev.name.lower() not in cfg["name"].lower(), uid
         assert cfg.get("entity_category") in (None, "diagnostic", "config"), uid

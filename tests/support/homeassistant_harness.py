@@ -1,24 +1,33 @@
-"""A pinned, cached Home Assistant for the integration tests.
+"""Pinned, cached Home Assistant releases for the integration tests.
 
-`ensure_venv()` returns the Python of a venv holding `homeassistant==HA_VERSION` and the
-requirements of the integrations the tests load (resolved from Home Assistant's own
-manifests, installed under its own package constraints). The venv is built once, under a
-file lock, in `cache_dir()` (`$FLESPI_BRIDGE_CACHE` or `~/.cache/flespi-bridge`, then
-`homeassistant-<version>`), and reused while its stamp matches. Home Assistant 2025.4
-requires Python 3.13: the interpreter is `$FLESPI_BRIDGE_HA_PYTHON`, else `python3.13` on
-PATH, else pyenv's 3.13; with none, `HarnessError` says so (the test fails, never skips).
+`RELEASES` are the releases the real-HA tests run against: the oldest one the bridge
+supports (`OLDEST`) and the newest on PyPI when it was last pinned (`NEWEST`). `ensure(release)`
+returns a `Runtime`: a venv holding `homeassistant==<version>` and the requirements of the
+integrations the tests load (resolved from Home Assistant's own manifests, installed under its
+own package constraints), built once, under a file lock, in `cache_dir(release)`
+(`$FLESPI_BRIDGE_CACHE` or `~/.cache/flespi-bridge`, then `homeassistant-<version>-<digest>`,
+the digest of what is pinned), and reused while its stamp matches.
+
+Each release needs its own Python. `OLDEST` (2025.4, Python 3.13) uses this machine's:
+`$FLESPI_BRIDGE_HA_PYTHON`, else `python3.13` on PATH, else pyenv's 3.13 (none: `HarnessError`,
+the test fails, never skips). `NEWEST` (Python 3.14, which Debian 12 lacks) runs in a Debian
+root debootstrapped into the cache (`support.debian_chroot`: Debian unstable's `python3.14`),
+its venv at /opt/venv inside it; the config directory is bound at /config and the process
+shares the host's loopback.
 
 `HomeAssistant` runs one instance as a child process on a loopback port with a fresh config
 directory: onboarding over the REST API gives the owner's token, the MQTT integration is set
 up through its config flow, and the process is stopped by its PID.
 
-Run it by hand to build the cache: `python tests/homeassistant_harness.py`.
+Build the caches by hand (`.ci/run` does, before the tests):
+`python tests/support/homeassistant_harness.py [VERSION ...]`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -29,27 +38,78 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-HA_VERSION = "2025.4.4"  # the newest 2025.4 patch: the last release that runs on Python 3.13
-PYTHON_VERSION = (3, 13)
-# Integrations the tests load (their manifest dependencies are followed).
+from support import debian_chroot
+
+
+@dataclass(frozen=True)
+class Release:
+    version: str
+    python: tuple[int, int]
+    debian: str | None = None  # the Debian suite whose `python` a root is built with
+    host_python: bool = False  # this machine's Python `python` first, if it has one
+
+
+# 2025.4.4: the newest 2025.4 patch, the last release that runs on Python 3.13 (a machine
+# without one gets Debian trixie's).
+OLDEST = Release("2025.4.4", (3, 13), debian="trixie", host_python=True)
+# 2026.11.0: the newest on PyPI when pinned; Python 3.14, from Debian unstable.
+NEWEST = Release("2026.11.0", (3, 14), debian="unstable")
+RELEASES = (OLDEST, NEWEST)
+HA_VERSION = OLDEST.version
+PYTHON_VERSION = OLDEST.python
+# Integrations the tests load (their manifest dependencies are followed). `automation`
+# brings `frontend` along (Home Assistant starts in recovery mode without it).
 INTEGRATIONS = ["mqtt", "api", "config", "onboarding", "http", "auth", "person",
                 "device_tracker", "lock", "button", "number", "sensor", "binary_sensor",
-                "backup", "analytics", "search", "repairs", "homeassistant_alerts"]
+                "event", "automation", "frontend", "backup", "analytics", "search",
+                "repairs", "homeassistant_alerts"]
 PIP_TIMEOUT = 1800
+IN_ROOT_VENV = "/opt/venv"
+IN_ROOT_CONFIG = "/config"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """An installed release: `python` is its venv's interpreter, a path inside `root` when
+    it runs in a Debian root (None: on this machine)."""
+
+    release: Release
+    python: Path
+    root: Path | None = None
+
+    def command(self, config: Path, *args: str) -> list[str]:
+        """`python -m homeassistant` with `config` as its config directory. `--skip-pip`:
+        the cache holds what the tests load; Home Assistant 2026 also sets up integrations
+        nobody configured (assist_pipeline, ...) whose requirements have no Python 3.14
+        wheel, and would spend half a minute failing to build them at every start."""
+        args = ("--skip-pip", *args)
+        if self.root is None:
+            return [str(self.python), "-m", "homeassistant", "--config", str(config),
+                    "--log-file", str(config / "home-assistant.log"), *args]
+        return debian_chroot.command(self.root, [
+            str(self.python), "-m", "homeassistant", "--config", IN_ROOT_CONFIG,
+            "--log-file", f"{IN_ROOT_CONFIG}/home-assistant.log", *args],
+            {config: IN_ROOT_CONFIG})
 
 
 class HarnessError(RuntimeError):
     """Home Assistant could not be installed or started."""
 
 
-def cache_dir() -> Path:
+def cache_dir(release: Release = OLDEST) -> Path:
+    """`homeassistant-<version>-<key>`: the key is a digest of what is pinned (the release,
+    its Python and Debian suite, the integrations), so branches that pin differently keep
+    their own installs instead of rebuilding each other's."""
     root = os.environ.get("FLESPI_BRIDGE_CACHE") or Path.home() / ".cache" / "flespi-bridge"
-    return Path(root) / f"homeassistant-{HA_VERSION}"
+    pinned = json.dumps([release.version, release.python, release.debian, INTEGRATIONS])
+    key = hashlib.sha256(pinned.encode()).hexdigest()[:8]
+    return Path(root) / f"homeassistant-{release.version}-{key}"
 
 
 def _version_of(python: str) -> tuple[int, int] | None:
@@ -62,43 +122,40 @@ def _version_of(python: str) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
-def find_python() -> str:
-    """A Python 3.13 interpreter, or HarnessError naming where it looked."""
+def find_python(version: tuple[int, int] = PYTHON_VERSION) -> str:
+    """A Python `version` interpreter on this machine, or HarnessError naming where it
+    looked."""
     candidates: list[str] = []
     if env := os.environ.get("FLESPI_BRIDGE_HA_PYTHON"):
         candidates.append(env)
-    name = "python{}.{}".format(*PYTHON_VERSION)
+    name = "python{}.{}".format(*version)
     if found := shutil.which(name):
         candidates.append(found)
     roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv")]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         roots.insert(0, subprocess.run(["pyenv", "root"], capture_output=True, text=True,
                                        timeout=30).stdout.strip())
-    prefix = "{}.{}.".format(*PYTHON_VERSION)
+    prefix = "{}.{}.".format(*version)
     for root in filter(None, roots):
         versions = Path(root) / "versions"
         if versions.is_dir():
             candidates += [str(p / "bin" / "python") for p in sorted(versions.iterdir())
                            if p.name.startswith(prefix)]
     for candidate in candidates:
-        if _version_of(candidate) == PYTHON_VERSION:
+        if _version_of(candidate) == version:
             return candidate
     raise HarnessError(
-        f"Home Assistant {HA_VERSION} needs Python {name[6:]}, and none was found "
+        f"Home Assistant needs Python {name[6:]}, and none was found "
         f"(tried $FLESPI_BRIDGE_HA_PYTHON, {name} on PATH, pyenv versions {prefix}*: "
         f"{candidates or 'nothing'}); install one (e.g. `pyenv install 3.13`) or point "
         "FLESPI_BRIDGE_HA_PYTHON at it")
 
 
 def run_logged(cmd: list[str], log: Path) -> None:
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=PIP_TIMEOUT,
-                                check=False)
-    if result.returncode:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise HarnessError(f"`{' '.join(cmd)}` failed ({result.returncode}):\n{tail}")
+    try:
+        debian_chroot.run_logged(cmd, log, PIP_TIMEOUT)
+    except debian_chroot.ChrootError as error:
+        raise HarnessError(str(error)) from None
 
 
 # Run inside the venv: the requirements of INTEGRATIONS and what they depend on, from
@@ -121,57 +178,103 @@ print(json.dumps(sorted(reqs)))
 """
 
 
-def _stamp(python: str) -> str:
-    return json.dumps({"homeassistant": HA_VERSION, "python": python,
-                       "integrations": INTEGRATIONS})
-
-
-def venv_python() -> Path:
-    return cache_dir() / "venv" / "bin" / "python"
+def _stamp(release: Release, python: str) -> str:
+    return json.dumps({"homeassistant": release.version, "python": python,
+                       "debian": release.debian, "integrations": INTEGRATIONS})
 
 
 def ensure_venv() -> Path:
-    """The venv's Python, building the venv first unless the cache holds it."""
-    base = cache_dir()
+    """The oldest release's venv Python (on this machine), built first unless cached."""
+    return ensure(OLDEST).python
+
+
+def ensure(release: Release) -> Runtime:
+    """`release` installed, building it first unless the cache holds it."""
+    base = cache_dir(release)
     base.mkdir(parents=True, exist_ok=True)
     stamp_file = base / "complete"
     with (base / "lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent runs wait for one build
-        python = find_python()
-        if stamp_file.exists() and stamp_file.read_text() == _stamp(python) \
-                and venv_python().exists():
-            return venv_python()
+        root = base / "root" if release.debian else None
+        python = ""
+        if release.host_python:
+            try:
+                python = find_python(release.python)
+                root = None
+            except HarnessError:
+                if root is None:
+                    raise
+        if root is None:
+            python = python or find_python(release.python)
+            runtime = Runtime(release, base / "venv" / "bin" / "python")
+            if stamp_file.exists() and stamp_file.read_text() == _stamp(release, python) \
+                    and runtime.python.exists():
+                return runtime
+        else:
+            runtime = Runtime(release, Path(IN_ROOT_VENV) / "bin" / "python", root)
+            python = "python{}.{}".format(*release.python)
+            if stamp_file.exists() and json.loads(stamp_file.read_text()).get(
+                    "stamp") == _stamp(release, python) \
+                    and os.path.lexists(root / IN_ROOT_VENV.lstrip("/") / "bin" / "python"):
+                # (lexists: the venv's python links to /usr/bin/python3.x of the root)
+                return runtime
         stamp_file.unlink(missing_ok=True)
-        shutil.rmtree(base / "venv", ignore_errors=True)
         log = base / "install.log"
         log.write_text("")
         started = time.monotonic()
-        run_logged([python, "-m", "venv", str(base / "venv")], log)
-        pip = [str(venv_python()), "-m", "pip", "install", "--disable-pip-version-check",
-               "--no-input"]
-        run_logged([*pip, "--upgrade", "pip"], log)
-        # Home Assistant's own pins (package_constraints.txt, inside its wheel) keep pip
-        # from backtracking through the newest releases of its loosely pinned dependencies.
-        wheels = base / "wheel"
-        shutil.rmtree(wheels, ignore_errors=True)
-        run_logged([str(venv_python()), "-m", "pip", "download", "--disable-pip-version-check",
-              "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
-              f"homeassistant=={HA_VERSION}"], log)
-        wheel = next(wheels.glob("homeassistant-*.whl"))
-        constraints = base / "package_constraints.txt"
-        with zipfile.ZipFile(wheel) as archive:
-            constraints.write_bytes(archive.read("homeassistant/package_constraints.txt"))
-        run_logged([*pip, "--constraint", str(constraints), str(wheel)], log)
-        reqs = json.loads(subprocess.run(
-            [str(venv_python()), "-c", REQUIREMENTS_SCRIPT, *INTEGRATIONS], capture_output=True,
-            text=True, timeout=300, check=True).stdout)
-        if reqs:
-            run_logged([*pip, "--constraint", str(constraints), *reqs], log)
-        shutil.rmtree(wheels, ignore_errors=True)
+        timings: dict[str, float] = {}
+        if root is None:
+            shutil.rmtree(base / "venv", ignore_errors=True)
+            _install(runtime, python, base, [], log)
+            stamp = _stamp(release, python)
+        else:
+            try:
+                debian_python = debian_chroot.build(root, str(release.debian), release.python,
+                                                    log)
+            except debian_chroot.ChrootError as error:
+                raise HarnessError(str(error)) from error
+            timings["debootstrap"] = time.monotonic() - started
+            _install(runtime, python, Path("/opt"), ["chroot", str(root)], log)
+            stamp = json.dumps({"stamp": _stamp(release, python),
+                                "debian_python": debian_python})
+        timings["total"] = time.monotonic() - started
         with log.open("a") as out:
-            out.write(f"installed in {time.monotonic() - started:.0f} s\n")
-        stamp_file.write_text(_stamp(python))
-        return venv_python()
+            out.write("installed in " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                      + "\n")
+        stamp_file.write_text(stamp)
+        return runtime
+
+
+def _install(runtime: Runtime, python: str, work: Path, prefix: list[str], log: Path) -> None:
+    """The venv, Home Assistant and its integrations' requirements. `work`: the directory
+    for the venv and downloads as the commands see it; `prefix`: what runs a command where
+    they see it (`chroot <root>`)."""
+    def host(path: Path) -> Path:
+        return path if runtime.root is None else runtime.root / path.relative_to("/")
+
+    venv_py = str(runtime.python)
+    run_logged([*prefix, python, "-m", "venv", str(runtime.python.parents[1])], log)
+    pip = [*prefix, venv_py, "-m", "pip", "install", "--disable-pip-version-check",
+           "--no-input"]
+    run_logged([*pip, "--upgrade", "pip"], log)
+    # Home Assistant's own pins (package_constraints.txt, inside its wheel) keep pip
+    # from backtracking through the newest releases of its loosely pinned dependencies.
+    wheels = work / "wheel"
+    shutil.rmtree(host(wheels), ignore_errors=True)
+    run_logged([*prefix, venv_py, "-m", "pip", "download", "--disable-pip-version-check",
+                "--no-deps", "--only-binary", ":all:", "--dest", str(wheels),
+                f"homeassistant=={runtime.release.version}"], log)
+    wheel = next(host(wheels).glob("homeassistant-*.whl"))
+    constraints = work / "package_constraints.txt"
+    with zipfile.ZipFile(wheel) as archive:
+        host(constraints).write_bytes(archive.read("homeassistant/package_constraints.txt"))
+    run_logged([*pip, "--constraint", str(constraints), str(wheels / wheel.name)], log)
+    reqs = json.loads(subprocess.run(
+        [*prefix, venv_py, "-c", REQUIREMENTS_SCRIPT, *INTEGRATIONS], capture_output=True,
+        text=True, timeout=300, check=True).stdout)
+    if reqs:
+        run_logged([*pip, "--constraint", str(constraints), *reqs], log)
+    shutil.rmtree(host(wheels), ignore_errors=True)
 
 
 def free_port() -> int:
@@ -188,8 +291,8 @@ class HomeAssistant:
     """One Home Assistant process on 127.0.0.1; `stop()` (also on context exit) ends it by
     its PID."""
 
-    def __init__(self, python: Path, config_dir: Path) -> None:
-        self.python = python
+    def __init__(self, runtime: Runtime | Path, config_dir: Path) -> None:
+        self.runtime = runtime if isinstance(runtime, Runtime) else Runtime(OLDEST, runtime)
         self.config = config_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -204,21 +307,31 @@ class HomeAssistant:
             "  language: en\n"
             f"http:\n  server_host: 127.0.0.1\n  server_port: {self.port}\n"
             "api:\nconfig:\nonboarding:\n"
+            # automations the tests write (automations.yaml), as the UI's editor would
+            "automation: !include automations.yaml\n"
             "logger:\n  default: info\n")
+        (self.config / "automations.yaml").write_text("[]\n")
 
     @property
     def log_path(self) -> Path:
         return self.config / "home-assistant.log"
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """Everything Home Assistant logged since the first start: it renames its log to
+        `.log.1` at every start (one backup), so `start` keeps the earlier ones."""
+        return "".join(path.read_text(errors="replace")
+                       for path in (self.config / "earlier.log", self.log_path)
+                       if path.exists())
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
+        if self.log_path.exists():  # before Home Assistant rotates it away
+            with (self.config / "earlier.log").open("a") as earlier:
+                earlier.write(self.log_path.read_text(errors="replace"))
+            self.log_path.unlink()
         with (self.config / "stdout.log").open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(self.python), "-m", "homeassistant", "--config", str(self.config),
-                 "--log-file", str(self.log_path)],
+                self.runtime.command(self.config),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={k: v for k, v in os.environ.items()
                      if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
@@ -253,8 +366,8 @@ class HomeAssistant:
 
 
 @contextlib.contextmanager
-def running(python: Path, config_dir: Path) -> Iterator[HomeAssistant]:
-    with HomeAssistant(python, config_dir) as ha:
+def running(runtime: Runtime | Path, config_dir: Path) -> Iterator[HomeAssistant]:
+    with HomeAssistant(runtime, config_dir) as ha:
         try:
             yield ha
         finally:
@@ -305,6 +418,29 @@ async def onboard(ha: HomeAssistant) -> None:
         # integrations (radio browser, weather, ...) that have nothing to do with the bridge.
 
 
+def form_data(schema: list[dict[str, Any]], given: dict[str, Any]) -> dict[str, Any]:
+    """A config flow form filled as the UI submits it: `given`, and what the user leaves
+    alone (defaults; a required switch off, a required menu's first choice), in the
+    expandable sections Home Assistant 2025.x added as well."""
+    data: dict[str, Any] = {}
+    for field in schema:
+        name = field["name"]
+        if field.get("type") == "expandable":
+            data[name] = form_data(field["schema"], given)
+        elif name in given:
+            data[name] = given[name]
+        elif "default" in field:
+            data[name] = field["default"]
+        elif field.get("required"):
+            selector = field.get("selector", {})
+            if "boolean" in selector:
+                data[name] = False
+            elif "select" in selector:
+                first = selector["select"]["options"][0]
+                data[name] = first["value"] if isinstance(first, dict) else first
+    return data
+
+
 async def add_mqtt(ha: HomeAssistant, host: str, port: int) -> dict[str, Any]:
     """Set up the MQTT integration through its config flow (as a user would in the UI)."""
     async with httpx.AsyncClient(timeout=60, base_url=ha.url, headers=ha.headers()) as http:
@@ -318,7 +454,7 @@ async def add_mqtt(ha: HomeAssistant, host: str, port: int) -> dict[str, Any]:
             if flow.get("type") == "menu":
                 data: dict[str, Any] = {"next_step_id": "broker"}
             elif flow.get("type") == "form":
-                data = {"broker": host, "port": port}
+                data = form_data(flow.get("data_schema", []), {"broker": host, "port": port})
             else:
                 raise HarnessError(f"MQTT config flow: unexpected step {flow}")
             response = await http.post(f"/api/config/config_entries/flow/{flow['flow_id']}",
@@ -329,9 +465,15 @@ async def add_mqtt(ha: HomeAssistant, host: str, port: int) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    began = time.monotonic()
-    try:
-        path = ensure_venv()
-    except HarnessError as error:
-        sys.exit(str(error))
-    print(f"{path} (Home Assistant {HA_VERSION}) ready in {time.monotonic() - began:.0f} s")
+    wanted = sys.argv[1:] or [r.version for r in RELEASES]
+    for release in RELEASES:
+        if release.version not in wanted:
+            continue
+        began = time.monotonic()
+        try:
+            runtime = ensure(release)
+        except HarnessError as error:
+            sys.exit(str(error))
+        where = f" in the Debian root {runtime.root}" if runtime.root else ""
+        print(f"Home Assistant {release.version}: {runtime.python}{where}, ready in "
+              f"{time.monotonic() - began:.0f} s")

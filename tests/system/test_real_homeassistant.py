@@ -13,24 +13,24 @@ them: same entities, same entity ids, and no duplicate or orphan in the registri
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from support.helpers import BridgeFactory, make_settings, poll, retained, wait_until
-from support.homeassistant_harness import (
-    HomeAssistant,
-    add_mqtt,
-    ensure_venv,
-    onboard,
-    running,
-    wait_api,
+from support.helpers import BridgeFactory, make_settings, retained, wait_until
+from support.homeassistant_api import (
+    Api,
+    devices_by_identifier,
+    mqtt_entities,
+    mqtt_problems,
+    simulated_scooters,
+    start_homeassistant,
+    wait_until_async,
 )
+from support.homeassistant_harness import HomeAssistant, wait_api
 
 from bridge.app.bridge import Bridge
 from bridge.sim import Responder, Simulator
@@ -46,6 +46,10 @@ MODEL = DEVICE_TYPES[DEVICE_TYPE_ID]["title"]
 MANUFACTURER = PROTOCOLS[DEVICE_TYPES[DEVICE_TYPE_ID]["protocol_id"]]["title"]
 
 
+# Home Assistant's warning when a device config is replaced by per-entity configs
+ROLLBACK = "No device components to cleanup"
+
+
 @dataclass(frozen=True)
 class Expected:
     """One entity of the seed scooter as Home Assistant must show it."""
@@ -55,6 +59,9 @@ class Expected:
     unit: str | None = None
     # the state Home Assistant must show, from the simulated device (None: not checked)
     state: Callable[[SimDevice], str | float | None] | None = None
+    # where the device page shows it: main (None), Configuration, Diagnostic
+    category: str | None = None
+    icon: str | None = None  # the icon the bridge gives it (None: not checked)
 
 
 def _num(param: str) -> Callable[[SimDevice], float]:
@@ -69,98 +76,32 @@ def _onoff(param: str) -> Callable[[SimDevice], str]:
 # scooter's command profile: its entities, keyed by the suffix of `flespi_<id>_<key>`.
 # (No ignition, movement, external voltage: the scooter does not report them. No "Locked"
 # binary sensor: the lock entity shows that state.)
+DIAG, CONFIG = "diagnostic", "config"
 EXPECTED: dict[str, Expected] = {
     "battery": Expected("sensor", "battery", "%", _num("battery.level")),
     "voltage": Expected("sensor", "voltage", "V", _num("battery.voltage")),
-    "signal": Expected("sensor", None, "%", _num("gsm.signal.level")),
+    "signal": Expected("sensor", None, "%", _num("gsm.signal.level"), DIAG, "mdi:signal"),
     "altitude": Expected("sensor", "distance", "m", _num("position.altitude")),
-    "satellites": Expected("sensor", None, None, _num("position.satellites")),
-    "hdop": Expected("sensor", None, None, _num("position.hdop")),
+    "satellites": Expected("sensor", None, None, _num("position.satellites"), DIAG),
+    "hdop": Expected("sensor", None, None, _num("position.hdop"), DIAG),
     "speed": Expected("sensor", "speed", "km/h", _num("position.speed")),
     "direction": Expected("sensor", None, "°", _num("position.direction")),
-    "last_seen": Expected("sensor", "timestamp", None),
+    "last_seen": Expected("sensor", "timestamp", None, category=DIAG),
     "charging": Expected("binary_sensor", "battery_charging", None,
                          _onoff("battery.charging.status")),
-    "position_valid": Expected("binary_sensor", None, None, _onoff("position.valid")),
-    "connectivity": Expected("binary_sensor", "connectivity", None, lambda dev: "on"),
+    "position_valid": Expected("binary_sensor", None, None, _onoff("position.valid"), DIAG,
+                               "mdi:map-marker-check"),
+    "connectivity": Expected("binary_sensor", "connectivity", None, lambda dev: "on", DIAG),
     "position": Expected("device_tracker"),
     "lock": Expected("lock", None, None,
                      lambda dev: "locked" if dev.value("lock.status") else "unlocked"),
-    "restart": Expected("button"),
-    "upload_interval": Expected("number", None, "s", lambda dev: float(
-        dev.settings["upload_interval"]["upload_interval"])),  # the device's setting
-    "last_command": Expected("sensor"),
+    # a restart is a setting-like action, not a main control beside the lock
+    "restart": Expected("button", "restart", category=CONFIG),
+    "upload_interval": Expected("number", "duration", "s", lambda dev: float(
+        dev.settings["upload_interval"]["upload_interval"]), CONFIG),  # the device's setting
+    "last_command": Expected("sensor", category=DIAG, icon="mdi:console-line"),
+    "command_result": Expected("event", icon="mdi:console-line"),
 }
-
-
-@pytest.fixture(scope="session")
-def ha_python() -> Path:
-    """The cached Home Assistant venv (built on first use). A failure fails the test."""
-    return ensure_venv()
-
-
-@pytest.fixture
-def homeassistant(ha_python: Path, tmp_path: Path) -> Iterator[HomeAssistant]:
-    with running(ha_python, tmp_path / "ha") as ha:
-        yield ha
-
-
-class Api:
-    def __init__(self, ha: HomeAssistant) -> None:
-        self.ha = ha
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.ha.url, headers=self.ha.headers(), timeout=30)
-
-    async def state(self, entity_id: str) -> dict[str, Any] | None:
-        async with self.client() as http:
-            response = await http.get(f"/api/states/{entity_id}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def template(self, template: str) -> str:
-        async with self.client() as http:
-            response = await http.post("/api/template", json={"template": template})
-        response.raise_for_status()
-        return response.text
-
-    async def call(self, domain: str, service: str, **data: Any) -> None:
-        async with self.client() as http:
-            response = await http.post(f"/api/services/{domain}/{service}", json=data)
-        response.raise_for_status()
-
-    async def wait_state(self, entity_id: str, predicate: Callable[[dict[str, Any] | None], bool],
-                         timeout: float = 30, what: str = "") -> dict[str, Any] | None:
-        """Poll /api/states (a child process has no event to wait on)."""
-        return await poll(lambda: self.state(entity_id), predicate, timeout,
-                          lambda last: f"{entity_id} {what} (last: {last})", interval=0.2)
-
-
-def mqtt_entities(ha: HomeAssistant) -> dict[str, dict[str, Any]]:
-    """The entity registry on disk: unique_id -> entry, for the MQTT platform."""
-    registry = ha.storage("core.entity_registry")
-    if registry is None:
-        return {}
-    entries = [e for e in registry["data"]["entities"] if e["platform"] == "mqtt"]
-    uids = [e["unique_id"] for e in entries]
-    assert len(uids) == len(set(uids)), f"duplicate unique_ids in the registry: {uids}"
-    return {e["unique_id"]: e for e in entries}
-
-
-def devices_by_identifier(ha: HomeAssistant) -> dict[str, dict[str, Any]]:
-    registry = ha.storage("core.device_registry")
-    if registry is None:
-        return {}
-    found: dict[str, dict[str, Any]] = {}
-    for device in registry["data"]["devices"]:
-        for domain, identifier in device["identifiers"]:
-            if domain == "mqtt":
-                assert identifier not in found, f"two devices with identifier {identifier}"
-                found[identifier] = device
-    return found
 
 
 async def wait_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, dict[str, Any]]:
@@ -206,6 +147,9 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
         assert entry["entity_id"].split(".")[0] == want.domain, (key, entry["entity_id"])
         assert entry["original_device_class"] == want.device_class, key
         assert entry["unit_of_measurement"] == want.unit, key
+        assert entry["entity_category"] == want.category, key
+        if want.icon is not None:
+            assert entry["original_icon"] == want.icon, key
         ids[key] = entry["entity_id"]
     return ids
 
@@ -213,9 +157,10 @@ def check_registries(ha: HomeAssistant, dev: SimDevice) -> dict[str, str]:
 def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | None) -> bool:
     if state is None or state["state"] == "unavailable":
         return False
-    if state["state"] == "unknown" and want.domain != "button" and key != "last_command":
-        return False  # a button has no state until pressed, Last command none before the
-        # first command
+    if state["state"] == "unknown" and want.domain not in ("button", "event") \
+            and key != "last_command":
+        return False  # a button has no state until pressed, an event until one fires, Last
+        # command none before the first command
     attrs = state["attributes"]
     if attrs.get("device_class") != want.device_class or \
             attrs.get("unit_of_measurement") != want.unit:
@@ -224,8 +169,9 @@ def _matches(key: str, want: Expected, dev: SimDevice, state: dict[str, Any] | N
         newest = max(ts for _, ts in dev.telemetry.values())
         shown = datetime.fromisoformat(state["state"])
         return abs(shown.timestamp() - newest) < 1.5
-    if key == "position":
+    if key == "position":  # gps_accuracy: Home Assistant's zones need it
         return bool(attrs.get("source_type") == "gps") \
+            and attrs.get("gps_accuracy") == round(dev.value("position.hdop") * 5.0, 1) \
             and abs(attrs["latitude"] - dev.value("position.latitude")) < 1e-6 \
             and abs(attrs["longitude"] - dev.value("position.longitude")) < 1e-6
     if key == "upload_interval" and (attrs.get("min"), attrs.get("max")) != (
@@ -249,37 +195,10 @@ async def check_states(api: Api, ids: dict[str, str], dev: SimDevice,
                              what=f"showing {key} of {dev.name}")
 
 
-PROBLEM = re.compile(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) \([^)]*\) \[([^\]]*)\] (.*)$")
-
-
-def mqtt_problems(ha: HomeAssistant) -> list[str]:
-    """Warnings and errors of Home Assistant's MQTT integration, and of the templates the
-    bridge's discovery configs hold."""
-    found = []
-    for line in ha.log().splitlines():
-        match = PROBLEM.match(line)
-        if match and ("mqtt" in match.group(2) or "value_json" in match.group(3)
-                      or "flespi" in match.group(3)):
-            found.append(line)
-    return found
-
-
 @pytest.fixture
 async def fleet(upstream: mosquitto.Broker) -> AsyncIterator[tuple[Simulator, Responder]]:
-    sim = Simulator(upstream.host, upstream.port, devices=2, seed=7)
-    await sim.start()
-    responder = Responder(sim)
-    await responder.attach()
-    yield sim, responder
-    await responder.close()
-    await sim.stop()
-
-
-async def start_homeassistant(ha: HomeAssistant, broker: mosquitto.Broker) -> None:
-    ha.start()
-    await wait_api(ha)
-    await onboard(ha)
-    await add_mqtt(ha, broker.host, broker.port)
+    async with simulated_scooters(upstream, 2) as both:
+        yield both
 
 
 async def test_scooter_in_a_real_home_assistant(
@@ -350,7 +269,8 @@ async def test_scooter_in_a_real_home_assistant(
     # ... and its result is on the device's Last command sensor
     await api.wait_state(ids["last_command"],
                          lambda s: s is not None and s["state"] == "ok"
-                         and s["attributes"].get("command") == "lock",
+                         and s["attributes"].get("command") == "Lock"  # the label
+                         and bool(s["attributes"].get("time")),
                          what="Last command: ok")
     # The device locks itself (no command): Home Assistant follows the telemetry.
     await sim.set_values(seed.id, {"lock.status": True})
@@ -365,7 +285,7 @@ async def test_scooter_in_a_real_home_assistant(
     await api.call("number", "set_value", entity_id=ids["upload_interval"], value=120)
     await api.wait_state(ids["last_command"],
                          lambda s: s is not None and s["state"] == "error"
-                         and s["attributes"].get("command") == "upload_interval",
+                         and s["attributes"].get("command") == "Report interval",
                          what="Last command: the refused set")
     await api.wait_state(ids["upload_interval"],
                          lambda s: shows_number(s, interval),
@@ -383,9 +303,23 @@ async def test_scooter_in_a_real_home_assistant(
     ha.start()
     await wait_api(ha)
     await check_states(api, ids, seed)
-
-    ha.stop()
     assert mqtt_problems(ha) == [], "MQTT warnings or errors in Home Assistant's log"
+
+    # Back to per-entity discovery: the same entities and entity ids, no orphan. Home
+    # Assistant logs its own rollback of each device config it unloads (documented in
+    # docs/home-assistant.md): that line only, and only in this direction.
+    await bridge.stop()
+    back = await bridge_factory(make_settings(upstream, local, commands=profiles,
+                                              homeassistant={"discovery_mode": "entity"}))
+    await asyncio.wait_for(back.loaded.wait(), 30)
+    await wait_until_async(lambda: retained(local, ["homeassistant/device/flespi/+/config"]),
+                           lambda found: found == {}, what="no device config left")
+    await check_states(api, ids, seed)
+    ha.stop()
+    assert check_registries(ha, seed) == ids
+    check_no_orphans(ha, sim)
+    assert mqtt_problems(ha, allowed=(ROLLBACK,)) == [], \
+        "MQTT warnings or errors in Home Assistant's log"
 
 
 # A deleted device's state topic is cleared (empty retained payload) while Home Assistant's
@@ -437,20 +371,6 @@ def shows_number(state: dict[str, Any] | None, value: float) -> bool:
         return False
 
 
-async def wait_until_async(get: Callable[[], Any], predicate: Callable[[Any], bool],
-                           timeout: float = 30, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await get()
-        if predicate(value):
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} "
-                                 f"(last: {value!r})")
-        await asyncio.sleep(0.2)
-
-
 def test_mqtt_problem_check_catches_home_assistant_log_lines(tmp_path: Path) -> None:
     """The log check can fail: it reads Home Assistant's own line format."""
     ha = HomeAssistant(Path("python"), tmp_path)
@@ -462,3 +382,16 @@ def test_mqtt_problem_check_catches_home_assistant_log_lines(tmp_path: Path) -> 
         "Template variable error: 'value_json' is undefined\n"
         "2025-04-20 10:00:00.126 ERROR (MainThread) [homeassistant.core] not ours\n")
     assert [line.split()[2] for line in mqtt_problems(ha)] == ["WARNING", "ERROR"]
+
+
+def test_the_log_check_reads_what_was_logged_before_a_restart(tmp_path: Path) -> None:
+    """Home Assistant renames its log at every start: a warning logged before a restart
+    still fails the check."""
+    ha = HomeAssistant(Path("python"), tmp_path)
+    ha.log_path.write_text("2026-12-07 10:00:00.123+00:00 WARNING (MainThread) "
+                           "[homeassistant.components.mqtt.discovery] before the restart\n")
+    ha.runtime = type(ha.runtime)(ha.runtime.release, Path("/bin/true"))
+    ha.start()  # `/bin/true` for Home Assistant: only the log's hand-over matters here
+    assert ha.proc is not None
+    ha.proc.wait()
+    assert [line.split()[2] for line in mqtt_problems(ha)] == ["WARNING"]

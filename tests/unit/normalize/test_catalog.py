@@ -104,14 +104,19 @@ def test_device_info_rows_make_no_entity() -> None:
 def test_every_row_is_valid_for_home_assistant(param: catalog.Parameter) -> None:
     attr = param.attribute
     assert attr is not None
-    assert attr.component in ("sensor", "binary_sensor")
+    assert attr.component in ("sensor", "binary_sensor", "event")
     assert attr.label
     assert attr.name.isidentifier()
     assert ha_classes.problems(attr.component, attr.device_class, attr.unit,
                                attr.state_class, attr.type in ("int", "float")) == []
     assert attr.entity_category in (None, "diagnostic")
-    if attr.component == "binary_sensor":
+    if attr.component in ("binary_sensor", "event"):
         assert attr.type == "bool"
+    if attr.component == "event":
+        assert attr.events, "an event-only row makes events"
+    for value, event_type in attr.events:
+        assert isinstance(value, bool)
+        assert event_type.isidentifier()
 
 
 # the rows users chart most: (parameter) -> (attribute, type, unit, device class, state class)

@@ -29,9 +29,12 @@ RULES = [
     ("can.hood.status", True, ("binary_sensor", "bool", None, "opening", None)),
     ("engine.working.status", False, ("binary_sensor", "bool", None, None, None)),
     ("can.front.left.door.status", True, ("binary_sensor", "bool", None, "door", None)),
-    ("harsh.braking.event", True, ("binary_sensor", "bool", None, None, None)),
-    ("panic.alarm.status", True, ("binary_sensor", "bool", None, "safety", None)),
+    # events: an event entity (and device triggers), no binary sensor
+    ("harsh.braking.event", True, ("event", "bool", None, None, None)),
+    ("panic.alarm.status", True, ("event", "bool", None, None, None)),
+    ("geofence.depot.status", True, ("binary_sensor", "bool", None, "presence", None)),
     ("can.vehicle.battery.voltage", 12.7, ("sensor", "float", "V", "voltage", "measurement")),
+    ("can.engine.oil.pressure", 310, ("sensor", "float", "kPa", "pressure", "measurement")),
     ("ain.3", 3.3, ("sensor", "float", "V", "voltage", "measurement")),
     ("can.intake.air.temperature", 31, ("sensor", "float", "°C", "temperature",
                                         "measurement")),
@@ -70,6 +73,7 @@ def test_rule(name: str, value: Any, expected: tuple[Any, ...]) -> None:
     ("dout.2", "Digital output 2"),
     ("can.engine.coolant.temperature", "CAN engine coolant temperature"),
     ("towing.alarm.status", "Towing alarm"),
+    ("gsm.cellid", "GSM cell ID"),
     ("ble.sensor.temperature.2", "BLE sensor temperature 2"),
     ("status", "Status"),
 ])
@@ -115,6 +119,10 @@ def test_diagnostics_are_disabled_by_default() -> None:
         attr = made(name, 3)
         assert attr.entity_category is None
         assert attr.enabled_by_default, name
+    # a source prefix (custom, io) with a tag that says what the value is: a main entity
+    for name, value in (("custom.door", True), ("io.battery.voltage", 12.1)):
+        attr = made(name, value)
+        assert (attr.entity_category, attr.enabled_by_default) == (None, True), name
 
 
 @pytest.mark.parametrize(("name", "value", "reason"), [
