@@ -30,11 +30,11 @@ from support.helpers import (
 from bridge.app.bridge import Bridge
 from bridge.commands.gateway import (
     CommandGateway,
-    TokenBucket,
     flespi_command,
     parse_entity_command,
     parse_set,
 )
+from bridge.commands.limits import TokenBucket
 from bridge.config.profiles import CommandSettings
 from bridge.core.store import Device, Info
 from bridge.exceptions import CommandError
