@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import ssl
 import statistics
 import time
@@ -83,8 +84,7 @@ async def one(variant: str) -> tuple[float, float]:
             await runner.cleanup()
 
 
-def _bound() -> Any:
-    import socket
+def _bound() -> socket.socket:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     return sock

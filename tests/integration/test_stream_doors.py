@@ -19,8 +19,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import trustme
-from support.helpers import BridgeFactory, BridgeProcess, Procs, make_settings, metric, wait_until
+from support.helpers import (
+    BridgeFactory,
+    BridgeProcess,
+    Procs,
+    make_settings,
+    metric,
+    server_certificate,
+    wait_until,
+)
 
 from bridge.app.bridge import Bridge
 from bridge.sim import brokers as mosquitto
@@ -69,6 +76,11 @@ async def held(port: int, send: bytes, source: str = "127.0.0.1", limit: float =
         writer.close()
 
 
+async def closed(health_port: int, reason: str) -> float | None:
+    """How many stream connections the bridge closed or refused for `reason` so far."""
+    return await metric(health_port, P + "stream_connections_closed_total", reason=reason)
+
+
 def partial_body() -> bytes:
     return (f"POST {PATH} HTTP/1.1\r\nHost: x\r\nAuthorization: {AUTH}\r\n"
             "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n[{").encode()
@@ -105,10 +117,8 @@ async def test_slowloris_connections_are_closed_within_the_deadline(
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert took <= BODY + MARGIN
     health = bridge.health.port
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="header_timeout") == 20
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="body_timeout") == 5
+    assert await closed(health, "header_timeout") == 20
+    assert await closed(health, "body_timeout") == 5
 
 
 async def test_idle_keepalive_connections_are_closed(
@@ -211,10 +221,8 @@ async def test_connections_beyond_the_caps_are_answered_503(
     # 7 > 5: of the 6 slots, one (a quarter, rounded down) is kept for clients that pushed
     assert sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results) == 2
     health = bridge.health.port
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="per_address") == 2
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="connections") == 2
+    assert await closed(health, "per_address") == 2
+    assert await closed(health, "connections") == 2
 
 
 async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
@@ -266,7 +274,7 @@ async def test_a_flood_leaves_healthz_and_authorized_batches_alone(
         assert answer == b"" or answer.startswith((b"HTTP/1.1 408 ", b"HTTP/1.1 503 "))
     refused = sum(a.startswith(b"HTTP/1.1 503 ") for a, _ in results)
     assert refused >= 320  # of each wave's 80: 16 over the per-address cap, 16 over 48
-    by_reason = [await metric(health, P + "stream_connections_closed_total", reason=r)
+    by_reason = [await closed(health, r)
                  for r in ("per_address", "connections")]
     assert sum(n or 0 for n in by_reason) == refused
     logging.getLogger(__name__).warning(
@@ -282,11 +290,7 @@ async def test_tls_handshakes_under_way_count_against_the_caps(
     20 stopping inside their ClientHello) from 2 addresses: the 6 strangers' slots of 8 are
     held until the header deadline, every other connection is closed at once, /healthz
     answers 200, and the client that had pushed still gets its batches in (the reserve)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    ca, cert_file, key_file = server_certificate(tmp_path)
     bridge = await started(bridge_factory, upstream, local, max_connections=8,
                            max_connections_per_address=8, cert_file=str(cert_file),
                            key_file=str(key_file))
@@ -309,10 +313,8 @@ async def test_tls_handshakes_under_way_count_against_the_caps(
     results = await flood
     assert all(answer in (b"", b"<reset>") for answer, _ in results)  # no plain-text answer
     assert sorted(took > HEADER - 0.2 for _, took in results) == [False] * 34 + [True] * 6
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="header_timeout") == 6
-    assert await metric(health, P + "stream_connections_closed_total",
-                        reason="connections") == 34
+    assert await closed(health, "header_timeout") == 6
+    assert await closed(health, "connections") == 34
     assert await metric(health, P + "stream_connections_open") == 0
 
 

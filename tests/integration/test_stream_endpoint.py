@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.helpers import (
@@ -32,6 +31,7 @@ from support.helpers import (
     make_settings,
     metric,
     retained,
+    server_certificate,
     wait_metric,
     wait_until,
 )
@@ -215,11 +215,7 @@ async def test_refusals_change_nothing_and_never_log_the_authorization(
 
 async def test_tls_with_a_private_ca(upstream: mosquitto.Broker, local: mosquitto.Broker,
                                      bridge_factory: BridgeFactory, tmp_path: Path) -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
-    cert.private_key_pem.write_to_path(str(key_file))
+    ca, cert_file, key_file = server_certificate(tmp_path)
     bridge = await started(bridge_factory, make_settings(
         upstream, local,
         stream=stream_options(cert_file=str(cert_file), key_file=str(key_file))))

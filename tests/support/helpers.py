@@ -18,6 +18,7 @@ import aiomqtt
 import httpx
 import orjson
 import tomli_w
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.app.bridge import Bridge
@@ -334,3 +335,14 @@ def expected_state(sim: Simulator, device_id: int) -> dict[str, Any]:
         "position_valid": pos["valid"],
         "last_seen": iso(newest),
     }
+
+
+def server_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[trustme.CA, Path, Path]:
+    """A private CA and a certificate for `host` it signed: (the CA, the chain's file, the
+    key's file), for a listener's built-in TLS (`stream.cert_file`, `stream.key_file`)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert(host)
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return ca, cert_file, key_file
