@@ -134,19 +134,12 @@ class LocalBroker:
                 while True:
                     topic, payload, retain = await client.message()
                     self._routes.dispatch(topic, payload, retain)
-            except ProtocolRefusedError as exc:
+            except LocalUnavailableError as exc:
                 self._lost()
-                if s.protocol == "auto":
+                if isinstance(exc, ProtocolRefusedError) and s.protocol == "auto":
                     self.protocol = 4  # at once, without a backoff: kept if it connects
                     self._fell_back = str(exc)
                     continue
-                delay = self._backoff.next()
-                log.error("local broker %s:%s: %s, and local.protocol is \"5\": reconnecting "
-                          "in %.0fs", s.host, s.port, exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            except LocalUnavailableError as exc:
-                self._lost()
                 if self._fell_back:  # MQTT 3.1.1 failed too: MQTT 5 was not the reason
                     self.protocol, self._fell_back = 5, ""
                 delay = self._backoff.next()
@@ -156,6 +149,9 @@ class LocalBroker:
                               "id %r (two bridges, or two replicas, sharing local.client_id?); "
                               "give each bridge its own. Reconnecting in %.0fs", s.host,
                               s.port, exc, s.client_id, delay)
+                elif isinstance(exc, ProtocolRefusedError):  # local.protocol = "5"
+                    log.error("local broker %s:%s: %s, and local.protocol is \"5\": "
+                              "reconnecting in %.0fs", s.host, s.port, exc, delay)
                 elif up_since is not None and time.monotonic() - up_since < STABLE_AFTER:
                     log.error("local broker %s:%s: %s, %.1fs after connecting; reconnecting "
                               "in %.1fs. If this repeats: is another client connected with "
