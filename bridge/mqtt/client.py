@@ -222,16 +222,15 @@ class MqttClient:
             self._pinger.cancel()
         why = self._disconnected or LocalUnavailableError(
             f"connection to {self.where} lost" + (f": {exc}" if exc else ""))
-        if self._connack is not None and not self._connack.done():
-            self._connack.set_exception(why if exc is None else
-                                        LocalUnavailableError(str(exc) or type(exc).__name__))
-        for future in self._subacks.values():
+        failed: list[asyncio.Future[Any]] = [self.closed, *self._subacks.values()]
+        if self._connack is not None:
+            failed.append(self._connack)
+        for future in failed:
             if not future.done():
-                future.set_exception(why)
+                future.set_exception(why if exc is None or future is not self._connack else
+                                     LocalUnavailableError(str(exc) or type(exc).__name__))
+                future.exception()  # retrieved: a waiter still gets it; none need wait
         self._flight.clear()
-        if not self.closed.done():
-            self.closed.set_exception(why)
-            self.closed.exception()  # retrieved: nobody has to wait for it
         handlers, self._lost_handlers = self._lost_handlers, []
         for handler in handlers:
             handler()

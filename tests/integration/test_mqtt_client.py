@@ -346,3 +346,27 @@ async def test_a_qos2_message_is_answered_as_qos2(brokers: Brokers) -> None:
                     await sender.publish(f"qos2/{i}", b"%d" % i, qos=2)
             assert [await next_message(reader) for _ in range(3)] == [
                 (f"qos2/{i}", b"%d" % i, False) for i in range(3)]
+
+
+async def test_a_broker_that_is_down_leaves_no_unretrieved_failure(brokers: Brokers) -> None:
+    """Reconnect attempts to a broker that is down (refused, or lost right away) log one
+    line each, from the bridge: asyncio's "Future exception was never retrieved" for the
+    client's own futures must never appear (it did at every attempt)."""
+    import gc
+
+    loop = asyncio.get_running_loop()
+    unretrieved: list[str] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context["message"]))
+    try:
+        broker = brokers()
+        broker.stop()  # nothing listens on its port now
+        for attempt in range(3):
+            client = MqttClient(broker.host, broker.port, client_id=f"down-{attempt}")
+            with pytest.raises(LocalUnavailableError):
+                await client.connect()
+            del client
+            gc.collect()
+        assert unretrieved == []
+    finally:
+        loop.set_exception_handler(previous)
