@@ -26,6 +26,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.config import report
+from bridge.config.cluster import ClusterSettings
 from bridge.config.files import CHECK_FILES
 from bridge.config.profiles import CommandSettings
 from bridge.config.sections import (
@@ -80,6 +81,7 @@ class Settings(BaseSettings):
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +96,19 @@ class Settings(BaseSettings):
             if isinstance(values, dict) and isinstance(values.get(key), str):
                 stripped[section] = {**values, key: values[key].strip()}
         return stripped
+
+    @model_validator(mode="after")
+    def _client_ids_per_shard(self) -> Settings:
+        """A split fleet: each replica's client ids end in `-<shard>` (`docs/cluster.md`).
+        Set here, once, so that every user of a client id sees the replica's own."""
+        c = self.cluster
+        if c.shards > 1:
+            # frozen models: the one place a section is replaced after validation
+            object.__setattr__(self, "flespi", self.flespi.model_copy(
+                update={"client_id": c.client_id(self.flespi.client_id)}))
+            object.__setattr__(self, "local", self.local.model_copy(
+                update={"client_id": c.client_id(self.local.client_id)}))
+        return self
 
     @classmethod
     def settings_customise_sources(
