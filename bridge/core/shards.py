@@ -60,3 +60,16 @@ class Shard:
     def mine(self, device_id: int) -> bool:
         """Whether the hash gives `device_id` to this shard."""
         return self.count == 1 or shard_of(device_id, self.count) == self.index
+
+
+class Fleet:
+    """Every device id of the whole fleet, all shards, when it is split (`shards` > 1).
+
+    Filled by the flespi side from flespi's retained device objects (a low-volume source,
+    subscribed by every replica); read by the local side: which devices are gone (cleanup)
+    and which commands name a device no shard has (answered by shard 0 alone). With one
+    shard it stays empty: the store already holds every device.
+    """
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
