@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bridge import __version__
+from bridge.app import signals
 from bridge.app.signals import stop_on_signals
 from bridge.config import settings as config
 from bridge.exceptions import BrokerUnavailableError, ConfigError, ListenError
@@ -114,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return await serve(bridge, stop)
 
     _event_loop_policy()
-    return asyncio.run(main())
+    return signals.run(main())
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -144,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cleared = asyncio.run(demo_clean.clean(own))
             print(f"cleared {cleared} retained topic(s) of the demo from {own.address}")
             return 0
-        return asyncio.run(demo.run(devices=args.devices, rate=args.rate,
+        return signals.run(demo.run(devices=args.devices, rate=args.rate,
                                     duration=args.duration, fleet=args.fleet, own=own))
     except BrokerUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)

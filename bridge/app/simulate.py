@@ -12,6 +12,7 @@ import ssl
 import sys
 
 from bridge import logs
+from bridge.app import signals
 from bridge.app.signals import stop_on_signals
 from bridge.exceptions import BrokerUnavailableError
 from bridge.sim import Responder, Simulator
@@ -23,10 +24,10 @@ EXIT_FAILED = 1
 def run(args: argparse.Namespace) -> int:
     logs.setup("INFO", "text", [args.authorization or ""])
     if args.http_stream:
-        return asyncio.run(_stream(args))
+        return signals.run(_stream(args))
     if args.broker is not None:
         host, port = args.broker
-        return asyncio.run(_publish(args, host, port))
+        return signals.run(_publish(args, host, port))
     try:
         broker = mosquitto.start(extra_config=mosquitto.FLESPI_LIKE)
     except BrokerUnavailableError as exc:
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     with broker:
         print(f"no --broker given: started a throwaway broker on {broker.address} "
               "(it stops with the simulator)", flush=True)
-        return asyncio.run(_publish(args, broker.host, broker.port))
+        return signals.run(_publish(args, broker.host, broker.port))
 
 
 async def _publish(args: argparse.Namespace, host: str, port: int) -> int:

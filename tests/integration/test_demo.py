@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import aiomqtt
@@ -171,3 +173,20 @@ async def test_demo_on_your_own_broker_shows_commandable_entities_and_clean_remo
     left = await retained(local, ["#"])
     assert set(left) == {"flespi/42/state", "homeassistant/sensor/other/config"}
     assert re.fullmatch(r"cleared \d+ retained topic\(s\) of the demo from .*\n", cleaned.stdout)
+
+
+def test_a_second_signal_at_the_very_end_changes_nothing() -> None:
+    """An impatient second Ctrl-C, or `docker stop` after a Ctrl-C, landing while the demo
+    exits: still status 0 and nothing on stderr (before: killed, status -15, once the event
+    loop had put the default handlers back)."""
+    with Foreground("demo", "--devices", "2", "--rate", "5") as demo:
+        demo.read_until("/state: battery")
+        os.killpg(demo.proc.pid, signal.SIGINT)
+        demo.read_until("demo stopped")
+        while demo.proc.poll() is None:  # into every moment of the exit that is left
+            with contextlib.suppress(ProcessLookupError):
+                demo.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.002)
+        _, err = demo.proc.communicate(timeout=30)
+    assert demo.proc.returncode == 0
+    assert err == ""
