@@ -22,7 +22,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bridge.config import report
@@ -96,6 +103,18 @@ class Settings(BaseSettings):
             if isinstance(values, dict) and isinstance(values.get(key), str):
                 stripped[section] = {**values, key: values[key].strip()}
         return stripped
+
+    @field_validator("cluster")
+    @classmethod
+    def _no_stream_when_split(cls, value: ClusterSettings, info: ValidationInfo
+                              ) -> ClusterSettings:
+        stream = info.data.get("stream")
+        if value.shards > 1 and stream is not None and stream.enabled:
+            raise ValueError(
+                f"shards = {value.shards} with stream.enabled: flespi pushes the whole fleet "
+                "to one URL, so a replica would publish devices another one owns; run the "
+                "HTTP stream on a single bridge, or split the fleet over MQTT alone")
+        return value
 
     @model_validator(mode="after")
     def _client_ids_per_shard(self) -> Settings:
