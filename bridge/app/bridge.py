@@ -29,6 +29,7 @@ from bridge.config.settings import Settings
 from bridge.core.events import EventHub
 from bridge.core.ledger import AckLedger
 from bridge.core.lifecycle import Parts, Shutdown
+from bridge.core.shards import Fleet
 from bridge.core.store import Store
 from bridge.flespi.device_types import DeviceTypes
 from bridge.flespi.ingest import Ingest
@@ -71,6 +72,8 @@ class Bridge:
                                settings.metrics.max_devices)
         stats = self.stats = self.metrics.stats
         self.ledger = ledger = AckLedger()
+        # every device id of a split fleet: filled by the session, read by the local side
+        self.fleet = Fleet()
         events = EventHub()
         shutdown = Shutdown(settings.shutdown.grace)
         self.failed = shutdown.failed
@@ -92,7 +95,8 @@ class Bridge:
             Tuning(settings.local.coalesce_window, shutdown=shutdown))
         self.ingest = Ingest(settings, params, store, stats, publisher.outbox, events)
         self.session = session = UpstreamSession(settings, self.ingest, ledger, stats,
-                                                 link=link, wake=publisher.wake)
+                                                 link=link, wake=publisher.wake,
+                                                 fleet=self.fleet)
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
         self.republisher = Republisher(store, renderer, publisher, events,
                                        settings=settings.homeassistant)
