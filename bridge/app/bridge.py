@@ -94,7 +94,7 @@ class Bridge:
             store, ledger, local, renderer.render, stats,
             Tuning(settings.local.coalesce_window, shutdown=shutdown))
         self.ingest = Ingest(settings, params, store, stats, publisher.outbox, events)
-        self.session = session = UpstreamSession(settings, self.ingest, ledger, stats,
+        self.session = session = UpstreamSession(settings, self.ingest, ledger,
                                                  link=link, wake=publisher.wake,
                                                  fleet=self.fleet)
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)

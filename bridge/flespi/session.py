@@ -30,7 +30,6 @@ from bridge.config.tls import flespi_tls_context
 from bridge.core.backoff import Backoff
 from bridge.core.ledger import Ack, AckLedger
 from bridge.core.shards import Fleet
-from bridge.core.stats import Stats
 from bridge.exceptions import UpstreamError
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.ingest import Ingest
@@ -67,15 +66,15 @@ class UpstreamLink:
 
 
 class UpstreamSession:
-    def __init__(self, settings: Settings, ingest: Ingest, ledger: AckLedger, stats: Stats,
-                 *, link: UpstreamLink, wake: Callable[[], None], fleet: Fleet | None = None
+    def __init__(self, settings: Settings, ingest: Ingest, ledger: AckLedger, *,
+                 link: UpstreamLink, wake: Callable[[], None], fleet: Fleet | None = None
                  ) -> None:
         """`ingest` takes each upstream message (`wake` the publisher after it); the
         parameters subscribed to are those of its table. `fleet` is filled with every
         device id when the fleet is split."""
         self.settings = settings
         self.ledger = ledger
-        self.stats = stats
+        self.stats = ingest.stats
         self.link = link
         self.ingest = ingest.handle
         self._wake = wake
@@ -88,13 +87,10 @@ class UpstreamSession:
         self.loaded = asyncio.Event()
         self._stopping = asyncio.Event()
         self.shards: ShardSubscriptions | None = None
-        place = settings.cluster.place
-        if not place.single:
-            f = settings.flespi
+        if not settings.cluster.place.single:
             self.shards = ShardSubscriptions(
-                place, Fleet() if fleet is None else fleet, self._device_filters(),
-                comma_lists=f.use_comma_lists, reply_prefix=self.reply_prefix, stats=stats,
-                ingest=ingest.handle, devices=f.devices)
+                settings, Fleet() if fleet is None else fleet, self._device_filters(),
+                reply_prefix=self.reply_prefix, stats=self.stats, ingest=ingest.handle)
             self.ingest = self.shards.handle
 
     @property

@@ -33,11 +33,11 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
 
 import orjson
 
-from bridge.core.shards import Fleet, Shard
+from bridge.config.settings import Settings
+from bridge.core.shards import Fleet
 from bridge.core.stats import Stats
 from bridge.flespi.topics import MESSAGE_PREFIX, STATE_PREFIX, parse_id
 from bridge.flespi.upstream import Upstream, UserProperties
@@ -85,19 +85,20 @@ def packets(filters: Sequence[str], size: int = FILTERS_PER_PACKET) -> list[Sequ
 
 
 class ShardSubscriptions:
-    def __init__(self, place: Shard, fleet: Fleet, around: Around, *, comma_lists: bool,
-                 reply_prefix: str, stats: Stats, ingest: Handler,
-                 devices: Literal["all"] | Sequence[int] = "all") -> None:
-        """`around` is each own device's filters; `ingest` takes the own devices' messages;
-        `devices` is `flespi.devices` (a selection narrows the fleet too)."""
-        self.place = place
+    def __init__(self, settings: Settings, fleet: Fleet, around: Around, *,
+                 reply_prefix: str, stats: Stats, ingest: Handler) -> None:
+        """`around` is each own device's filters; `ingest` takes the own devices' messages.
+        From `settings`: the shard, comma lists or not, and `flespi.devices` (a selection
+        narrows the fleet too)."""
+        self.place = settings.cluster.place
         self.fleet = fleet
         self.around = list(around)
-        self.comma_lists = comma_lists
+        self.comma_lists = settings.flespi.use_comma_lists
         self.reply_prefix = reply_prefix
         self.record_topic = f"{reply_prefix}shards"
         self.stats = stats
         self._ingest = ingest
+        devices = settings.flespi.devices
         self._selection = None if devices == "all" else frozenset(devices)
         self._mine: dict[str, bool] = {}  # id level text -> own device (the hot path's cache)
         self.levels: dict[str, list[int]] = {}  # subscribed level -> its ids

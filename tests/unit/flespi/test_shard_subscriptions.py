@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.config import settings as config
 from bridge.core.ledger import Ack
-from bridge.core.shards import Fleet, Shard, shard_of
+from bridge.core.shards import Fleet, shard_of
 from bridge.core.stats import Stats
 from bridge.flespi import shard_subscriptions as shard_subs
 from bridge.flespi.shard_subscriptions import ShardSubscriptions, expand, levels
@@ -59,10 +60,13 @@ def part(shards: int = 2, shard: int = 1, *, comma_lists: bool = False
          ) -> tuple[ShardSubscriptions, list[str], Stats]:
     ingested: list[str] = []
     stats = Stats()
+    settings = config.load(overrides={
+        "flespi": {"token": "t", "host": "mqtt.flespi.io" if comma_lists else "127.0.0.1"},
+        "cluster": {"shards": shards, "shard": shard}})
+    assert settings.flespi.use_comma_lists == comma_lists
     subs = ShardSubscriptions(
-        Shard(shard, shards), Fleet(), device_filters(None, comma_lists=comma_lists,
-                                                      messages=True),
-        comma_lists=comma_lists, reply_prefix=PREFIX, stats=stats,
+        settings, Fleet(), device_filters(None, comma_lists=comma_lists, messages=True),
+        reply_prefix=PREFIX, stats=stats,
         ingest=lambda topic, payload, props: ingested.append(topic))
     return subs, ingested, stats
 
