@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 
 # Characters of ids in one comma-list level (flespi): ~120 seven-digit ids per filter.
 GROUP_CHARS = 1000
-# Topic filters in one SUBSCRIBE or UNSUBSCRIBE packet.
+# Topic filters in one SUBSCRIBE or UNSUBSCRIBE packet, and SUBSCRIBEs awaiting their SUBACK.
 FILTERS_PER_PACKET = 1000
+SUBSCRIBE_WINDOW = 4
 # Seconds a changed record waits for more changes before it is published again.
 RECORD_DELAY = 5.0
 
@@ -232,8 +233,15 @@ class ShardSubscriptions:
 
     async def _subscribe(self, up: Upstream, id_levels: Sequence[str],
                          resend_retained: bool) -> None:
-        for packet in packets(expand(self.around, id_levels)):
-            await up.subscribe(packet, resend_retained=resend_retained)
+        """`SUBSCRIBE_WINDOW` packets in flight: the replay of one flows while the broker
+        takes the next (one at a time, each SUBACK queues behind the previous replay)."""
+        window = asyncio.Semaphore(SUBSCRIBE_WINDOW)
+
+        async def one(packet: Sequence[str]) -> None:
+            async with window:
+                await up.subscribe(packet, resend_retained=resend_retained)
+
+        await asyncio.gather(*(one(p) for p in packets(expand(self.around, id_levels))))
 
     async def _unsubscribe(self, up: Upstream, filters: Sequence[str]) -> None:
         for packet in packets(filters):
