@@ -74,6 +74,8 @@ class Bridge:
         stats = self.stats = self.metrics.stats
         stats.shard = settings.cluster.place
         self.ledger = ledger = AckLedger()
+        # every device id of a split fleet: filled by the session, read by the local side
+        self.fleet = Fleet()
         events = EventHub()
         shutdown = Shutdown(settings.shutdown.grace)
         self.failed = shutdown.failed
@@ -101,8 +103,9 @@ class Bridge:
                    admit=lease.admits if lease else None))
         stats.shard_devices = lease.count if lease else None
         self.ingest = Ingest(settings, params, store, stats, publisher.outbox, events)
-        self.session = session = UpstreamSession(settings, self.ingest, ledger, stats,
-                                                 link=link, wake=publisher.wake)
+        self.session = session = UpstreamSession(settings, self.ingest, ledger,
+                                                 link=link, wake=publisher.wake,
+                                                 fleet=self.fleet)
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
         self.republisher = Republisher(store, renderer, publisher, events,
                                        settings=settings.homeassistant)
