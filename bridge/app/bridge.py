@@ -89,8 +89,6 @@ class Bridge:
         self.device_types = DeviceTypes(rest, stats, events)
         self.renderer = renderer = Renderer(settings, attrs, names=self.device_types.names,
                                             dropped=stats.dropped)
-        # every device id of a split fleet: filled by the session, read by the local side
-        self.fleet = Fleet()
         # with a split fleet, which replica publishes which device (None: one bridge)
         self.lease = lease = None if settings.cluster.place.single else Lease(
             renderer, store, self.fleet, events)
