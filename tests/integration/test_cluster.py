@@ -13,6 +13,7 @@ topic of a deleted device and no bridge topics of a replica that is gone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -133,7 +134,8 @@ async def test_three_replicas_share_the_fleet_and_survive_a_kill(
     await rec.wait_for(current(rec, fleet), timeout=120, what="every device's state")
     for r in replicas:
         mine = sum(1 for k in owner.values() if k == r.shard)
-        await wait_metric(r.port, "flespi_bridge_shard_devices", lambda v, m=mine: v == m,
+        await wait_metric(r.port, "flespi_bridge_shard_devices",
+                          lambda v, m=mine: v == m,  # type: ignore[misc]
                           shard=str(r.shard))
         await wait_metric(r.port, "flespi_bridge_shard_info", lambda v: v == 1,
                           shard=str(r.shard), shards="3")
@@ -193,3 +195,69 @@ async def test_three_replicas_share_the_fleet_and_survive_a_kill(
         d: {writer(owner[d])} for d in fleet.devices}, "each device written by its owner only"
     assert writes.writers[UNKNOWN] == {writer(0)}, "the unknown device answered by shard 0"
     assert writes.overlaps == []
+
+
+async def report(sim: Simulator, rate: float) -> None:
+    """The fleet keeps reporting (round-robin, `rate` messages a second) until cancelled;
+    deleted devices stop."""
+    while True:
+        for dev in list(sim.devices.values()):
+            if dev.id in sim.devices:
+                await sim.step(dev)
+                await asyncio.sleep(1 / rate)  # pacing the load, not waiting for anything
+
+
+async def test_a_rolling_resize_3_to_4_to_2_with_the_fleet_reporting(
+        tmp_path: Path, upstream: mosquitto.Broker, watched: mosquitto.Broker,
+        fleet: Simulator, rec: Recorder, procs: Procs) -> None:
+    replicas = {k: replica(tmp_path, upstream, watched, 3, k) for k in range(3)}
+    for r in replicas.values():
+        procs(r.proc).start()
+    for r in replicas.values():
+        await up(rec, r)
+    await rec.wait_for(current(rec, fleet), timeout=120, what="every device's state")
+    reporting = asyncio.create_task(report(fleet, rate=400))
+    gone = sorted(fleet.devices)[:6]
+
+    async def restart(shard: int, shards: int) -> None:
+        if shard in replicas:
+            await stop(replicas[shard])
+        replicas[shard] = replica(tmp_path, upstream, watched, shards, shard)
+        procs(replicas[shard].proc).start()
+        await up(rec, replicas[shard])
+
+    try:
+        # 3 -> 4 as a StatefulSet does it: the new pod, then the others, highest first
+        await restart(3, 4)
+        for shard in (2, 1):
+            await restart(shard, 4)
+        for d in gone[:3]:
+            await fleet.delete(d)  # deleted while the cluster is resized
+        await restart(0, 4)
+        # 4 -> 2: the pods beyond 2 go, then the others are updated
+        for shard in (3, 2):
+            await stop(replicas.pop(shard))
+        for d in gone[3:]:
+            await fleet.delete(d)  # deleted while their shard is down
+        for shard in (1, 0):
+            await restart(shard, 2)
+    finally:
+        reporting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporting
+    await fleet.flush()
+
+    await rec.wait_for(current(rec, fleet), timeout=120, what="every device's latest state")
+    leaves = ("state", "availability", "info")
+    await rec.wait_for(lambda: not [t for t in rec.latest if any(
+        t.startswith((f"{BASE}/{d}/", f"{PREFIX}/device/{BASE}/flespi_{d}/")) for d in gone)],
+        timeout=60, what="every topic of the deleted devices cleared")
+    await rec.wait_for(lambda: not [t for t in rec.latest if t.startswith(
+        (f"{BASE}/bridge/2/", f"{BASE}/bridge/3/"))], timeout=60,
+        what="the bridge topics of the replicas that are gone cleared")
+    assert all(f"{BASE}/{d}/{leaf}" in rec.latest for d in fleet.devices for leaf in leaves)
+    assert all(availability_topic(rec, d) == f"{BASE}/bridge/{shard_of(d, 2)}/state"
+               for d in fleet.devices)
+    writes = Writes.read(watched)
+    assert writes.overlaps == [], "never two replicas publishing one device at once"
+    assert set(fleet.devices) <= set(writes.writers)

@@ -14,9 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.helpers import BridgeProcess
-
 from bridge.sim import brokers as mosquitto
+from bridge.sim.fleet import DEVICE_TYPE_ID, SCOOTER_PROFILE
+from support.helpers import BridgeProcess
 
 BASE = "flespi"
 LOCAL_ID = "flespi-bridge"  # the default local client id; a replica's ends in -<shard>
@@ -27,7 +27,8 @@ LOGGING = ("log_type debug", "log_type notice", "max_queued_messages 0")
 _PUBLISH = re.compile(r"Received PUBLISH from (\S+) \(d\d, q\d, r\d, m\d+, '([^']*)', "
                       r".*\((\d+) bytes\)\)")
 _GONE = re.compile(r"(?:Received DISCONNECT from|Client|Socket error on client) ([^\s,]+)"
-                   r"(?: disconnected| closed its connection| has exceeded timeout|, disconnecting|$)")
+                   r"(?: disconnected| closed its connection| has exceeded timeout"
+                   r"|, disconnecting|$)")
 _DEVICE = re.compile(rf"{BASE}/([1-9][0-9]*)/")
 
 
@@ -49,6 +50,8 @@ def replica(tmp: Path, upstream: mosquitto.Broker, local: mosquitto.Broker, shar
     port = mosquitto.free_port()
     proc = BridgeProcess(folder, upstream, local, cluster={"shards": shards, "shard": shard},
                          flespi={"messages": True}, log={"level": "INFO"},
+                         commands={"profiles": {str(DEVICE_TYPE_ID): {
+                             "restart": SCOOTER_PROFILE["restart"]}}},
                          metrics={"enabled": True, "host": "127.0.0.1", "port": port})
     return Replica(proc, shard, shards, port)
 
