@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from bridge.core.events import (
     DeviceRemoved,
@@ -47,7 +48,6 @@ from bridge.core.events import (
 )
 from bridge.core.outbox import Outbox
 from bridge.core.store import Device, Store
-from bridge.core.topics import canonical_id
 from bridge.core.transport import Publication
 from bridge.exceptions import LocalUnavailableError
 from bridge.publish.inventory import PAGE_TIMEOUT, SubscriptionRefused
@@ -226,30 +226,32 @@ class Cleanup:
 
     def _foreign(self, topic: str) -> bool:
         """Whether a topic under the discovery prefix or the bridge's is another replica's
-        business (a split fleet): a device of the store it does not publish now, another
-        replica's bridge device or topics (but those of a retired one, for shard 0)."""
+        business (a split fleet): a device it does not publish now or that may be another's,
+        another replica's bridge topics or device (but a retired one's, for shard 0)."""
         lease = self.local.lease
         if lease is None:
             return False
         ha = self.renderer.ha
         owner = ha.owner(topic)
-        if owner is None:  # `<base>/bridge/<k>/lease|state`, or the single bridge's state
-            bridge = self.renderer.topics.bridge_topic(None, "")
-            rest = topic[len(bridge):] if topic.startswith(bridge) else ""
-            if rest == "state":
-                return not lease.retired(None)
-            level, _, leaf = rest.partition("/")
-            return not (level.isdigit() and leaf in ("lease", "state")
-                        and lease.retired(int(level)))
-        if owner[0] == ha.bridge_identifier:
-            return False
-        device_id = canonical_id(owner[0].removeprefix("flespi_"))
-        if device_id is None:  # another replica's bridge device, or the single bridge's
-            shard = owner[0].rsplit("_shard_", 1)[-1] if "_shard_" in owner[0] else ""
-            return not lease.retired(int(shard) if shard.isdigit() else None)
-        if device_id in self.store.devices:
-            return not lease.owns(device_id)
-        return not self._gone(device_id)
+        if owner is not None:
+            if owner[0] == ha.bridge_identifier:
+                return False
+            device_id = int(owner[0].removeprefix("flespi_"))
+            if device_id in self.store.devices:
+                return not lease.owns(device_id)
+            return not self._gone(device_id)
+        if topic.startswith(ha.prefix + "/"):  # another replica's (or one bridge's) device
+            bridge = re.search(rf"/flespi_bridge_{re.escape(ha.node)}(?:_shard_(\d+))?"
+                               r"(?:_[A-Za-z0-9]+)?/config$", topic)
+            return bridge is None or not lease.retired(
+                None if bridge.group(1) is None else int(bridge.group(1)))
+        # `<base>/bridge/<k>/lease|state`, or one bridge's `<base>/bridge/state`
+        rest = topic.removeprefix(self.renderer.topics.bridge_topic(None, ""))
+        if rest == "state":
+            return not lease.retired(None)
+        level, _, leaf = rest.partition("/")
+        return not (level.isdigit() and leaf in ("lease", "state")
+                    and lease.retired(int(level)))
 
     def stale(self, inventory: set[str]) -> list[str]:
         """Topics of `inventory` that nothing live stands behind, sorted."""
