@@ -84,9 +84,10 @@ async def gmqtt_count(host: str, port: int, expected: int, timeout: float) -> No
 
 
 async def gmqtt_replay(host: str, port: int, topics: list[str], expected: int,
-                       receive_maximum: int, timeout: float) -> None:
+                       receive_maximum: int, timeout: float, per_packet: int = 0) -> None:
     """Receive the retained replay of `topics` and count it: what any gmqtt client must
-    spend before a bridge can have published anything of it."""
+    spend before a bridge can have published anything of it. `per_packet` filters per
+    SUBSCRIBE, all sent at once (0: one SUBSCRIBE)."""
     from gmqtt import Client, Subscription
     from gmqtt.mqtt.constants import MQTTv50
 
@@ -99,7 +100,12 @@ async def gmqtt_replay(host: str, port: int, topics: list[str], expected: int,
     client = Client(f"bench-replay-{os.getpid()}", receive_maximum=receive_maximum)
     client.on_message = on_message
     await client.connect(host, port, version=MQTTv50)
-    client.subscribe([Subscription(t, qos=1) for t in topics])
+    step = per_packet or len(topics)
+    for start in range(0, len(topics), step):
+        client.subscribe([Subscription(t, qos=1) for t in topics[start:start + step]])
+        # gmqtt scans every subscription it keeps at each SUBACK: with a shard's per-device
+        # filters that is quadratic, which the bridge avoids the same way
+        client.subscriptions.clear()
     tally.ready()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.done.wait(), timeout)
@@ -167,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--topic", action="append", default=[],
                    help="gmqtt-replay: a topic filter (repeat for several)")
+    p.add_argument("--topics-file", help="gmqtt-replay: topic filters, one a line")
+    p.add_argument("--per-packet", type=int, default=0,
+                   help="gmqtt-replay: filters per SUBSCRIBE packet (0: all in one)")
     p.add_argument("--receive-maximum", type=int, default=5000,
                    help="gmqtt-replay: MQTT 5 receive maximum (the bridge's default)")
     p.add_argument("--no-uvloop", action="store_true")
@@ -181,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     elif args.kind == "aiomqtt-count":
         coro = aiomqtt_count(args.host, args.port, args.count, args.timeout)
     elif args.kind == "gmqtt-replay":
-        coro = gmqtt_replay(args.host, args.port, args.topic or [TOPIC], args.count,
-                            args.receive_maximum, args.timeout)
+        topics = list(args.topic)
+        if args.topics_file:
+            with open(args.topics_file) as fh:
+                topics += [line.strip() for line in fh if line.strip()]
+        coro = gmqtt_replay(args.host, args.port, topics or [TOPIC], args.count,
+                            args.receive_maximum, args.timeout, args.per_packet)
     else:
         coro = aiomqtt_relay(args.host, args.port, args.local_port, args.count, args.timeout)
     asyncio.run(coro)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bridgecfg, scenarios
+from bench import cluster as cluster_bench
 from bench import stream_ingest as stream_bench
 from bench import track as track_bench
 from bench.procs import REPO
@@ -35,7 +36,10 @@ from bench.scenarios import (
     startup_label,
 )
 
-SCENARIOS = ("ingest", "latency", "startup", "commands", "stream", "track")
+SCENARIOS = ("ingest", "latency", "startup", "commands", "stream", "track", "cluster")
+# Run only when named (`--only cluster`): its 100,000-device start-up alone takes minutes,
+# and a full run must end within its budget.
+OPT_IN = ("cluster",)
 README = REPO / "bench" / "README.md"
 TABLE_START = "<!-- bench:table:start -->"
 TABLE_END = "<!-- bench:table:end -->"
@@ -66,12 +70,15 @@ def scale(args: argparse.Namespace) -> Settings:
         s.commands = 20
         s.contestant_timeout = 60.0
         s.track_days = 3.0
+        s.cluster_devices = 4_000
     if args.messages:
         s.ingest_messages, s.ingest_publications = args.messages, None
     if args.devices:
         s.ingest_devices = args.devices
     if args.startup_devices:
         s.startup_devices = args.startup_devices
+    if args.cluster_devices:
+        s.cluster_devices = args.cluster_devices
     if args.latency_seconds:
         s.latency_seconds = args.latency_seconds
     if args.track_days:
@@ -187,6 +194,7 @@ def verdicts(ms: list[Measurement]) -> list[dict[str, Any]]:
             limit(f["rss"], "start-up peak RSS, 40,000 devices (issue 12)",
                   "startup_rss_40k_mb", "MB")
     rows += stock_verdicts(ms)
+    rows += cluster_bench.verdicts(ms)
     # the command target is judged on the configuration recommended for latency-sensitive
     # setups (local Mosquitto with `set_tcp_nodelay true`); the stock local broker's figure
     # and the echo that shows where it comes from stand beside it
@@ -487,7 +495,7 @@ async def run(args: argparse.Namespace) -> int:
     shutil.rmtree(settings.results / "streams", ignore_errors=True)  # never reuse old input
     for stale in settings.results.glob("*-profile.txt"):
         stale.unlink()
-    chosen = args.only or list(SCENARIOS)
+    chosen = args.only or [s for s in SCENARIOS if s not in OPT_IN]
     began = time.monotonic()
 
     def log(msg: str) -> None:
@@ -500,7 +508,8 @@ async def run(args: argparse.Namespace) -> int:
     for name in SCENARIOS:
         if name not in chosen:
             continue
-        func = {"stream": stream_bench.stream, "track": track_bench.track}.get(name) \
+        func = {"stream": stream_bench.stream, "track": track_bench.track,
+                "cluster": cluster_bench.cluster}.get(name) \
             or getattr(scenarios, name)
         if time.monotonic() - began > args.budget:
             log(f"{name}: skipped, the run has used its {args.budget:.0f} s budget")
@@ -573,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         description="flespi-bridge benchmarks against baselines, on loopback Mosquitto brokers.",
     )
     p.add_argument("--quick", action="store_true", help="small scale (about 2 minutes)")
-    p.add_argument("--only", nargs="+", choices=SCENARIOS, help="run only these scenarios")
+    p.add_argument("--only", nargs="+", choices=SCENARIOS,
+                   help="run only these scenarios (cluster runs only when named)")
     p.add_argument("--messages", type=int,
                    help="device messages of ingest (each one publication per catalogue "
                    "parameter; default: as many as make 220,000 publications) and stream")
@@ -581,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--startup-devices", type=fleet_sizes,
                    help="start-up: fleet sizes, comma-separated, each measured against its "
                         "own baseline (default 10000,40000; e.g. 10000,40000,100000)")
+    p.add_argument("--cluster-devices", type=lambda text: fleet_sizes(text)[0],
+                   help="cluster: the start-up fleet split over 4 shards (default 100000)")
     p.add_argument("--latency-seconds", type=float, help="latency: measured seconds")
     p.add_argument("--commands", type=int, help="command round trips to measure")
     p.add_argument("--command-payload", help='JSON for <base>/<id>/set (default '

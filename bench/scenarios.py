@@ -48,6 +48,7 @@ class Settings:
     # fleet sizes of the start-up scenario, each measured with its own baseline
     startup_devices: list[int] = field(default_factory=lambda: [10_000, 40_000])
     startup_parameters: int = 10
+    cluster_devices: int = 100_000  # the cluster scenario's start-up fleet, over 4 shards
     commands: int = 100
     command_devices: int = 20
     command_payload: dict[str, Any] = field(default_factory=lambda: {"command": "restart"})
@@ -79,7 +80,7 @@ class Measurement:
     brokers: str = ""  # the brokers that ran with `set_tcp_nodelay true` (Lab.nodelay_brokers)
 
 
-def _cpu_seconds(pid: int | None) -> float | None:
+def cpu_seconds(pid: int | None) -> float | None:
     if pid is None:
         return None
     with contextlib.suppress(psutil.Error):
@@ -208,7 +209,7 @@ async def scrape_metrics(proc: Proc, settings: Settings) -> dict[str, float]:
     """The bridge's own /metrics (saved beside its log); returns the processing latency
     histogram's summary (`flespi_bridge_processing_latency_seconds`) when it has one."""
     with contextlib.suppress(OSError, KeyError, ValueError, TimeoutError):
-        host, port = _metrics_address(proc.meta["config"])
+        host, port = metrics_address(proc.meta["config"])
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
         writer.write(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
         raw = await asyncio.wait_for(reader.read(), 10)
@@ -219,7 +220,7 @@ async def scrape_metrics(proc: Proc, settings: Settings) -> dict[str, float]:
     return {}
 
 
-def _metrics_address(config: Path) -> tuple[str, int]:
+def metrics_address(config: Path) -> tuple[str, int]:
     import tomllib
 
     metrics = tomllib.loads(config.read_text())["metrics"]
@@ -341,12 +342,12 @@ async def ingest(settings: Settings, log: Callable[[str], None]) -> list[Measure
                             done: asyncio.Event) -> tuple[dict[str, Any], float | None]:
         """Send the stream, wait (at most the contestant timeout) for `done`; the
         generator's `done` event and the CPU seconds `pid` spent meanwhile."""
-        cpu0 = _cpu_seconds(pid)
+        cpu0 = cpu_seconds(pid)
         gen = await send_stream(lab, up, w.stream, f"ingest-{name}", settings,
                                 stream_name="ingest")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), settings.contestant_timeout)
-        cpu1 = _cpu_seconds(pid)
+        cpu1 = cpu_seconds(pid)
         return gen, None if cpu0 is None or cpu1 is None else round(cpu1 - cpu0, 2)
 
     async def gen_alone(lab: Lab) -> Measurement:
@@ -459,7 +460,7 @@ async def ingest(settings: Settings, log: Callable[[str], None]) -> list[Measure
         m.brokers = lab.nodelay_brokers()
         m.extra.update(extra)
         out.append(m)
-        log(f"  ingest: {label}: {_fmt(m)}")
+        log(f"  ingest: {label}: {fmt(m)}")
     return out
 
 
@@ -560,7 +561,7 @@ async def latency(settings: Settings, log: Callable[[str], None]) -> list[Measur
             m = Measurement("latency", contestant, None, "ms p99",
                             f"failed: {type(exc).__name__}: {exc}")
         out.append(m)
-        log(f"  latency: {m.contestant}: {_fmt(m)}")
+        log(f"  latency: {m.contestant}: {fmt(m)}")
     return out
 
 
@@ -607,10 +608,10 @@ async def _startup_fleet(settings: Settings, d: int, log: Callable[[str], None],
         log(f"  start-up: {REPLAY}: {_replay_text(replays[0])}")
         m, peak = await _bridge_startup(lab, up, w, settings, f"bridge-startup-{d}",
                                         timeout)
-        log(f"  start-up: flespi-bridge: {_fmt(m)}; peak RSS {peak / MB:.0f} MB")
+        log(f"  start-up: flespi-bridge: {fmt(m)}; peak RSS {peak / MB:.0f} MB")
         stock_m, _ = await _bridge_startup(lab, up, w, settings, f"bridge-startup-{d}-stock",
                                            timeout, stock=True)
-        log(f"  start-up: {STOCK_BRIDGE}: {_fmt(stock_m)}")
+        log(f"  start-up: {STOCK_BRIDGE}: {fmt(stock_m)}")
         replays.append(await _replay(lab, up, n, f"{d}-after", timeout))
         log(f"  start-up: {REPLAY} again: {_replay_text(replays[1])}")
         profile_m = None
@@ -620,7 +621,7 @@ async def _startup_fleet(settings: Settings, d: int, log: Callable[[str], None],
                                                  f"bridge-startup-{d}-profiled", timeout,
                                                  profiled=True)
             profile_m.contestant = startup_label("flespi-bridge (profiled)", d)
-            log(f"  start-up under py-spy: {_fmt(profile_m)}")
+            log(f"  start-up under py-spy: {fmt(profile_m)}")
         brokers = lab.nodelay_brokers()
     complete = [r["s"] for r in replays if r["complete"]]
     baseline = min(complete) if complete else None
@@ -737,7 +738,7 @@ async def _bridge_startup(lab: Lab, up: mosquitto.Broker, w: workload.Workload,
     if spy is not None:
         await stop_profiler(spy)
     peak = await rss.stop()
-    cpu = _cpu_seconds(proc.pid)
+    cpu = cpu_seconds(proc.pid)
     await scrape_metrics(proc, settings)
     await checker.close()
     await proc.stop()
@@ -900,7 +901,7 @@ async def commands(settings: Settings, log: Callable[[str], None]) -> list[Measu
                     direct = m
                 else:
                     out.append(m)
-                log(f"  commands: {m.contestant}: {_fmt(m)}")
+                log(f"  commands: {m.contestant}: {fmt(m)}")
     if direct is not None:
         out.append(direct)
     return out
@@ -1054,7 +1055,7 @@ def _command_pace(config: dict[str, Any], devices: int) -> float:
     return 0.8 * min(global_rate, device_rate * devices)
 
 
-def _fmt(m: Measurement) -> str:
+def fmt(m: Measurement) -> str:
     if m.value is None:
         return m.note
     text = f"{m.value:,.1f} {m.unit}"

@@ -29,6 +29,7 @@ from bridge.config.settings import Settings
 from bridge.core.events import EventHub
 from bridge.core.ledger import AckLedger
 from bridge.core.lifecycle import Parts, Shutdown
+from bridge.core.shards import Fleet
 from bridge.core.store import Store
 from bridge.flespi.device_types import DeviceTypes
 from bridge.flespi.ingest import Ingest
@@ -40,6 +41,7 @@ from bridge.http.health import HealthServer
 from bridge.http.metrics import Metrics
 from bridge.http.stream_endpoint import StreamEndpoint
 from bridge.publish.cleanup import Cleanup
+from bridge.publish.lease import Lease, gated
 from bridge.publish.local_broker import LocalBroker
 from bridge.publish.publisher import Publisher, Tuning
 from bridge.publish.renderer import Renderer
@@ -70,7 +72,10 @@ class Bridge:
         self.metrics = Metrics(store, settings.metrics.fleet_parameters, attrs,
                                settings.metrics.max_devices)
         stats = self.stats = self.metrics.stats
+        stats.shard = settings.cluster.place
         self.ledger = ledger = AckLedger()
+        # every device id of a split fleet: filled by the session, read by the local side
+        self.fleet = Fleet()
         events = EventHub()
         shutdown = Shutdown(settings.shutdown.grace)
         self.failed = shutdown.failed
@@ -84,15 +89,21 @@ class Bridge:
         self.device_types = DeviceTypes(rest, stats, events)
         self.renderer = renderer = Renderer(settings, attrs, names=self.device_types.names,
                                             dropped=stats.dropped)
+        # with a split fleet, which replica publishes which device (None: one bridge)
+        self.lease = lease = None if settings.cluster.place.single else Lease(
+            renderer, store, self.fleet, events)
         self.local = local = LocalBroker(settings.local, settings.reconnect,
                                          state_topic=renderer.topics.bridge_state,
-                                         stats=stats, events=events)
+                                         stats=stats, events=events, lease=lease)
         self.publisher = publisher = Publisher(
-            store, ledger, local, renderer.render, stats,
-            Tuning(settings.local.coalesce_window, shutdown=shutdown))
+            store, ledger, local, gated(renderer.render, lease), stats,
+            Tuning(settings.local.coalesce_window, shutdown=shutdown,
+                   admit=lease.admits if lease else None))
+        stats.shard_devices = lease.count if lease else None
         self.ingest = Ingest(settings, params, store, stats, publisher.outbox, events)
-        self.session = session = UpstreamSession(settings, self.ingest, ledger, stats,
-                                                 link=link, wake=publisher.wake)
+        self.session = session = UpstreamSession(settings, self.ingest, ledger,
+                                                 link=link, wake=publisher.wake,
+                                                 fleet=self.fleet)
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
         self.republisher = Republisher(store, renderer, publisher, events,
                                        settings=settings.homeassistant)
@@ -116,11 +127,13 @@ class Bridge:
         # Started in order (the cleanup before the republisher: on a local connect it holds
         # discovery back before everything is marked). Stopped in reverse: commands drained,
         # the publisher flushed (acknowledging flespi), the stream closed, work left
-        # reported, look-ups stopped (before the session they need), `offline` said, flespi
-        # left, republishes and cleanup cancelled; then the supervisor cancels its tasks,
+        # reported, look-ups stopped (before the session they need), a split fleet's devices
+        # released, `offline` said, flespi left, republishes and cleanup cancelled; then the
+        # supervisor cancels its tasks,
         # the HTTP REST client closes, metrics go last.
         running = Supervisor(
-            Parts([self.cleanup, self.republisher, session, local, self.device_types,
+            Parts([self.cleanup, self.republisher, session, local, *present(lease),
+                   self.device_types,
                    WorkLeft(publisher, commands), *present(self.stream), publisher, commands,
                    *present(status)]),
             {"local": local.run, "publisher": publisher.run, "upstream": session.run},
@@ -134,7 +147,8 @@ class Bridge:
 
     def ready(self) -> bool:
         return (self.session.connected and self.local.connected.is_set()
-                and self.loaded.is_set() and not self.failed.is_set())
+                and self.loaded.is_set() and not self.failed.is_set()
+                and (self.lease is None or self.lease.complete))
 
     def alive(self) -> bool:
         return not self.failed.is_set()

@@ -17,6 +17,9 @@ costs no task (its result is handed to the broker at once); a payload over
 `commands.max_payload` is never parsed. The retained `last_command` is kept only for devices
 the bridge follows, so a request naming any other id leaves nothing retained behind: one
 result, on `result`.
+
+With a split fleet every replica receives every command; only the device's owner executes
+and answers it, and shard 0 alone answers one for an id no shard has (`LocalLink.answers`).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ class CommandHandler:
             return
         entity = None if rest == "set" else rest.removesuffix("/set")
         device_id = canonical_id(level)
+        if not self.transport.answers(device_id):
+            return  # another replica's device (a split fleet): it answers
         refusal = None
         if device_id is None:
             refusal = CommandError("bad_device_id", f"{level[:40]!r} is not a device id: "

@@ -69,6 +69,14 @@ class StateComplete:
     unannounced, those without telemetry, are to be announced too."""
 
 
+@dataclass(frozen=True, slots=True)
+class DevicesGained:
+    """This replica of a split fleet publishes these devices from now on (another replica
+    did, or none): each is to be published in full (`bridge.publish.lease`)."""
+
+    devices: tuple[Device, ...]
+
+
 E = TypeVar("E")
 
 

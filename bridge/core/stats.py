@@ -14,6 +14,7 @@ from itertools import accumulate
 
 from prometheus_client.core import HistogramMetricFamily
 
+from bridge.core.shards import Shard
 from bridge.normalize.rules import SKIP_REASONS
 
 # Upstream receive -> local publish: about a millisecond without coalescing, the coalescing
@@ -59,6 +60,10 @@ class Stats:
     queues: dict[str, Callable[[], int]] = field(default_factory=dict)
     # seconds from a change's arrival to the local broker's acknowledgement of its state
     latency: LatencyHistogram = field(default_factory=lambda: LatencyHistogram())
+    # this replica's place in a split fleet, and the devices it publishes now (None: every
+    # device of the store, a single bridge)
+    shard: Shard = field(default_factory=Shard)
+    shard_devices: Callable[[], int] | None = None
 
 
 class LatencyHistogram:

@@ -23,10 +23,18 @@ def canonical_id(level: str) -> int | None:
 @dataclass(frozen=True, slots=True)
 class LocalTopics:
     base: str
+    # this replica's shard when the fleet is split (`[cluster] shards` > 1), else None
+    replica: int | None = None
 
     @property
     def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
+        """`<base>/bridge/state`; `<base>/bridge/<shard>/state` per replica of a split fleet."""
+        return self.bridge_topic(self.replica, "state")
+
+    def bridge_topic(self, replica: int | None, leaf: str) -> str:
+        """`<base>/bridge/<leaf>`, or a replica's `<base>/bridge/<replica>/<leaf>`."""
+        return f"{self.base}/bridge/{leaf}" if replica is None \
+            else f"{self.base}/bridge/{replica}/{leaf}"
 
     def device(self, device_id: int, leaf: str) -> str:
         return f"{self.base}/{device_id}/{leaf}"

@@ -97,6 +97,12 @@ class LocalLink(LocalTransport, Protocol):
         Called before the connection starts."""
         ...
 
+    def answers(self, device_id: int | None) -> bool:
+        """Whether this bridge executes and answers a command for `device_id` (None: a
+        topic level that is no device id). Always, for a single bridge; with a split fleet
+        only the device's owner, and shard 0 for an id no shard has."""
+        ...
+
 
 class Intake(Protocol):
     """What the HTTP stream needs of the publisher."""

@@ -8,6 +8,9 @@ set, so a slow start-up can never make live devices look gone.
 
 The session's own topics (the reply prefix: the marker and REST answers) are taken here;
 everything else goes to ingest, then the publisher is woken: the hot path, direct calls.
+With the fleet split over replicas (`[cluster] shards` > 1) the subscriptions, and which
+messages reach ingest, are `bridge.flespi.shard_subscriptions`'; the marker then goes out
+once the shard's own devices are subscribed. One shard is the code path it always was.
 `UpstreamLink` is built before the session so that REST over MQTT exists before the parts
 that call it (device type look-ups, commands) and the session is the one to connect it.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -25,11 +29,12 @@ from bridge.config.settings import Settings
 from bridge.config.tls import flespi_tls_context
 from bridge.core.backoff import Backoff
 from bridge.core.ledger import Ack, AckLedger
-from bridge.core.stats import Stats
+from bridge.core.shards import Fleet
 from bridge.exceptions import UpstreamError
 from bridge.flespi import topics as flespi_topics
 from bridge.flespi.ingest import Ingest
 from bridge.flespi.rest import MqttRest
+from bridge.flespi.shard_subscriptions import ShardSubscriptions
 from bridge.flespi.upstream import (
     ConnectOptions,
     GmqttUpstream,
@@ -61,13 +66,15 @@ class UpstreamLink:
 
 
 class UpstreamSession:
-    def __init__(self, settings: Settings, ingest: Ingest, ledger: AckLedger, stats: Stats,
-                 *, link: UpstreamLink, wake: Callable[[], None]) -> None:
+    def __init__(self, settings: Settings, ingest: Ingest, ledger: AckLedger, *,
+                 link: UpstreamLink, wake: Callable[[], None], fleet: Fleet | None = None
+                 ) -> None:
         """`ingest` takes each upstream message (`wake` the publisher after it); the
-        parameters subscribed to are those of its table."""
+        parameters subscribed to are those of its table. `fleet` is filled with every
+        device id when the fleet is split."""
         self.settings = settings
         self.ledger = ledger
-        self.stats = stats
+        self.stats = ingest.stats
         self.link = link
         self.ingest = ingest.handle
         self._wake = wake
@@ -79,6 +86,12 @@ class UpstreamSession:
         self._tls = flespi_tls_context(settings.flespi)
         self.loaded = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.shards: ShardSubscriptions | None = None
+        if not settings.cluster.place.single:
+            self.shards = ShardSubscriptions(
+                settings, Fleet() if fleet is None else fleet, self._device_filters(),
+                reply_prefix=self.reply_prefix, stats=self.stats, ingest=ingest.handle)
+            self.ingest = self.shards.handle
 
     @property
     def upstream(self) -> Upstream | None:
@@ -92,6 +105,10 @@ class UpstreamSession:
         return self.upstream is not None and self.upstream.connected
 
     def subscriptions(self) -> list[str]:
+        """The filters subscribed at connect: with a split fleet only the device objects
+        and the reply prefix (the own devices' filters follow, `shard_subscriptions`)."""
+        if self.shards is not None:
+            return self.shards.base_filters()
         f = self.settings.flespi
         filters = flespi_topics.subscriptions(
             f.devices,
@@ -102,6 +119,16 @@ class UpstreamSession:
             telemetry=f.telemetry,
         )
         return [*filters, self.reply_prefix + "#"]
+
+    def _device_filters(self) -> list[tuple[str, str]]:
+        f = self.settings.flespi
+        return flespi_topics.device_filters(
+            self._parameters if f.use_comma_lists else None,
+            comma_lists=f.use_comma_lists,
+            messages=f.messages,
+            settings=self.settings.commands.settings,
+            telemetry=f.telemetry,
+        )
 
     def _options(self) -> ConnectOptions:
         f = self.settings.flespi
@@ -132,12 +159,13 @@ class UpstreamSession:
         self._wake()
 
     def on_reply(self, topic: str, payload: bytes, props: UserProperties) -> None:
-        """The bridge's own topics: the start-up marker, REST answers."""
+        """The bridge's own topics: the start-up marker, REST answers (and a split fleet's
+        listing marker and record)."""
         if topic == self._marker:
             if not self.loaded.is_set():
                 log.info("initial state loaded from flespi")
                 self.loaded.set()
-        else:
+        elif self.shards is None or not self.shards.on_reply(topic, payload):
             self.rest.on_reply(topic, payload, props)
 
     async def run(self) -> None:
@@ -152,8 +180,8 @@ class UpstreamSession:
             self.ledger.attach(up.ack)
             try:
                 await up.connect()
-                await up.subscribe(self.subscriptions(),
-                                   resend_retained=fresh or not up.session_present)
+                resend = fresh or not up.session_present
+                await up.subscribe(self.subscriptions(), resend_retained=resend)
                 self.link.current = up
                 if attempts:
                     self.stats.reconnects["upstream"] += 1
@@ -161,11 +189,22 @@ class UpstreamSession:
                 self.stats.up["upstream"] = True
                 log.info("connected to flespi %s:%s (session %s)", f.host, f.port,
                          "resumed" if up.session_present else "new")
-                # Everything the broker queued before this marker reaches us first.
-                up.publish(self._marker, b"sync", qos=1)
+                work = None
+                if self.shards is None:
+                    self._send_marker(up)
+                else:  # the marker follows the shard's own subscriptions
+                    work = asyncio.create_task(self.shards.run(
+                        up, resend_retained=resend, read_record=fresh and up.session_present,
+                        subscribed=functools.partial(self._send_marker, up)))
                 fresh = False
                 backoff.reset()
-                await self._watch(up)
+                try:
+                    await self._watch(up, work)
+                finally:
+                    if work is not None:
+                        work.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+                            await work
                 if not self._stopping.is_set():
                     log.warning("connection to flespi lost")
             except UpstreamError as exc:
@@ -183,20 +222,32 @@ class UpstreamSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
-    async def _watch(self, up: Upstream) -> None:
-        """Wait for the connection to close, warning while the marker is overdue."""
-        while True:
-            try:
-                async with asyncio.timeout(MARKER_WARNING):
-                    await up.wait_closed()
-                return
-            except TimeoutError:
+    def _send_marker(self, up: Upstream) -> None:
+        # Everything the broker queued before this marker reaches us first.
+        up.publish(self._marker, b"sync", qos=1)
+
+    async def _watch(self, up: Upstream, work: asyncio.Task[None] | None) -> None:
+        """Wait for the connection to close (or `work` on it to fail: an `UpstreamError`),
+        warning while the marker is overdue."""
+        closed = asyncio.ensure_future(up.wait_closed())
+        try:
+            while True:
+                waiting = {closed} if work is None or work.done() else {closed, work}
+                done, _ = await asyncio.wait(waiting, timeout=MARKER_WARNING,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    return
+                if work is not None and work in done:
+                    work.result()  # its error ends the connection; normally it runs on
+                    continue
                 if not self.loaded.is_set():
                     log.warning(
                         "the start-up marker on %s has not come back after %ss: stale local "
                         "topics are not cleared and /readyz stays 503 until it does (the "
                         "replay may still be running, or the token may not publish and "
                         "subscribe there)", self.reply_prefix + "#", MARKER_WARNING)
+        finally:
+            closed.cancel()
 
     async def stop(self) -> None:
         self._stopping.set()

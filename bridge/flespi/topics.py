@@ -39,7 +39,8 @@ def _topic(fields: tuple[Kind, int, str]) -> Topic:
     return tuple.__new__(Topic, fields)
 
 
-def _device_id(text: str) -> int | None:
+def parse_id(text: str) -> int | None:
+    """A device id level (`123`) as an int; None if it is not one."""
     if 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit():
         value = int(text)
         return value or None
@@ -50,7 +51,7 @@ def parse(topic: str) -> Topic | None:
     """Classify an upstream topic; None for anything the bridge does not consume."""
     if topic.startswith(STATE_PREFIX):
         parts = topic[len(STATE_PREFIX):].split("/")
-        device_id = _device_id(parts[0])
+        device_id = parse_id(parts[0])
         if device_id is None:
             return None
         n = len(parts)
@@ -67,7 +68,7 @@ def parse(topic: str) -> Topic | None:
         return None
     if topic.startswith(MESSAGE_PREFIX):
         rest = topic[len(MESSAGE_PREFIX):]
-        device_id = _device_id(rest)
+        device_id = parse_id(rest)
         return None if device_id is None else Topic(Kind.MESSAGE, device_id, "")
     return None
 
@@ -94,19 +95,36 @@ def subscriptions(
     False leaves telemetry out (the state then comes from `messages`).
     """
     ids = ["+"] if devices == "all" else _levels([str(d) for d in devices], comma_lists)
-    params = ["+"] if parameters is None else _levels(sorted(set(parameters)), comma_lists)
-    names = _levels(sorted(set(settings)), comma_lists) if settings else []
+    around = device_filters(parameters, comma_lists=comma_lists, messages=messages,
+                            settings=settings, telemetry=telemetry)
     filters: list[str] = []
     for dev in ids:
         filters.append(f"{STATE_PREFIX}{dev}")
-        filters.extend(f"{STATE_PREFIX}{dev}/{prop}" for prop in PROPERTIES)
-        if telemetry:
-            filters.extend(f"{STATE_PREFIX}{dev}/telemetry/{p}" for p in params)
-        filters.append(f"{STATE_PREFIX}{dev}/connections/+")
-        filters.extend(f"{STATE_PREFIX}{dev}/settings/{name}" for name in names)
-        if messages:
-            filters.append(f"{MESSAGE_PREFIX}{dev}")
+        filters.extend(f"{before}{dev}{after}" for before, after in around)
     return filters
+
+
+def device_filters(
+    parameters: Iterable[str] | None,
+    *,
+    comma_lists: bool,
+    messages: bool = False,
+    settings: Sequence[str] = (),
+    telemetry: bool = True,
+) -> list[tuple[str, str]]:
+    """A device's filters besides its device object, each as the text before and after
+    the device id level (`subscriptions` explains the arguments): a filter is `before +
+    level + after`, the level one id or, on flespi, a comma list of them."""
+    params = ["+"] if parameters is None else _levels(sorted(set(parameters)), comma_lists)
+    names = _levels(sorted(set(settings)), comma_lists) if settings else []
+    around = [(STATE_PREFIX, f"/{prop}") for prop in PROPERTIES]
+    if telemetry:
+        around.extend((STATE_PREFIX, f"/telemetry/{p}") for p in params)
+    around.append((STATE_PREFIX, "/connections/+"))
+    around.extend((STATE_PREFIX, f"/settings/{name}") for name in names)
+    if messages:
+        around.append((MESSAGE_PREFIX, ""))
+    return around
 
 
 def rest_topic(method: str, uri: str) -> str:

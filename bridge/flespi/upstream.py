@@ -6,8 +6,7 @@ flespi's own Python client, which receives MQTT 5 with user properties about 4x 
 than aiomqtt here.
 
 Three gmqtt behaviours are replaced, through a few private gmqtt hooks, each isolated in one
-small function below (`_deliver_qos1_to`, `_receive_publish_with`, `_stop_auto_reconnect`,
-`_send_raw`, `_transport`):
+small function of `bridge.flespi.gmqtt_hooks`:
 - PUBLISH packets are parsed by `bridge.mqtt.codec.parse_publish`, which reads only what the
   bridge uses (topic, packet id, user properties, payload) at about a third of gmqtt's cost
   per message (a start-up replays every retained value of the fleet); anything unusual (a
@@ -49,6 +48,7 @@ from gmqtt.mqtt.constants import MQTTv50
 
 from bridge.core.ledger import Ack
 from bridge.exceptions import UpstreamError
+from bridge.flespi import gmqtt_hooks as hooks
 from bridge.mqtt.codec import parse_publish
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ class UpstreamPublisher(Protocol):
         payload: bytes,
         *,
         qos: int = 1,
+        retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
         user_properties: Sequence[tuple[str, str]] = (),
@@ -104,6 +105,8 @@ class Upstream(UpstreamPublisher, Protocol):
     async def connect(self) -> None: ...
 
     async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None: ...
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None: ...
 
     def ack(self, tokens: Iterable[Ack]) -> None: ...
 
@@ -143,7 +146,9 @@ class GmqttUpstream:
         self._guard = max(unacked_guard, options.receive_maximum + 1)
         self._paused = False  # reading paused by the guard (not by asyncio's own buffering)
         self.pauses = 0  # times the guard paused reading, for tests and diagnostics
-        self._subscribed: asyncio.Future[None] | None = None
+        # SUBACKs and UNSUBACKs awaited, by packet id (a split fleet subscribes devices
+        # while the connection runs, several requests at once)
+        self._acked: dict[int, asyncio.Future[None]] = {}
         client = GmqttClient(
             options.client_id,
             clean_session=options.clean_start,
@@ -157,8 +162,9 @@ class GmqttUpstream:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        _deliver_qos1_to(client, self._on_qos1)
-        self._gmqtt_publish = _receive_publish_with(client, self._on_publish)
+        client.on_unsubscribe = self._on_unsubscribe
+        hooks.deliver_qos1_to(client, self._on_qos1)
+        self._gmqtt_publish = hooks.receive_publish_with(client, self._on_publish)
         self._client = client
 
     # -- gmqtt callbacks ---------------------------------------------------------------
@@ -190,7 +196,7 @@ class GmqttUpstream:
         self._on_message(topic, payload, users, None if mid is None else self._received(mid))
 
     def _pause(self) -> None:
-        transport = _transport(self._client)
+        transport = hooks.transport(self._client)
         if transport is None or transport.is_closing() or not transport.is_reading():
             return
         transport.pause_reading()
@@ -204,7 +210,7 @@ class GmqttUpstream:
 
     def _resume(self) -> None:
         self._paused = False
-        transport = _transport(self._client)
+        transport = hooks.transport(self._client)
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
@@ -218,20 +224,29 @@ class GmqttUpstream:
         self._session_present = bool(flags)
 
     def _on_disconnect(self, client: Any, _packet: Any, _exc: Any = None) -> None:
-        _stop_auto_reconnect(client)  # the service owns reconnection (backoff + jitter)
+        hooks.stop_auto_reconnect(client)  # the service owns reconnection (backoff + jitter)
         self._closed.set()
-        if self._subscribed is not None and not self._subscribed.done():
-            self._subscribed.set_exception(UpstreamError("connection lost while subscribing"))
+        acked, self._acked = self._acked, {}
+        for waiter in acked.values():
+            if not waiter.done():
+                waiter.set_exception(UpstreamError("connection lost while subscribing"))
 
-    def _on_subscribe(self, _client: Any, _mid: int, qos: Sequence[int], _props: Any) -> None:
-        if self._subscribed is not None and not self._subscribed.done():
-            refused = [code for code in qos if code >= 0x80]
-            if refused:
-                self._subscribed.set_exception(
-                    UpstreamError(f"subscription refused (reason codes {refused})")
-                )
-            else:
-                self._subscribed.set_result(None)
+    def _on_subscribe(self, _client: Any, mid: int, qos: Sequence[int], _props: Any) -> None:
+        self._answered(mid, qos, "subscription")
+
+    def _on_unsubscribe(self, _client: Any, mid: int, codes: Sequence[int]) -> None:
+        self._answered(mid, codes, "unsubscription")
+
+    def _answered(self, mid: int, codes: Sequence[int], what: str) -> None:
+        waiter = self._acked.pop(mid, None)
+        if waiter is None or waiter.done():
+            return
+        # 0x11 in an UNSUBACK: no such subscription, which is what was asked for
+        refused = [code for code in codes if code >= 0x80]
+        if refused:
+            waiter.set_exception(UpstreamError(f"{what} refused (reason codes {refused})"))
+        else:
+            waiter.set_result(None)
 
     # -- Upstream interface ------------------------------------------------------------
 
@@ -269,18 +284,26 @@ class GmqttUpstream:
         `resend_retained=False` (retain handling 1) skips the retained replay for
         subscriptions the resumed session already has.
         """
-        o = self._options
         handling = 0 if resend_retained else 1
         subs = [Subscription(f, qos=1, retain_handling_options=handling) for f in filters]
-        self._subscribed = asyncio.get_running_loop().create_future()
-        self._client.subscribe(subs)
+        mid = self._client.subscribe(subs)
+        hooks.forget_subscriptions(self._client)
+        await self._answer(mid, f"no SUBACK from {{}} (subscribing to {len(subs)} topic filters)")
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        """Unsubscribe and wait for the UNSUBACK."""
+        mid = self._client.unsubscribe(list(filters))
+        await self._answer(mid, f"no UNSUBACK from {{}} ({len(filters)} topic filters)")
+
+    async def _answer(self, mid: int, timed_out: str) -> None:
+        o = self._options
+        waiter = self._acked[mid] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(self._subscribed, o.timeout)
+            await asyncio.wait_for(waiter, o.timeout)
         except TimeoutError:
-            raise UpstreamError(
-                f"no SUBACK from {o.host}:{o.port} within {o.timeout:g}s "
-                f"(subscribing to {len(subs)} topic filters)"
-            ) from None
+            self._acked.pop(mid, None)
+            where = f"{o.host}:{o.port} within {o.timeout:g}s"
+            raise UpstreamError(timed_out.format(where)) from None
 
     def publish(
         self,
@@ -288,6 +311,7 @@ class GmqttUpstream:
         payload: bytes,
         *,
         qos: int = 1,
+        retain: bool = False,
         response_topic: str | None = None,
         correlation_data: bytes | None = None,
         user_properties: Sequence[tuple[str, str]] = (),
@@ -301,7 +325,7 @@ class GmqttUpstream:
             props["correlation_data"] = correlation_data
         if user_properties:
             props["user_property"] = list(user_properties)
-        self._client.publish(topic, payload, qos=qos, **props)
+        self._client.publish(topic, payload, qos=qos, retain=retain, **props)
 
     def ack(self, tokens: Iterable[Ack]) -> None:
         """PUBACK these messages, in the order given (the order they were received)."""
@@ -312,7 +336,7 @@ class GmqttUpstream:
             if generation == self.generation:
                 packets += b"\x40\x02" + mid.to_bytes(2, "big")
         if packets:
-            _send_raw(self._client, bytes(packets))
+            hooks.send_raw(self._client, bytes(packets))
             self._unacked = max(0, self._unacked - len(packets) // 4)
             if self._paused and self._unacked < self._guard:
                 self._resume()
@@ -331,53 +355,11 @@ class GmqttUpstream:
 
     async def _abandon(self) -> None:
         """After a failed or timed-out connect: no gmqtt retry, no half-open socket."""
-        _stop_auto_reconnect(self._client)
+        hooks.stop_auto_reconnect(self._client)
         self._closed.set()
-        transport = _transport(self._client)
+        transport = hooks.transport(self._client)
         if transport is not None:
             transport.abort()
-
-
-# -- private gmqtt hooks: each reaches into gmqtt 0.8 internals for one reason -------------
-
-
-def _deliver_qos1_to(client: Any, handler: Callable[[int, bytes, str | bytes, dict[str, Any]],
-                                                     None]) -> None:
-    """Hand QoS 1 PUBLISHes to `handler` with their packet id, and send no PUBACK: gmqtt
-    acks on receipt (or when on_message returns), the bridge only once the local broker has
-    the update (`GmqttUpstream.ack`)."""
-    client._package_handler._handle_qos_1_publish_packet = handler
-
-
-def _receive_publish_with(client: Any, handler: Callable[[int, bytes], None]
-                          ) -> Callable[[int, bytes], None]:
-    """Hand every PUBLISH packet (first byte, rest of the packet) to `handler` instead of
-    gmqtt's parser, which is returned: the handler passes on what it does not parse."""
-    package_handler = client._package_handler
-    original: Callable[[int, bytes], None] = package_handler._handle_publish_packet
-    package_handler._handle_publish_packet = handler
-    package_handler._handler_cache.clear()  # the dispatch caches handlers by packet type
-    return original
-
-
-def _stop_auto_reconnect(client: Any) -> None:
-    """gmqtt reconnects by itself after a lost connection, at a fixed delay and with the
-    same client; the service reconnects with backoff and a fresh `GmqttUpstream` instead."""
-    client._connection_state.reconnecting_now = True
-
-
-def _send_raw(client: Any, data: bytes) -> None:
-    """Write encoded packets (the deferred PUBACKs): gmqtt has no public call for a PUBACK,
-    and one write for a batch of acks is what keeps acknowledging cheap."""
-    client._connection.send_package(data)
-
-
-def _transport(client: Any) -> asyncio.Transport | None:
-    """The connection's socket transport, to pause reading at the last-resort guard: gmqtt
-    offers no flow control of its own."""
-    connection = getattr(client, "_connection", None)
-    transport: asyncio.Transport | None = getattr(connection, "_transport", None)
-    return transport
 
 
 def _describe(exc: BaseException) -> str:

@@ -24,6 +24,9 @@ class Context:
     output: str = "json"  # json | attribute | both
     expire_after: int = 0
     mode: str = "device"  # device | entity
+    # this replica's shard when the fleet is split: each replica is a bridge device of its
+    # own in Home Assistant, with its own state topic (its devices' availability)
+    replica: int | None = None
 
     @property
     def uses_json(self) -> bool:
@@ -35,11 +38,13 @@ class Context:
 
     @property
     def bridge_identifier(self) -> str:
-        return f"flespi_bridge_{self.node}"
+        node = f"flespi_bridge_{self.node}"
+        return node if self.replica is None else f"{node}_shard_{self.replica}"
 
     @property
     def bridge_state(self) -> str:
-        return f"{self.base}/bridge/state"
+        return f"{self.base}/bridge/state" if self.replica is None \
+            else f"{self.base}/bridge/{self.replica}/state"
 
     @property
     def status_topic(self) -> str:

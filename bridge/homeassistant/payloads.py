@@ -50,10 +50,12 @@ def device_owner(device_id: int) -> str:
 
 def bridge_device(ctx: Context) -> dict[str, Any]:
     """The bridge itself: named after its base topic only when that is not the default
-    (two bridges on one broker need different base topics, and names)."""
+    (two bridges on one broker need different base topics, and names); each replica of a
+    split fleet is one, named after its shard."""
+    name = "flespi-bridge" if ctx.base == "flespi" else f"flespi-bridge ({ctx.base})"
     return {
         "identifiers": [ctx.bridge_identifier],
-        "name": "flespi-bridge" if ctx.base == "flespi" else f"flespi-bridge ({ctx.base})",
+        "name": name if ctx.replica is None else f"{name} shard {ctx.replica}",
         "manufacturer": "flespi-bridge project",
         "model": "flespi to MQTT bridge",
         "sw_version": __version__,

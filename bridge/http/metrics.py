@@ -175,6 +175,16 @@ class BridgeCollector(Collector):
             "Time from receiving a flespi update to its local publication.")
         devices = self.store.devices
         yield GaugeMetricFamily(PREFIX + "devices", "Devices tracked.", value=len(devices))
+        shard = str(s.shard.index)
+        info = GaugeMetricFamily(PREFIX + "shard_info", "This replica's shard of a split "
+                                 "fleet, always 1 (shard 0 of 1: a single bridge).",
+                                 labels=["shard", "shards"])
+        info.add_metric([shard, str(s.shard.count)], 1.0)
+        yield info
+        owned = GaugeMetricFamily(PREFIX + "shard_devices", "Devices this replica publishes "
+                                  "now.", labels=["shard"])
+        owned.add_metric([shard], s.shard_devices() if s.shard_devices else len(devices))
+        yield owned
         yield GaugeMetricFamily(
             PREFIX + "devices_online",
             "Tracked devices that flespi reports connected (all of them, whatever the cap).",

@@ -23,12 +23,21 @@ ahead without it.
 Until the upstream state is loaded, a device is announced once it has telemetry (see
 `Renderer.complete`); the devices still unannounced then are announced when it is, or after
 `DISCOVERY_HOLD` seconds were the start-up marker never to come back.
+
+With a split fleet (the local broker's `lease`, `bridge.publish.lease`) a replica clears only
+what cannot be another's: the topics of a device that is its own by hash and not in the fleet
+(`Fleet.ids`: gone, or not selected), the entities no longer generated of a device it
+publishes now, a deleted device's topics only if it published the device; and shard 0 the
+bridge topics of replicas whose shard no longer exists and that are not online. Everything
+else (another replica's devices, a device another shard may still own during a resize, other
+replicas' bridge topics) is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from bridge.core.events import (
     DeviceRemoved,
@@ -85,7 +94,11 @@ class Cleanup:
         topics `TOPICS_DELAY` seconds later. Home Assistant removes an entity a moment after
         its empty config; a state topic cleared before that reaches the entity's template as
         an empty payload and fills Home Assistant's log with errors. (Were the bridge to stop
-        meanwhile, the next start's inventory finds and clears them.)"""
+        meanwhile, the next start's inventory finds and clears them.) With a split fleet,
+        only the replica that published it clears it."""
+        lease = self.local.lease
+        if lease is not None and not lease.owns(dev.id):
+            return
         self.outbox.add(self.renderer.clear_discovery(dev))
         topics = self.renderer.clear_topics(dev)
         if not self.settings.discovery:
@@ -204,6 +217,42 @@ class Cleanup:
                     if self.renderer.announces(d))
         return live
 
+    def _gone(self, device_id: int) -> bool:
+        """Whether a device the store does not hold is this bridge's to clear: always for a
+        single bridge; with a split fleet, only one of its own by hash that the fleet does not
+        have (one in the fleet is another replica's, or will be ours once replayed)."""
+        lease = self.local.lease
+        return lease is None or (lease.mine(device_id) and device_id not in lease.fleet.ids)
+
+    def _foreign(self, topic: str) -> bool:
+        """Whether a topic under the discovery prefix or the bridge's is another replica's
+        business (a split fleet): a device it does not publish now or that may be another's,
+        another replica's bridge topics or device (but a retired one's, for shard 0)."""
+        lease = self.local.lease
+        if lease is None:
+            return False
+        ha = self.renderer.ha
+        owner = ha.owner(topic)
+        if owner is not None:
+            if owner[0] == ha.bridge_identifier:
+                return False
+            device_id = int(owner[0].removeprefix("flespi_"))
+            if device_id in self.store.devices:
+                return not lease.owns(device_id)
+            return not self._gone(device_id)
+        if topic.startswith(ha.prefix + "/"):  # another replica's (or one bridge's) device
+            bridge = re.search(rf"/flespi_bridge_{re.escape(ha.node)}(?:_shard_(\d+))?"
+                               r"(?:_[A-Za-z0-9]+)?/config$", topic)
+            return bridge is None or not lease.retired(
+                None if bridge.group(1) is None else int(bridge.group(1)))
+        # `<base>/bridge/<k>/lease|state`, or one bridge's `<base>/bridge/state`
+        rest = topic.removeprefix(self.renderer.topics.bridge_topic(None, ""))
+        if rest == "state":
+            return not lease.retired(None)
+        level, _, leaf = rest.partition("/")
+        return not (level.isdigit() and leaf in ("lease", "state")
+                    and lease.retired(int(level)))
+
     def stale(self, inventory: set[str]) -> list[str]:
         """Topics of `inventory` that nothing live stands behind, sorted."""
         renderer = self.renderer
@@ -222,10 +271,16 @@ class Cleanup:
         for topic in inventory:
             parsed = renderer.topics.parse_device(topic)
             if parsed is not None:
-                if parsed[0] not in self.store.devices:
+                if parsed[0] not in self.store.devices and self._gone(parsed[0]):
                     stale.append(topic)  # a device that is gone or no longer selected
                 continue
-            if not topic.startswith(ha.prefix + "/") or topic in live:
+            if self._foreign(topic):
+                continue
+            if not topic.startswith(ha.prefix + "/"):
+                if self.local.lease is not None:
+                    stale.append(topic)  # a retired replica's bridge topics (`_foreign`)
+                continue
+            if topic in live:
                 continue
             owner = ha.owner(topic)
             if owner is not None and owner[1] != ha.mode and owner[0] in owners:

@@ -11,6 +11,12 @@ answered (what it carried is acknowledged upstream: retrying cannot help), is co
 `flespi_bridge_dropped_total{reason="too_large"|"refused"}` and logged once per topic.
 Another client taking the session (same `local.client_id`, MQTT 5) is an error and a long
 wait, not a fight.
+
+With a split fleet (`[cluster] shards` > 1) the connection runs the lease protocol
+(`bridge.publish.lease`): on every connect it subscribes first, publishes the lease, then
+`online` on this replica's own state topic, and reads leases and states until its own lease
+has come back. Only then is it `connected` (the publisher waits for that), and the messages
+that arrived meanwhile (commands) are handed on.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from bridge.mqtt.options import (
 )
 from bridge.mqtt.v5 import reason
 from bridge.publish import inventory
+from bridge.publish.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +66,11 @@ class LocalBroker:
     connect, once subscribed (so replayed retained messages arrive after it)."""
 
     def __init__(self, settings: LocalSettings, reconnect: ReconnectSettings, *,
-                 state_topic: str, stats: Stats, events: EventHub) -> None:
+                 state_topic: str, stats: Stats, events: EventHub, lease: Lease | None = None
+                 ) -> None:
+        """`lease`: this replica's, with a split fleet (None: a single bridge)."""
         self.settings = settings
+        self.lease = lease
         self._backoff = Backoff(reconnect.min_delay, reconnect.max_delay)
         self._state_topic = state_topic
         self._routes = Routes()
@@ -76,6 +86,9 @@ class LocalBroker:
         self.protocol = 4 if settings.protocol == "3.1.1" else 5
         self._fell_back = ""  # why MQTT 5 was refused, until MQTT 3.1.1 is tried
         self._refused_topics: set[str] = set()
+        if lease is not None:
+            for topic_filter, handler in lease.routes():
+                self.route(topic_filter, handler)
 
     async def start(self) -> None:
         """Nothing to prepare: `run` is an essential task (`bridge.app.supervisor`)."""
@@ -109,12 +122,7 @@ class LocalBroker:
             try:
                 await client.connect()
                 self._client = client
-                try:
-                    await client.publish(self._state_topic, b"online", qos=1, retain=True)
-                except PublishRefusedError as exc:
-                    log.warning("%s", exc)
-                for topic in self._routes.filters:
-                    await client.subscribe(topic, qos=1)
+                held = await self._hello(client)
                 self._backoff.reset()
                 up_since = time.monotonic()
                 if self._fell_back:
@@ -131,6 +139,8 @@ class LocalBroker:
                     self._stats.reconnects["local"] += 1
                 self._stats.up["local"] = True
                 self._events.emit(LocalConnected(self.connects))
+                for message in held:
+                    self._routes.dispatch(*message)
                 while True:
                     topic, payload, retain = await client.message()
                     self._routes.dispatch(topic, payload, retain)
@@ -171,6 +181,46 @@ class LocalBroker:
             finally:
                 self._lost()
                 client.abort()
+
+    async def _hello(self, client: MqttClient) -> list[tuple[str, bytes, bool]]:
+        """`online` and the subscriptions; with a lease, the subscriptions first, then the
+        lease and `online`, then the leases and states read until ours is back (within
+        `TIMEOUT`). Returns the other messages that arrived meanwhile, in order."""
+        lease = self.lease
+        if lease is None:
+            await self._say_online(client)
+        for topic in self._routes.filters:
+            await client.subscribe(topic, qos=1)
+        if lease is None:
+            return []
+        for pub in lease.hello():
+            await client.publish(pub.topic, pub.payload, qos=1, retain=True)
+        await self._say_online(client)
+        held = []
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while not lease.complete:
+                    message = await client.message()
+                    if lease.wants(message[0]):
+                        self._routes.dispatch(*message)
+                    else:
+                        held.append(message)
+        except TimeoutError:
+            raise LocalUnavailableError(
+                f"this replica's lease did not come back within {TIMEOUT:g}s (may it "
+                f"subscribe to {lease.routes()[0][0]}?)") from None
+        return held
+
+    async def _say_online(self, client: MqttClient) -> None:
+        try:
+            await client.publish(self._state_topic, b"online", qos=1, retain=True)
+        except PublishRefusedError as exc:
+            log.warning("%s", exc)
+
+    def answers(self, device_id: int | None) -> bool:
+        """Whether this replica executes and answers a command for `device_id`: always,
+        for a single bridge; with a split fleet, the lease says."""
+        return self.lease is None or self.lease.answers(device_id)
 
     @property
     def connected(self) -> asyncio.Event:

@@ -72,6 +72,9 @@ class Tuning:
     error_pause: float = ERROR_PAUSE
     defer_pause: float = DEFER_PAUSE
     shutdown: Shutdown = field(default_factory=Shutdown)
+    # which outbox work may go out (a split fleet: a device's messages only from its
+    # owner, `bridge.publish.lease`); None: all of it
+    admit: Callable[[Publication], bool] | None = None
 
 
 class Publisher:
@@ -89,6 +92,7 @@ class Publisher:
         self.error_pause = tuning.error_pause
         self.defer_pause = tuning.defer_pause
         self.shutdown = tuning.shutdown
+        self.admit = tuning.admit
         self._wake = asyncio.Event()
         self.outbox = Outbox(self._wake.set, self._drop)
         self._inflight: deque[_Batch] = deque()
@@ -211,6 +215,9 @@ class Publisher:
         """The next batch: outbox work and results first, then devices from `start`.
         Returns it with the next device index and what the outbox still owes."""
         work, results = self.outbox.take(min(owed, self.max_batch))
+        owed -= len(work) + len(results)
+        if self.admit is not None:
+            work = list(filter(self.admit, work))
         pubs = [*work, *results]
         batch = _Batch(Claim(0, 0, 0), pubs, [], work, results, [])
         while len(pubs) < self.max_batch and start < len(devices):
@@ -230,7 +237,7 @@ class Publisher:
             if dev.changed_at is not None:
                 batch.since.append(dev.changed_at)
                 dev.changed_at = None
-        return batch, start, owed - len(work) - len(results)
+        return batch, start, owed
 
     def _handed(self, batch: _Batch) -> None:
         # counted in C: once per publication

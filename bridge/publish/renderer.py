@@ -75,7 +75,9 @@ class Renderer:
         # flespi's names of a device type and protocol (bridge.flespi.device_types)
         self.names = names
         loc = settings.local
-        self.topics = LocalTopics(loc.base_topic)
+        place = settings.cluster.place
+        replica = None if place.single else place.index
+        self.topics = LocalTopics(loc.base_topic, replica)
         self._output = loc.output
         self._max_string = loc.max_string_length or None
         self._dropped: Counter[str] = Counter() if dropped is None else dropped
@@ -84,7 +86,7 @@ class Renderer:
         self._lock_specs: dict[int | None, list[tuple[str, CommandSpec]]] = {}
         ha = settings.homeassistant
         self.ha = Context(loc.discovery_prefix, loc.base_topic, loc.output, ha.expire_after,
-                          ha.discovery_mode)
+                          ha.discovery_mode, replica)
         self.discovery = Discovery(self.ha)
         self.templates = DiscoveryTemplates(self.device_configs, self._names)
         # Set (by `Cleanup`) once the upstream state is known in full. Until then a device
@@ -293,3 +295,9 @@ class Renderer:
     def reset(self) -> None:
         """After a local reconnect nothing can be assumed published."""
         self.discovery.reset()
+
+    def forget(self, dev: Device) -> None:
+        """Nothing of `dev` can be assumed published (another replica of a split fleet
+        published it meanwhile): its next render is in full. Clears nothing."""
+        dev.sent.clear()
+        self.discovery.forget(device_owner(dev.id))

@@ -12,8 +12,8 @@ waits for the interval's end: Home Assistant restarting twice in a row is still 
 
 Everything here reacts to events on the hub (`bridge.core.events`), subscribed in `start()`:
 `LocalConnected` (after `Cleanup`'s handler, which holds discovery back first: it starts
-first), `HomeAssistantOnline`, `NamesLearned`, and `Cleanup`'s `DiscoveryReleased` and
-`StateComplete`.
+first), `HomeAssistantOnline`, `NamesLearned`, `Cleanup`'s `DiscoveryReleased` and
+`StateComplete`, and the lease's `DevicesGained` (a split fleet).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from bridge.config.sections import HomeAssistantSettings
 from bridge.core.events import (
+    DevicesGained,
     DiscoveryReleased,
     EventHub,
     HomeAssistantOnline,
@@ -34,7 +35,7 @@ from bridge.core.events import (
     StateComplete,
 )
 from bridge.core.outbox import Outlet
-from bridge.core.store import DISCOVERY, Store
+from bridge.core.store import ALL, DISCOVERY, Store
 from bridge.homeassistant.payloads import device_owner
 from bridge.publish.renderer import Renderer
 
@@ -64,6 +65,7 @@ class Republisher:
         on(NamesLearned, self.names_learned)
         on(DiscoveryReleased, lambda _: self.discovery_only())
         on(StateComplete, lambda _: self.discovery_owed())
+        on(DevicesGained, self.gained)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -74,6 +76,14 @@ class Republisher:
         self.store.mark_all()
         if self.discovery:
             self.outbox.add(self.renderer.bridge_publications())
+        self._wake()
+
+    def gained(self, event: DevicesGained) -> None:
+        """Devices this replica of a split fleet publishes from now on: all of each, as
+        nothing of it can be assumed published by us (`bridge.publish.lease`)."""
+        for dev in event.devices:
+            self.renderer.forget(dev)
+            self.store.mark(dev, ALL)
         self._wake()
 
     def discovery_only(self) -> None:

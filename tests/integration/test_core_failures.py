@@ -247,6 +247,9 @@ class BrokenUpstream:
     async def subscribe(self, filters: Sequence[str], *, resend_retained: bool = True) -> None:
         raise AssertionError("never reached")
 
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        raise AssertionError("never reached")
+
     def publish(self, topic: str, payload: bytes, **_: Any) -> None:
         raise AssertionError("never reached")
 
