@@ -409,11 +409,11 @@ def secret_sources(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
 
 def run_as_the_pod(docs: list[dict[str, Any]], tmp_path: Path, replica: int = 0
                    ) -> subprocess.CompletedProcess[str]:
-    """`flespi-bridge check-config` as the StatefulSet's pod number `replica`, with its arguments and
-    environment, the ConfigMap at the config mount and the secrets dir built from the
-    projected volume's items (values from the chart's Secret, or stand-ins for Secrets that
-    exist outside the chart). The pod's host name, whose ordinal the bridge takes as its
-    shard, is stood in for by FLESPI_BRIDGE_CLUSTER__SHARD."""
+    """`flespi-bridge check-config` as the StatefulSet's pod number `replica`, with its
+    arguments and environment, the ConfigMap at the config mount and the secrets dir built
+    from the projected volume's items (values from the chart's Secret, or stand-ins for
+    Secrets that exist outside the chart). The pod's host name, whose ordinal the bridge
+    takes as its shard, is stood in for by FLESPI_BRIDGE_CLUSTER__SHARD."""
     bridge, pod = container(docs), pod_spec(docs)
     mounts = {m["name"]: m["mountPath"] for m in bridge["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -702,7 +702,7 @@ def test_chart_copies_are_identical_to_monitoring(name: str) -> None:
 
 
 def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    return selector["matchLabels"].items() <= labels.items()
+    return bool(selector["matchLabels"].items() <= labels.items())
 
 
 def test_service_monitor_scrapes_each_pod_as_job_flespi_bridge() -> None:
