@@ -10,6 +10,7 @@ import base64
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import yaml
 from support import REPO
 
 from bridge.config import settings as config
+from bridge.config.cluster import ClusterSettings, ordinal
 
 CHART = REPO / "charts" / "flespi-bridge"
 CI = CHART / "ci"
@@ -34,14 +36,17 @@ FULLNAME = f"{RELEASE}-flespi-bridge"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest bundled.
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
-SCENARIOS = ("defaults-with-token", "existing-secret", "monitoring", "tls", "full")
+SCENARIOS = ("defaults-with-token", "existing-secret", "monitoring", "tls", "full", "cluster")
 EXPECTED_KINDS = {
-    "defaults-with-token": ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
-    "existing-secret": ["ConfigMap", "Deployment", "Service", "ServiceAccount"],
-    "monitoring": ["ConfigMap", "ConfigMap", "Deployment", "PrometheusRule", "Secret",
-                   "Service", "ServiceAccount", "ServiceMonitor"],
-    "tls": ["ConfigMap", "Deployment", "Secret", "Service", "ServiceAccount"],
-    "full": ["ConfigMap", "Deployment", "Secret", "Service"],
+    "defaults-with-token": ["ConfigMap", "Secret", "Service", "Service", "ServiceAccount",
+                            "StatefulSet"],
+    "existing-secret": ["ConfigMap", "Service", "Service", "ServiceAccount", "StatefulSet"],
+    "monitoring": ["ConfigMap", "ConfigMap", "PrometheusRule", "Secret", "Service", "Service",
+                   "ServiceAccount", "ServiceMonitor", "StatefulSet"],
+    "tls": ["ConfigMap", "Secret", "Service", "Service", "ServiceAccount", "StatefulSet"],
+    "full": ["ConfigMap", "Secret", "Service", "Service", "StatefulSet"],
+    "cluster": ["ConfigMap", "PodDisruptionBudget", "PrometheusRule", "Secret", "Service",
+                "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"],
 }
 # Keys of the bridge's sections that are the chart's own and never reach the TOML.
 CHART_KEYS = {
@@ -54,6 +59,9 @@ SECRET_OPTIONS = {("flespi", "token"), ("flespi", "token_file"), ("local", "pass
                   ("stream", "authorization"), ("stream", "authorization_file")}
 SECTIONS = ("flespi", "local", "homeassistant", "commands", "reconnect", "metrics", "shutdown",
             "log", "stream")
+# Bridge sections the chart sets itself rather than from a values section of the same name:
+# [cluster] shards is `replicas`, and each pod's shard its StatefulSet ordinal.
+CHART_SET_SECTIONS = {"cluster"}
 
 
 # --- helm ---------------------------------------------------------------------------------
@@ -119,13 +127,24 @@ def config_map(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
-    (bridge,) = pod["containers"]
+    (bridge,) = pod_spec(docs)["containers"]
     return dict(bridge)
 
 
 def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(one(docs, "Deployment")["spec"]["template"]["spec"])
+    return dict(one(docs, "StatefulSet")["spec"]["template"]["spec"])
+
+
+def services(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the Service in front of the pods, the StatefulSet's headless Service)."""
+    (plain,) = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") != "None"]
+    (headless,) = [d for d in docs if d["kind"] == "Service"
+                   and d["spec"].get("clusterIP") == "None"]
+    return plain, headless
+
+
+def pod_env(docs: list[dict[str, Any]]) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container(docs)["env"]}
 
 
 def rendered_toml(docs: list[dict[str, Any]]) -> str:
@@ -171,23 +190,82 @@ def test_rendered_manifests_are_valid_kubernetes(scenario: str) -> None:
 
 def test_validation_does_reject_a_broken_manifest() -> None:
     """The validation above can fail: an unknown field and a wrong type are caught."""
-    deployment = one(render("defaults-with-token"), "Deployment")
-    deployment["spec"]["replicas"] = "one"
+    workload = one(render("defaults-with-token"), "StatefulSet")
+    workload["spec"]["replicas"] = "one"
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
-    deployment["spec"]["replicas"] = 1
-    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+        kubernetes_validate.validate(workload, K8S_VERSIONS[-1], strict=True)
+    workload["spec"]["replicas"] = 1
+    workload["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+        kubernetes_validate.validate(workload, K8S_VERSIONS[-1], strict=True)
 
 
-# --- Deployment ---------------------------------------------------------------------------
+# --- StatefulSet --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_one_bridge_recreated_never_two(scenario: str) -> None:
-    spec = one(render(scenario), "Deployment")["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+def test_replicas_are_the_shards_of_one_fleet(scenario: str) -> None:
+    """`replicas` pods with stable names, told the shard count; each pod's host name (its
+    name: no hostname or subdomain set) ends in the ordinal the bridge takes as its shard."""
+    docs = render(scenario)
+    replicas = values_of(scenario).get("replicas", 1)
+    workload = one(docs, "StatefulSet")
+    spec = workload["spec"]
+    assert spec["replicas"] == replicas
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == services(docs)[1]["metadata"]["name"]
+    assert pod_env(docs)["FLESPI_BRIDGE_CLUSTER__SHARDS"] == str(replicas)
+    assert not {"hostname", "subdomain", "setHostnameAsFQDN"} & set(pod_spec(docs))
+    name = workload["metadata"]["name"]
+    assert [ordinal(f"{name}-{k}") for k in range(replicas)] == list(range(replicas))
+
+
+def test_one_replica_by_default_and_no_budget() -> None:
+    """The chart's defaults are one bridge, as before the cluster; a budget for one pod
+    would only block node drains."""
+    docs = render("defaults-with-token")
+    assert one(docs, "StatefulSet")["spec"]["replicas"] == 1
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert not [d for d in render("defaults-with-token", "replicas=1",
+                                  "podDisruptionBudget.enabled=true")
+                if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_disruption_budget_takes_one_shard_at_a_time() -> None:
+    docs = render("cluster")
+    budget = one(docs, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
+    assert budget["spec"]["selector"]["matchLabels"] == one(docs, "StatefulSet")["spec"][
+        "selector"]["matchLabels"]
+    assert not [d for d in render("cluster", "podDisruptionBudget.enabled=false")
+                if d["kind"] == "PodDisruptionBudget"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_headless_service_governs_the_pods(scenario: str) -> None:
+    docs = render(scenario)
+    plain, headless = services(docs)
+    selector = one(docs, "StatefulSet")["spec"]["selector"]["matchLabels"]
+    for service in (plain, headless):
+        assert service["spec"]["selector"] == selector
+    assert headless["metadata"]["name"] == f"{plain['metadata']['name']}-headless"
+    assert [p["targetPort"] for p in headless["spec"]["ports"]] == ["metrics"]
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_each_replica_is_a_valid_bridge_of_its_shard(replicas: int, tmp_path: Path) -> None:
+    """Pod k of N, as the bridge sees it: `check-config` with the pod's environment (its
+    host name's ordinal stood in for) accepts the ConfigMap, and its client ids are its own:
+    `<client_id>-<k>` once the fleet is split."""
+    docs = render("defaults-with-token", f"replicas={replicas}")
+    for k in range(replicas):
+        proc = run_as_the_pod(docs, tmp_path / str(k), replica=k)
+        assert proc.returncode == 0, proc.stderr
+        own = "flespi-bridge" if replicas == 1 else f"flespi-bridge-{k}"
+        assert proc.stdout.count(f"client_id={own} ") == 2  # flespi and the local broker
+    proc = run_as_the_pod(docs, tmp_path / "beyond", replica=replicas)
+    assert proc.returncode == 2, "a shard past the replicas must be refused"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -224,11 +302,11 @@ def test_probes_and_ports_follow_the_metrics_port(scenario: str) -> None:
     assert bridge["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     env = {e["name"]: e.get("value") for e in bridge["env"]}
     assert env["FLESPI_BRIDGE_METRICS__HOST"] == cfg["metrics"]["host"]
-    service = one(docs, "Service")
+    service = services(docs)[0]
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"] + (
         ["stream"] if stream else [])
     assert service["spec"]["selector"].items() <= (
-        one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"].items())
+        one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"].items())
     assert bridge["resources"]["limits"]["memory"]
 
 
@@ -248,7 +326,7 @@ def test_scheduling_and_extras_reach_the_pod() -> None:
     assert values["extraVolumeMounts"][0] in bridge["volumeMounts"]
     assert bridge["livenessProbe"]["periodSeconds"] == 20
     assert bridge["readinessProbe"]["successThreshold"] == 2
-    assert one(docs, "Service")["spec"]["type"] == "NodePort"
+    assert services(docs)[0]["spec"]["type"] == "NodePort"
 
 
 def test_default_image_is_the_app_version() -> None:
@@ -266,7 +344,7 @@ def config_version() -> str:
 def test_config_change_restarts_the_pod() -> None:
     def checksum(*sets: str) -> str:
         docs = render("defaults-with-token", *sets)
-        return str(one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+        return str(one(docs, "StatefulSet")["spec"]["template"]["metadata"]["annotations"][
             "checksum/config"])
     assert checksum() != checksum("log.level=DEBUG")
 
@@ -329,11 +407,13 @@ def secret_sources(docs: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
 
 # --- the configuration round trip ---------------------------------------------------------
 
-def run_as_the_pod(docs: list[dict[str, Any]], tmp_path: Path
+def run_as_the_pod(docs: list[dict[str, Any]], tmp_path: Path, replica: int = 0
                    ) -> subprocess.CompletedProcess[str]:
-    """`flespi-bridge check-config` with the pod's arguments and environment, the ConfigMap
-    at the config mount and the secrets dir built from the projected volume's items (values
-    from the chart's Secret, or stand-ins for Secrets that exist outside the chart)."""
+    """`flespi-bridge check-config` as the StatefulSet's pod number `replica`, with its
+    arguments and environment, the ConfigMap at the config mount and the secrets dir built
+    from the projected volume's items (values from the chart's Secret, or stand-ins for
+    Secrets that exist outside the chart). The pod's host name, whose ordinal the bridge
+    takes as its shard, is stood in for by FLESPI_BRIDGE_CLUSTER__SHARD."""
     bridge, pod = container(docs), pod_spec(docs)
     mounts = {m["name"]: m["mountPath"] for m in bridge["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -346,7 +426,7 @@ def run_as_the_pod(docs: list[dict[str, Any]], tmp_path: Path
     assert config_dir == mounts[config_volume]
     assert config_name in cm["data"]
     conf = tmp_path / "config" / config_name
-    conf.parent.mkdir()
+    conf.parent.mkdir(parents=True)
     conf.write_text(cm["data"][config_name], encoding="utf-8")
     chart_secret = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
     secrets_dir = tmp_path / "secrets"
@@ -363,6 +443,7 @@ def run_as_the_pod(docs: list[dict[str, Any]], tmp_path: Path
     args[args.index("--secrets-dir") + 1] = str(secrets_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLESPI_BRIDGE_")}
     env.update({e["name"]: e["value"] for e in bridge.get("env", []) if "value" in e})
+    env["FLESPI_BRIDGE_CLUSTER__SHARD"] = str(replica)
     # The TLS files the config names exist only inside the pod (mounted Secrets): check
     # everything but the files, as one does for a config validated away from its host.
     return subprocess.run([sys.executable, "-m", "bridge", "check-config", *args,
@@ -447,7 +528,7 @@ def test_chart_defaults_are_the_bridge_defaults(tmp_path: Path) -> None:
 
 def test_values_expose_every_bridge_option() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    assert set(config.Settings.model_fields) == set(SECTIONS), (
+    assert set(config.Settings.model_fields) == set(SECTIONS) | CHART_SET_SECTIONS, (
         "the bridge's configuration sections changed: update the chart's values, schema, "
         "_helpers.tpl (configToml) and README"
     )
@@ -460,6 +541,13 @@ def test_values_expose_every_bridge_option() -> None:
             f"[{section}] bridge options missing from values.yaml: {sorted(options - chart)}; "
             f"values that are no bridge option: {sorted(chart - options)}"
         )
+
+
+def test_replicas_range_is_the_bridge_shards_range() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    shards = ClusterSettings.model_json_schema()["properties"]["shards"]
+    replicas = schema["properties"]["replicas"]
+    assert (replicas["minimum"], replicas["maximum"]) == (shards["minimum"], shards["maximum"])
 
 
 # --- the values schema --------------------------------------------------------------------
@@ -527,6 +615,13 @@ BAD_VALUES = [
     pytest.param(["--set", "local.keepalive=true"], "local.keepalive", id="wrong-type-bool"),
     pytest.param(["--set", "flespi.tokn=abc"], "tokn", id="unknown-key"),
     pytest.param(["--set", "replicaCount=2"], "replicaCount", id="unknown-top-level-key"),
+    pytest.param(["--set", "replicas=0"], "replicas", id="no-replica"),
+    pytest.param(["--set", "replicas=1025"], "replicas", id="more-replicas-than-shards"),
+    pytest.param(["--set-string", "replicas=3"], "replicas", id="replicas-as-string"),
+    pytest.param(["--set", "podManagementPolicy=Sometimes"], "podManagementPolicy",
+                 id="bad-pod-management"),
+    pytest.param(["--set", "podDisruptionBudget.maxUnavailable=0"],
+                 "podDisruptionBudget.maxUnavailable", id="budget-blocking-drains"),
     pytest.param(["--set", "log.format=xml"], "log.format", id="bad-enum"),
     pytest.param(["--set", "local.output=yaml"], "local.output", id="bad-enum-output"),
     pytest.param(["--set", "local.qos=2"], "local.qos", id="bad-qos"),
@@ -579,6 +674,11 @@ INCONSISTENT_VALUES = [
                  id="cert-file-without-key-file"),
     pytest.param(["flespi.token=a", "reconnect.min_delay=10", "reconnect.max_delay=5"],
                  "max_delay", id="delays-reversed"),
+    pytest.param(["flespi.token=a", "replicas=2", "stream.enabled=true",
+                  "stream.authorization=x"], "stream.enabled needs replicas: 1",
+                 id="stream-over-replicas"),
+    pytest.param(["flespi.token=a", f"fullnameOverride={'b' * 53}"], "longer than 52",
+                 id="statefulset-name-too-long"),
 ]
 
 
@@ -601,14 +701,21 @@ def test_chart_copies_are_identical_to_monitoring(name: str) -> None:
     )
 
 
-def test_service_monitor_scrapes_the_service_as_job_flespi_bridge() -> None:
+def matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return bool(selector["matchLabels"].items() <= labels.items())
+
+
+def test_service_monitor_scrapes_each_pod_as_job_flespi_bridge() -> None:
+    """Through the headless Service (one target per pod), never both Services (every series
+    twice); job="flespi-bridge" as the alert rules select it."""
     docs = render("monitoring")
-    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    monitor, (plain, service) = one(docs, "ServiceMonitor"), services(docs)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     spec = monitor["spec"]
     assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
-    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert matches(spec["selector"], service["metadata"]["labels"])
+    assert not matches(spec["selector"], plain["metadata"]["labels"])
     assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = spec["endpoints"]
     assert endpoint["port"] == service["spec"]["ports"][0]["name"]
@@ -621,6 +728,29 @@ def test_service_monitor_scrapes_the_service_as_job_flespi_bridge() -> None:
         "metricRelabelings"]
     # the alert rules select job="flespi-bridge"
     assert 'job="flespi-bridge"' in (CHART / "files" / "alerts.yml").read_text(encoding="utf-8")
+
+
+def relabel(rule: dict[str, Any], meta: dict[str, str]) -> str | None:
+    """What a `replace` relabeling sets its target label to (Prometheus anchors the regex and
+    writes nothing when it does not match)."""
+    assert rule.get("action", "replace") == "replace"
+    value = ";".join(meta[name] for name in rule["sourceLabels"])
+    match = re.fullmatch(rule["regex"], value)
+    return None if match is None else match.expand(rule["replacement"].replace("$1", r"\1"))
+
+
+def test_every_series_of_a_pod_carries_its_shard() -> None:
+    """shard="<k>" from the pod's name, the same number the bridge takes from its host name
+    (and exports in its own `shard` label, which honorLabels keeps as it is)."""
+    docs = render("cluster")
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+    (rule,) = [r for r in endpoint["relabelings"] if r.get("targetLabel") == "shard"]
+    name = one(docs, "StatefulSet")["metadata"]["name"]
+    for k in range(values_of("cluster")["replicas"]):
+        pod = f"{name}-{k}"
+        assert relabel(rule, {"__meta_kubernetes_pod_name": pod}) == str(k) == str(ordinal(pod))
+    assert relabel(rule, {"__meta_kubernetes_pod_name": "fleet-flespi-bridge-5d9c7f-x2x8q"}) is None
 
 
 def test_prometheus_rule_is_the_project_rule_file() -> None:
@@ -672,7 +802,7 @@ def test_notes_render(scenario: str, tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     notes = one(docs, "ConfigMap", "notes")["data"]["notes"]
     fullname = "fleet-bridge" if scenario == "full" else FULLNAME
-    assert f"deployment/{fullname}" in notes
+    assert f"statefulset/{fullname}" in notes
     assert f"--namespace {NAMESPACE}" in notes
     for value in secret_values(values_of(scenario)):
         assert value not in notes

@@ -29,8 +29,10 @@ ALERT_TESTS = MONITORING / "alerts_test.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 MONITORING_PAGE = REPO / "docs" / "monitoring.md"
 DS_VARIABLE = "DS_PROMETHEUS"
-# What a scrape adds to every series (the dashboard selects on them).
-TARGET_LABELS = {"job", "instance"}
+# What a scrape adds to every series (the dashboard selects on them): job and instance
+# everywhere; on Kubernetes the Prometheus Operator adds namespace, service and pod, and the
+# chart's ServiceMonitor the pod's shard (the rules aggregate replicas over them).
+TARGET_LABELS = {"job", "instance", "namespace", "service", "pod", "shard"}
 # Grafana variables -> a value that makes the query plain PromQL.
 GRAFANA_VARIABLES = {
     "__rate_interval": "5m", "__interval": "1m", "__range": "1h",
@@ -83,7 +85,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     assert {"FlespiDeviceBatteryLow", "FlespiDeviceOffline", "FlespiBridgeDown",
             "FlespiBridgeAbsent", "FlespiBridgeNotReady",
-            "FlespiBridgeUpstreamReconnectStorm"} <= names
+            "FlespiBridgeUpstreamReconnectStorm", "FlespiBridgeShardDown"} <= names
     assert names - firing == set(), "alerts without a case where they fire"
     assert names - quiet == set(), "alerts without a case where they stay quiet"
     assert (firing | quiet) - names == set(), "tests of alerts that do not exist"
@@ -108,6 +110,19 @@ def test_every_alert_is_actionable() -> None:
     ("for: 15m", "for: 1m"),  # a short dip must not page
     ('side="upstream"}[15m]', 'side=~".+"}[15m]'),  # local reconnects are not a flespi storm
     ("absent(up{job=\"flespi-bridge\"})", "absent(up)"),  # any other target would hide it
+    # a device is one alert whichever replica exports it, its pending time kept as it moves
+    ("max without (instance, pod, shard) (flespi_bridge_device_battery_percent"
+     "{job=\"flespi-bridge\"}) < 20", "flespi_bridge_device_battery_percent"
+     "{job=\"flespi-bridge\"} < 20"),
+    # a shard that is gone, not only one that is still scraped
+    ("max_over_time(flespi_bridge_shard_info{job=\"flespi-bridge\"}[1d])",
+     "flespi_bridge_shard_info{job=\"flespi-bridge\"}"),
+    # a shard index served under the new count during a resize is not down
+    ("unless on (job, namespace, service, shard) ",
+     "unless on (job, namespace, service, shard, shards) "),
+    # a finished resize away from a shard count is not a shard down
+    ("\n          and on (job, namespace, service, shards) flespi_bridge_shard_info"
+     "{job=\"flespi-bridge\"}", ""),
 ])
 def test_alert_unit_tests_catch_a_broken_rule(tmp_path: Path, wrong: str, right: str) -> None:
     """The unit tests are worth something: a plausible mistake in a rule makes them fail."""

@@ -25,6 +25,11 @@ app.kubernetes.io/name: {{ include "flespi-bridge.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The headless Service's own label: the ServiceMonitor selects it, not the other one. */}}
+{{- define "flespi-bridge.headlessLabel" -}}
+flespi-bridge/service: headless
+{{- end }}
+
 {{- define "flespi-bridge.labels" -}}
 helm.sh/chart: {{ include "flespi-bridge.chart" . }}
 {{ include "flespi-bridge.selectorLabels" . }}
@@ -112,6 +117,12 @@ Checks of values that the JSON schema cannot express: `helm install` fails with 
 {{- end }}
 {{- if ne (kindIs "invalid" $s.cert_file) (kindIs "invalid" $s.key_file) }}
 {{- fail "stream.cert_file and stream.key_file must be set together" }}
+{{- end }}
+{{- if and $s.enabled (gt (int .Values.replicas) 1) }}
+{{- fail "stream.enabled needs replicas: 1: flespi pushes the whole fleet to one URL, and the Service would hand each batch to any replica, most of whose devices it does not own" }}
+{{- end }}
+{{- if gt (len (include "flespi-bridge.fullname" .)) 52 }}
+{{- fail (printf "the StatefulSet name %q is longer than 52 characters (its pods' revision label would not fit in 63): set fullnameOverride or a shorter release name" (include "flespi-bridge.fullname" .)) }}
 {{- end }}
 {{- if gt (float64 .Values.reconnect.min_delay) (float64 .Values.reconnect.max_delay) }}
 {{- fail "reconnect.max_delay must be >= reconnect.min_delay" }}
