@@ -39,6 +39,7 @@ from bench.scenarios import (
     StateChecker,
     cpu_seconds,
     fmt,
+    ingest_workload,
     metrics_address,
     scrape_metrics,
     send_stream,
@@ -97,10 +98,7 @@ async def ready_at(proc: Proc, timeout: float) -> float | None:
 # -- (a) CPU per replica ------------------------------------------------------------------
 
 async def _cpu(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
-    messages = settings.ingest_messages
-    if settings.ingest_publications is not None:
-        messages = -(-settings.ingest_publications // workload.params_per_message())
-    w = workload.ingest(messages, settings.ingest_devices)
+    w = ingest_workload(settings)
     objects = _objects(sorted(w.expected))
     log(f"cluster CPU: {w.stream.count:,} publications over {settings.ingest_devices:,} "
         f"devices, through 1, {', '.join(map(str, REPLICAS))} replicas")
