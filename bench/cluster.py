@@ -39,6 +39,7 @@ from bench.scenarios import (
     StateChecker,
     cpu_seconds,
     fmt,
+    ingest_workload,
     metrics_address,
     scrape_metrics,
     send_stream,
@@ -97,10 +98,7 @@ async def ready_at(proc: Proc, timeout: float) -> float | None:
 # -- (a) CPU per replica ------------------------------------------------------------------
 
 async def _cpu(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
-    messages = settings.ingest_messages
-    if settings.ingest_publications is not None:
-        messages = -(-settings.ingest_publications // workload.params_per_message())
-    w = workload.ingest(messages, settings.ingest_devices)
+    w = ingest_workload(settings)
     objects = _objects(sorted(w.expected))
     log(f"cluster CPU: {w.stream.count:,} publications over {settings.ingest_devices:,} "
         f"devices, through 1, {', '.join(map(str, REPLICAS))} replicas")
@@ -128,7 +126,7 @@ async def _cpu(settings: Settings, log: Callable[[str], None]) -> list[Measureme
                                 f"{CPU_TARGET / shards:.3f})")
         m = Measurement("cluster", label, worst, "CPU s", note, extra)
         out.append(m)
-        log(f"  cluster CPU: {label}: {fmt(m)} {note}")
+        log(f"  cluster CPU: {label}: {fmt(m)}")
     return out
 
 
@@ -208,7 +206,7 @@ async def _startup(settings: Settings, log: Callable[[str], None]) -> list[Measu
                             "to loaded", loaded, "s", note, extra,
                             brokers=lab.nodelay_brokers())
             out.append(m)
-            log(f"  cluster start-up: shard {k}: {fmt(m)} {note}")
+            log(f"  cluster start-up: shard {k}: {fmt(m)}")
     return out
 
 
@@ -249,7 +247,8 @@ async def _shard_startup(lab: Lab, up: mosquitto.Broker, settings: Settings,
     info: dict[str, Any] = {
         "loaded_s": None if ready is None else round(ready - t0, 2),
         "states_s": None if states.done_at is None else round(states.done_at - t0, 2),
-        "cpu_s": cpu_seconds(proc.pid), "peak_rss_mb": round(peak / (1024 * 1024), 1)}
+        "cpu_s": round(cpu_seconds(proc.pid) or 0.0, 2),
+        "peak_rss_mb": round(peak / (1024 * 1024), 1)}
     if ready is None:
         info["note"] = f"timeout: not loaded in {timeout:.0f}s"
     elif states.done_at is None:

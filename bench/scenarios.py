@@ -324,11 +324,16 @@ def _default_coalesce_window() -> float | None:
 
 # -- ingest ---------------------------------------------------------------------------------
 
-async def ingest(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
+def ingest_workload(settings: Settings) -> workload.Workload:
+    """The ingest workload at this run's scale (the cluster scenario's too)."""
     messages = settings.ingest_messages
     if settings.ingest_publications is not None:
         messages = -(-settings.ingest_publications // workload.params_per_message())
-    w = workload.ingest(messages, settings.ingest_devices)
+    return workload.ingest(messages, settings.ingest_devices)
+
+
+async def ingest(settings: Settings, log: Callable[[str], None]) -> list[Measurement]:
+    w = ingest_workload(settings)
     n = w.stream.count
     log(f"ingest: {n} publications ({w.params_per_message} per device message, "
         f"{w.mapped} of catalogue parameters) over {settings.ingest_devices} devices")

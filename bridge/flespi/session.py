@@ -9,7 +9,7 @@ set, so a slow start-up can never make live devices look gone.
 The session's own topics (the reply prefix: the marker and REST answers) are taken here;
 everything else goes to ingest, then the publisher is woken: the hot path, direct calls.
 With the fleet split over replicas (`[cluster] shards` > 1) the subscriptions, and which
-messages reach ingest, are `bridge.flespi.shard_subscriptions`'; the marker then goes out
+messages reach ingest, are `bridge.flespi.shard_subscriptions`'s; the marker then goes out
 once the shard's own devices are subscribed. One shard is the code path it always was.
 `UpstreamLink` is built before the session so that REST over MQTT exists before the parts
 that call it (device type look-ups, commands) and the session is the one to connect it.

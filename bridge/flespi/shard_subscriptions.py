@@ -10,7 +10,8 @@ Per connection (`run`):
 1. the listing marker goes out after the base subscriptions and comes back after every
    retained device object: the device list at start (a resumed session replays nothing and
    keeps the list it has);
-2. the own ids' filters are subscribed, at most `FILTERS_PER_PACKET` per SUBSCRIBE; then
+2. the own ids' filters are subscribed, at most `FILTERS_PER_PACKET` per SUBSCRIBE (from
+   the first `LISTING_BATCH` own objects on, so their replay overlaps the listing); then
    whatever the persistent session still holds from a previous run (its retained record,
    read back in step 1) and is not subscribed now is unsubscribed, so a resized replica
    stops receiving the traffic of devices that are no longer its own;
@@ -49,6 +50,8 @@ GROUP_CHARS = 1000
 # Topic filters in one SUBSCRIBE or UNSUBSCRIBE packet, and SUBSCRIBEs awaiting their SUBACK.
 FILTERS_PER_PACKET = 1000
 SUBSCRIBE_WINDOW = 4
+# Own devices subscribed together while the device list still arrives.
+LISTING_BATCH = 250
 # Seconds a changed record waits for more changes before it is published again.
 RECORD_DELAY = 5.0
 
@@ -106,7 +109,8 @@ class ShardSubscriptions:
         self._level_of: dict[int, str] = {}
         self._wanted: set[int] = set()  # own ids seen, not subscribed yet
         self._gone: set[int] = set()  # own ids deleted, maybe to unsubscribe
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # set at `_batch` ids wanted, or one gone
+        self._batch = 1
         self._listing = ""  # the listing marker awaited on this connection
         self._listed = asyncio.Event()
         self._reading_record = False
@@ -161,7 +165,8 @@ class ShardSubscriptions:
             if mine and device_id not in self._level_of:
                 self._wanted.add(device_id)
                 self._gone.discard(device_id)
-                self._changed.set()
+                if len(self._wanted) >= self._batch:
+                    self._changed.set()
         else:
             self.fleet.ids.discard(device_id)
             if mine:
@@ -199,17 +204,15 @@ class ShardSubscriptions:
         """Steps 1-4 of the module docstring on the connection `up` (whose base
         subscriptions are made); `read_record`: a fresh process on a resumed session."""
         self._reading_record = read_record
+        # every own level again: a session that expired has none of them
+        await self._subscribe(up, list(self.levels), resend_retained)
         self._listed.clear()
         self._listing = f"{self.reply_prefix}list/{uuid.uuid4().hex}"
         up.publish(self._listing, b"list", qos=1)
-        await self._listed.wait()
+        await self._while_listing(up)
         self._reading_record = False
         self._changed.clear()
-        # every own level again: a session that expired has none of them
-        new = self._take_wanted()
-        known = [level for level in self.levels if level not in new]
-        await self._subscribe(up, known, resend_retained)
-        await self._subscribe(up, new, True)
+        await self._subscribe(up, self._take_wanted(), True)
         await self._drop_gone(up)
         if read_record and self.previous is not None:
             await self._unsubscribe_previous(up, self.previous)
@@ -219,6 +222,23 @@ class ShardSubscriptions:
                  len(self.fleet.ids))
         subscribed()
         await self._follow(up)
+
+    async def _while_listing(self, up: Upstream) -> None:
+        """Until the listing marker is back, subscribe the own devices whose objects came,
+        `LISTING_BATCH` at a time: their replay overlaps the rest of the listing."""
+        self._batch = LISTING_BATCH
+        listed = asyncio.ensure_future(self._listed.wait())
+        try:
+            while not listed.done():
+                changed = asyncio.ensure_future(self._changed.wait())
+                await asyncio.wait({listed, changed}, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                if self._changed.is_set() and not listed.done():
+                    self._changed.clear()
+                    await self._subscribe(up, self._take_wanted(), True)
+        finally:
+            listed.cancel()
+            self._batch = 1
 
     def _take_wanted(self) -> list[str]:
         """Levels for the own ids waiting, now counted as subscribed."""

@@ -297,6 +297,8 @@ class GmqttUpstream:
 
     async def _answer(self, mid: int, timed_out: str) -> None:
         o = self._options
+        if self._closed.is_set():  # nothing will answer
+            raise UpstreamError("connection lost while subscribing")
         waiter = self._acked[mid] = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait_for(waiter, o.timeout)

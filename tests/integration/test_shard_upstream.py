@@ -163,3 +163,26 @@ async def test_a_restart_with_more_shards_stops_receiving_what_moved_away(
         await all_states(rec, fleet, after)
         # the moved devices' live traffic did not come: their filters were unsubscribed
         assert bridge.stats.dropped["other_shard"] == backlog
+
+
+async def test_after_an_upstream_restart_a_replica_still_gets_its_own_devices_only(
+        brokers: Brokers, local: mosquitto.Broker, bridge_factory: BridgeFactory) -> None:
+    upstream = brokers(extra_config=mosquitto.FLESPI_LIKE, persistence=True)
+    sim = Simulator(upstream.host, upstream.port, devices=12, seed=5)
+    await sim.start()
+    shards, shard = 2, 0
+    own = {d for d in sim.devices if shard_of(d, shards) == shard}
+    try:
+        async with Recorder(local, [f"{BASE}/#"]) as rec:
+            bridge = await bridge_factory(sharded(upstream, local, shards, shard))
+            await asyncio.wait_for(bridge.loaded.wait(), 30)
+            upstream.stop()  # a graceful restart: the broker saves its sessions
+            await wait_until(lambda: not bridge.stats.up["upstream"], what="upstream down")
+            upstream.start()
+            await wait_until(bridge.ready, timeout=20, what="ready again")
+            await steps(sim)
+            await all_states(rec, sim, own)
+            assert local_devices(rec) == own
+            assert bridge.stats.dropped["other_shard"] == 0
+    finally:
+        await sim.stop()

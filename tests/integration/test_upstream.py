@@ -134,6 +134,20 @@ async def test_subscribe_times_out_without_suback(broker_factory: BrokerFactory)
         await up.disconnect()
 
 
+async def test_subscriptions_in_flight_together_each_get_their_suback(
+        broker_factory: BrokerFactory) -> None:
+    """A split fleet subscribes its devices several SUBSCRIBEs at a time: each waits for
+    its own SUBACK (by packet id), none for another's."""
+    broker = await broker_factory()
+    up = GmqttUpstream(options(broker.port, timeout=2), Received())
+    await up.connect()
+    try:
+        await asyncio.wait_for(asyncio.gather(
+            *(up.subscribe([f"flespi/state/gw/devices/{d}/+"]) for d in range(1, 6))), 5)
+    finally:
+        await up.disconnect()
+
+
 async def test_keepalive_is_answered_while_the_window_is_full(
         broker_factory: BrokerFactory) -> None:
     """Nothing acknowledged (the local broker is down): the socket is still read, so the
