@@ -34,6 +34,7 @@ from bridge.core.store import Store
 from bridge.flespi.device_types import DeviceTypes
 from bridge.flespi.ingest import Ingest
 from bridge.flespi.rest import HttpRest, Rest
+from bridge.flespi.retire import Retirement
 from bridge.flespi.session import UpstreamFactory, UpstreamLink, UpstreamSession
 from bridge.flespi.upstream import GmqttUpstream
 from bridge.homeassistant.status import StatusListener
@@ -105,6 +106,9 @@ class Bridge:
                                                  link=link, wake=publisher.wake,
                                                  fleet=self.fleet)
         self.cleanup = Cleanup(store, renderer, publisher.outbox, local, session.loaded, events)
+        # shard 0 of a split fleet ends the flespi sessions of replicas a shrink retired
+        self.retirement = (Retirement(session, events) if lease is not None
+                           and settings.cluster.place.index == 0 else None)
         self.republisher = Republisher(store, renderer, publisher, events,
                                        settings=settings.homeassistant)
         self.commands = commands = CommandHandler(settings, rest, store, stats, local, publisher)
@@ -129,10 +133,10 @@ class Bridge:
         # the publisher flushed (acknowledging flespi), the stream closed, work left
         # reported, look-ups stopped (before the session they need), a split fleet's devices
         # released, `offline` said, flespi left, republishes and cleanup cancelled; then the
-        # supervisor cancels its tasks,
-        # the HTTP REST client closes, metrics go last.
+        # supervisor cancels its tasks, the HTTP REST client closes, metrics go last.
         running = Supervisor(
-            Parts([self.cleanup, self.republisher, session, local, *present(lease),
+            Parts([*present(self.retirement), self.cleanup, self.republisher, session, local,
+                   *present(lease),
                    self.device_types,
                    WorkLeft(publisher, commands), *present(self.stream), publisher, commands,
                    *present(status)]),

@@ -77,6 +77,14 @@ class DevicesGained:
     devices: tuple[Device, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaRetired:
+    """Shard 0 of a split fleet cleared the local topics of replica `shard`, whose shard no
+    longer exists and which is offline: its persistent session on flespi is to end too."""
+
+    shard: int
+
+
 E = TypeVar("E")
 
 

@@ -130,13 +130,15 @@ class UpstreamSession:
             telemetry=f.telemetry,
         )
 
-    def _options(self) -> ConnectOptions:
+    def connect_options(self, client_id: str | None = None) -> ConnectOptions:
+        """How this bridge connects to flespi (as `client_id`: another session of the same
+        token, which ending a retired replica's session needs)."""
         f = self.settings.flespi
         return ConnectOptions(
             host=f.host,
             port=f.port,
             username=f.token.get_secret_value(),
-            client_id=f.client_id,
+            client_id=client_id or f.client_id,
             tls=self._tls,
             keepalive=f.keepalive,
             session_expiry=f.session_expiry,
@@ -175,7 +177,7 @@ class UpstreamSession:
         fresh = True  # this process has no state yet: it needs the retained replay
         attempts = 0
         while not self._stopping.is_set():
-            up = self.link.factory(self._options(), self.on_message)
+            up = self.link.factory(self.connect_options(), self.on_message)
             # before the first message can arrive: an ack released meanwhile must reach it
             self.ledger.attach(up.ack)
             try:

@@ -44,6 +44,7 @@ from bridge.core.events import (
     DiscoveryReleased,
     EventHub,
     LocalConnected,
+    ReplicaRetired,
     StateComplete,
 )
 from bridge.core.outbox import Outbox
@@ -174,6 +175,19 @@ class Cleanup:
         if stale:
             log.info("clearing %d stale retained topics from an earlier run", len(stale))
             self.outbox.add(Publication(topic, b"") for topic in stale)
+        for shard in self.retired_replicas(stale):
+            self.events.emit(ReplicaRetired(shard))
+
+    def retired_replicas(self, stale: list[str]) -> list[int]:
+        """The replicas whose leases are among the `stale` topics (only shard 0 clears a
+        retired replica's lease, see `_foreign`)."""
+        prefix = self.renderer.topics.bridge_topic(None, "")
+        found = []
+        for topic in stale:
+            level, _, leaf = topic.removeprefix(prefix).partition("/")
+            if topic.startswith(prefix) and level.isdigit() and leaf == "lease":
+                found.append(int(level))
+        return found
 
     async def _until_loaded(self) -> None:
         """Wait for the upstream state; then devices without telemetry are announced too

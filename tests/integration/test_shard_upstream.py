@@ -20,12 +20,14 @@ from support.helpers import (
     Recorder,
     expected_state,
     make_settings,
+    retained,
     wait_until,
 )
 
 from bridge.app.bridge import Bridge
 from bridge.config.settings import Settings
 from bridge.core.shards import shard_of
+from bridge.flespi.upstream import ConnectOptions, GmqttUpstream
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
 from bridge.sim.fleet import FIRST_ID
@@ -186,3 +188,39 @@ async def test_after_an_upstream_restart_a_replica_still_gets_its_own_devices_on
             assert bridge.stats.dropped["other_shard"] == 0
     finally:
         await sim.stop()
+
+
+async def test_a_shrink_ends_the_retired_replicas_flespi_session(
+        upstream: mosquitto.Broker, local: mosquitto.Broker, fleet: Simulator,
+        bridge_factory: BridgeFactory) -> None:
+    """Shard 2 of 3 stops for good (3 -> 2). Shard 0, restarted with 2 shards, finds the
+    retired replica offline on the local broker and ends its persistent session upstream:
+    flespi no longer queues that session's devices' traffic for nobody, for days."""
+    record = "flespi-bridge/replica-2/shards"
+    retired = Bridge(sharded(upstream, local, 3, 2))
+    await retired.start()
+    try:
+        await asyncio.wait_for(retired.loaded.wait(), 30)  # its record is out by then
+    finally:
+        await retired.stop()
+    assert record in await retained(upstream, [record])
+    assert await session_present(upstream, "replica-2")
+
+    bridge = await bridge_factory(sharded(upstream, local, 2, 0))
+    assert bridge.retirement is not None
+    await wait_until(lambda: bridge.retirement.ended == ["replica-2"],  # type: ignore[union-attr]
+                     timeout=30, what="the retired replica's session ended")
+    assert record not in await retained(upstream, [record])
+    assert not await session_present(upstream, "replica-2")
+
+
+async def session_present(broker: mosquitto.Broker, client_id: str) -> bool:
+    """Whether the broker still keeps a persistent session for `client_id` (asked as that
+    client, which keeps the session it finds)."""
+    up = GmqttUpstream(ConnectOptions(broker.host, broker.port, username="", client_id=client_id),
+                       lambda *_: None)
+    await up.connect()
+    try:
+        return up.session_present
+    finally:
+        await up.disconnect()
