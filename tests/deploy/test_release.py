@@ -5,6 +5,7 @@ Dockerfile by hadolint (it installs a wheel from wheels/ when there is one)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -69,6 +70,27 @@ def test_the_compose_file_is_valid(tmp_path: Path) -> None:
         assert path in mounts
     # ports on loopback only
     assert all("127.0.0.1" in str(p) for s in services.values() for p in s.get("ports", []))
+
+
+def test_grafana_is_provisioned_with_the_dashboard() -> None:
+    """What the compose Grafana would load, checked where it cannot run (no Debian package,
+    no Docker Hub): the provider's folder is where compose.yaml mounts the dashboard, the
+    data source is the compose Prometheus, and the dashboard is a dashboard."""
+    grafana = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    provisioning = REPO / "deploy" / "compose" / "grafana" / "provisioning"
+    assert mounts["./deploy/compose/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "flespi-bridge.yml").read_text(
+        encoding="utf-8"))["providers"]
+    dashboard_mount = mounts["./monitoring/grafana-dashboard.json"]
+    assert Path(dashboard_mount).parent.as_posix() == provider["options"]["path"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text(
+        encoding="utf-8"))["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((REPO / "monitoring" / "grafana-dashboard.json").read_text(
+        encoding="utf-8"))
+    assert dashboard["panels"]
+    assert dashboard["title"]
 
 
 def test_the_compose_file_needs_the_token() -> None:
