@@ -153,7 +153,7 @@ def test_a_release_tag_must_be_the_version_the_files_name(tmp_path: Path) -> Non
 def test_the_addon_installs_a_wheel_from_its_folder() -> None:
     dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
     assert "COPY wheels/ /tmp/wheels/" in dockerfile
-    assert "find /tmp/wheels" in dockerfile
+    assert "--find-links /tmp/wheels" in dockerfile
     assert (ADDON / "wheels").is_dir()
     result = subprocess.run([tool("hadolint"), "--failure-threshold", "warning", "-"],
                             input=dockerfile, capture_output=True, text=True, timeout=120)
