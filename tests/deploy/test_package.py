@@ -91,7 +91,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def untagged_sdist(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Built before `dist` tags the commit (module order: this test's file runs it first)."""
+    """The sdist of the untagged commit (`dist` needs it, so it is built before the tag)."""
     out = tmp_path_factory.mktemp("untagged")
     run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(source)], cwd=out)
     return out
