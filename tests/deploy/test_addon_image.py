@@ -41,8 +41,15 @@ import httpx
 import pytest
 import yaml
 from support import REPO, supervisor_schema
-from support.docker_engine import base_images, docker, inspect, require_engine, wait_for
-from support.helpers import TOKEN, Brokers, Recorder, retained, server_certificate
+from support.docker_engine import answering, base_images, docker, inspect, require_engine, wait_for
+from support.helpers import (
+    TOKEN,
+    Brokers,
+    Recorder,
+    every_device_state,
+    retained,
+    server_certificate,
+)
 from support.supervisor_stand_in import supervisor
 
 from bridge.homeassistant import addon
@@ -159,23 +166,12 @@ async def test_the_addon_runs_from_the_repository_wheel(image: str, wheel: Path,
 
 async def check_the_addon(name: str, wheel: Path, sim: Simulator, rec: Recorder,
                           local: mosquitto.Broker) -> None:
-    healthz = f"http://127.0.0.1:{addon.METRICS_PORT}/healthz"
-
-    def healthy() -> bool:
-        assert inspect(name, "{{.State.Running}}") == "true", (
-            "the add-on exited:\n" + docker("logs", name, check=False).stderr[-3000:])
-        try:
-            return httpx.get(healthz, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     # The Supervisor's watchdog (config.yaml) polls /healthz.
-    await wait_for(healthy, "the watchdog's /healthz", timeout=90)
+    await wait_for(answering(name, f"http://127.0.0.1:{addon.METRICS_PORT}/healthz"),
+                   "the watchdog's /healthz", timeout=90)
     # Every simulated device: its state, and its Home Assistant device.
-    for device_id, device in sim.devices.items():
-        state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
-                                   timeout=60, what=f"state of device {device_id}")
-        assert state["battery"] == device.value("battery.level"), state
+    await every_device_state(rec, sim, timeout=60)
+    for device_id in sim.devices:
         topic = f"homeassistant/device/flespi/flespi_{device_id}/config"
         config = await rec.wait_for(functools.partial(rec.latest.get, topic), timeout=30,
                                     what=f"discovery of device {device_id}")

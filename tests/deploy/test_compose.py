@@ -18,7 +18,6 @@ Marked `image`: .ci/run runs it in its image step, after starting a Docker engin
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import subprocess
 import uuid
@@ -30,7 +29,7 @@ import pytest
 import yaml
 from support import REPO
 from support.docker_engine import base_images, checkout_version, require_engine, wait_for
-from support.helpers import TOKEN, Brokers, Recorder
+from support.helpers import TOKEN, Brokers, Recorder, every_device_state
 
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
@@ -136,10 +135,7 @@ async def check_the_stack(sim: Simulator, ports: dict[str, int]) -> None:
     # The bridge publishes every simulated device to the compose Mosquitto.
     broker = mosquitto.Broker(port=ports["mqtt"])  # only its address: started by compose
     async with Recorder(broker, ["flespi/#"]) as rec:
-        for device_id, device in sim.devices.items():
-            state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
-                                       timeout=90, what=f"state of device {device_id}")
-            assert state["battery"] == device.value("battery.level"), state
+        await every_device_state(rec, sim, timeout=90)
     # Prometheus scrapes the bridge (its job, its metrics) and loads the alert rules.
     api = f"http://127.0.0.1:{ports['prometheus']}/api/v1"
 

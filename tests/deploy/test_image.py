@@ -11,17 +11,16 @@ be pulled, else an equivalent built from Debian packages by tools/debian-python-
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 from support import REPO
 from support.docker_engine import (
+    answering,
     base_images,
     checkout_version,
     docker,
@@ -29,7 +28,7 @@ from support.docker_engine import (
     require_engine,
     wait_for,
 )
-from support.helpers import TOKEN, Brokers, Recorder, retained
+from support.helpers import TOKEN, Brokers, Recorder, every_device_state, retained
 
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
@@ -104,22 +103,10 @@ def bridge_state(rec: Recorder) -> bytes | None:
 
 async def check_running_container(name: str, sim: Simulator, rec: Recorder,
                                   local: mosquitto.Broker, metrics_port: int) -> None:
-    def ready() -> bool:
-        assert inspect(name, "{{.State.Running}}") == "true", (
-            "the container exited:\n" + docker("logs", name, check=False).stderr[-3000:])
-        try:
-            return httpx.get(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2
-                             ).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(ready, "/readyz to answer 200", timeout=60)
-
+    await wait_for(answering(name, f"http://127.0.0.1:{metrics_port}/readyz"),
+                   "/readyz to answer 200", timeout=60)
     # Every simulated device's state arrives on the local broker.
-    for device_id, device in sim.devices.items():
-        state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
-                                   timeout=30, what=f"state of device {device_id}")
-        assert state["battery"] == device.value("battery.level"), state
+    await every_device_state(rec, sim)
     await rec.wait_for(lambda: bridge_state(rec) == b"online", timeout=10, what="bridge online")
 
     # uid 10001: the image's USER, and the real process on the host.

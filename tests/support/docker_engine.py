@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from support import REPO
@@ -98,3 +99,16 @@ async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.5)
+
+
+def answering(container: str, url: str) -> Callable[[], bool]:
+    """For wait_for: the container still runs (else fail with its log) and `url` answers
+    200."""
+    def check() -> bool:
+        assert inspect(container, "{{.State.Running}}") == "true", (
+            f"{container} exited:\n" + docker("logs", container, check=False).stderr[-3000:])
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+    return check
