@@ -16,11 +16,17 @@ ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # must not carry (e.g. the CA of a TLS-inspecting proxy to reach PyPI; see
 # tools/debian-python-base --builder-ca). Nothing of the builder but /opt/venv reaches the image.
 ARG BUILDER_IMAGE=${PYTHON_IMAGE}
+# The package's version: setuptools-scm takes it from git, but .git stays out of the build
+# context, so it comes from here: --build-arg VERSION="$(python -m setuptools_scm)" (the
+# release workflow passes the tag's). Without it the image says plainly that it does not know.
+ARG VERSION=0+unknown
 
 # --- builder: a wheel of the project, and a virtualenv with it and its dependencies --------
 FROM ${BUILDER_IMAGE} AS builder
+ARG VERSION
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLESPI_BRIDGE=${VERSION} \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
@@ -39,8 +45,10 @@ RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /dist . \
 
 # --- runtime: the virtualenv only, run by an unprivileged user -----------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION
 
 LABEL org.opencontainers.image.title="flespi-bridge" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.description="Bridge a flespi telematics fleet to a local MQTT broker" \
       org.opencontainers.image.licenses="MIT"
 

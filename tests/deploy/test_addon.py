@@ -5,14 +5,11 @@ through the entry point, against a Supervisor stand-in on loopback."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import struct
 import subprocess
 import sys
-import threading
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,7 @@ import pytest
 import tomli_w
 import trustme
 import yaml
-from support import REPO, supervisor_schema
+from support import REPO, supervisor_schema, supervisor_stand_in
 
 from bridge.config import settings as config
 from bridge.config.profiles import CommandSpec
@@ -31,8 +28,6 @@ from bridge.homeassistant import addon
 ADDONS = REPO / "homeassistant-addon"
 ADDON = ADDONS / "flespi-bridge"
 CONFIG = yaml.safe_load((ADDON / "config.yaml").read_text(encoding="utf-8"))
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"][
-    "version"]
 SERVICE: dict[str, Any] = {"host": "core-mosquitto", "port": 1883, "ssl": False,
                            "protocol": "3.1.1", "username": "addons",
                            "password": "Supervisor-Generated-Pw"}
@@ -57,9 +52,7 @@ def test_config_and_build_pass_the_supervisor_schema() -> None:
     supervisor_schema.validate_config(CONFIG)
     build = yaml.safe_load((ADDON / "build.yaml").read_text(encoding="utf-8"))
     supervisor_schema.validate_build(build, CONFIG["arch"])
-    assert CONFIG["version"] == VERSION, "the add-on version follows the package"
     dockerfile = (ADDON / "Dockerfile").read_text(encoding="utf-8")
-    assert f"BRIDGE_VERSION={VERSION}" in dockerfile
     assert '"bridge.homeassistant.addon"' in dockerfile
     assert "mqtt:want" in CONFIG["services"] or "mqtt:need" in CONFIG["services"]
     assert CONFIG["watchdog"] == f"http://[HOST]:[PORT:{addon.METRICS_PORT}]/healthz"
@@ -289,28 +282,8 @@ def test_bad_profile_is_refused_by_the_bridge(tmp_path: Path) -> None:
 @pytest.fixture
 def supervisor() -> Iterator[tuple[str, list[str]]]:
     """`GET /services/mqtt` as the Supervisor answers it; records the Authorization seen."""
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Authorization", ""))
-            ok = self.path == "/services/mqtt"
-            body = json.dumps({"result": "ok", "data": SERVICE} if ok else
-                              {"result": "error", "message": "no"}).encode()
-            self.send_response(200 if ok else 404)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    with supervisor_stand_in.supervisor(SERVICE) as stand_in:
+        yield stand_in.url, stand_in.seen
 
 
 def test_entry_point_asks_the_supervisor_and_hands_over(

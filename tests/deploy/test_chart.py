@@ -333,12 +333,6 @@ def test_default_image_is_the_app_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
     image = container(render("defaults-with-token"))["image"]
     assert image == f"flespi-bridge:{chart['appVersion']}"
-    assert chart["appVersion"] == config_version()
-
-
-def config_version() -> str:
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    return str(pyproject["project"]["version"])
 
 
 def test_config_change_restarts_the_pod() -> None:

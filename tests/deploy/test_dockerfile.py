@@ -325,8 +325,11 @@ def test_everything_the_dockerfile_copies_is_in_the_context(dockerfile: str) -> 
 
 def test_builder_context_yields_the_package_metadata(dockerfile: str, tmp_path: Path) -> None:
     """What the builder's `pip wheel` reads, from a copy of exactly the files the Dockerfile
-    copies: setuptools (offline, egg_info) finds the package, the console script and the
-    extras."""
+    copies (no .git: the version is the builder's SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLESPI_
+    BRIDGE, from the VERSION build argument): setuptools (offline, egg_info) finds the
+    package, its version, the console script and the extras."""
+    builder_env = " ".join(rest for word, rest in stages(dockerfile)[1] if word == "ENV")
+    assert "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLESPI_BRIDGE=${VERSION}" in builder_env
     ctx = tmp_path / "ctx"
     context = build_context()
     for source in copied_sources(dockerfile):
@@ -339,9 +342,11 @@ def test_builder_context_yields_the_package_metadata(dockerfile: str, tmp_path: 
         [sys.executable, "-W", "error:File :UserWarning", "-c",
          "from setuptools import setup; setup()", "egg_info", "--egg-base", str(out)],
         cwd=ctx, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "SETUPTOOLS_SCM_PRETEND_VERSION_FOR_FLESPI_BRIDGE": "1.2.3"},
     )
     assert proc.returncode == 0, f"the builder's wheel build would fail:\n{proc.stderr[-3000:]}"
     (egg_info,) = out.glob("*.egg-info")
+    assert "\nVersion: 1.2.3\n" in (egg_info / "PKG-INFO").read_text(encoding="utf-8")
     assert "bridge" in (egg_info / "top_level.txt").read_text(encoding="utf-8").split()
     sources = (egg_info / "SOURCES.txt").read_text(encoding="utf-8").split()
     assert "bridge/app/cli.py" in sources

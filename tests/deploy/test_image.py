@@ -11,21 +11,24 @@ be pulled, else an equivalent built from Debian packages by tools/debian-python-
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from support import REPO
-from support.helpers import TOKEN, Brokers, Recorder, retained
+from support.docker_engine import (
+    answering,
+    base_images,
+    checkout_version,
+    docker,
+    inspect,
+    require_engine,
+    wait_for,
+)
+from support.helpers import TOKEN, Brokers, Recorder, every_device_state, retained
 
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
@@ -34,64 +37,8 @@ from bridge.sim import brokers as mosquitto
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
 
 IMAGE = "flespi-bridge:test-image"
-DEFAULT_BASE = re.search(r"^ARG PYTHON_IMAGE=(\S+)$",
-                         (REPO / "Dockerfile").read_text(encoding="utf-8"), re.M)
 GRACE = 5.0  # the bridge's shutdown.grace in the container
 STOP_TIMEOUT = 15  # docker stop -t: SIGKILL only after this
-
-
-def docker(*args: str, timeout: float = 120, check: bool = True
-           ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
-    return proc
-
-
-def require_engine() -> None:
-    if shutil.which("docker") is None:
-        pytest.fail("no `docker` client on PATH: the image test needs a Docker engine "
-                    "(apt-get install docker.io; .ci/run starts dockerd itself)")
-    info = docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False)
-    if info.returncode != 0:
-        pytest.fail("no Docker engine answers (DOCKER_HOST="
-                    f"{os.environ.get('DOCKER_HOST', 'default')}): {info.stderr.strip()[-500:]}"
-                    " - start one (.ci/run does: dockerd --storage-driver=vfs --bridge=none "
-                    "--iptables=false) or run the default test selection without -m image")
-
-
-def builder_ca() -> str | None:
-    """The CA bundle the host's pip uses, if any (a TLS-inspecting proxy): the builder stage
-    needs it to reach PyPI; the runtime stage never gets it."""
-    cert = os.environ.get("PIP_CERT")
-    if not cert:
-        proc = subprocess.run([os.environ.get("PYTHON", "python3"), "-m", "pip", "config",
-                               "get", "global.cert"], capture_output=True, text=True,
-                              timeout=60, check=False)
-        cert = proc.stdout.strip() if proc.returncode == 0 else None
-    return cert if cert and Path(cert).is_file() else None
-
-
-def base_images() -> tuple[str, str]:
-    """(PYTHON_IMAGE, BUILDER_IMAGE): the Dockerfile's default base if it can be pulled,
-    else the Debian-built equivalent."""
-    assert DEFAULT_BASE is not None, "the Dockerfile has no ARG PYTHON_IMAGE default"
-    default = DEFAULT_BASE[1]
-    if docker("pull", default, timeout=600, check=False).returncode == 0:
-        return default, default
-    ca = builder_ca()
-    script = str(REPO / "tools" / "debian-python-base")
-    proc = subprocess.run([script], capture_output=True, text=True, timeout=1200, check=False)
-    assert proc.returncode == 0, f"tools/debian-python-base failed:\n{proc.stderr[-3000:]}"
-    base = proc.stdout.strip().splitlines()[-1]
-    builder = base
-    if ca:
-        proc = subprocess.run([script, "--builder-ca", ca], capture_output=True, text=True,
-                              timeout=600, check=False)
-        assert proc.returncode == 0, f"builder base failed:\n{proc.stderr[-3000:]}"
-        builder = proc.stdout.strip().splitlines()[-1]
-    return base, builder
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +47,8 @@ def image() -> str:
     base, builder = base_images()
     started = time.monotonic()
     docker("build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={base}",
-           "--build-arg", f"BUILDER_IMAGE={builder}", "-t", IMAGE, str(REPO), timeout=1800)
+           "--build-arg", f"BUILDER_IMAGE={builder}", "--build-arg",
+           f"VERSION={checkout_version()}", "-t", IMAGE, str(REPO), timeout=1800)
     size = int(docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     print(f"\nimage {IMAGE} on {base}: {size / 1e6:.0f} MB, "
           f"built in {time.monotonic() - started:.0f} s")
@@ -108,17 +56,12 @@ def image() -> str:
     return IMAGE
 
 
-def inspect(container: str, fmt: str) -> str:
-    return docker("inspect", "--format", fmt, container).stdout.strip()
-
-
-async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
-    """Poll a condition with no event to wait on (container state, an HTTP endpoint)."""
-    deadline = time.monotonic() + timeout
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.5)
+def test_image_says_its_version(image: str) -> None:
+    version = docker("run", "--rm", "--network", "host", "--entrypoint", "flespi-bridge", image,
+                     "--version").stdout
+    assert version == f"flespi-bridge {checkout_version()}\n"
+    assert inspect(image, '{{index .Config.Labels "org.opencontainers.image.version"}}') == (
+        checkout_version())
 
 
 async def test_image_runs_the_bridge(image: str, brokers: Brokers, tmp_path: Path) -> None:
@@ -160,22 +103,10 @@ def bridge_state(rec: Recorder) -> bytes | None:
 
 async def check_running_container(name: str, sim: Simulator, rec: Recorder,
                                   local: mosquitto.Broker, metrics_port: int) -> None:
-    def ready() -> bool:
-        assert inspect(name, "{{.State.Running}}") == "true", (
-            "the container exited:\n" + docker("logs", name, check=False).stderr[-3000:])
-        try:
-            return httpx.get(f"http://127.0.0.1:{metrics_port}/readyz", timeout=2
-                             ).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    await wait_for(ready, "/readyz to answer 200", timeout=60)
-
+    await wait_for(answering(name, f"http://127.0.0.1:{metrics_port}/readyz"),
+                   "/readyz to answer 200", timeout=60)
     # Every simulated device's state arrives on the local broker.
-    for device_id, device in sim.devices.items():
-        state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
-                                   timeout=30, what=f"state of device {device_id}")
-        assert state["battery"] == device.value("battery.level"), state
+    await every_device_state(rec, sim)
     await rec.wait_for(lambda: bridge_state(rec) == b"online", timeout=10, what="bridge online")
 
     # uid 10001: the image's USER, and the real process on the host.

@@ -1,8 +1,9 @@
-"""The Python package as published: `python -m build`, on a clean copy of the tracked files,
-makes an sdist and a wheel that pass `twine check` and hold every module, and a clean
-virtualenv holding only the wheel (and its dependencies) runs the demo until every simulated
-device's state arrives, and check-config on the example configuration, away from the source
-tree."""
+"""The Python package as published: `python -m build`, on a clean copy of the tracked files
+committed to a git repository of its own, makes an sdist and a wheel whose version is the
+release tag (setuptools-scm; untagged, a 0.1.devN version), that pass `twine check` and hold
+every module, and a clean virtualenv holding only the wheel (and its dependencies) runs the
+demo until every simulated device's state arrives, says its version, and runs check-config on
+the example configuration, away from the source tree."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import subprocess
 import sys
 import tarfile
 import threading
-import tomllib
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +22,11 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-VERSION = PROJECT["version"]
+# The version the release files name (CHANGELOG, chart, add-on): the tag a release pushes.
+VERSION = subprocess.run([sys.executable, str(REPO / "tools" / "release_version.py")],
+                         capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid",
+       "-c", "init.defaultBranch=main"]
 # python -m build (an isolated build env) and a venv's installs reach PyPI.
 pytestmark = pytest.mark.timeout(900)
 
@@ -78,13 +81,40 @@ def tracked_copy(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tracked files as one commit of a new git repository, not yet tagged."""
     source = tracked_copy(tmp_path_factory.mktemp("source"))
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the tracked files"]):
+        run([*GIT, *argv], cwd=source)
+    return source
+
+
+@pytest.fixture(scope="module")
+def untagged_sdist(source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist of the untagged commit (`dist` needs it, so it is built before the tag)."""
+    out = tmp_path_factory.mktemp("untagged")
+    run([sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(source)], cwd=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dist(source: Path, untagged_sdist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run([*GIT, "tag", f"v{VERSION}"], cwd=source)
     out = tmp_path_factory.mktemp("dist")
     run([sys.executable, "-m", "build", "--outdir", str(out), str(source)], cwd=out)
     for built in sorted(out.iterdir()):
         print(f"\n{built.name}: {built.stat().st_size / 1e3:.0f} kB")
     return out
+
+
+def test_an_untagged_commit_builds_a_dev_version(source: Path, untagged_sdist: Path) -> None:
+    """A clone without any tag is a development version below 0.1.0 that names its commit
+    (0.1.dev<commits>+g<hash>), never a release's number."""
+    (built,) = untagged_sdist.iterdir()
+    commit = run(["git", "rev-parse", "HEAD"], cwd=source).stdout.strip()
+    match = re.fullmatch(r"flespi_bridge-0\.1\.dev1\+g([0-9a-f]{7,})\.tar\.gz", built.name)
+    assert match, built.name
+    assert commit.startswith(match[1])
 
 
 def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
@@ -110,8 +140,10 @@ def test_sdist_and_wheel_pass_twine_check(dist: Path) -> None:
     assert f"flespi_bridge-{VERSION}/config.example.toml" in members
     assert f"flespi_bridge-{VERSION}/LICENSE" in members
     assert {f"flespi_bridge-{VERSION}/{m}" for m in modules} <= set(members)
-    # No half test suite (setuptools would add tests/test_*.py without their helpers).
-    assert not [m for m in members if m.startswith(f"flespi_bridge-{VERSION}/tests")], members
+    # No half test suite (setuptools would add tests/test_*.py without their helpers), nor the
+    # rest of the repository that setuptools-scm offers (every file git tracks).
+    top = {m.split("/")[1] for m in members if m.count("/") > 1}
+    assert top == {"bridge", "flespi_bridge.egg-info"}, sorted(top)
 
 
 def test_wheel_alone_runs_demo_and_check_config(dist: Path,
@@ -145,6 +177,8 @@ def test_wheel_alone_runs_demo_and_check_config(dist: Path,
     assert len(states(lines)) == 3, output[-2000:]
     assert demo.returncode == 0, output[-2000:]
     assert lines[-1] == "demo stopped", output[-2000:]
+    # The wheel built from the tag says so.
+    assert run([cli, "--version"], cwd=tmp_path, env=env).stdout == f"flespi-bridge {VERSION}\n"
     env["FLESPI_BRIDGE_FLESPI__TOKEN"] = "WheelTestToken0123456789abcdefSECRET"
     check = run([cli, "check-config", "--config", str(REPO / "config.example.toml")],
                 cwd=tmp_path, env=env)

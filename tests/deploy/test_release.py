@@ -5,9 +5,11 @@ Dockerfile by hadolint (it installs a wheel from wheels/ when there is one)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -70,6 +72,27 @@ def test_the_compose_file_is_valid(tmp_path: Path) -> None:
     assert all("127.0.0.1" in str(p) for s in services.values() for p in s.get("ports", []))
 
 
+def test_grafana_is_provisioned_with_the_dashboard() -> None:
+    """What the compose Grafana would load, checked where it cannot run (no Debian package,
+    no Docker Hub): the provider's folder is where compose.yaml mounts the dashboard, the
+    data source is the compose Prometheus, and the dashboard is a dashboard."""
+    grafana = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in grafana["volumes"])
+    provisioning = REPO / "deploy" / "compose" / "grafana" / "provisioning"
+    assert mounts["./deploy/compose/grafana/provisioning"] == "/etc/grafana/provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "flespi-bridge.yml").read_text(
+        encoding="utf-8"))["providers"]
+    dashboard_mount = mounts["./monitoring/grafana-dashboard.json"]
+    assert Path(dashboard_mount).parent.as_posix() == provider["options"]["path"]
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text(
+        encoding="utf-8"))["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((REPO / "monitoring" / "grafana-dashboard.json").read_text(
+        encoding="utf-8"))
+    assert dashboard["panels"]
+    assert dashboard["title"]
+
+
 def test_the_compose_file_needs_the_token() -> None:
     result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config"],
                             capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -87,16 +110,44 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
     assert problems == [], result.stderr
 
 
+def release_version(*args: str, root: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """tools/release_version.py as the release workflow runs it, on `root`'s files."""
+    return subprocess.run([sys.executable, str(root / "tools" / "release_version.py"), *args],
+                          capture_output=True, text=True, timeout=60, cwd=root)
+
+
 def test_the_changelog_keeps_a_changelog() -> None:
     text = CHANGELOG.read_text(encoding="utf-8")
     assert "## [Unreleased]" in text
     versions = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", text, re.M)
-    import tomllib
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert project["version"] in versions
+    assert versions
     for version in versions:
         assert re.search(rf"^\[{re.escape(version)}\]: https://", text, re.M)
+    # The release files (the chart's appVersion, the add-on's version and what its Dockerfile
+    # installs from PyPI) name the changelog's newest release.
+    result = release_version()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == versions[0]
+
+
+def test_a_release_tag_must_be_the_version_the_files_name(tmp_path: Path) -> None:
+    version = release_version().stdout.strip()
+    assert release_version("--tag", f"v{version}").returncode == 0
+    wrong = release_version("--tag", "v99.0.0")
+    assert wrong.returncode == 1
+    assert f"tag v99.0.0 is not v{version}" in wrong.stderr
+    # A chart bumped without the add-on: which file says what.
+    for name in ("CHANGELOG.md", "charts/flespi-bridge/Chart.yaml",
+                 "homeassistant-addon/flespi-bridge/config.yaml",
+                 "homeassistant-addon/flespi-bridge/Dockerfile", "tools/release_version.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    chart = tmp_path / "charts/flespi-bridge/Chart.yaml"
+    chart.write_text(chart.read_text(encoding="utf-8").replace(
+        f'appVersion: "{version}"', 'appVersion: "9.9.9"'), encoding="utf-8")
+    disagree = release_version("--tag", f"v{version}", root=tmp_path)
+    assert disagree.returncode == 1
+    assert "charts/flespi-bridge/Chart.yaml 9.9.9" in disagree.stderr
 
 
 def test_the_addon_installs_a_wheel_from_its_folder() -> None:

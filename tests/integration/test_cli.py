@@ -40,7 +40,10 @@ def test_version_and_help() -> None:
     version = subprocess.run([PYTHON, "-m", "bridge", "--version"], capture_output=True,
                              text=True, env=bridge_env(), timeout=60)
     assert version.returncode == 0
-    assert re.fullmatch(r"flespi-bridge \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
+    # A release (0.2.0) or, between tags, a development version from git (0.2.1.dev3+g1a2b3c4,
+    # 0.1.dev326+g1a2b3c4d in a clone without tags): PEP 440 either way.
+    assert re.fullmatch(r"flespi-bridge \d+(\.\d+)+(\.dev\d+)?(\+[0-9a-z.]+)?\n",
+                        version.stdout), version.stdout
 
 
 async def test_simulate_publishes_retained_telemetry(upstream: mosquitto.Broker) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -346,3 +347,12 @@ def server_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[trustme.C
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     return ca, cert_file, key_file
+
+
+async def every_device_state(rec: Recorder, sim: Simulator, timeout: float = 30) -> None:
+    """Until each simulated device's normalized state is on the recorder's broker (under
+    `flespi/`), with the battery the simulator reports."""
+    for device_id, device in sim.devices.items():
+        state = await rec.wait_for(functools.partial(rec.state, "flespi", device_id),
+                                   timeout=timeout, what=f"state of device {device_id}")
+        assert state["battery"] == device.value("battery.level"), state
