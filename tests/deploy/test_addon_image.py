@@ -16,8 +16,9 @@ What differs from Home Assistant (docs/deployment.md, "The add-on's image in CI"
   writes it (the options validated against config.yaml's schema, tests/support/supervisor_
   schema.py); `docker run --init` is config.yaml's `init: true`.
 - The network: --network host (the only network the CI engine has), so the add-on's
-  metrics listener (0.0.0.0:9871 in its configuration) and the simulated flespi
-  (127.0.0.1:8883) take fixed ports, checked free first; mqtt.flespi.io and flespi.io resolve
+  metrics listener (9871) and the simulated flespi (127.0.0.1:8883) take fixed ports,
+  checked free first; the metrics listener is kept on loopback by the environment
+  (FLESPI_BRIDGE_METRICS__HOST, over the add-on's 0.0.0.0, which its own network needs); mqtt.flespi.io and flespi.io resolve
   to 127.0.0.1 (--add-host) and SSL_CERT_FILE trusts the test's private CA.
 - parameters = "all": with a *.flespi.io host the bridge subscribes with flespi's comma-list
   topic levels, which only flespi's broker expands; "all" subscribes with `+`.
@@ -149,6 +150,7 @@ async def test_the_addon_runs_from_the_repository_wheel(image: str, wheel: Path,
                        "-v", f"{data}:/data", "-v", f"{ca_file}:/etc/test-ca.pem:ro",
                        "-e", "SSL_CERT_FILE=/etc/test-ca.pem",
                        "-e", f"SUPERVISOR_TOKEN={SUPERVISOR_TOKEN}",
+                       "-e", "FLESPI_BRIDGE_METRICS__HOST=127.0.0.1",
                        "-e", f"SUPERVISOR_URL={stand_in.url}", image)
                 try:
                     await check_the_addon(name, wheel, sim, rec, local)
