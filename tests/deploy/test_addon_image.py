@@ -18,8 +18,9 @@ What differs from Home Assistant (docs/deployment.md, "The add-on's image in CI"
 - The network: --network host (the only network the CI engine has), so the add-on's
   metrics listener (9871) and the simulated flespi (127.0.0.1:8883) take fixed ports,
   checked free first; the metrics listener is kept on loopback by the environment
-  (FLESPI_BRIDGE_METRICS__HOST, over the add-on's 0.0.0.0, which its own network needs); mqtt.flespi.io and flespi.io resolve
-  to 127.0.0.1 (--add-host) and SSL_CERT_FILE trusts the test's private CA.
+  (FLESPI_BRIDGE_METRICS__HOST, over the add-on's 0.0.0.0, which its own network needs);
+  mqtt.flespi.io and flespi.io resolve to 127.0.0.1 (--add-host) and SSL_CERT_FILE trusts
+  the test's private CA.
 - parameters = "all": with a *.flespi.io host the bridge subscribes with flespi's comma-list
   topic levels, which only flespi's broker expands; "all" subscribes with `+`.
 
