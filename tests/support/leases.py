@@ -49,9 +49,11 @@ class Replica:
     invalid: Counter[tuple[str, str]] = field(default_factory=Counter)
     gained: list[set[int]] = field(default_factory=list)  # each DevicesGained's ids
     routes: Routes = field(default_factory=Routes)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)  # more settings
 
     def __post_init__(self) -> None:
-        self.renderer = Renderer(settings(self.shard, self.shards), {})
+        self.settings = settings(self.shard, self.shards, **self.sections)
+        self.renderer = Renderer(self.settings, {})
         self.lease = Lease(self.renderer, self.store, self.fleet, self.events, self.invalid)
         for device_id in self.ids:
             self.store.device(device_id)
