@@ -21,7 +21,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from support.helpers import BridgeFactory, Brokers, make_settings, poll, wait_until
+from support.helpers import BridgeFactory, Brokers, make_settings, poll
 
 from bridge import __version__
 from bridge.app.bridge import Bridge
@@ -476,9 +476,11 @@ async def test_readyz_of_a_replica_waits_for_its_view_of_the_others(
                            lambda s: s.value(P + "connection_up", side="upstream") == 1,
                            "the upstream connection")
         refused = "the broker refused this replica's lease"
-        await wait_until(lambda: caplog.text.count(refused) >= 2, TIMEOUT,
-                         what="the lease refused twice (a reconnect in between)")
+        await scrape_until(http, bridge, lambda s: caplog.text.count(refused) >= 2
+                           or s.value(P + "connection_up", side="local") == 1,
+                           "the lease refused twice (a reconnect between), or a local connection")
         assert (await http.get(url(bridge, "/readyz"))).status_code == 503
+        assert (await scrape(http, bridge)).value(P + "connection_up", side="local") == 0
         assert (await http.get(url(bridge, "/healthz"))).status_code == 200
         assert (await scrape(http, bridge)).value(P + "shard_devices", shard="0") == 0
 
