@@ -93,8 +93,8 @@ class Bus:
 
     def connect(self, replica: Replica, *, own_lease_back: bool = True) -> bytes:
         """`LocalBroker`'s hello: subscribed, the lease and `online` published, then the
-        retained leases and states read before them. Returns the lease payload; with `own_lease_back`
-        False it is retained but not yet delivered to `replica` itself."""
+        retained leases and states read before them. Returns the lease payload; with
+        `own_lease_back` False it is retained but not yet delivered to `replica` itself."""
         if replica in self.connected:
             self.connected.remove(replica)
         [lease] = replica.lease.hello()  # the connection reads nothing before this
