@@ -92,7 +92,7 @@ class Bridge:
                                             dropped=stats.dropped)
         # with a split fleet, which replica publishes which device (None: one bridge)
         self.lease = lease = None if settings.cluster.place.single else Lease(
-            renderer, store, self.fleet, events)
+            renderer, store, self.fleet, events, stats.invalid)
         self.local = local = LocalBroker(settings.local, settings.reconnect,
                                          state_topic=renderer.topics.bridge_state,
                                          stats=stats, events=events, lease=lease)

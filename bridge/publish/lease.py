@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -52,14 +53,17 @@ from bridge.publish.renderer import Renderer
 
 log = logging.getLogger(__name__)
 Render = Callable[[Device, int], list[Publication]]
+# `flespi_bridge_invalid_inputs_total` of a lease that does not parse (never a claim)
+BAD_LEASE = ("local", "bad_lease")
 
 
 class Lease:
-    def __init__(self, renderer: Renderer, store: Store, fleet: Fleet, events: EventHub
-                 ) -> None:
+    def __init__(self, renderer: Renderer, store: Store, fleet: Fleet, events: EventHub,
+                 invalid: Counter[tuple[str, str]] | None = None) -> None:
         """`fleet`: every device id of the split fleet (filled by the flespi side): a
         command for an id outside it is answered by shard 0 alone. Devices gained are
-        said on `events` (`DevicesGained`: the republisher publishes them in full)."""
+        said on `events` (`DevicesGained`: the republisher publishes them in full).
+        `invalid`: where leases that do not parse are counted (`Stats.invalid`)."""
         place = renderer.settings.cluster.place
         self.index, self.shards = place.index, place.count
         self.topics = renderer.topics
@@ -77,6 +81,8 @@ class Lease:
         self._rivals: list[tuple[int, int]] = []  # (peer, its shards) with an older claim
         self._owns: dict[int, bool] = {}  # device id -> published by us now
         self._bad = RateLimitedLog(log)
+        self._invalid: Counter[tuple[str, str]] = Counter() if invalid is None else invalid
+        self._invalid[BAD_LEASE] += 0  # exported as 0 from the start
 
     # -- the protocol on the local connection (`LocalBroker`) -----------------------------
 
@@ -207,10 +213,11 @@ class Lease:
             doc: Any = orjson.loads(payload)
             shards, since = doc["shards"], doc["since"]
             if isinstance(shards, int) and not isinstance(shards, bool) and shards >= 1 \
-                    and isinstance(since, int | float):
+                    and isinstance(since, int | float) and not isinstance(since, bool):
                 return shards, float(since)
         except (orjson.JSONDecodeError, TypeError, KeyError):
             pass
+        self._invalid[BAD_LEASE] += 1
         self._bad.warning(f"lease:{topic}", "ignoring the lease on %s: not "
                           '{"shard": k, "shards": N, "since": t}: %.200r', topic, payload)
         return None

@@ -194,7 +194,11 @@ class LocalBroker:
         if lease is None:
             return []
         for pub in lease.hello():
-            await client.publish(pub.topic, pub.payload, qos=1, retain=True)
+            try:
+                await client.publish(pub.topic, pub.payload, qos=1, retain=True)
+            except PublishRefusedError as exc:  # without it the view is never complete
+                raise LocalUnavailableError(f"the broker refused this replica's lease ({exc}): "
+                                            f"may it publish to {pub.topic}?") from None
         await self._say_online(client)
         held = []
         try:

@@ -4,8 +4,10 @@ over HTTP on 127.0.0.1 the way Prometheus and Kubernetes probes do."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -19,10 +21,11 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
-from support.helpers import BridgeFactory, make_settings, poll
+from support.helpers import BridgeFactory, Brokers, make_settings, poll
 
 from bridge import __version__
 from bridge.app.bridge import Bridge
+from bridge.core.shards import shard_of
 from bridge.sim import Simulator
 from bridge.sim import brokers as mosquitto
 
@@ -445,3 +448,52 @@ async def test_metric_names_follow_prometheus_conventions(
                 assert [label for label, _ in key] == ["device_id", "device_name"], name
     assert set(result.samples[P + "queue_depth"]) >= {
         (("queue", "upstream_acks"),), (("queue", "dirty_devices"),)}
+
+
+async def test_readyz_of_a_replica_waits_for_its_view_of_the_others(
+        upstream: mosquitto.Broker, brokers: Brokers, tmp_path: Path,
+        bridge_factory: BridgeFactory, http: httpx.AsyncClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A replica of a split fleet is ready only once its own lease has come back (every
+    retained lease and state before it): here the broker's ACL refuses the lease at first,
+    while both connections are up and the fleet is loaded."""
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite #\ntopic deny flespi/bridge/0/lease\n", encoding="utf-8")
+    local = brokers(extra_config=(f"acl_file {acl}",))
+    sim = Simulator(upstream.host, upstream.port, devices=40, seed=7)
+    await sim.start()
+    try:
+        # shard 2 of 3 online with an older claim (a resize from 3 to 2 under way): it keeps
+        # the devices both may publish until it is gone
+        async with aiomqtt.Client(local.host, local.port) as peer:
+            await peer.publish("flespi/bridge/2/lease", b'{"shard": 2, "shards": 3, '
+                               b'"since": 1.0}', qos=1, retain=True)
+            await peer.publish("flespi/bridge/2/state", b"online", qos=1, retain=True)
+        bridge = await bridge_factory(make_settings(upstream, local,
+                                                    cluster={"shards": 2, "shard": 0}))
+        await bridge.loaded.wait()
+        await scrape_until(http, bridge,
+                           lambda s: s.value(P + "connection_up", side="upstream") == 1,
+                           "the upstream connection")
+        refused = "the broker refused this replica's lease"
+        await scrape_until(http, bridge, lambda s: caplog.text.count(refused) >= 2
+                           or s.value(P + "connection_up", side="local") == 1,
+                           "the lease refused twice (a reconnect between), or a local connection")
+        assert (await http.get(url(bridge, "/readyz"))).status_code == 503
+        assert (await scrape(http, bridge)).value(P + "connection_up", side="local") == 0
+        assert (await http.get(url(bridge, "/healthz"))).status_code == 200
+        assert (await scrape(http, bridge)).value(P + "shard_devices", shard="0") == 0
+
+        acl.write_text("topic readwrite #\n", encoding="utf-8")
+        assert local.pid is not None
+        os.kill(local.pid, signal.SIGHUP)  # the broker this test started re-reads its ACL
+        ready = await status_until(http, bridge, "/readyz", 200)
+        assert ready.text == "ready\n"
+        mine = {d for d in sim.devices if shard_of(d, 2) == 0}
+        contested = {d for d in mine if shard_of(d, 3) == 2}
+        assert contested
+        assert mine - contested
+        result = await scrape(http, bridge)
+        assert result.value(P + "shard_devices", shard="0") == len(mine - contested)
+    finally:
+        await sim.stop()
