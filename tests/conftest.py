@@ -62,10 +62,8 @@ def local(brokers: Brokers) -> mosquitto.Broker:
 
 @pytest.fixture
 async def sim(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
-    simulator = Simulator(upstream.host, upstream.port, devices=3, seed=7)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+    async with Simulator(upstream.host, upstream.port, devices=3, seed=7) as simulator:
+        yield simulator
 
 
 @pytest.fixture

@@ -75,6 +75,13 @@ class Simulator:
             await self.flush(timeout=5)
         await self._client.disconnect()
 
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
     async def flush(self, timeout: float = 30) -> None:
         """Wait until the broker has acknowledged every publication."""
         await asyncio.wait_for(self._client._persistent_storage.wait_empty(), timeout)

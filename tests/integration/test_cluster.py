@@ -51,10 +51,8 @@ def watched(brokers: Brokers) -> mosquitto.Broker:
 @pytest.fixture
 async def sim(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
     """The conftest's simulator (and so its `responder`), with 3,000 devices."""
-    simulator = Simulator(upstream.host, upstream.port, devices=DEVICES, seed=23)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+    async with Simulator(upstream.host, upstream.port, devices=DEVICES, seed=23) as simulator:
+        yield simulator
 
 
 @pytest.fixture

@@ -39,10 +39,8 @@ DEVICES = 40
 
 @pytest.fixture
 async def fleet(upstream: mosquitto.Broker) -> AsyncIterator[Simulator]:
-    simulator = Simulator(upstream.host, upstream.port, devices=DEVICES, seed=3)
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
+    async with Simulator(upstream.host, upstream.port, devices=DEVICES, seed=3) as simulator:
+        yield simulator
 
 
 def sharded(upstream: mosquitto.Broker, local: mosquitto.Broker, shards: int, shard: int,
