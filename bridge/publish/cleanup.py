@@ -181,13 +181,15 @@ class Cleanup:
     def retired_replicas(self, stale: list[str]) -> list[int]:
         """The replicas whose leases are among the `stale` topics (only shard 0 clears a
         retired replica's lease, see `_foreign`)."""
-        prefix = self.renderer.topics.bridge_topic(None, "")
-        found = []
-        for topic in stale:
-            level, _, leaf = topic.removeprefix(prefix).partition("/")
-            if topic.startswith(prefix) and level.isdigit() and leaf == "lease":
-                found.append(int(level))
-        return found
+        return [replica for replica, leaf in map(self._replica_topic, stale)
+                if replica is not None and leaf == "lease"]
+
+    def _replica_topic(self, topic: str) -> tuple[int | None, str]:
+        """`<base>/bridge/<k>/<leaf>` -> (k, leaf); (None, rest) for any other topic
+        (`<base>/bridge/state`: (None, "state"))."""
+        rest = topic.removeprefix(self.renderer.topics.bridge_topic(None, ""))
+        level, _, leaf = rest.partition("/")
+        return (int(level), leaf) if leaf and level.isdigit() else (None, rest)
 
     async def _until_loaded(self) -> None:
         """Wait for the upstream state; then devices without telemetry are announced too
@@ -260,12 +262,10 @@ class Cleanup:
             return bridge is None or not lease.retired(
                 None if bridge.group(1) is None else int(bridge.group(1)))
         # `<base>/bridge/<k>/lease|state`, or one bridge's `<base>/bridge/state`
-        rest = topic.removeprefix(self.renderer.topics.bridge_topic(None, ""))
-        if rest == "state":
-            return not lease.retired(None)
-        level, _, leaf = rest.partition("/")
-        return not (level.isdigit() and leaf in ("lease", "state")
-                    and lease.retired(int(level)))
+        replica, leaf = self._replica_topic(topic)
+        if replica is None:
+            return leaf != "state" or not lease.retired(None)
+        return not (leaf in ("lease", "state") and lease.retired(replica))
 
     def stale(self, inventory: set[str]) -> list[str]:
         """Topics of `inventory` that nothing live stands behind, sorted."""
